@@ -1,0 +1,148 @@
+"""The append-only flag history: write one row, read pages. Nothing here updates or deletes.
+
+``record_change`` must be called inside the transaction of the change it records,
+so the change and its row commit or roll back together.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, or_, select
+
+from flags.errors import ValidationError
+from flags.model import HistoryEntry
+from flags.store.tables import history
+
+__all__ = ["HistoryPage", "HistoryQuery", "list_changes", "record_change"]
+
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """Filters for ``list_changes``. ``scope`` limits rows to those environments (plus
+    flag-level rows with no environment); None means every environment."""
+
+    flag: str | None = None
+    environment: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    cursor: str | None = None
+    scope: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[HistoryEntry]
+    next_cursor: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": [e.to_dict() for e in self.items], "next_cursor": self.next_cursor}
+
+
+def record_change(
+    conn: Connection,
+    *,
+    actor: str,
+    action: str,
+    flag: str | None = None,
+    environment: str | None = None,
+    before: Any = None,
+    after: Any = None,
+    reason: str | None = None,
+    request_id: str | None = None,
+    env_version: int | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Append one history row on ``conn`` (inside the caller's transaction)."""
+    conn.execute(
+        insert(history).values(
+            at=at or datetime.now(UTC),
+            actor=actor,
+            action=action,
+            flag=flag,
+            environment=environment,
+            before=before,
+            after=after,
+            reason=reason,
+            request_id=request_id,
+            env_version=env_version,
+        )
+    )
+
+
+def encode_cursor(last_id: int) -> str:
+    return base64.urlsafe_b64encode(f"h:{last_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Raises ``ValidationError`` (field ``cursor``) for anything ``encode_cursor`` did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = raw.partition(":")
+        if prefix != "h":
+            raise ValueError(raw)
+        value = int(number)
+        if value < 0:
+            raise ValueError(raw)
+        return value
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError("cursor is not a next_cursor of this API", field="cursor") from exc
+
+
+def list_changes(conn: Connection, query: HistoryQuery) -> HistoryPage:
+    """One page of history, newest first. Raises ``ValidationError`` for a bad limit or cursor."""
+    if not 1 <= query.limit <= MAX_PAGE:
+        raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", field="limit")
+    conditions = []
+    if query.flag is not None:
+        conditions.append(history.c.flag == query.flag)
+    if query.environment is not None:
+        conditions.append(history.c.environment == query.environment)
+    if query.actor is not None:
+        conditions.append(history.c.actor == query.actor)
+    if query.action is not None:
+        conditions.append(history.c.action == query.action)
+    if query.since is not None:
+        conditions.append(history.c.at >= query.since)
+    if query.until is not None:
+        conditions.append(history.c.at < query.until)
+    if query.cursor is not None:
+        conditions.append(history.c.id < decode_cursor(query.cursor))
+    if query.scope is not None:
+        conditions.append(
+            or_(history.c.environment.is_(None), history.c.environment.in_(query.scope))
+        )
+    stmt = select(history).order_by(history.c.id.desc()).limit(query.limit + 1)
+    if conditions:
+        stmt = stmt.where(and_(*conditions))
+    rows = conn.execute(stmt).mappings().all()
+    items = [
+        HistoryEntry(
+            id=row["id"],
+            at=_utc(row["at"]),
+            actor=row["actor"],
+            action=row["action"],
+            flag=row["flag"],
+            environment=row["environment"],
+            before=row["before"],
+            after=row["after"],
+            reason=row["reason"],
+            request_id=row["request_id"],
+        )
+        for row in rows[: query.limit]
+    ]
+    next_cursor = encode_cursor(items[-1].id) if len(rows) > query.limit else None
+    return HistoryPage(items, next_cursor)
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

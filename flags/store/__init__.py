@@ -1,0 +1,87 @@
+"""Flag storage: the ``FlagStore`` protocol and its SQL implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from flags.history import HistoryPage, HistoryQuery
+from flags.model import (
+    Environment,
+    FlagKind,
+    FlagRecord,
+    FlagState,
+    Role,
+    Snapshot,
+    StateChange,
+    TokenInfo,
+)
+
+__all__ = ["FlagStore"]
+
+
+class FlagStore(Protocol):
+    """What the admin API, the CLI and the rollout scheduler need from storage.
+
+    Every mutation records its history row(s) atomically with the change.
+    """
+
+    def ping(self) -> None: ...
+    def list_environments(self) -> list[Environment]: ...
+    def create_environment(
+        self, name: str, *, actor: str, request_id: str | None = None
+    ) -> Environment: ...
+    def list_flags(
+        self,
+        *,
+        kind: str | None = None,
+        tag: str | None = None,
+        archived: bool | None = None,
+        q: str | None = None,
+        scope: Sequence[str] | None = None,
+    ) -> list[FlagRecord]: ...
+    def get_flag(self, key: str, *, scope: Sequence[str] | None = None) -> FlagRecord: ...
+    def create_flag(
+        self,
+        key: str,
+        *,
+        description: str = "",
+        kind: FlagKind | str = ...,
+        owner: str | None = None,
+        tags: Sequence[str] = (),
+        actor: str,
+        request_id: str | None = None,
+    ) -> FlagRecord: ...
+    def update_flag(
+        self, key: str, changes: dict[str, Any], *, actor: str, request_id: str | None = None
+    ) -> FlagRecord: ...
+    def archive_flag(
+        self, key: str, *, actor: str, request_id: str | None = None
+    ) -> FlagRecord: ...
+    def update_state(
+        self,
+        key: str,
+        env: str,
+        change: StateChange,
+        *,
+        actor: str,
+        expected_version: int | None = None,
+        reason: str | None = None,
+        request_id: str | None = None,
+    ) -> FlagState: ...
+    def snapshot(self, env: str) -> Snapshot: ...
+    def list_history(self, query: HistoryQuery) -> HistoryPage: ...
+    def create_token(
+        self,
+        name: str,
+        role: Role | str,
+        environments: Sequence[str] | None,
+        *,
+        actor: str,
+        request_id: str | None = None,
+    ) -> tuple[TokenInfo, str]: ...
+    def list_tokens(self) -> list[TokenInfo]: ...
+    def revoke_token(
+        self, token_id: str, *, actor: str, request_id: str | None = None
+    ) -> TokenInfo: ...
+    def authenticate(self, secret: str) -> TokenInfo | None: ...

@@ -1,0 +1,1 @@
+"""Change propagation between the flag store, server replicas and SDKs."""

@@ -1,0 +1,1 @@
+"""Test tooling for code that uses flagrail: the pytest plugin and throwaway servers."""
