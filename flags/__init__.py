@@ -1,7 +1,7 @@
 """flagrail: feature flags scoped per environment and tenant, with kill switches."""
 
 from flags.bucketing import assign_bucket
-from flags.client import FlagClient, evaluation_counts
+from flags.client import FlagClient, evaluation_counts, get_default_client, set_default_client
 from flags.declarations import Declaration, declare, declared_flags
 from flags.errors import FlagrailError
 from flags.evaluate import evaluate
@@ -33,4 +33,6 @@ __all__ = [
     "declared_flags",
     "evaluate",
     "evaluation_counts",
+    "get_default_client",
+    "set_default_client",
 ]

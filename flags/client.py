@@ -22,7 +22,7 @@ import mmh3
 from flags.compiled import CompiledFlag, CompiledSnapshot, compile_snapshot
 from flags.model import Evaluation, FlagState, Reason, Snapshot
 
-__all__ = ["FlagClient", "evaluation_counts"]
+__all__ = ["FlagClient", "evaluation_counts", "get_default_client", "set_default_client"]
 
 log = logging.getLogger("flagrail.client")
 
@@ -333,3 +333,18 @@ def _valid_unprintable(tenant: str) -> bool:
     import unicodedata
 
     return not any(unicodedata.category(ch) == "Cc" for ch in tenant)
+
+
+_default_client: FlagClient | None = None
+
+
+def get_default_client() -> FlagClient | None:
+    """The process's default client (set by the application or by the test plugin)."""
+    return _default_client
+
+
+def set_default_client(client: FlagClient | None) -> FlagClient | None:
+    """Make ``client`` the process's default; returns the previous one."""
+    global _default_client
+    previous, _default_client = _default_client, client
+    return previous
