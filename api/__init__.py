@@ -1,0 +1,1 @@
+"""The flagrail service: the admin API, the SDK endpoints and the CLI."""

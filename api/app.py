@@ -1,0 +1,70 @@
+"""``create_app(settings)``: the flagrail HTTP service.
+
+Constructing the app does no I/O. The lifespan starts the services registered in
+``app.state.services`` (objects with ``start()`` and ``close()``), in order, and
+closes them in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api import errors
+from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from api.routes import environments, flags, health, history, tokens
+from flags.settings import Settings
+from flags.store.sql import SqlFlagStore
+
+log = logging.getLogger("flagrail.api")
+
+ROUTERS = (
+    health.router,
+    environments.router,
+    flags.router,
+    history.router,
+    tokens.router,
+)
+
+
+def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None = None) -> FastAPI:
+    """Build the app. ``store`` overrides the one made from ``settings.database_url``."""
+    settings = settings or Settings()
+    store = store or SqlFlagStore(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started: list[Any] = []
+        try:
+            for service in app.state.services:
+                await run_in_threadpool(service.start)
+                started.append(service)
+            yield
+        finally:
+            for service in reversed(started):
+                try:
+                    await run_in_threadpool(service.close)
+                except Exception:  # shutting down: log and go on closing the rest
+                    log.exception("closing %r failed", service)
+            store.close()
+
+    app = FastAPI(
+        title="flagrail",
+        version="0.1.0",
+        description="Feature flags with kill switches, staged rollouts and an audited history.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.services = []
+    errors.install(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
