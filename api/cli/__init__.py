@@ -1,0 +1,51 @@
+"""The ``flagrail`` command (Typer).
+
+Errors are one line on stderr and a non-zero exit (1 for a failed operation, 2
+for bad usage), never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # Typer >= 0.20 vendors Click as typer._click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older Typer on real Click
+    from click import exceptions as click_exceptions
+
+from api.cli import server, tokens
+from api.cli.output import CliError
+
+app = typer.Typer(
+    name="flagrail",
+    help="Feature flags with kill switches, staged rollouts and an audited history.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+server.register(app)
+app.add_typer(server.db_app, name="db")
+app.add_typer(tokens.app, name="token")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``flagrail`` console script."""
+    from flags.errors import FlagrailError
+
+    try:
+        result = app(args=argv, prog_name="flagrail", standalone_mode=False)
+    except KeyboardInterrupt:
+        print("flagrail: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click_exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (CliError, FlagrailError) as exc:
+        print(f"flagrail: error: {exc}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 1))
+    except OSError as exc:
+        print(f"flagrail: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)

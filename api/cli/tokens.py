@@ -1,0 +1,69 @@
+"""``flagrail token create|list|revoke``: works directly on the database (the bootstrap path)."""
+
+from __future__ import annotations
+
+import typer
+
+from api.cli.output import print_json, print_table
+from api.cli.server import DatabaseUrl, database_url
+from flags.store.sql import SqlFlagStore, cli_actor
+
+app = typer.Typer(help="API tokens (directly on the database).", no_args_is_help=True)
+
+
+def _store(url: str | None) -> SqlFlagStore:
+    return SqlFlagStore(database_url(url))
+
+
+@app.command("create")
+def create(
+    name: str = typer.Option(..., "--name", help="Token name: the actor in the history."),
+    role: str = typer.Option(..., "--role", help="client, reader, operator, editor or admin."),
+    env: list[str] = typer.Option(None, "--env", help="Scope to this environment (repeat)."),
+    database_url_opt: str | None = DatabaseUrl,
+) -> None:
+    """Create a token and print only its value, so TOKEN=$(flagrail token create ...) works."""
+    store = _store(database_url_opt)
+    try:
+        _info, secret = store.create_token(name, role, env or None, actor=cli_actor())
+    finally:
+        store.close()
+    typer.echo(secret)
+
+
+@app.command("list")
+def list_tokens(
+    as_json: bool = typer.Option(False, "--json"), database_url_opt: str | None = DatabaseUrl
+) -> None:
+    store = _store(database_url_opt)
+    try:
+        items = [t.to_dict() for t in store.list_tokens()]
+    finally:
+        store.close()
+    if as_json:
+        print_json({"items": items})
+        return
+    print_table(
+        ["id", "name", "role", "environments", "revoked", "created_at"],
+        [
+            [
+                t["id"],
+                t["name"],
+                t["role"],
+                ",".join(t["environments"] or ["*"]),
+                "yes" if t["revoked"] else "",
+                t["created_at"],
+            ]
+            for t in items
+        ],
+    )
+
+
+@app.command("revoke")
+def revoke(token_id: str, database_url_opt: str | None = DatabaseUrl) -> None:
+    store = _store(database_url_opt)
+    try:
+        info = store.revoke_token(token_id, actor=cli_actor())
+    finally:
+        store.close()
+    typer.echo(f"revoked {info.id} ({info.name})", err=True)
