@@ -199,7 +199,7 @@ class FlagClient:
                     or (not tenant.isprintable() and not _valid_unprintable(tenant))
                 ):
                     self._errors += 1
-                    return _ERROR[default is True]
+                    return Evaluation(default is True, Reason.ERROR, c.version, "invalid tenant")
                 elif tenant in c.tenants_off:
                     ev = c.ev_tenant_off
                 elif tenant in c.tenants_on:
