@@ -1,0 +1,3 @@
+"""Tests of the pytest plugin run pytest on throwaway projects (pytester)."""
+
+pytest_plugins = ["pytester"]
