@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.routes import environments, flags, health, history, tokens
+from api.routes import environments, flags, health, history, tokens, unleash
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore
 
@@ -29,6 +29,7 @@ ROUTERS = (
     flags.router,
     history.router,
     tokens.router,
+    unleash.router,
 )
 
 

@@ -1,0 +1,236 @@
+"""The Unleash client API, so every Unleash SDK evaluates flagrail flags.
+
+* ``GET /api/client/features``: the environment's flags as Unleash client API v2
+  features (``flags.unleash.mapping``), with a strong ``ETag``; ``If-None-Match``
+  with the current tag answers 304 without a body.
+* ``POST /api/client/register`` and ``POST /api/client/metrics``: 202. Metrics
+  count, per environment, flag and answer, into the Prometheus counter
+  ``flagrail_unleash_evaluations_total`` (flags the environment knows only).
+
+``Authorization`` carries the token as Unleash SDKs send it, raw or with
+``Bearer ``. The token's environment picks the state: a token scoped to exactly
+one environment needs nothing more; any other token must name one with
+``?environment=<name>`` within its scope (422 without it, 403 outside it).
+
+The rendered payload of each environment is kept per environment version, so a
+request costs two indexed reads (token, environment version) unless a flag
+changed since the last render.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import Principal, authenticate, get_store
+from flags.errors import ValidationError
+from flags.model import TokenInfo, validate_environment_name
+from flags.store.sql import SqlFlagStore
+from flags.unleash.mapping import features_payload
+
+router = APIRouter(prefix="/api/client", tags=["unleash"])
+
+Store = Annotated[SqlFlagStore, Depends(get_store)]
+
+
+def unleash_token(request: Request) -> TokenInfo:
+    """The caller's token, raw or ``Bearer`` (checked before the body is read)."""
+    return authenticate(request, allow_raw=True)
+
+
+ClientToken = Annotated[TokenInfo, Depends(unleash_token)]
+
+EVALUATIONS = Counter(
+    "flagrail_unleash_evaluations",
+    "Flag evaluations reported by Unleash SDKs through /api/client/metrics.",
+    ["environment", "flag", "result"],
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedFeatures:
+    """One environment's features payload at one environment version."""
+
+    version: int
+    etag: str
+    body: bytes
+    flags: frozenset[str]
+
+
+class FeaturesCache:
+    """The newest ``RenderedFeatures`` per environment. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[str, RenderedFeatures] = {}
+
+    def get(self, environment: str, version: int) -> RenderedFeatures | None:
+        """The rendering at ``version`` or newer, else None."""
+        item = self._items.get(environment)
+        return item if item is not None and item.version >= version else None
+
+    def put(self, environment: str, item: RenderedFeatures) -> None:
+        with self._lock:
+            current = self._items.get(environment)
+            if current is None or current.version < item.version:
+                self._items[environment] = item
+
+
+_cache_lock = threading.Lock()
+
+
+def features_cache(request: Request) -> FeaturesCache:
+    """The app's ``FeaturesCache`` (created on first use, kept in ``app.state``)."""
+    cache = getattr(request.app.state, "unleash_features", None)
+    if cache is None:
+        with _cache_lock:
+            cache = getattr(request.app.state, "unleash_features", None)
+            if cache is None:
+                cache = request.app.state.unleash_features = FeaturesCache()
+    return cache  # type: ignore[no-any-return]
+
+
+def client_environment(token: TokenInfo, requested: str | None) -> str:
+    """The environment a client API call reads: ``requested`` (within the token's
+    scope) or the token's only environment.
+
+    Raises ``ValidationError`` (field ``environment``) when neither names one, and
+    ``ForbiddenError`` when ``requested`` is outside the token's scope.
+    """
+    if requested is not None:
+        validate_environment_name(requested)
+        Principal(token, token.name).check_env(requested)
+        return requested
+    if token.environments is not None and len(token.environments) == 1:
+        return token.environments[0]
+    scope = "every environment" if token.environments is None else "several environments"
+    raise ValidationError(
+        f"token {token.name!r} covers {scope}; the Unleash client API needs a token scoped "
+        "to exactly one environment, or ?environment=<name>",
+        field="environment",
+    )
+
+
+def render(store: SqlFlagStore, environment: str) -> RenderedFeatures:
+    """Render ``environment``'s current snapshot; the ETag is a hash of the body."""
+    snapshot = store.snapshot(environment)
+    body = json.dumps(features_payload(snapshot), separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    return RenderedFeatures(snapshot.version, etag, body, frozenset(snapshot.flags))
+
+
+def current_features(request: Request, store: SqlFlagStore, environment: str) -> RenderedFeatures:
+    """The environment's payload as of now (rendered again only after a change)."""
+    cache = features_cache(request)
+    version = store.environment_version(environment)
+    item = cache.get(environment, version)
+    if item is None:
+        item = render(store, environment)
+        cache.put(environment, item)
+    return item
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """``If-None-Match`` semantics (weak comparison, lists, ``*``)."""
+    if not if_none_match:
+        return False
+    for candidate in if_none_match.split(","):
+        tag = candidate.strip()
+        if tag == "*":
+            return True
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == etag:
+            return True
+    return False
+
+
+EnvironmentParam = Query(
+    default=None,
+    max_length=40,
+    description="Needed unless the token is scoped to exactly one environment.",
+)
+
+
+@router.get("/features")
+def client_features(
+    request: Request,
+    token: ClientToken,
+    store: Store,
+    environment: str | None = EnvironmentParam,
+    if_none_match: str | None = Header(default=None, max_length=2048),
+) -> Response:
+    """Every flag of the token's environment as Unleash client API v2 features."""
+    env = client_environment(token, environment)
+    item = current_features(request, store, env)
+    headers = {"ETag": item.etag, "Cache-Control": "no-cache"}
+    if etag_matches(if_none_match, item.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(item.body, media_type="application/json", headers=headers)
+
+
+class _UnleashBody(BaseModel):
+    # Unleash SDKs send more fields than these, and new ones over time: keep them.
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ClientRegistration(_UnleashBody):
+    app_name: str = Field(alias="appName", min_length=1, max_length=200)
+    instance_id: str | None = Field(default=None, alias="instanceId", max_length=200)
+    sdk_version: str | None = Field(default=None, alias="sdkVersion", max_length=200)
+    strategies: list[str] = Field(default_factory=list, max_length=100)
+    interval: int | None = Field(default=None, ge=0)
+
+
+class ToggleCount(_UnleashBody):
+    yes: int = Field(default=0, ge=0)
+    no: int = Field(default=0, ge=0)
+
+
+class MetricsBucket(_UnleashBody):
+    start: str | None = Field(default=None, max_length=64)
+    stop: str | None = Field(default=None, max_length=64)
+    toggles: dict[str, ToggleCount] = Field(default_factory=dict)
+
+
+class ClientMetrics(_UnleashBody):
+    app_name: str = Field(alias="appName", min_length=1, max_length=200)
+    instance_id: str | None = Field(default=None, alias="instanceId", max_length=200)
+    bucket: MetricsBucket | None = None
+
+
+@router.post("/register", status_code=202)
+def client_register(token: ClientToken, body: ClientRegistration) -> Response:
+    """Accept an SDK's registration (202). Any valid token may register."""
+    return Response(status_code=202)
+
+
+@router.post("/metrics", status_code=202)
+def client_metrics(
+    request: Request,
+    token: ClientToken,
+    body: ClientMetrics,
+    store: Store,
+    environment: str | None = EnvironmentParam,
+) -> Response:
+    """Count an SDK's reported evaluations of known flags (202)."""
+    env = client_environment(token, environment)
+    if body.bucket is not None and body.bucket.toggles:
+        known = current_features(request, store, env).flags
+        for flag, count in body.bucket.toggles.items():
+            if flag not in known:
+                continue  # unknown names must not grow the metric's label set
+            if count.yes:
+                EVALUATIONS.labels(env, flag, "on").inc(count.yes)
+            if count.no:
+                EVALUATIONS.labels(env, flag, "off").inc(count.no)
+    return Response(status_code=202)

@@ -1,0 +1,205 @@
+"""Pure mapping between flagrail flag states and Unleash client API v2 features.
+
+The tenant is the Unleash context field ``tenantId``. A state maps to a feature
+that every Unleash SDK evaluates to the answer ``flags.evaluate.evaluate`` gives,
+for every tenant and for no tenant at all:
+
+==========================  ============================================================
+flagrail state              Unleash feature
+==========================  ============================================================
+killed, or not enabled      ``enabled: false`` and no strategies
+tenants_on                  a ``default`` strategy with ``tenantId IN tenants_on``
+rollout 100                 a ``default`` strategy
+rollout 1..99               ``flexibleRollout``: ``rollout`` = the percent, ``stickiness:
+                            tenantId``, ``groupId`` = the flag key
+rollout 0 and no            ``flexibleRollout`` at ``rollout: "0"``, which matches
+tenants_on                  nobody (an enabled feature without strategies would be on
+                            for everyone)
+tenants_off                 ``tenantId NOT_IN tenants_off`` on every strategy
+==========================  ============================================================
+
+Unleash ORs strategies and ANDs the constraints of one strategy, so a tenant in
+``tenants_off`` fails every strategy (off), a tenant in ``tenants_on`` matches the
+first one (on), and anyone else gets the rollout, hashed exactly as
+``flags.bucketing`` does. Without a tenant, ``IN`` and ``flexibleRollout`` fail
+and ``NOT_IN`` passes, so only rollout 100 is on, as in flagrail.
+
+Nothing here does I/O. Strategy parameters are strings, as the Unleash client
+specification requires; tenant lists are sorted, so equal states give equal JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from flags.model import FlagState, Snapshot
+
+__all__ = [
+    "API_VERSION",
+    "TENANT_FIELD",
+    "feature_from_state",
+    "features_payload",
+    "state_from_feature",
+]
+
+API_VERSION = 2
+TENANT_FIELD = "tenantId"
+
+
+def _constraint(operator: str, tenants: frozenset[str]) -> dict[str, Any]:
+    return {
+        "contextName": TENANT_FIELD,
+        "operator": operator,
+        "values": sorted(tenants),
+        "inverted": False,
+        "caseInsensitive": False,
+    }
+
+
+def _rollout_strategy(key: str, rollout: int) -> dict[str, Any]:
+    return {
+        "name": "flexibleRollout",
+        "parameters": {"rollout": str(rollout), "stickiness": TENANT_FIELD, "groupId": key},
+        "constraints": [],
+    }
+
+
+def feature_from_state(key: str, state: FlagState) -> dict[str, Any]:
+    """The Unleash client API v2 feature for flag ``key`` in ``state`` (see the module table).
+
+    Pure and total: every ``FlagState`` maps, none raises. The result is a new
+    JSON-ready dict (strings, booleans, lists and dicts only).
+    """
+    if state.killed or not state.enabled:
+        return {"name": key, "enabled": False, "strategies": [], "variants": []}
+    strategies: list[dict[str, Any]] = []
+    if state.tenants_on:
+        strategies.append(
+            {
+                "name": "default",
+                "parameters": {},
+                "constraints": [_constraint("IN", state.tenants_on)],
+            }
+        )
+    if state.rollout >= 100:
+        strategies.append({"name": "default", "parameters": {}, "constraints": []})
+    elif state.rollout > 0 or not state.tenants_on:
+        strategies.append(_rollout_strategy(key, max(state.rollout, 0)))
+    if state.tenants_off:
+        for strategy in strategies:
+            strategy["constraints"].append(_constraint("NOT_IN", state.tenants_off))
+    return {"name": key, "enabled": True, "strategies": strategies, "variants": []}
+
+
+def features_payload(snapshot: Snapshot) -> dict[str, Any]:
+    """The body of ``GET /api/client/features`` for ``snapshot``: ``version``,
+    ``features`` (sorted by name) and ``segments`` (always empty)."""
+    return {
+        "version": API_VERSION,
+        "features": [
+            feature_from_state(key, snapshot.flags[key]) for key in sorted(snapshot.flags)
+        ],
+        "segments": [],
+    }
+
+
+def _tenant_constraint(constraint: object) -> tuple[str, frozenset[str]] | None:
+    """``(operator, tenants)`` of a plain ``tenantId IN``/``NOT_IN`` constraint, else None."""
+    if not isinstance(constraint, Mapping):
+        return None
+    values = constraint.get("values")
+    if (
+        constraint.get("contextName") != TENANT_FIELD
+        or constraint.get("operator") not in ("IN", "NOT_IN")
+        or constraint.get("inverted", False) is not False
+        or constraint.get("caseInsensitive", False) is not False
+        or not isinstance(values, list)
+        or not all(isinstance(v, str) for v in values)
+    ):
+        return None
+    return str(constraint["operator"]), frozenset(values)
+
+
+def _strategy_parts(
+    key: str, strategy: object
+) -> tuple[frozenset[str] | None, int | None, frozenset[str]] | None:
+    """Decompose one strategy into ``(tenants_on, rollout, tenants_off)``, else None.
+
+    Exactly one of ``tenants_on`` and ``rollout`` is set.
+    """
+    if not isinstance(strategy, Mapping):
+        return None
+    constraints = strategy.get("constraints") or []
+    if strategy.get("segments") or not isinstance(constraints, list):
+        return None
+    on: frozenset[str] | None = None
+    off: frozenset[str] = frozenset()
+    for constraint in constraints:
+        parsed = _tenant_constraint(constraint)
+        if parsed is None:
+            return None
+        operator, tenants = parsed
+        if operator == "IN" and on is None:
+            on = tenants
+        elif operator == "NOT_IN" and not off:
+            off = tenants
+        else:
+            return None
+    name = strategy.get("name")
+    params = strategy.get("parameters") or {}
+    if not isinstance(params, Mapping):
+        return None
+    if name == "default":
+        return (on, None, off) if on is not None else (None, 100, off)
+    if name == "flexibleRollout" and on is None:
+        raw = params.get("rollout")
+        if (
+            params.get("stickiness") != TENANT_FIELD
+            or params.get("groupId") != key
+            or not isinstance(raw, str)
+            or not raw.isdigit()
+            or not 0 <= int(raw) <= 100
+        ):
+            return None
+        return None, int(raw), off
+    return None
+
+
+def state_from_feature(feature: Mapping[str, Any]) -> FlagState | None:
+    """The flagrail state an Unleash feature expresses, or None if it is not flagrail-shaped.
+
+    Inverse of ``feature_from_state`` up to evaluation: for every tenant the
+    returned state evaluates as the feature does. Features whose strategies use
+    anything but ``default`` / ``flexibleRollout`` (tenant stickiness, the flag key
+    as ``groupId``) and ``tenantId IN`` / ``NOT_IN`` constraints give None, and so
+    do features with segments or dependencies. A disabled feature gives a
+    disabled state (Unleash has no kill switch, so ``killed`` is never set). An
+    enabled feature without strategies is on for everyone (rollout 100), as in
+    Unleash. Pure; never raises for a mapping.
+    """
+    key = feature.get("name")
+    enabled = feature.get("enabled")
+    strategies = feature.get("strategies") or []
+    if not isinstance(key, str) or type(enabled) is not bool or feature.get("dependencies"):
+        return None
+    if not isinstance(strategies, Sequence) or isinstance(strategies, str):
+        return None
+    if not enabled:
+        return FlagState(enabled=False)
+    if not strategies:
+        return FlagState(enabled=True, rollout=100)
+    parts = [_strategy_parts(key, s) for s in strategies]
+    if any(p is None for p in parts):
+        return None
+    offs = {p[2] for p in parts if p is not None}
+    ons = [p[0] for p in parts if p is not None and p[0] is not None]
+    rollouts = [p[1] for p in parts if p is not None and p[1] is not None]
+    if len(offs) != 1 or len(ons) > 1 or len(rollouts) > 1:
+        return None
+    return FlagState(
+        enabled=True,
+        rollout=rollouts[0] if rollouts else 0,
+        tenants_on=ons[0] if ons else frozenset(),
+        tenants_off=offs.pop(),
+    )
