@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from flags.declarations import Declaration
+from flags.model import FLAG_KEY
 
 __all__ = [
     "CoverageReport",
@@ -25,6 +26,7 @@ __all__ = [
     "FlagCoverage",
     "build_report",
     "declarations_to_dict",
+    "display_key",
     "merge_counts",
     "subtract_counts",
 ]
@@ -125,7 +127,7 @@ class CoverageReport:
         header = ("flag", "kind", "owner", "on", "off", "status")
         rows = [
             (
-                flag.key,
+                display_key(flag.key),
                 flag.kind or "(undeclared)",
                 flag.owner or "-",
                 str(flag.on),
@@ -158,8 +160,17 @@ class CoverageReport:
 
     def describe_failures(self) -> str:
         """One sentence naming every failing flag and what it lacked."""
-        parts = [f"{flag.key} ({flag.status})" for flag in self.failing]
+        parts = [f"{display_key(flag.key)} ({flag.status})" for flag in self.failing]
         return f"flag coverage failed for {len(parts)} flag(s): " + ", ".join(parts)
+
+
+def display_key(key: str) -> str:
+    """``key`` as the table shows it: as is when it is a valid flag key, else ``ascii(key)``.
+
+    Evaluated keys come from any code (property tests feed control characters); an
+    escaped, quoted form keeps the table aligned and shows a malformed key as one.
+    """
+    return key if FLAG_KEY.fullmatch(key) else ascii(key)
 
 
 def build_report(

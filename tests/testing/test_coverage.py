@@ -79,6 +79,12 @@ class TestRendering:
             "flag coverage failed for 2 flag(s): a (never off), b (never evaluated)"
         )
 
+    def test_render_table__malformed_keys__escaped_and_quoted(self) -> None:
+        report = build_report({}, {"bad\x00key": (0, 1), "Auth.Cache": (0, 1), "é": (1, 0)})
+        keys = [line.split()[0] for line in report.render_table()[2:]]
+        assert keys == ["'Auth.Cache'", "'bad\\x00key'", "'\\xe9'"]
+        assert "'bad\\x00key' (never off)" in report.describe_failures()
+
     def test_to_dict__report__json_shape(self) -> None:
         report = build_report(
             {"auth.cache.l2": L2}, {"auth.cache.l2": (0, 2), "gen.x": (1, 0)}, ["gen.*"], ["n"]
