@@ -15,6 +15,7 @@ try:  # Typer >= 0.20 vendors Click as typer._click
 except ImportError:  # pragma: no cover - older Typer on real Click
     from click import exceptions as click_exceptions
 
+from api.cli import flags as flag_commands
 from api.cli import server, tokens
 from api.cli.output import CliError
 
@@ -28,6 +29,9 @@ app = typer.Typer(
 server.register(app)
 app.add_typer(server.db_app, name="db")
 app.add_typer(tokens.app, name="token")
+app.add_typer(flag_commands.flags_app, name="flags")
+flag_commands.register(app)
+app.add_typer(flag_commands.env_app, name="env")
 
 
 def main(argv: list[str] | None = None) -> None:

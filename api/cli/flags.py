@@ -1,0 +1,493 @@
+"""``flagrail flags|set|kill|unkill|history|env``: flag commands, for people and scripts.
+
+They talk to a running server (``--url`` / ``FLAGRAIL_URL``, ``--token`` /
+``FLAGRAIL_TOKEN``). With ``--database-url`` they work directly on the database
+instead (break-glass, when the server is down), still writing history, under the
+actor ``cli:<os user>``. Output is a table for people, or with ``--json`` the
+admin API's JSON. A failure is one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import typer
+
+from api.cli.backend import Backend, DatabaseBackend, HttpBackend
+from api.cli.output import CliError, print_json, print_table
+from flags.model import DEFAULT_ENVIRONMENTS
+from flags.settings import Settings
+
+flags_app = typer.Typer(help="List, create, show and archive flags.", no_args_is_help=True)
+env_app = typer.Typer(help="List and create environments.", no_args_is_help=True)
+
+ServerUrl = typer.Option(
+    None,
+    "--url",
+    envvar="FLAGRAIL_URL",
+    help="Admin API base URL (default http://<FLAGRAIL_HOST>:<FLAGRAIL_PORT>).",
+)
+Token = typer.Option(None, "--token", envvar="FLAGRAIL_TOKEN", help="API token.")
+DirectDatabase = typer.Option(
+    None,
+    "--database-url",
+    help="Break-glass: work directly on this database instead of the server.",
+)
+AsJson = typer.Option(False, "--json", help="Print the API's JSON instead of a table.")
+Envs = typer.Option(None, "--env", help="An environment (repeat for more).")
+
+TENANTS_SHOWN = 3
+
+
+def open_backend(url: str | None, token: str | None, database_url: str | None) -> Backend:
+    """The database when ``database_url`` is given, else the server at ``url``.
+
+    Raises ``CliError`` (exit code 2) when the server path has no token.
+    """
+    if database_url:
+        return DatabaseBackend(database_url)
+    if not token:
+        raise CliError(
+            "no API token: pass --token or set FLAGRAIL_TOKEN "
+            "(or pass --database-url to work on the database directly)",
+            exit_code=2,
+        )
+    if not url:
+        settings = Settings()
+        url = f"http://{settings.host}:{settings.port}"
+    return HttpBackend(url, token)
+
+
+# ------------------------------------------------------------------ rendering
+def ordered_environments(names: Iterable[str]) -> list[str]:
+    """The default pipeline order (development .. production) first, then the rest by name."""
+    names = set(names)
+    known = [n for n in DEFAULT_ENVIRONMENTS if n in names]
+    return known + sorted(names - set(known))
+
+
+def describe_state(state: dict[str, Any]) -> str:
+    """A short summary of one environment's state: ``killed``, ``off``, ``on 50% +2 -1``."""
+    if state.get("killed"):
+        return "KILLED"
+    if not state.get("enabled"):
+        return "off"
+    parts = [f"on {state.get('rollout', 0)}%"]
+    if state.get("tenants_on"):
+        parts.append(f"+{len(state['tenants_on'])}")
+    if state.get("tenants_off"):
+        parts.append(f"-{len(state['tenants_off'])}")
+    return " ".join(parts)
+
+
+def _tenants(tenants: Sequence[str]) -> str:
+    shown = ", ".join(tenants[:TENANTS_SHOWN])
+    more = len(tenants) - TENANTS_SHOWN
+    return f"{shown} (+{more} more)" if more > 0 else shown
+
+
+def _time(value: str | None) -> str:
+    if not value:
+        return ""
+    try:
+        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%SZ")
+    except ValueError:
+        return value
+
+
+def _print_flags(items: list[dict[str, Any]]) -> None:
+    envs = ordered_environments(env for item in items for env in item["environments"])
+    rows = []
+    for item in items:
+        states = item["environments"]
+        rows.append(
+            [
+                item["key"],
+                item["kind"],
+                item.get("owner"),
+                "yes" if item["archived"] else "",
+                *[describe_state(states[e]) if e in states else "" for e in envs],
+            ]
+        )
+    print_table(["key", "kind", "owner", "archived", *envs], rows)
+
+
+def _print_flag(flag: dict[str, Any]) -> None:
+    facts = [flag["kind"]]
+    if flag.get("owner"):
+        facts.append(f"owner {flag['owner']}")
+    if flag.get("tags"):
+        facts.append("tags " + ",".join(flag["tags"]))
+    if flag["archived"]:
+        facts.append("ARCHIVED")
+    sys.stdout.write(f"{flag['key']}  ({'; '.join(facts)})\n")
+    if flag.get("description"):
+        sys.stdout.write(f"{flag['description']}\n")
+    sys.stdout.write("\n")
+    states = flag["environments"]
+    rows = []
+    for env in ordered_environments(states):
+        s = states[env]
+        killed = ""
+        if s["killed"]:
+            killed = f"yes: {s['kill_reason']} ({s['killed_by']}, {_time(s['killed_at'])})"
+        rows.append(
+            [
+                env,
+                describe_state(s),
+                "on" if s["enabled"] else "off",
+                f"{s['rollout']}%",
+                _tenants(s["tenants_on"]),
+                _tenants(s["tenants_off"]),
+                killed,
+                s["version"],
+            ]
+        )
+    print_table(
+        ["environment", "state", "enabled", "rollout", "tenants_on", "tenants_off", "killed", "v"],
+        rows,
+    )
+
+
+def _print_kill(result: dict[str, Any], verb: str) -> None:
+    changed = set(result["changed"])
+    rows = [
+        [env, describe_state(result["environments"][env]), verb if env in changed else "unchanged"]
+        for env in ordered_environments(result["environments"])
+    ]
+    print_table(["environment", "state", "change"], rows)
+
+
+def summarize_change(entry: dict[str, Any]) -> str:
+    """What one history row changed, in a few words (``rollout 0->50``, ``+acme on``)."""
+    before, after = entry.get("before"), entry.get("after")
+    action = entry["action"]
+    if action == "flag.create":
+        return "created"
+    if action == "flag.archive":
+        return "archived"
+    if action in ("token.create", "token.revoke") and isinstance(after, dict):
+        scope = ",".join(after.get("environments") or ["*"])
+        return f"token {after.get('name')} ({after.get('role')}, {scope})"
+    if action == "environment.create" and isinstance(after, dict):
+        return f"environment {after.get('name')}"
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return ""
+    parts = []
+    for name in ("enabled", "rollout", "killed", "description", "owner", "kind", "tags"):
+        if name in after and before.get(name) != after.get(name):
+            parts.append(f"{name} {_short(before.get(name))}->{_short(after.get(name))}")
+    for name in ("tenants_on", "tenants_off"):
+        old, new = set(before.get(name) or ()), set(after.get(name) or ())
+        label = name.removeprefix("tenants_")
+        parts += [f"+{t} {label}" for t in sorted(new - old)[:TENANTS_SHOWN]]
+        parts += [f"-{t} {label}" for t in sorted(old - new)[:TENANTS_SHOWN]]
+        hidden = (
+            len(new ^ old) - min(len(new - old), TENANTS_SHOWN) - min(len(old - new), TENANTS_SHOWN)
+        )
+        if hidden > 0:
+            parts.append(f"(+{hidden} more tenant changes)")
+    return ", ".join(parts)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "[]"
+    text = str(value)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def _print_history(page: dict[str, Any]) -> None:
+    rows = [
+        [
+            _time(e["at"]),
+            e["actor"],
+            e["action"],
+            e.get("flag"),
+            e.get("environment"),
+            summarize_change(e),
+            e.get("reason"),
+        ]
+        for e in page["items"]
+    ]
+    print_table(["at", "actor", "action", "flag", "env", "change", "reason"], rows)
+    if page.get("next_cursor"):
+        typer.echo(f"more: add --cursor {page['next_cursor']}", err=True)
+
+
+def _confirmation(result: dict[str, Any]) -> str | None:
+    """The SDK-acknowledgement line of ``kill --wait``, when ``api.cli.confirm`` ships."""
+    try:
+        from api.cli.confirm import format_confirmation  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return str(format_confirmation(result))
+
+
+# ------------------------------------------------------------------ commands
+@flags_app.command("list")
+def list_flags(
+    kind: str | None = typer.Option(None, "--kind", help="Only flags of this kind."),
+    tag: str | None = typer.Option(None, "--tag", help="Only flags with this tag."),
+    archived: bool | None = typer.Option(
+        None, "--archived/--active", help="Only archived, or only active, flags."
+    ),
+    q: str | None = typer.Option(None, "--query", "-q", help="Key or description contains."),
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """List flags with a one-word state per environment."""
+    with open_backend(url, token, database_url) as backend:
+        data = backend.list_flags(kind=kind, tag=tag, archived=archived, q=q)
+    if as_json:
+        print_json(data)
+    else:
+        _print_flags(data["items"])
+
+
+@flags_app.command("create")
+def create_flag(
+    key: str = typer.Argument(..., help="Flag key, like auth.cache.l2."),
+    description: str = typer.Option("", "--description", "-d"),
+    kind: str = typer.Option(
+        "release", "--kind", help="release, operational, kill-switch or permission."
+    ),
+    owner: str | None = typer.Option(None, "--owner"),
+    tag: list[str] | None = typer.Option(None, "--tag", help="A tag (repeat for more)."),
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """Create a flag, off in every environment."""
+    body: dict[str, Any] = {"key": key, "description": description, "kind": kind, "tags": tag or []}
+    if owner is not None:
+        body["owner"] = owner
+    with open_backend(url, token, database_url) as backend:
+        flag = backend.create_flag(body)
+    if as_json:
+        print_json(flag)
+    else:
+        _print_flag(flag)
+
+
+@flags_app.command("show")
+def show_flag(
+    key: str,
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """Show a flag and its state in every environment."""
+    with open_backend(url, token, database_url) as backend:
+        flag = backend.get_flag(key)
+    if as_json:
+        print_json(flag)
+    else:
+        _print_flag(flag)
+
+
+@flags_app.command("archive")
+def archive_flag(
+    key: str,
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """Archive a flag: SDKs then see it as missing. Its history is kept."""
+    with open_backend(url, token, database_url) as backend:
+        flag = backend.archive_flag(key)
+    if as_json:
+        print_json(flag)
+    else:
+        typer.echo(f"archived {flag['key']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``set``, ``kill``, ``unkill`` and ``history`` to the top-level ``app``."""
+
+    @app.command("set")
+    def set_state(
+        key: str,
+        env: str = typer.Option(..., "--env", help="The environment to change."),
+        enabled: bool | None = typer.Option(None, "--on/--off", help="Turn the flag on or off."),
+        rollout: int | None = typer.Option(None, "--rollout", help="Percent of tenants, 0-100."),
+        tenant_on: list[str] | None = typer.Option(
+            None, "--tenant-on", help="Always on for this tenant (repeat for more)."
+        ),
+        tenant_off: list[str] | None = typer.Option(
+            None, "--tenant-off", help="Always off for this tenant (repeat for more)."
+        ),
+        tenant_clear: list[str] | None = typer.Option(
+            None, "--tenant-clear", help="Take this tenant off both lists (repeat for more)."
+        ),
+        reason: str | None = typer.Option(None, "--reason", help="Recorded in the history."),
+        if_version: int | None = typer.Option(
+            None, "--if-version", help="Only if the state is still at this version."
+        ),
+        as_json: bool = AsJson,
+        url: str | None = ServerUrl,
+        token: str | None = Token,
+        database_url: str | None = DirectDatabase,
+    ) -> None:
+        """Change a flag's state in one environment; tenants are added to the lists."""
+        body: dict[str, Any] = {}
+        if enabled is not None:
+            body["enabled"] = enabled
+        if rollout is not None:
+            body["rollout"] = rollout
+        if tenant_on:
+            body["tenants_on_add"] = tenant_on
+        if tenant_off:
+            body["tenants_off_add"] = tenant_off
+        if tenant_clear:
+            body["tenants_on_remove"] = tenant_clear
+            body["tenants_off_remove"] = tenant_clear
+        if not body:
+            raise CliError(
+                "nothing to change: give --on, --off, --rollout, --tenant-on, --tenant-off "
+                "or --tenant-clear",
+                exit_code=2,
+            )
+        if reason is not None:
+            body["reason"] = reason
+        with open_backend(url, token, database_url) as backend:
+            state = backend.update_state(key, env, body, if_version=if_version)
+        if as_json:
+            print_json(state)
+            return
+        details = [describe_state(state)]
+        if state["tenants_on"]:
+            details.append("tenants on: " + _tenants(state["tenants_on"]))
+        if state["tenants_off"]:
+            details.append("tenants off: " + _tenants(state["tenants_off"]))
+        typer.echo(f"{key} in {env}: {'; '.join(details)} (version {state['version']})")
+
+    @app.command("kill")
+    def kill(
+        key: str,
+        reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
+        env: list[str] | None = Envs,
+        wait: str | None = typer.Option(
+            None, "--wait", help="Wait up to this long (like 2s) for SDKs to confirm."
+        ),
+        as_json: bool = AsJson,
+        url: str | None = ServerUrl,
+        token: str | None = Token,
+        database_url: str | None = DirectDatabase,
+    ) -> None:
+        """Kill a flag: off for everyone, in every environment of the token unless --env."""
+        body = {"reason": reason, "environments": env or None}
+        if wait is not None and database_url:
+            typer.echo("flagrail: note: --wait needs a server; ignored here", err=True)
+        with open_backend(url, token, database_url) as backend:
+            result = backend.kill(key, body, wait=wait)
+        if as_json:
+            print_json(result)
+            return
+        _print_kill(result, "killed")
+        line = _confirmation(result) if wait is not None and not database_url else None
+        if line:
+            typer.echo(line)
+
+    @app.command("unkill")
+    def unkill(
+        key: str,
+        reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
+        env: list[str] | None = Envs,
+        as_json: bool = AsJson,
+        url: str | None = ServerUrl,
+        token: str | None = Token,
+        database_url: str | None = DirectDatabase,
+    ) -> None:
+        """Lift a kill; the flag's state before the kill applies again."""
+        body = {"reason": reason, "environments": env or None}
+        with open_backend(url, token, database_url) as backend:
+            result = backend.unkill(key, body)
+        if as_json:
+            print_json(result)
+        else:
+            _print_kill(result, "unkilled")
+
+    @app.command("history")
+    def history(
+        key: str | None = typer.Argument(None, help="Only this flag."),
+        env: str | None = typer.Option(None, "--env", help="Only this environment."),
+        since: str | None = typer.Option(
+            None, "--since", help="ISO-8601 time, or a duration like 7d."
+        ),
+        until: str | None = typer.Option(None, "--until", help="ISO-8601 time or a duration."),
+        action: str | None = typer.Option(None, "--action", help="Like kill or state.update."),
+        actor: str | None = typer.Option(None, "--actor", help="Only changes by this actor."),
+        limit: int = typer.Option(20, "--limit", help="Rows per page (1-500)."),
+        cursor: str | None = typer.Option(None, "--cursor", help="next_cursor of a page."),
+        as_json: bool = AsJson,
+        url: str | None = ServerUrl,
+        token: str | None = Token,
+        database_url: str | None = DirectDatabase,
+    ) -> None:
+        """Read the change history, newest first."""
+        filters = {
+            "flag": key,
+            "environment": env,
+            "since": since,
+            "until": until,
+            "action": action,
+            "actor": actor,
+            "limit": limit,
+            "cursor": cursor,
+        }
+        with open_backend(url, token, database_url) as backend:
+            page = backend.history(filters)
+        if as_json:
+            print_json(page)
+        else:
+            _print_history(page)
+
+
+@env_app.command("list")
+def list_environments(
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """List environments."""
+    with open_backend(url, token, database_url) as backend:
+        data = backend.list_environments()
+    if as_json:
+        print_json(data)
+        return
+    envs = {e["name"]: e for e in data["items"]}
+    print_table(
+        ["name", "version", "created_at"],
+        [[n, envs[n]["version"], _time(envs[n]["created_at"])] for n in ordered_environments(envs)],
+    )
+
+
+@env_app.command("create")
+def create_environment(
+    name: str,
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """Create an environment; every flag starts off in it."""
+    with open_backend(url, token, database_url) as backend:
+        env = backend.create_environment(name)
+    if as_json:
+        print_json(env)
+    else:
+        typer.echo(f"created environment {env['name']}")
