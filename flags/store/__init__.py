@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from flags.history import HistoryPage, HistoryQuery
 from flags.model import (
     Environment,
     FlagKind,
@@ -16,6 +15,9 @@ from flags.model import (
     StateChange,
     TokenInfo,
 )
+
+if TYPE_CHECKING:  # flags.history imports flags.store.tables: a runtime import here is a cycle
+    from flags.history import HistoryPage, HistoryQuery
 
 __all__ = ["FlagStore"]
 
