@@ -3,9 +3,11 @@
 * ``GET /api/client/features``: the environment's flags as Unleash client API v2
   features (``flags.unleash.mapping``), with a strong ``ETag``; ``If-None-Match``
   with the current tag answers 304 without a body.
-* ``POST /api/client/register`` and ``POST /api/client/metrics``: 202. Metrics
-  count, per environment, flag and answer, into the Prometheus counter
-  ``flagrail_unleash_evaluations_total`` (flags the environment knows only).
+* ``POST /api/client/register`` and ``POST /api/client/metrics``: 202. Reported
+  evaluations of flags the environment knows count into the SDK telemetry store
+  (``app.state.telemetry.record_metrics``, when installed: the flag's evaluation
+  facts and the unused-flag report) and into the Prometheus counter
+  ``flagrail_unleash_evaluations_total{environment, flag, result}``.
 
 ``Authorization`` carries the token as Unleash SDKs send it, raw or with
 ``Bearer ``. The token's environment picks the state: a token scoped to exactly
@@ -224,13 +226,21 @@ def client_metrics(
 ) -> Response:
     """Count an SDK's reported evaluations of known flags (202)."""
     env = client_environment(token, environment)
-    if body.bucket is not None and body.bucket.toggles:
-        known = current_features(request, store, env).flags
-        for flag, count in body.bucket.toggles.items():
-            if flag not in known:
-                continue  # unknown names must not grow the metric's label set
-            if count.yes:
-                EVALUATIONS.labels(env, flag, "on").inc(count.yes)
-            if count.no:
-                EVALUATIONS.labels(env, flag, "off").inc(count.no)
+    if body.bucket is None or not body.bucket.toggles:
+        return Response(status_code=202)
+    known = current_features(request, store, env).flags
+    # Unknown names are dropped: they must not grow the metric's label set or the table.
+    evaluations = {
+        flag: (count.no, count.yes)
+        for flag, count in body.bucket.toggles.items()
+        if flag in known and (count.no or count.yes)
+    }
+    for flag, (off, on) in evaluations.items():
+        if on:
+            EVALUATIONS.labels(env, flag, "on").inc(on)
+        if off:
+            EVALUATIONS.labels(env, flag, "off").inc(off)
+    telemetry = getattr(request.app.state, "telemetry", None)
+    if telemetry is not None and evaluations:
+        telemetry.record_metrics(env, evaluations)
     return Response(status_code=202)

@@ -1,0 +1,15 @@
+"""Fixtures of the Unleash tests: a real flagrail server per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from unleash_server import FlagrailServer, serve
+
+
+@pytest.fixture
+def flagrail_server(database_url: str) -> Iterator[FlagrailServer]:
+    """A real uvicorn flagrail server on ``database_url`` (SQLite and PostgreSQL)."""
+    with serve(database_url) as server:
+        yield server
