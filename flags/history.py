@@ -110,10 +110,11 @@ def list_changes(conn: Connection, query: HistoryQuery) -> HistoryPage:
         conditions.append(history.c.actor == query.actor)
     if query.action is not None:
         conditions.append(history.c.action == query.action)
+    # Compare in UTC: SQLite stores the UTC wall-clock time and ignores a bound's offset.
     if query.since is not None:
-        conditions.append(history.c.at >= query.since)
+        conditions.append(history.c.at >= _utc(query.since))
     if query.until is not None:
-        conditions.append(history.c.at < query.until)
+        conditions.append(history.c.at < _utc(query.until))
     if query.cursor is not None:
         conditions.append(history.c.id < decode_cursor(query.cursor))
     if query.scope is not None:
@@ -144,5 +145,5 @@ def list_changes(conn: Connection, query: HistoryQuery) -> HistoryPage:
 
 
 def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    """``value`` in UTC. SQLite hands back naive datetimes; every stored time is UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
