@@ -17,7 +17,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.routes import environments, flags, health, history, tokens, unleash
+from api.routes import environments, flags, health, history, plans, tokens, unleash
+from flags.plans.scheduler import PlanScheduler, default_metrics
+from flags.plans.store import PlanStore
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore
 
@@ -30,6 +32,7 @@ ROUTERS = (
     history.router,
     tokens.router,
     unleash.router,
+    plans.router,
 )
 
 
@@ -63,6 +66,9 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
     app.state.settings = settings
     app.state.store = store
     app.state.services = []
+    app.state.plans = PlanStore(store)
+    if settings.scheduler:
+        app.state.services.append(PlanScheduler(app.state.plans, default_metrics(store.engine)))
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
