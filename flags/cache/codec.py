@@ -1,0 +1,249 @@
+"""The envelope a remote cache layer stores, and the entry every layer hands back.
+
+An envelope is bytes, laid out big-endian::
+
+    offset  size  field
+    0       2     magic b"\\xfa\\x1c"
+    2       1     schema version (SCHEMA_VERSION)
+    3       1     flags (bit 0: negative entry, "the loader said no such key")
+    4       8     epoch of the layer when written (unsigned)
+    12      8     written_at: unix seconds (float64) when the value left the loader
+    20      4     payload length n
+    24      n     payload: serializer.dumps(value) (empty for a negative entry)
+    24+n    16    checksum: keyed BLAKE2b over (len(cache key), cache key, bytes 0..24+n)
+
+The checksum is keyed with the layer's secret and covers the cache key, so an
+entry copied to another key, truncated, extended or flipped by one bit fails to
+verify. ``decode`` never returns a value it could not verify: it raises
+``CorruptEntryError`` whose ``field`` names what failed (see ``Rejection``),
+and the caller treats that as a miss.
+
+What a checksum cannot catch is a writer that encodes a well-formed but wrong
+value (the incident's broken writer): shadow reads and sampled verification in
+``flags.cache.layered`` are there for that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from enum import StrEnum
+from hmac import compare_digest
+from typing import Any, Protocol
+
+from flags.errors import CacheError, CorruptEntryError, ValidationError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Codec",
+    "Entry",
+    "Envelope",
+    "JsonSerializer",
+    "Rejection",
+    "Serializer",
+]
+
+SCHEMA_VERSION = 1
+MAGIC = b"\xfa\x1c"
+MIN_SECRET_BYTES = 16
+_HEADER = struct.Struct(">2sBBQdI")
+_MAC_SIZE = 16
+_KEY_LEN = struct.Struct(">I")
+_NEGATIVE = 0x01
+_PERSON = b"flagrail-cache"
+
+
+class Rejection(StrEnum):
+    """Why a stored entry was not served: the ``field`` of the ``CorruptEntryError``.
+
+    ``FORMAT``, ``CHECKSUM`` and ``PAYLOAD`` are corruption (the guard counts
+    them); ``SCHEMA``, ``EPOCH`` and ``AGE`` are entries that were once good but
+    must not be served any more.
+    """
+
+    FORMAT = "format"  # too short, wrong magic, length fields that do not add up
+    CHECKSUM = "checksum"  # keyed checksum mismatch: corrupted, forged or copied from another key
+    PAYLOAD = "payload"  # verified bytes the serializer cannot load
+    SCHEMA = "schema"  # envelope of an older schema version
+    EPOCH = "epoch"  # written before the layer's current epoch (before a kill)
+    AGE = "age"  # older than the cache's maximum age
+
+    @property
+    def corrupt(self) -> bool:
+        return self in _CORRUPT
+
+
+_CORRUPT = frozenset({Rejection.FORMAT, Rejection.CHECKSUM, Rejection.PAYLOAD})
+
+
+class Serializer(Protocol):
+    """Turns a cached value into bytes and back. ``loads(dumps(v))`` must equal ``v``
+    for every value the loader returns (compared with ``==``)."""
+
+    def dumps(self, value: Any) -> bytes: ...
+    def loads(self, data: bytes) -> Any: ...
+
+
+class JsonSerializer:
+    """Compact UTF-8 JSON. Tuples come back as lists; non-JSON values fail ``dumps``."""
+
+    def dumps(self, value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+class Entry:
+    """A value as a layer hands it back, with where and when it came from.
+
+    ``written_at`` is the unix time the value left the loader (the source of
+    truth), carried unchanged when a value is copied from one layer to another,
+    so a copy never gets a fresh lease on life. ``negative`` marks "no such key"
+    (``value`` is then None). ``source`` names the layer the value was read from,
+    None when it came from the loader.
+    """
+
+    __slots__ = ("negative", "source", "value", "written_at")
+
+    def __init__(
+        self, value: Any, written_at: float, negative: bool = False, source: str | None = None
+    ) -> None:
+        self.value = value
+        self.written_at = written_at
+        self.negative = negative
+        self.source = source
+
+    def __repr__(self) -> str:
+        return (
+            f"Entry(value={self.value!r:.60}, written_at={self.written_at}, "
+            f"negative={self.negative}, source={self.source!r})"
+        )
+
+
+class Envelope:
+    """A decoded, verified envelope. ``value`` is None for a negative entry."""
+
+    __slots__ = ("epoch", "negative", "schema", "value", "written_at")
+
+    def __init__(
+        self, schema: int, epoch: int, written_at: float, negative: bool, value: Any
+    ) -> None:
+        self.schema = schema
+        self.epoch = epoch
+        self.written_at = written_at
+        self.negative = negative
+        self.value = value
+
+
+class Codec:
+    """Encode and verify envelopes for one secret and one serializer.
+
+    Thread-safe (holds no mutable state after construction).
+
+    Raises ``flags.errors.ValidationError`` at construction if ``secret`` is not
+    ``bytes`` of at least 16 bytes.
+    """
+
+    def __init__(self, secret: bytes, serializer: Serializer | None = None) -> None:
+        if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
+            raise ValidationError(
+                f"secret must be bytes of at least {MIN_SECRET_BYTES} bytes, "
+                f"got {type(secret).__name__} of length {len(secret) if secret else 0}",
+                field="secret",
+            )
+        if len(secret) > hashlib.blake2b.MAX_KEY_SIZE:
+            secret = hashlib.blake2b(secret).digest()
+        self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
+        self._mac = hashlib.blake2b(key=secret, digest_size=_MAC_SIZE, person=_PERSON)
+
+    def _checksum(self, key: bytes, body: bytes | memoryview) -> bytes:
+        mac = self._mac.copy()
+        mac.update(_KEY_LEN.pack(len(key)))
+        mac.update(key)
+        mac.update(body)
+        return mac.digest()
+
+    def encode(
+        self,
+        key: bytes,
+        value: Any,
+        *,
+        epoch: int,
+        written_at: float,
+        negative: bool = False,
+        schema: int = SCHEMA_VERSION,
+    ) -> bytes:
+        """The envelope of ``value`` stored under ``key`` (the full storage key).
+
+        Raises ``CacheError`` when the serializer cannot encode ``value`` (its
+        exception is chained). ``schema`` exists for tests that forge old entries.
+        """
+        if negative:
+            payload = b""
+        else:
+            try:
+                payload = self.serializer.dumps(value)
+            except Exception as exc:  # user-supplied serializer: any failure means "cannot store"
+                raise CacheError(
+                    f"serializer cannot encode a {type(value).__name__}: {exc}", field="value"
+                ) from exc
+            if not isinstance(payload, bytes):
+                raise CacheError(
+                    f"serializer.dumps must return bytes, got {type(payload).__name__}",
+                    field="value",
+                )
+        body = (
+            _HEADER.pack(
+                MAGIC, schema, _NEGATIVE if negative else 0, epoch, written_at, len(payload)
+            )
+            + payload
+        )
+        return body + self._checksum(key, body)
+
+    def decode(self, key: bytes, data: bytes) -> Envelope:
+        """Verify and decode ``data`` read from ``key``.
+
+        Raises ``CorruptEntryError`` with ``field`` set to a ``Rejection`` value:
+        ``format`` or ``checksum`` or ``payload`` for corrupt bytes, ``schema``
+        for an envelope of another schema version. Epoch and age are checked by
+        the layer, which knows its current epoch.
+        """
+        if not isinstance(data, bytes) or len(data) < _HEADER.size + _MAC_SIZE:
+            raise CorruptEntryError("entry too short for an envelope", field=Rejection.FORMAT)
+        magic, schema, flags, epoch, written_at, length = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise CorruptEntryError("entry does not start with the magic", field=Rejection.FORMAT)
+        if schema != SCHEMA_VERSION:
+            raise CorruptEntryError(
+                f"envelope schema {schema}, this code reads {SCHEMA_VERSION}",
+                field=Rejection.SCHEMA,
+            )
+        end = _HEADER.size + length
+        if end + _MAC_SIZE != len(data):
+            raise CorruptEntryError(
+                f"payload length {length} does not match the entry size {len(data)}",
+                field=Rejection.FORMAT,
+            )
+        view = memoryview(data)
+        expected = self._checksum(key, view[:end])
+        # compare_digest: no timing oracle on how much of a forged checksum matched.
+        if not compare_digest(expected, bytes(view[end:])):
+            raise CorruptEntryError("checksum does not verify", field=Rejection.CHECKSUM)
+        negative = bool(flags & _NEGATIVE)
+        value = None
+        if not negative:
+            try:
+                value = self.serializer.loads(data[_HEADER.size : end])
+            except Exception as exc:  # user-supplied serializer: any failure is a corrupt payload
+                raise CorruptEntryError(
+                    f"verified payload does not load: {exc}", field=Rejection.PAYLOAD
+                ) from exc
+        return Envelope(schema, epoch, written_at, negative, value)
+
+    def schema_of(self, data: bytes) -> int | None:
+        """The schema byte of ``data``, or None if it is not an envelope at all."""
+        if isinstance(data, bytes) and len(data) >= 3 and data[:2] == MAGIC:
+            return data[2]
+        return None

@@ -1,0 +1,1 @@
+"""Tests of flags.cache (a package, so module names cannot clash with other test dirs)."""
