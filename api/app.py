@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import errors
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from api.routes import environments, flags, health, history, plans, tokens, unleash
+from api.routes import environments, flags, health, history, plans, sdk, tokens, unleash
 from flags.plans.scheduler import PlanScheduler, default_metrics
 from flags.plans.store import PlanStore
 from flags.settings import Settings
@@ -33,6 +33,7 @@ ROUTERS = (
     tokens.router,
     unleash.router,
     plans.router,
+    sdk.router,
 )
 
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
     app.state.settings = settings
     app.state.store = store
     app.state.services = []
+    sdk.install(app, settings, store)
     app.state.plans = PlanStore(store)
     if settings.scheduler:
         app.state.services.append(PlanScheduler(app.state.plans, default_metrics(store.engine)))

@@ -20,6 +20,18 @@ from flags.model import Evaluation, FlagState, Reason, Snapshot
 
 __all__ = ["CompiledFlag", "CompiledSnapshot", "compile_snapshot"]
 
+# Evaluations are immutable values; flags at the same state version share them, so a
+# snapshot of 10,000 flags holds a few hundred Evaluation objects, not 70,000.
+_EVALUATIONS: dict[tuple[bool, Reason, int], Evaluation] = {}
+
+
+def _evaluation(enabled: bool, reason: Reason, version: int) -> Evaluation:
+    key = (enabled, reason, version)
+    ev = _EVALUATIONS.get(key)
+    if ev is None:
+        ev = _EVALUATIONS.setdefault(key, Evaluation(enabled, reason, version))
+    return ev
+
 
 class CompiledFlag:
     """One flag's state in one environment, ready for checks. Immutable by convention."""
@@ -51,23 +63,23 @@ class CompiledFlag:
         self.counts = counts
         if state.killed:
             self.fixed: bool | None = False
-            self.ev_fixed: Evaluation | None = Evaluation(False, Reason.KILLED, v)
+            self.ev_fixed: Evaluation | None = _evaluation(False, Reason.KILLED, v)
         elif not state.enabled:
             self.fixed = False
-            self.ev_fixed = Evaluation(False, Reason.DISABLED, v)
+            self.ev_fixed = _evaluation(False, Reason.DISABLED, v)
         else:
             self.fixed = None
             self.ev_fixed = None
         self.no_tenant = state.rollout >= 100
-        self.ev_no_tenant = Evaluation(self.no_tenant, Reason.ROLLOUT, v)
+        self.ev_no_tenant = _evaluation(self.no_tenant, Reason.ROLLOUT, v)
         self.tenants_on = state.tenants_on
         self.tenants_off = state.tenants_off
         self.rollout = state.rollout
         self.prefix = key + ":"
-        self.ev_tenant_on = Evaluation(True, Reason.TENANT_ON, v)
-        self.ev_tenant_off = Evaluation(False, Reason.TENANT_OFF, v)
-        self.ev_rollout_on = Evaluation(True, Reason.ROLLOUT, v)
-        self.ev_rollout_off = Evaluation(False, Reason.ROLLOUT, v)
+        self.ev_tenant_on = _evaluation(True, Reason.TENANT_ON, v)
+        self.ev_tenant_off = _evaluation(False, Reason.TENANT_OFF, v)
+        self.ev_rollout_on = _evaluation(True, Reason.ROLLOUT, v)
+        self.ev_rollout_off = _evaluation(False, Reason.ROLLOUT, v)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +90,32 @@ class CompiledSnapshot:
     version: int
     table: Mapping[str, CompiledFlag]
     snapshot: Snapshot
+
+    def with_change(
+        self,
+        version: int,
+        flag: str,
+        state: FlagState | None,
+        counts: dict[str, list[int]],
+    ) -> CompiledSnapshot:
+        """This snapshot with one flag replaced (``state`` None removes it), at ``version``.
+
+        Compiles only the changed flag: the cost is two dict copies, not a recompilation.
+        """
+        flags = dict(self.snapshot.flags)
+        table = dict(self.table)
+        if state is None:
+            flags.pop(flag, None)
+            table.pop(flag, None)
+        else:
+            flags[flag] = state
+            slot = counts.get(flag)
+            if slot is None:
+                slot = counts[flag] = [0, 0]
+            table[flag] = CompiledFlag(flag, state, slot)
+        return CompiledSnapshot(
+            self.environment, version, table, Snapshot(self.environment, version, flags)
+        )
 
 
 def compile_snapshot(

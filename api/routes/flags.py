@@ -138,10 +138,23 @@ def _target_envs(principal: Principal, requested: list[str] | None) -> list[str]
 
 @router.post("/{key}/kill")
 def kill_flag(
-    key: str, body: KillRequest, store: Store, rid: RequestId, principal: Principal = Operator
+    key: str,
+    body: KillRequest,
+    request: Request,
+    store: Store,
+    rid: RequestId,
+    principal: Principal = Operator,
+    wait: str | None = Query(default=None, max_length=20),
 ) -> dict[str, Any]:
-    """Kill ``key`` in the given environments (default: every environment of the token)."""
+    """Kill ``key`` in the given environments (default: every environment of the token).
+
+    ``?wait=2s`` answers once every live SDK instance applied the kill, or when the
+    wait runs out, adding ``confirmed``, ``live``, ``lagging`` and ``elapsed_ms``.
+    """
+    from api.routes.sdk import confirm_kill, kill_wait
+
     validate_flag_key(key)
+    seconds = kill_wait(request, wait)
     result = store.kill(
         key,
         _target_envs(principal, body.environments),
@@ -149,7 +162,9 @@ def kill_flag(
         actor=principal.actor,
         request_id=rid,
     )
-    return kill_json(result)
+    if seconds is None:
+        return kill_json(result)
+    return {**kill_json(result), **confirm_kill(request, store, result, seconds)}
 
 
 @router.post("/{key}/unkill")

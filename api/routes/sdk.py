@@ -1,0 +1,471 @@
+"""The SDK's side of the server: snapshot, stream, metrics, instance reports.
+
+* ``GET /sdk/v1/snapshot?environment=E``: ``{"environment", "version", "flags"}``
+  with a strong ETag (the version); ``If-None-Match`` gives a bodiless 304.
+* ``GET /sdk/v1/stream?environment=E``: Server-Sent Events, a ``snapshot`` event
+  then one ``change`` event per committed change, a heartbeat comment every
+  ``settings.heartbeat_interval`` seconds; ``Last-Event-ID`` resumes from memory.
+* ``POST /sdk/v1/metrics``: evaluation counts and app-named counters since the
+  last report, with the instance's report (202).
+* ``POST /sdk/v1/instances``: an instance report alone (the applied version).
+* ``GET /admin/environments/{env}/clients``: live SDK instances (reader).
+* ``GET /admin/reports/unused?since=30d``: flags no SDK evaluated since then (reader).
+
+SDK routes take any token whose scope covers the environment (``client`` tokens
+included); admin routes need ``reader`` or above. ``install`` wires the services
+(broadcaster, instance registry, Redis publisher and subscriber) into an app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import signal
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import Principal, Reader, SdkClient, get_store
+from api.errors import error_response
+from flags.durations import parse_duration, parse_instant
+from flags.errors import FlagrailError, ValidationError
+from flags.model import FlagChanged, Snapshot, validate_environment_name, validate_flag_key
+from flags.settings import Settings
+from flags.store.sql import KillResult, SqlFlagStore
+from flags.store.telemetry import TelemetryStore
+from flags.sync import InstanceReport
+from flags.sync.broadcast import Broadcaster, InstanceRegistry
+from flags.sync.sse import format_event
+
+__all__ = [
+    "SdkServerSettings",
+    "SdkServices",
+    "confirm_kill",
+    "install",
+    "kill_wait",
+    "router",
+]
+
+log = logging.getLogger("flagrail.api.sdk")
+
+router = APIRouter(tags=["sdk"])
+
+Store = Annotated[SqlFlagStore, Depends(get_store)]
+MAX_REPORTED_FLAGS = 10_000
+MAX_COUNTERS_PER_FLAG = 50
+
+
+class SdkServerSettings(BaseSettings):
+    """SDK-serving knobs (``FLAGRAIL_<NAME>``), apart from the core ``Settings``."""
+
+    model_config = SettingsConfigDict(env_prefix="FLAGRAIL_", extra="ignore")
+
+    # Redis channel prefix: changes go to <prefix>changes:<env>.
+    redis_prefix: str = "flagrail:"
+    # Open SSE streams this replica accepts; beyond it a stream gets 503 (SDKs poll).
+    max_streams: int = Field(default=10_000, ge=0)
+    # Seconds between database polls of environment versions (the no-Redis backstop).
+    version_poll_interval: float = Field(default=0.5, gt=0)
+    # Longest ?wait= a kill may ask for, in seconds.
+    max_kill_wait: float = Field(default=30.0, gt=0)
+
+
+@dataclass
+class SdkServices:
+    """What the SDK routes use, at ``app.state.sdk``."""
+
+    settings: SdkServerSettings
+    telemetry: TelemetryStore
+    broadcaster: Broadcaster
+    registry: InstanceRegistry
+    publisher: Any = None
+    subscriber: Any = None
+
+    def announce(self, report: InstanceReport) -> None:
+        """Record a report heard over HTTP and tell the other replicas (over Redis)."""
+        self.registry.report(report)
+        if self.publisher is not None:
+            self.publisher.publish_instance(report)
+
+
+def install(
+    app: FastAPI,
+    settings: Settings,
+    store: SqlFlagStore,
+    sdk_settings: SdkServerSettings | None = None,
+) -> SdkServices:
+    """Wire SDK serving into ``app``: ``app.state.sdk``, ``app.state.telemetry``, the
+    services (started by the lifespan) and the store listeners. No I/O here."""
+    sdk_settings = sdk_settings or SdkServerSettings()
+    telemetry = TelemetryStore(store.engine)
+    broadcaster = Broadcaster(store, db_poll_interval=sdk_settings.version_poll_interval)
+    registry = InstanceRegistry(telemetry)
+    services = SdkServices(sdk_settings, telemetry, broadcaster, registry)
+    store.listeners.append(broadcaster.publish)
+    app.state.services.extend([broadcaster, registry])
+    if settings.redis_url:
+        from flags.sync.redis_pubsub import RedisPublisher, RedisSubscriber
+
+        prefix = sdk_settings.redis_prefix
+        services.publisher = RedisPublisher(settings.redis_url, prefix)
+        store.listeners.append(services.publisher.publish_changes)
+        services.subscriber = RedisSubscriber(
+            settings.redis_url,
+            _redis_handler(services),
+            patterns=[f"{prefix}changes:*", f"{prefix}instances:*"],
+            name="flagrail-redis-server",
+        )
+        app.state.services.extend([services.publisher, services.subscriber])
+    app.state.sdk = services
+    app.state.telemetry = telemetry
+    return services
+
+
+def _redis_handler(services: SdkServices) -> Any:
+    prefix = services.settings.redis_prefix
+    changes, instances = f"{prefix}changes:", f"{prefix}instances:"
+
+    def handle(channel: str, data: bytes) -> None:
+        if channel.startswith(changes):
+            env = channel[len(changes) :]
+            try:
+                event = FlagChanged.from_dict(json.loads(data))
+            except ValueError as exc:
+                log.warning("unreadable change on %s (%s): resyncing its streams", channel, exc)
+                services.broadcaster.request_resync(env)
+                return
+            if event.environment == env:
+                services.broadcaster.publish([event])
+        elif channel.startswith(instances):
+            try:
+                report = InstanceReport.from_dict(json.loads(data))
+            except ValueError as exc:
+                log.debug("unreadable instance report on %s: %s", channel, exc)
+                return
+            services.registry.report(report)
+
+    return handle
+
+
+def _services(request: Request) -> SdkServices:
+    services = getattr(request.app.state, "sdk", None)
+    if services is None:  # an app built without install(): a wiring bug, not bad input
+        raise RuntimeError("SDK services are not installed on this app")
+    return services  # type: ignore[no-any-return]
+
+
+Services = Annotated[SdkServices, Depends(_services)]
+
+
+def _sdk_environment(principal: Principal, environment: str) -> str:
+    validate_environment_name(environment)
+    principal.check_env(environment)
+    return environment
+
+
+def _etag_matches(header: str | None, version: int) -> bool:
+    if not header:
+        return False
+    for part in header.split(","):
+        tag = part.strip()
+        if tag == "*" or tag == f'"{version}"':
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------- snapshot
+@router.get("/sdk/v1/snapshot")
+def get_snapshot(
+    store: Store,
+    principal: Principal = SdkClient,
+    environment: str = Query(..., max_length=40),
+    if_none_match: str | None = Header(default=None, max_length=200),
+) -> Response:
+    """The environment's flags at one version; 304 when ``If-None-Match`` names it."""
+    env = _sdk_environment(principal, environment)
+    headers = {"Cache-Control": "no-cache"}
+    if if_none_match:
+        current = store.get_environment(env).version
+        if _etag_matches(if_none_match, current):
+            return Response(status_code=304, headers={**headers, "ETag": f'"{current}"'})
+    snapshot = store.snapshot(env)
+    return JSONResponse(snapshot.to_dict(), headers={**headers, "ETag": f'"{snapshot.version}"'})
+
+
+# ---------------------------------------------------------------------- stream
+_hooked_signals: set[int] = set()
+
+
+def _end_streams_on_signal(broadcaster: Broadcaster) -> None:
+    """Chain SIGINT/SIGTERM so open streams end at once and a graceful shutdown is not
+    held up by them (uvicorn waits for open responses). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        if sig in _hooked_signals:
+            continue
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            broadcaster.shutdown_streams()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, handler)
+        _hooked_signals.add(sig)
+
+
+def _parse_last_event_id(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit() or len(value.strip()) > 18:
+        return None
+    return int(value.strip())
+
+
+def _change_frame(event: FlagChanged) -> bytes:
+    state = event.state.to_dict() if event.state is not None else None
+    return format_event(
+        "change", {"version": event.version, "flag": event.flag, "state": state}, event.version
+    )
+
+
+def _snapshot_frame(snapshot: Snapshot) -> bytes:
+    return format_event("snapshot", snapshot.to_dict(), snapshot.version)
+
+
+@router.get("/sdk/v1/stream")
+async def stream(
+    request: Request,
+    services: Services,
+    principal: Principal = SdkClient,
+    environment: str = Query(..., max_length=40),
+    last_event_id: str | None = Header(default=None, alias="Last-Event-ID", max_length=40),
+) -> Response:
+    """Server-Sent Events of one environment (see the module docstring)."""
+    env = _sdk_environment(principal, environment)
+    store: SqlFlagStore = request.app.state.store
+    await run_in_threadpool(store.get_environment, env)  # 404 before the stream starts
+    broadcaster = services.broadcaster
+    limit = services.settings.max_streams
+    if broadcaster.closing or broadcaster.stream_count() >= limit:
+        response = error_response(
+            503,
+            "stream_unavailable",
+            f"this replica serves at most {limit} streams; poll /sdk/v1/snapshot",
+            "environment",
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+    _end_streams_on_signal(broadcaster)
+    heartbeat = float(request.app.state.settings.heartbeat_interval)
+    sub = broadcaster.subscribe(env, asyncio.get_running_loop())
+    resume = _parse_last_event_id(last_event_id)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            yield b": connected\n\n"
+            replay = broadcaster.replay(env, resume) if resume is not None else None
+            if replay is not None:
+                sent = resume
+                for event in replay:
+                    yield _change_frame(event)
+                    sent = event.version
+            else:
+                snapshot = await run_in_threadpool(store.snapshot, env)
+                yield _snapshot_frame(snapshot)
+                sent = snapshot.version
+            assert sent is not None
+            while True:
+                item = await sub.get(heartbeat)
+                if item is False:
+                    yield b": heartbeat\n\n"
+                elif item is None:
+                    return
+                elif isinstance(item, Snapshot):
+                    if item.version >= sent:
+                        yield _snapshot_frame(item)
+                        sent = item.version
+                elif isinstance(item, FlagChanged):
+                    if item.version <= sent:
+                        continue
+                    if item.version == sent + 1:
+                        yield _change_frame(item)
+                    else:  # cannot happen with an ordered broadcaster; heal anyway
+                        snapshot = await run_in_threadpool(store.snapshot, env)
+                        yield _snapshot_frame(snapshot)
+                        item = snapshot
+                    sent = item.version
+        except FlagrailError as exc:
+            log.warning("stream of %s ended: %s", env, exc)
+        finally:
+            broadcaster.unsubscribe(sub)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+# ---------------------------------------------------------------------- reports
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class InstanceBody(Strict):
+    instance_id: str = Field(min_length=1, max_length=64)
+    environment: str = Field(min_length=1, max_length=40)
+    host: str = Field(min_length=1, max_length=255)
+    pid: int = Field(ge=0)
+    app: str | None = Field(default=None, max_length=200)
+    applied_version: int = Field(ge=0)
+    interval: float = Field(default=10.0, gt=0, le=3600)
+    closed: bool = False
+
+    def to_report(self) -> InstanceReport:
+        return InstanceReport(
+            self.instance_id,
+            self.environment,
+            self.host,
+            self.pid,
+            self.app,
+            self.applied_version,
+            self.interval,
+            self.closed,
+        )
+
+
+class FlagCounts(Strict):
+    on: int = Field(default=0, ge=0)
+    off: int = Field(default=0, ge=0)
+
+
+class MetricsBody(Strict):
+    environment: str = Field(min_length=1, max_length=40)
+    instance: InstanceBody | None = None
+    flags: dict[str, FlagCounts] = Field(default_factory=dict, max_length=MAX_REPORTED_FLAGS)
+    counters: dict[str, dict[str, float]] = Field(
+        default_factory=dict, max_length=MAX_REPORTED_FLAGS
+    )
+
+
+def _check_counters(counters: dict[str, dict[str, float]]) -> None:
+    for flag, named in counters.items():
+        validate_flag_key(flag, "counters")
+        if len(named) > MAX_COUNTERS_PER_FLAG:
+            raise ValidationError(
+                f"counters.{flag} holds {len(named)} names; at most {MAX_COUNTERS_PER_FLAG}",
+                field=f"counters.{flag}",
+            )
+        for name, value in named.items():
+            if not 0 < len(name) <= 100 or not name.isprintable():
+                raise ValidationError(
+                    f"counter names must be 1 to 100 printable characters, got {name!r:.40}",
+                    field=f"counters.{flag}",
+                )
+            if not math.isfinite(value):
+                raise ValidationError(
+                    f"counters.{flag}.{name} must be a finite number",
+                    field=f"counters.{flag}.{name}",
+                )
+
+
+@router.post("/sdk/v1/metrics", status_code=202)
+def post_metrics(
+    body: MetricsBody, store: Store, services: Services, principal: Principal = SdkClient
+) -> dict[str, Any]:
+    """Add an SDK's evaluation counts and counters since its last report. Flags the
+    environment does not hold (unknown or archived) are dropped, not stored."""
+    env = _sdk_environment(principal, body.environment)
+    if body.instance is not None and body.instance.environment != env:
+        raise ValidationError(
+            "instance.environment must equal environment", field="instance.environment"
+        )
+    for key in body.flags:
+        validate_flag_key(key, "flags")
+    _check_counters(body.counters)
+    known = store.snapshot(env).flags if body.flags or body.counters else {}
+    evaluations = {
+        key: (c.off, c.on) for key, c in body.flags.items() if key in known and (c.on or c.off)
+    }
+    counters = {flag: named for flag, named in body.counters.items() if flag in known}
+    services.telemetry.record_metrics(env, evaluations, counters)
+    if body.instance is not None:
+        services.announce(body.instance.to_report())
+    return {
+        "accepted": True,
+        "flags": len(evaluations),
+        "dropped": len(body.flags) - len(evaluations) + len(body.counters) - len(counters),
+    }
+
+
+@router.post("/sdk/v1/instances", status_code=202)
+def post_instance(
+    body: InstanceBody, services: Services, principal: Principal = SdkClient
+) -> dict[str, Any]:
+    """Record which version an instance applied (kill confirmation)."""
+    _sdk_environment(principal, body.environment)
+    services.announce(body.to_report())
+    return {"accepted": True}
+
+
+# ---------------------------------------------------------------------- admin
+@router.get("/admin/environments/{env}/clients")
+def list_clients(
+    env: str, store: Store, services: Services, principal: Principal = Reader
+) -> dict[str, Any]:
+    """Live SDK instances of ``env``: heard from within three report intervals."""
+    validate_environment_name(env)
+    principal.check_env(env)
+    store.get_environment(env)
+    return {"items": services.registry.live(env)}
+
+
+@router.get("/admin/reports/unused")
+def unused_report(
+    services: Services,
+    principal: Principal = Reader,
+    since: str = Query(default="30d", max_length=64),
+) -> dict[str, Any]:
+    """Live flags created before ``since`` that no SDK evaluated since then, in the
+    environments of the token."""
+    at = parse_instant(since, "since")
+    items = services.telemetry.unused(at, scope=principal.scope)
+    return {"since": at.astimezone(UTC).isoformat(), "items": items}
+
+
+def kill_wait(request: Request, wait: str | None) -> float | None:
+    """Seconds of a kill's ``?wait=`` (None without one). Validate it before the kill.
+
+    Raises ``ValidationError`` (field ``wait``) for a malformed or too long wait.
+    """
+    if wait is None:
+        return None
+    seconds = parse_duration(wait, "wait").total_seconds()
+    limit = _services(request).settings.max_kill_wait
+    if seconds > limit:
+        raise ValidationError(f"wait must be at most {limit:g}s, got {wait!r}", field="wait")
+    return seconds
+
+
+def confirm_kill(
+    request: Request, store: SqlFlagStore, result: KillResult, seconds: float
+) -> dict[str, Any]:
+    """Wait until every live instance of the kill's environments applied the version
+    the kill produced there (for an environment it left as it was, the current
+    version), at most ``seconds``. Returns ``{"confirmed", "live", "lagging",
+    "elapsed_ms"}``, to merge into the kill's answer."""
+    targets = dict(result.env_versions)
+    for env in result.states:
+        if env not in targets:
+            targets[env] = store.get_environment(env).version
+    return _services(request).registry.wait_applied(targets, seconds).to_dict()
