@@ -9,10 +9,6 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def _json_error(status: int, code: str, message: str, field: str | None) -> tuple[dict, bytes]:
     body = json.dumps({"error": {"code": code, "message": message, "field": field}}).encode()
     start = {
@@ -49,27 +45,33 @@ class BodyLimitMiddleware:
                     return
         seen = 0
         started = False
+        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            # Over the limit: answer 413 here and tell the app the client left. (Raising
+            # instead would surface inside the app's body parsing, which turns it into 400.)
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    if not started:
+                        rejected = True
+                        await self._reject(send)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return  # the 413 is already sent; the app's own answer is dropped
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, limited_receive, tracking_send)
 
     async def _reject(self, send: Send) -> None:
         start, body = _json_error(

@@ -7,7 +7,8 @@ directly in the store, as ``flagrail token create`` makes them.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import httpx
@@ -76,12 +77,25 @@ def make_app_settings(url: str) -> Settings:
     return Settings(database_url=url, scheduler=False)
 
 
+@contextmanager
+def open_client(url: str, store: SqlFlagStore | None = None) -> Iterator[TestClient]:
+    """A TestClient (lifespan run) on ``create_app`` for ``url``, which may be unreachable."""
+    from api.app import create_app
+
+    app = create_app(make_app_settings(url), store=store or SqlFlagStore(url))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def app_client() -> Callable[..., AbstractContextManager[TestClient]]:
+    """``open_client``, for tests that need an app on a database of their choosing."""
+    return open_client
+
+
 @pytest.fixture
 def api(database_url: str) -> Iterator[Api]:
     """The admin API on a migrated database of this test's own (SQLite and PostgreSQL)."""
-    from api.app import create_app
-
     store = SqlFlagStore(database_url)
-    app = create_app(make_app_settings(database_url), store=store)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with open_client(database_url, store) as client:
         yield Api(client, store, database_url)
