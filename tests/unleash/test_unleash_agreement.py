@@ -11,63 +11,20 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from unleash_server import FlagrailServer, wait_for
+from unleash_server import (
+    ON,
+    SHAPES,
+    STAGING_ONLY,
+    TENANTS,
+    FlagrailServer,
+    populate,
+    wait_for,
+)
 from UnleashClient import UnleashClient
 from UnleashClient.utils import InstanceAllowType
 
 from flags.client import FlagClient
-from flags.model import StateChange
-from flags.store.sql import SqlFlagStore
 from flags.unleash.mapping import TENANT_FIELD
-
-UNUSUAL = ["tënant-ü", "ACME Corp", " padded ", "42", "x" * 200]
-TENANTS = [f"tenant-{i}" for i in range(10_000 - len(UNUSUAL))] + UNUSUAL
-ON = frozenset(TENANTS[0:300:3]) | {"tënant-ü"}
-OFF = frozenset(TENANTS[1:300:3]) | {"ACME Corp"}
-
-# Every shape the issue names, and combinations; applied to production.
-SHAPES: dict[str, StateChange] = {
-    "plain-on": StateChange(enabled=True, rollout=100),
-    "plain-off": StateChange(enabled=False, rollout=100, tenants_on=ON),
-    "killed": StateChange(enabled=True, rollout=100),
-    "killed-combo": StateChange(enabled=True, rollout=50, tenants_on=ON, tenants_off=OFF),
-    "tenants-on": StateChange(enabled=True, rollout=0, tenants_on=ON),
-    "tenants-off": StateChange(enabled=True, rollout=100, tenants_off=OFF),
-    "rollout-0": StateChange(enabled=True, rollout=0),
-    "rollout-1": StateChange(enabled=True, rollout=1),
-    "rollout-50": StateChange(enabled=True, rollout=50),
-    "rollout-99": StateChange(enabled=True, rollout=99),
-    "rollout-100": StateChange(enabled=True, rollout=100),
-    "combo-50": StateChange(enabled=True, rollout=50, tenants_on=ON, tenants_off=OFF),
-    "combo-1-off": StateChange(enabled=True, rollout=1, tenants_off=OFF),
-    "combo-99-on": StateChange(enabled=True, rollout=99, tenants_on=ON),
-    "combo-0-both": StateChange(enabled=True, rollout=0, tenants_on=ON, tenants_off=OFF),
-    "combo-100-both": StateChange(enabled=True, rollout=100, tenants_on=ON, tenants_off=OFF),
-}
-KILLED = ("killed", "killed-combo")
-STAGING_ONLY = "staging-only"
-
-
-def populate(store: SqlFlagStore) -> None:
-    for key, change in SHAPES.items():
-        store.create_flag(key, actor="test")
-        store.update_state(key, "production", change, actor="test")
-        # Staging differs everywhere, so a leak would change production answers.
-        store.update_state(key, "staging", StateChange(enabled=True, rollout=100), actor="test")
-    for key in KILLED:
-        store.kill(key, ["production"], reason="drill", actor="test")
-    store.create_flag(STAGING_ONLY, actor="test")
-    store.update_state(
-        STAGING_ONLY,
-        "staging",
-        StateChange(enabled=True, rollout=100, tenants_on=frozenset({"staging-secret"})),
-        actor="test",
-    )
-    store.create_flag("archived", actor="test")
-    store.update_state(
-        "archived", "production", StateChange(enabled=True, rollout=100), actor="test"
-    )
-    store.archive_flag("archived", actor="test")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Helpers for the Unleash tests: a real flagrail server and a bounded wait."""
+"""Helpers for the Unleash tests: a real flagrail server, flags in every shape, a bounded wait."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
+from flags.model import StateChange
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore
 from flags.testing.redis_server import free_port
@@ -69,3 +70,53 @@ def serve(database_url: str) -> Iterator[FlagrailServer]:
         thread.join(timeout=15)
         store.close()
         assert not thread.is_alive(), "the test server did not stop"
+
+
+UNUSUAL = ["tënant-ü", "ACME Corp", " padded ", "42", "x" * 200]
+TENANTS = [f"tenant-{i}" for i in range(10_000 - len(UNUSUAL))] + UNUSUAL
+ON = frozenset(TENANTS[0:300:3]) | {"tënant-ü"}
+OFF = frozenset(TENANTS[1:300:3]) | {"ACME Corp"}
+
+# Every shape the issue names, and combinations; applied to production.
+SHAPES: dict[str, StateChange] = {
+    "plain-on": StateChange(enabled=True, rollout=100),
+    "plain-off": StateChange(enabled=False, rollout=100, tenants_on=ON),
+    "killed": StateChange(enabled=True, rollout=100),
+    "killed-combo": StateChange(enabled=True, rollout=50, tenants_on=ON, tenants_off=OFF),
+    "tenants-on": StateChange(enabled=True, rollout=0, tenants_on=ON),
+    "tenants-off": StateChange(enabled=True, rollout=100, tenants_off=OFF),
+    "rollout-0": StateChange(enabled=True, rollout=0),
+    "rollout-1": StateChange(enabled=True, rollout=1),
+    "rollout-50": StateChange(enabled=True, rollout=50),
+    "rollout-99": StateChange(enabled=True, rollout=99),
+    "rollout-100": StateChange(enabled=True, rollout=100),
+    "combo-50": StateChange(enabled=True, rollout=50, tenants_on=ON, tenants_off=OFF),
+    "combo-1-off": StateChange(enabled=True, rollout=1, tenants_off=OFF),
+    "combo-99-on": StateChange(enabled=True, rollout=99, tenants_on=ON),
+    "combo-0-both": StateChange(enabled=True, rollout=0, tenants_on=ON, tenants_off=OFF),
+    "combo-100-both": StateChange(enabled=True, rollout=100, tenants_on=ON, tenants_off=OFF),
+}
+KILLED = ("killed", "killed-combo")
+STAGING_ONLY = "staging-only"
+
+
+def populate(store: SqlFlagStore) -> None:
+    for key, change in SHAPES.items():
+        store.create_flag(key, actor="test")
+        store.update_state(key, "production", change, actor="test")
+        # Staging differs everywhere, so a leak would change production answers.
+        store.update_state(key, "staging", StateChange(enabled=True, rollout=100), actor="test")
+    for key in KILLED:
+        store.kill(key, ["production"], reason="drill", actor="test")
+    store.create_flag(STAGING_ONLY, actor="test")
+    store.update_state(
+        STAGING_ONLY,
+        "staging",
+        StateChange(enabled=True, rollout=100, tenants_on=frozenset({"staging-secret"})),
+        actor="test",
+    )
+    store.create_flag("archived", actor="test")
+    store.update_state(
+        "archived", "production", StateChange(enabled=True, rollout=100), actor="test"
+    )
+    store.archive_flag("archived", actor="test")
