@@ -16,6 +16,7 @@ except ImportError:  # pragma: no cover - older Typer on real Click
     from click import exceptions as click_exceptions
 
 from api.cli import flags as flag_commands
+from api.cli import plan as plan_commands
 from api.cli import server, tokens
 from api.cli.output import CliError
 
@@ -32,6 +33,7 @@ app.add_typer(tokens.app, name="token")
 app.add_typer(flag_commands.flags_app, name="flags")
 flag_commands.register(app)
 app.add_typer(flag_commands.env_app, name="env")
+app.add_typer(plan_commands.app, name="plan")
 
 
 def main(argv: list[str] | None = None) -> None:

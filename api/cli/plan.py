@@ -1,0 +1,297 @@
+"""``flagrail plan create|list|show|schedule|pause|resume|abort|advance``: rollout plans.
+
+Every command talks to a running server (``--url`` / ``--token``, or
+``FLAGRAIL_URL`` / ``FLAGRAIL_TOKEN``): plans are advanced by the server's
+scheduler, so they are made and steered there. A plan file is YAML (or JSON) in
+the body form of ``POST /admin/flags/{key}/plans``::
+
+    environment: production
+    stages:
+      - {tenants_on: [internal], enabled: true, hold: 30m}
+      - {rollout: 5, hold: 30m}
+      - {rollout: 100}
+    guards:
+      - {metric: auth.cache.l2.corrupt_rate, max: 0.01}
+
+The server validates it; an error names the field (``stages.1.rollout``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+import yaml
+
+from api.cli.output import CliError, print_json, print_table
+from flags.settings import Settings
+
+app = typer.Typer(help="Staged rollout plans and scheduled changes.", no_args_is_help=True)
+
+ServerUrl = typer.Option(
+    None,
+    "--url",
+    envvar="FLAGRAIL_URL",
+    help="Admin API base URL (default http://<FLAGRAIL_HOST>:<FLAGRAIL_PORT>).",
+)
+Token = typer.Option(None, "--token", envvar="FLAGRAIL_TOKEN", help="API token.")
+AsJson = typer.Option(False, "--json", help="Print the API's JSON instead of a table.")
+Reason = typer.Option(None, "--reason", help="Why: recorded in the history.")
+
+
+class PlanClient:
+    """The plan endpoints of the admin API at ``url``. A context manager."""
+
+    def __init__(
+        self, url: str | None, token: str | None, *, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        if not token:
+            raise CliError("a token is needed: pass --token or set FLAGRAIL_TOKEN", exit_code=2)
+        if not url:
+            settings = Settings()
+            url = f"http://{settings.host}:{settings.port}"
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}", "User-Agent": "flagrail-cli"},
+            timeout=10.0,
+            transport=transport,
+        )
+
+    def __enter__(self) -> PlanClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.close()
+
+    def call(self, method: str, path: str, body: Any = None, **params: Any) -> dict[str, Any]:
+        """One request. Raises ``CliError`` with the server's message (and field) on an
+        error answer, or naming the URL when the server cannot be reached."""
+        try:
+            response = self._client.request(
+                method, path, json=body, params={k: v for k, v in params.items() if v is not None}
+            )
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the flagrail server at {self.url}: {exc}") from exc
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise CliError(
+                f"{self.url} answered {response.status_code} without JSON; is it flagrail?"
+            ) from exc
+        if response.status_code >= 400:
+            err = data.get("error", {}) if isinstance(data, dict) else {}
+            message = err.get("message") or f"HTTP {response.status_code}"
+            field = err.get("field")
+            suffix = f" (field {field})" if field and field not in message else ""
+            raise CliError(f"{message}{suffix}")
+        return data  # type: ignore[no-any-return]
+
+
+def _jsonable(value: Any) -> Any:
+    """YAML reads timestamps as datetimes: send them as ISO-8601 text."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def load_plan_file(path: Path) -> Any:
+    """Read a YAML or JSON plan file. Raises ``CliError`` naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return _jsonable(yaml.safe_load(text))
+    except yaml.YAMLError as exc:
+        raise CliError(f"{path} is not valid YAML: {exc}") from exc
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    """A plan for people: a summary line, its stages (the current one marked), guards."""
+    kind = "schedule" if plan["kind"] == "schedule" else "plan"
+    head = f"{kind} {plan['id']}  {plan['flag']} in {plan['environment']}  {plan['status']}" + (
+        f"  next at {plan['next_at']}" if plan.get("next_at") else ""
+    )
+    typer.echo(head)
+    if plan.get("reason"):
+        typer.echo(f"reason: {plan['reason']}")
+    if kind == "schedule":
+        typer.echo(f"at {plan['at']}: {plan['change']}")
+        return
+    current = plan.get("stage")
+    rows = []
+    for i, stage in enumerate(plan["stages"]):
+        mark = "->" if i == current else ("ok" if current is not None and i < current else "")
+        rows.append(
+            [
+                mark,
+                i,
+                stage.get("rollout", ""),
+                ",".join(stage.get("tenants_on", [])),
+                {True: "on", False: "off"}.get(stage.get("enabled"), ""),
+                stage["hold"],
+            ]
+        )
+    print_table(["", "stage", "rollout", "tenants_on+", "enabled", "hold"], rows)
+    for guard in plan.get("guards", []):
+        window = f" over {guard['window']}" if guard.get("window") else ""
+        typer.echo(f"guard: {guard['metric']} <= {guard['max']:g}{window}")
+
+
+def _out(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(data)
+    else:
+        print_plan(data)
+
+
+@app.command("create")
+def create(
+    key: str,
+    file: Path = typer.Option(..., "--file", "-f", help="The plan, as YAML or JSON."),
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    as_json: bool = AsJson,
+) -> None:
+    """Create a plan for flag KEY; its first stage is applied at once (or at start_at)."""
+    body = load_plan_file(file)
+    with PlanClient(url, token) as client:
+        _out(client.call("POST", f"/admin/flags/{key}/plans", body), as_json)
+
+
+@app.command("schedule")
+def schedule(
+    key: str,
+    env: str = typer.Option(..., "--env", help="The environment to change."),
+    at: str = typer.Option(..., "--at", help="When, ISO-8601 (e.g. 2026-12-01T02:00:00Z)."),
+    enabled: bool | None = typer.Option(None, "--on/--off", help="Turn the flag on or off."),
+    rollout: int | None = typer.Option(None, "--rollout", help="Percent of tenants, 0-100."),
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    as_json: bool = AsJson,
+) -> None:
+    """Schedule one state change of KEY at a given time (a maintenance window)."""
+    change = {k: v for k, v in {"enabled": enabled, "rollout": rollout}.items() if v is not None}
+    body = {"environment": env, "at": at, "change": change}
+    with PlanClient(url, token) as client:
+        _out(client.call("POST", f"/admin/flags/{key}/schedules", body), as_json)
+
+
+@app.command("list")
+def list_plans(
+    key: str, url: str | None = ServerUrl, token: str | None = Token, as_json: bool = AsJson
+) -> None:
+    """Plans and schedules of flag KEY, newest first."""
+    with PlanClient(url, token) as client:
+        data = client.call("GET", f"/admin/flags/{key}/plans")
+    if as_json:
+        print_json(data)
+        return
+    print_table(
+        ["id", "kind", "environment", "status", "stage", "next_at", "created_by"],
+        [
+            [
+                p["id"],
+                p["kind"],
+                p["environment"],
+                p["status"],
+                "" if p["stage"] is None else f"{p['stage']}/{len(p.get('stages') or [1]) - 1}",
+                p.get("next_at"),
+                p["created_by"],
+            ]
+            for p in data["items"]
+        ],
+    )
+
+
+@app.command("show")
+def show(
+    plan_id: int,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    as_json: bool = AsJson,
+) -> None:
+    """A plan, its stages and guards, and the history it produced (actor plan:<id>)."""
+    with PlanClient(url, token) as client:
+        plan = client.call("GET", f"/admin/plans/{plan_id}")
+        steps = client.call("GET", "/admin/history", actor=f"plan:{plan_id}", limit=500)
+    if as_json:
+        print_json({**plan, "history": steps["items"]})
+        return
+    print_plan(plan)
+    if steps["items"]:
+        typer.echo("")
+        print_table(
+            ["at", "action", "reason"],
+            [[h["at"], h["action"], h["reason"]] for h in reversed(steps["items"])],
+        )
+
+
+def _act(
+    action: str,
+    plan_id: int,
+    reason: str | None,
+    url: str | None,
+    token: str | None,
+    as_json: bool,
+) -> None:
+    body = {"reason": reason} if reason is not None else None
+    with PlanClient(url, token) as client:
+        _out(client.call("POST", f"/admin/plans/{plan_id}/{action}", body), as_json)
+
+
+@app.command("pause")
+def pause(
+    plan_id: int,
+    reason: str | None = Reason,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    as_json: bool = AsJson,
+) -> None:
+    """Stop a plan where it is; nothing advances until it is resumed."""
+    _act("pause", plan_id, reason, url, token, as_json)
+
+
+@app.command("resume")
+def resume(
+    plan_id: int,
+    reason: str | None = Reason,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    as_json: bool = AsJson,
+) -> None:
+    """Continue a paused or rolled-back plan (unkill the flag first); the hold restarts."""
+    _act("resume", plan_id, reason, url, token, as_json)
+
+
+@app.command("abort")
+def abort(
+    plan_id: int,
+    reason: str | None = Reason,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    as_json: bool = AsJson,
+) -> None:
+    """End a plan for good; the flag stays as it is."""
+    _act("abort", plan_id, reason, url, token, as_json)
+
+
+@app.command("advance")
+def advance(
+    plan_id: int,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    as_json: bool = AsJson,
+) -> None:
+    """Apply the next stage now, skipping the rest of the hold."""
+    _act("advance", plan_id, None, url, token, as_json)
