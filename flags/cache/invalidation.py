@@ -1,0 +1,180 @@
+"""Invalidation across processes over Redis pub/sub.
+
+``LayeredCache.invalidate(key)`` publishes ``b"k:" + key`` on the cache's
+channel; every process's ``InvalidationListener`` hears it and drops the key
+from its memory layers. Delivery is at most once, so the design bounds what a
+lost message can cost:
+
+* the listener PINGs every ``heartbeat`` seconds and records when it last heard
+  anything (``last_heard``). While it has heard nothing for ``down_after``
+  seconds the channel counts as down, and the cache serves no memory entry
+  older than 1 s (it cannot hear revocations then);
+* after every (re)subscription ``on_connect`` runs, so the cache drops whatever
+  it may have missed while the channel was down;
+* positive entries carry a maximum age regardless.
+
+Unknown message kinds are ignored, so newer releases can add some.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+__all__ = ["InvalidationListener", "decode_message", "encode_key"]
+
+log = logging.getLogger("flagrail.cache.invalidation")
+
+KEY_MESSAGE = b"k:"
+
+
+def encode_key(key: str) -> bytes:
+    """The message that invalidates cache key ``key``."""
+    return KEY_MESSAGE + key.encode("utf-8", "surrogatepass")
+
+
+def decode_message(data: bytes) -> str | None:
+    """The cache key a message invalidates, or None for a message of another kind."""
+    if isinstance(data, bytes) and data.startswith(KEY_MESSAGE):
+        return data[len(KEY_MESSAGE) :].decode("utf-8", "surrogatepass")
+    return None
+
+
+class _Silent(Exception):
+    """The channel answered nothing for too long: reconnect."""
+
+
+class InvalidationListener:
+    """Subscribes to ``channel`` on the Redis at ``url`` in a daemon thread.
+
+    ``on_message(key)`` runs on that thread for every invalidated key, and
+    ``on_connect()`` after every successful (re)subscription; exceptions they
+    raise are logged and swallowed. ``start()`` returns at once; ``close()``
+    stops the thread. ``is_up()`` and ``last_heard`` are safe to read from any
+    thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        on_message: Callable[[str], None],
+        *,
+        on_connect: Callable[[], None] | None = None,
+        heartbeat: float = 0.2,
+        down_after: float = 0.6,
+        connect_timeout: float = 0.5,
+    ) -> None:
+        self.url = url
+        self.channel = channel
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.heartbeat = heartbeat
+        self.down_after = down_after
+        self.connect_timeout = connect_timeout
+        self.last_heard = -math.inf  # monotonic time of the last message or pong
+        self.connects = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def is_up(self, now: float | None = None) -> bool:
+        """True while something was heard on the channel in the last ``down_after`` s."""
+        if now is None:
+            now = time.monotonic()
+        return now - self.last_heard <= self.down_after
+
+    def start(self) -> InvalidationListener:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name=f"flagrail-invalidation:{self.channel}", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+        self.last_heard = -math.inf
+
+    def wait_until_up(self, timeout: float) -> bool:
+        """Block until the channel is up or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.is_up():
+                return True
+            time.sleep(0.005)
+        return self.is_up()
+
+    def _run(self) -> None:
+        client = redis.Redis.from_url(
+            self.url,
+            socket_timeout=max(1.0, self.down_after * 2),
+            socket_connect_timeout=self.connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        backoff = 0.05
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._listen(client)
+                    backoff = 0.05
+                except (RedisError, OSError, _Silent) as exc:
+                    log.debug("invalidation channel %s down: %r", self.channel, exc)
+                self.last_heard = -math.inf
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 1.0)
+        finally:
+            client.close()
+
+    def _listen(self, client: redis.Redis) -> None:
+        pubsub = client.pubsub()
+        try:
+            pubsub.subscribe(self.channel)
+            deadline = time.monotonic() + self.down_after
+            while True:
+                msg = pubsub.get_message(timeout=self.heartbeat / 2)
+                if msg is not None and msg.get("type") == "subscribe":
+                    break
+                if time.monotonic() > deadline or self._stop.is_set():
+                    raise _Silent("no subscribe confirmation")
+            self.connects += 1
+            last_ping = self.last_heard = time.monotonic()
+            if self.on_connect is not None:
+                _call(self.on_connect)
+            while not self._stop.is_set():
+                msg = pubsub.get_message(timeout=self.heartbeat / 2)
+                now = time.monotonic()
+                if msg is not None:
+                    self.last_heard = now
+                    if msg.get("type") == "message":
+                        key = decode_message(msg.get("data"))
+                        if key is not None:
+                            _call(self.on_message, key)
+                if now - last_ping >= self.heartbeat:
+                    pubsub.ping()
+                    last_ping = now
+                if now - self.last_heard > self.down_after * 2:
+                    raise _Silent(f"nothing heard for {now - self.last_heard:.2f}s")
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                pubsub.close()
+
+
+def _call(callback: Callable[..., None], *args: object) -> None:
+    try:
+        callback(*args)
+    except Exception:  # the cache's callback: log it, keep the channel alive
+        log.exception("invalidation callback %r failed", callback)

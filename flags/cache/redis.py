@@ -1,0 +1,432 @@
+"""The Redis layer: verified envelopes in Redis, behind a circuit breaker.
+
+Storage keys, for a layer named ``l2`` of cache ``auth.cache`` with the default
+prefix::
+
+    flagrail:cache:auth.cache:l2:v:<cache key>   envelope (flags.cache.codec), SET ... PX ttl
+    flagrail:cache:auth.cache:l2:epoch           hash: n = current epoch, m:<marker> = bumps done
+    flagrail:cache:auth.cache:invalidate         pub/sub channel (flags.cache.invalidation)
+
+**Epochs.** Every envelope carries the epoch the writer believed current. A read
+of an older epoch is stale: the entry is deleted and the read is a miss. The
+epoch only grows, by ``bump(marker)``: a Lua script increments it once per
+distinct marker, however many processes send that marker, and never below the
+caller's own epoch (so a flushed Redis does not rewind it). ``LayeredCache``
+requests a bump with the flag state version as marker whenever it sees the
+layer go live (at start, and every time after a kill or disable); the bump is
+applied before the layer is read or written again. A reader that meets a newer
+epoch than its own adopts it (only our writers can produce a verified envelope).
+
+**Failures.** Every driver error (refused, timeout, reset, OOM, READONLY,
+LOADING...) and ``OSError`` is translated here, once, into
+``flags.errors.CacheError`` (chained with ``from``) and reported to the breaker.
+Defaults: 50 ms socket and connect timeouts, no retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from flags.cache.breaker import CircuitBreaker
+from flags.cache.codec import SCHEMA_VERSION, Codec, Entry, Rejection, Serializer
+from flags.errors import CacheError, CorruptEntryError, ValidationError
+
+__all__ = ["DEFAULT_PREFIX", "RedisLayer"]
+
+DEFAULT_PREFIX = "flagrail:cache:"
+
+# Increment the epoch once per marker; never go below the caller's epoch (ARGV[2]).
+_BUMP = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+local floor = tonumber(ARGV[2])
+if floor > cur then cur = floor end
+if redis.call('HSETNX', KEYS[1], 'm:' .. ARGV[1], '1') == 1 then cur = cur + 1 end
+redis.call('HSET', KEYS[1], 'n', cur)
+return cur
+"""
+# Delete the key only if it still holds the bytes we judged bad (a fresh write survives).
+_DISCARD = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_DRIVER_ERRORS = (RedisError, OSError)
+
+
+class RedisLayer:
+    """Layer ``name`` in Redis at ``url``, entries verified with ``secret``.
+
+    ``ttl`` (seconds) is the Redis expiry of an entry; ``serializer`` turns values
+    into bytes (JSON by default). ``client`` / ``async_client`` replace the
+    redis-py clients this layer would create (they must not decode responses).
+
+    ``get``/``set``/``delete`` raise ``CacheError`` when Redis fails, and ``get``
+    raises ``CorruptEntryError`` (``field`` a ``Rejection``) for an entry it will
+    not serve, after deleting it. Callers check ``available()`` (the breaker)
+    first. Thread-safe; the async methods may run on any event loop (one client
+    per loop).
+
+    Raises ``ValidationError`` at construction for a bad secret, ttl or client.
+    """
+
+    remote = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: bytes,
+        ttl: float = 300.0,
+        name: str = "l2",
+        client: redis.Redis | None = None,
+        serializer: Serializer | None = None,
+        async_client: redis.asyncio.Redis | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        socket_timeout: float = 0.05,
+        connect_timeout: float = 0.05,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        if not ttl > 0:
+            raise ValidationError(f"ttl must be positive seconds, got {ttl!r}", field="ttl")
+        for given, label in ((client, "client"), (async_client, "async_client")):
+            if given is not None and given.get_encoder().decode_responses:
+                raise ValidationError(
+                    f"{label} must return bytes (decode_responses=False)", field=label
+                )
+        self.url = url
+        self.name = name
+        self.ttl = float(ttl)
+        self.prefix = prefix
+        self.socket_timeout = socket_timeout
+        self.connect_timeout = connect_timeout
+        self.codec = Codec(secret, serializer)
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.max_age: float | None = None
+        self._client = client
+        self._owns_client = client is None
+        self._async_client = async_client
+        self._async_clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, Any, Any]
+        ] = weakref.WeakKeyDictionary()
+        self._scripts: tuple[Any, Any] | None = None
+        self._client_lock = threading.Lock()
+        self._epoch: int | None = None
+        self._pending: list[str] = []
+        self._epoch_lock = threading.Lock()
+        self._cache: str | None = None
+        self._base = b""
+        self._epoch_key = b""
+        self.channel = ""
+
+    # ----------------------------------------------------------------- binding
+    def bind(self, cache: str, *, max_age: float | None = None) -> None:
+        """Attach this layer to cache ``cache`` (done by ``LayeredCache``). Once only.
+
+        Raises ``ValidationError`` if the layer already belongs to another cache.
+        """
+        if self._cache is not None and self._cache != cache:
+            raise ValidationError(
+                f"layer {self.name!r} already belongs to cache {self._cache!r}", field="layers"
+            )
+        self._cache = cache
+        self.max_age = max_age
+        base = f"{self.prefix}{cache}:{self.name}:"
+        self._base = (base + "v:").encode()
+        self._epoch_key = (base + "epoch").encode()
+        self.channel = f"{self.prefix}{cache}:invalidate"
+
+    def storage_key(self, key: str) -> bytes:
+        """The Redis key that holds cache key ``key``."""
+        return self._base + key.encode("utf-8", "surrogatepass")
+
+    @property
+    def epoch_key(self) -> bytes:
+        return self._epoch_key
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch this process writes with (None until first used)."""
+        return self._epoch
+
+    # ----------------------------------------------------------------- clients
+    def client(self) -> redis.Redis:
+        """The synchronous client (created on first use, no I/O until a command)."""
+        c = self._client
+        if c is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = redis.Redis.from_url(
+                        self.url,
+                        socket_timeout=self.socket_timeout,
+                        socket_connect_timeout=self.connect_timeout,
+                        retry=Retry(NoBackoff(), 0),
+                        retry_on_timeout=False,
+                        health_check_interval=0,
+                    )
+                c = self._client
+        return c
+
+    def _sync_scripts(self) -> tuple[Any, Any]:
+        scripts = self._scripts
+        if scripts is None:
+            c = self.client()
+            scripts = self._scripts = (c.register_script(_BUMP), c.register_script(_DISCARD))
+        return scripts
+
+    def _aclient(self) -> tuple[redis.asyncio.Redis, Any, Any]:
+        loop = asyncio.get_running_loop()
+        found = self._async_clients.get(loop)
+        if found is None:
+            c = self._async_client
+            if c is None:
+                c = redis.asyncio.Redis.from_url(
+                    self.url,
+                    socket_timeout=self.socket_timeout,
+                    socket_connect_timeout=self.connect_timeout,
+                    retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+                    retry_on_timeout=False,
+                    health_check_interval=0,
+                )
+            found = (c, c.register_script(_BUMP), c.register_script(_DISCARD))
+            self._async_clients[loop] = found
+        return found
+
+    # ----------------------------------------------------------------- epochs
+    def bump(self, marker: str) -> None:
+        """Ask for the epoch to grow once for ``marker`` before the next read or write.
+
+        No I/O here; the bump is applied (idempotently across processes) by the
+        next call, which fails with ``CacheError`` while it cannot be applied.
+        """
+        with self._epoch_lock:
+            if marker not in self._pending:
+                self._pending.append(marker)
+
+    def _current_epoch(self) -> int:
+        """Apply pending bumps and learn the epoch. Raises driver errors."""
+        with self._epoch_lock:
+            bump = None
+            while self._pending:
+                if bump is None:
+                    bump = self._sync_scripts()[0]
+                marker = self._pending[0]
+                self._epoch = int(bump(keys=[self._epoch_key], args=[marker, self._epoch or 0]))
+                self._pending.pop(0)
+            if self._epoch is None:
+                raw = self.client().hget(self._epoch_key, "n")
+                self._epoch = int(raw) if raw is not None else 0
+            return self._epoch
+
+    async def _acurrent_epoch(self, bump: Any, client: redis.asyncio.Redis) -> int:
+        # Not under the thread lock (it would block the loop); bumps are idempotent,
+        # so two tasks applying the same marker agree on the result.
+        while self._pending:
+            marker = self._pending[0]
+            epoch = int(await bump(keys=[self._epoch_key], args=[marker, self._epoch or 0]))
+            with self._epoch_lock:
+                self._epoch = max(self._epoch or 0, epoch)
+                if self._pending and self._pending[0] == marker:
+                    self._pending.pop(0)
+        if self._epoch is None:
+            raw = await client.hget(self._epoch_key, "n")
+            with self._epoch_lock:
+                if self._epoch is None:
+                    self._epoch = int(raw) if raw is not None else 0
+        return self._epoch
+
+    def _adopt(self, epoch: int) -> None:
+        with self._epoch_lock:
+            if self._epoch is None or epoch > self._epoch:
+                self._epoch = epoch
+
+    # ----------------------------------------------------------------- the layer
+    def available(self) -> bool:
+        """False while the circuit is open: skip this layer without calling Redis."""
+        return self.breaker.allow()
+
+    def get(self, key: str) -> Entry | None:
+        """The verified entry under ``key``, None if Redis has none.
+
+        Raises ``CacheError`` on a Redis failure and ``CorruptEntryError`` for an
+        entry that fails to decode or verify, or is stale (deleted first,
+        best-effort).
+        """
+        rkey = self._base + key.encode("utf-8", "surrogatepass")
+        try:
+            epoch = self._epoch
+            if epoch is None or self._pending:
+                epoch = self._current_epoch()
+            data = self.client().get(rkey)
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("GET", exc) from exc
+        self.breaker.success()
+        if data is None:
+            return None
+        try:
+            return self._judge(rkey, data, epoch)
+        except CorruptEntryError as exc:
+            if _should_discard(exc, data):
+                self._discard(rkey, data)
+            raise
+
+    async def aget(self, key: str) -> Entry | None:
+        """``get`` on redis.asyncio. Same contract."""
+        rkey = self._base + key.encode("utf-8", "surrogatepass")
+        try:
+            client, bump, discard = self._aclient()
+            epoch = self._epoch
+            if epoch is None or self._pending:
+                epoch = await self._acurrent_epoch(bump, client)
+            data = await client.get(rkey)
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("GET", exc) from exc
+        self.breaker.success()
+        if data is None:
+            return None
+        try:
+            return self._judge(rkey, data, epoch)
+        except CorruptEntryError as exc:
+            if _should_discard(exc, data):
+                try:
+                    await discard(keys=[rkey], args=[data])
+                except _DRIVER_ERRORS:
+                    self.breaker.failure()
+            raise
+
+    def _judge(self, rkey: bytes, data: bytes, epoch: int) -> Entry:
+        env = self.codec.decode(rkey, data)
+        if env.epoch < epoch:
+            raise CorruptEntryError(
+                f"entry of epoch {env.epoch}, layer is at {epoch}", field=Rejection.EPOCH
+            )
+        if env.epoch > epoch:
+            self._adopt(env.epoch)
+        max_age = self.max_age
+        if max_age is not None and not env.negative and env.written_at + max_age < time.time():
+            raise CorruptEntryError(
+                f"entry written {time.time() - env.written_at:.1f}s ago, max age {max_age}s",
+                field=Rejection.AGE,
+            )
+        return Entry(env.value, env.written_at, env.negative, self.name)
+
+    def _discard(self, rkey: bytes, data: bytes) -> None:
+        try:
+            self._sync_scripts()[1](keys=[rkey], args=[data])
+        except _DRIVER_ERRORS:
+            self.breaker.failure()
+
+    def _encode(self, rkey: bytes, entry: Entry, epoch: int) -> bytes:
+        return self.codec.encode(
+            rkey, entry.value, epoch=epoch, written_at=entry.written_at, negative=entry.negative
+        )
+
+    def _px(self, ttl: float | None) -> int:
+        life = self.ttl if ttl is None else min(ttl, self.ttl)
+        return max(1, int(life * 1000))
+
+    def set(self, key: str, entry: Entry, ttl: float | None = None) -> None:
+        """Store ``entry`` for ``min(ttl, self.ttl)`` seconds.
+
+        Raises ``CacheError`` on a Redis failure or when the serializer cannot
+        encode the value (then Redis is not called and the breaker not told).
+        """
+        rkey = self._base + key.encode("utf-8", "surrogatepass")
+        try:
+            epoch = self._epoch
+            if epoch is None or self._pending:
+                epoch = self._current_epoch()
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("epoch", exc) from exc
+        data = self._encode(rkey, entry, epoch)
+        try:
+            self.client().set(rkey, data, px=self._px(ttl))
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("SET", exc) from exc
+        self.breaker.success()
+
+    async def aset(self, key: str, entry: Entry, ttl: float | None = None) -> None:
+        """``set`` on redis.asyncio. Same contract."""
+        rkey = self._base + key.encode("utf-8", "surrogatepass")
+        try:
+            client, bump, _ = self._aclient()
+            epoch = self._epoch
+            if epoch is None or self._pending:
+                epoch = await self._acurrent_epoch(bump, client)
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("epoch", exc) from exc
+        data = self._encode(rkey, entry, epoch)
+        try:
+            await client.set(rkey, data, px=self._px(ttl))
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("SET", exc) from exc
+        self.breaker.success()
+
+    def delete(self, key: str) -> None:
+        """Delete ``key``. Raises ``CacheError`` on a Redis failure."""
+        try:
+            self.client().delete(self.storage_key(key))
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("DEL", exc) from exc
+        self.breaker.success()
+
+    async def adelete(self, key: str) -> None:
+        try:
+            client, _, _ = self._aclient()
+            await client.delete(self.storage_key(key))
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("DEL", exc) from exc
+        self.breaker.success()
+
+    def clear(self) -> None:
+        """Logically drop every entry: the next call bumps the epoch. No I/O here."""
+        self.bump(f"clear:{time.time_ns()}:{id(self)}")
+
+    def publish(self, channel: str, message: bytes) -> int:
+        """PUBLISH ``message``; returns the receiver count. Raises ``CacheError``."""
+        try:
+            receivers = int(self.client().publish(channel, message))
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("PUBLISH", exc) from exc
+        self.breaker.success()
+        return receivers
+
+    def _failed(self, op: str, exc: BaseException) -> CacheError:
+        self.breaker.failure()
+        return CacheError(f"redis layer {self.name!r}: {op} failed: {exc!r:.200}", field=self.name)
+
+    # ----------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Close the synchronous client if this layer created it."""
+        client, self._client = self._client, None
+        self._scripts = None
+        if client is not None and self._owns_client:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running loop, if this layer created it."""
+        loop = asyncio.get_running_loop()
+        found = self._async_clients.pop(loop, None)
+        if found is not None and self._async_client is None:
+            await found[0].aclose()
+
+    def __repr__(self) -> str:
+        return f"RedisLayer(name={self.name!r}, url={self.url!r}, ttl={self.ttl})"
+
+
+def _should_discard(exc: CorruptEntryError, data: bytes) -> bool:
+    """Delete what is corrupt, stale or of an older schema; keep a newer schema's
+    entries (a newer release is writing them during a rolling deploy)."""
+    if exc.field != Rejection.SCHEMA:
+        return True
+    schema = data[2] if len(data) > 2 else 0
+    return schema < SCHEMA_VERSION
