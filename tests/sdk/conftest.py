@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -39,5 +40,9 @@ def workers() -> Iterator[Callable[..., Worker]]:
     try:
         yield start
     finally:
+        for worker in started:  # close every stdin first: they shut down in parallel
+            if worker.proc.stdin is not None and worker.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    worker.proc.stdin.close()
         for worker in started:
             worker.stop()

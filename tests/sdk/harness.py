@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import uvicorn
@@ -64,9 +65,15 @@ class LiveServer:
             scheduler=False,
         )
         self.store = SqlFlagStore(database_url)
-        self.app = create_app(settings, store=self.store)
+        # install() reads SdkServerSettings from FLAGRAIL_* as a real server does.
+        env = {}
         if sdk_settings is not None:
-            self.app.state.sdk.settings = sdk_settings
+            env = {
+                f"FLAGRAIL_{name.upper()}": str(value)
+                for name, value in sdk_settings.model_dump().items()
+            }
+        with mock.patch.dict(os.environ, env):
+            self.app = create_app(settings, store=self.store)
         config = uvicorn.Config(
             self.app,
             host="127.0.0.1",

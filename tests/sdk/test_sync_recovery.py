@@ -1,0 +1,150 @@
+"""The SDK when things go wrong: server down at start (backup, then defaults), a
+malformed pub/sub message and a version gap (resync), and a fork after creation."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from api.routes.sdk import SdkServerSettings
+from flags import FlagClient
+from flags.model import FlagChanged, FlagState, Reason
+
+from .harness import ENV, Deployment, LiveServer, wait_for
+
+
+def kill(d: Deployment, server: LiveServer) -> None:
+    r = d.admin_request(
+        server, "POST", "/admin/flags/checkout/kill", json={"reason": "t", "environments": [ENV]}
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_start__server_down__backup_served_else_defaults(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A client that cannot reach the server serves the last snapshot it wrote, and says
+    so; without a backup it answers the caller's defaults."""
+    deployment.create_flag("checkout")
+    server = deployment.server()
+    backup = tmp_path / "flags.json"
+    with FlagClient(server.url, deployment.client_token, ENV, backup_path=backup) as first:
+        assert first.wait_until_ready(10)
+        kill(deployment, server)
+        wait_for(lambda: not first.is_enabled("checkout", default=True))
+    assert json.loads(backup.read_text())["flags"]["checkout"]["killed"] is True
+    url = server.url
+    server.stop()
+
+    with FlagClient(url, deployment.client_token, ENV, backup_path=backup) as offline:
+        assert offline.wait_until_ready(10)
+        assert offline.stats()["source"] == "backup"
+        assert offline.evaluate("checkout", default=True).reason is Reason.KILLED
+    with FlagClient(url, deployment.client_token, ENV, backup_path=tmp_path / "none") as bare:
+        assert not bare.wait_until_ready(0.5)
+        assert bare.is_enabled("checkout", default=True) is True
+        assert bare.stats()["source"] == "none"
+
+
+@pytest.fixture
+def redis_setup(
+    deployment: Deployment, redis_url: str, key_prefix: str
+) -> tuple[LiveServer, FlagClient, redis.Redis]:
+    deployment.create_flag("checkout")
+    server = deployment.server(
+        redis_url=redis_url, sdk_settings=SdkServerSettings(redis_prefix=key_prefix)
+    )
+    client = FlagClient(
+        server.url,
+        deployment.client_token,
+        ENV,
+        redis_url=redis_url,
+        channel_prefix=key_prefix,
+    )
+    wait_for(lambda: client.stats()["source"] == "redis" and client.ready, what="redis sync")
+    r = redis.Redis.from_url(redis_url)
+    yield server, client, r  # type: ignore[misc]
+    client.close()
+    r.close()
+
+
+def test_redis__malformed_message__resync_and_still_in_sync(
+    deployment: Deployment, redis_setup: tuple[LiveServer, FlagClient, redis.Redis], key_prefix: str
+) -> None:
+    """An unreadable pub/sub message is counted as a resync, never raised; the next kill
+    still arrives."""
+    server, client, r = redis_setup
+    channel = f"{key_prefix}changes:{ENV}"
+    r.publish(channel, b"\xff not json")
+    r.publish(channel, json.dumps({"environment": ENV, "version": "x", "flag": 1}))
+    wait_for(lambda: client.stats()["resyncs"] >= 2, what="two resyncs")
+    assert client.version == deployment.store.environment_version(ENV)
+    kill(deployment, server)
+    wait_for(lambda: not client.is_enabled("checkout"), what="the kill")
+
+
+def test_redis__version_gap__resync_from_snapshot(
+    deployment: Deployment, redis_setup: tuple[LiveServer, FlagClient, redis.Redis], key_prefix: str
+) -> None:
+    """A change several versions ahead is not applied: the client refetches the
+    snapshot and ends at the server's version and state."""
+    _server, client, r = redis_setup
+    current = client.version
+    bogus = FlagChanged(ENV, current + 5, "checkout", FlagState(killed=True, version=99))
+    r.publish(f"{key_prefix}changes:{ENV}", json.dumps(bogus.to_dict()))
+    wait_for(lambda: client.stats()["resyncs"] >= 1, what="a resync")
+    wait_for(lambda: client.stats()["last_update_at"] is not None)
+    assert client.version == deployment.store.environment_version(ENV) == current
+    assert client.is_enabled("checkout") is True  # the bogus kill was never applied
+
+
+def test_fork__client_made_before__child_sees_later_changes(deployment: Deployment) -> None:
+    """An SDK created before os.fork() restarts its sync in the child (new instance id):
+    a kill made after the fork reaches the child, and the parent too."""
+    deployment.create_flag("checkout")
+    server = deployment.server()
+    client = FlagClient(server.url, deployment.client_token, ENV, poll_interval=0.2)
+    try:
+        assert client.wait_until_ready(10)
+        wait_for(lambda: client.stats()["live"])
+        parent_id = client.instance_id
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: only SDK calls, then _exit with a verdict
+            code = 1
+            try:
+                os.close(ready_r)
+                deadline = time.monotonic() + 15
+                while not client.stats()["live"] and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                os.write(ready_w, b"r")
+                while client.is_enabled("checkout") and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                fresh = client.instance_id != parent_id
+                code = 0 if not client.is_enabled("checkout") and fresh else 2
+            finally:
+                os._exit(code)
+        os.close(ready_w)
+        assert os.read(ready_r, 1) == b"r"
+        os.close(ready_r)
+        kill(deployment, server)
+        deadline = time.monotonic() + 20
+        status = None
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.01)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child never saw the kill")
+        assert os.waitstatus_to_exitcode(status) == 0
+        wait_for(lambda: not client.is_enabled("checkout"), what="the parent to see it too")
+    finally:
+        client.close()
