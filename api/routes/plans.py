@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Path, Request
 
 from api.deps import Editor, Operator, Principal, Reader, get_store, request_id
 from api.schemas import Body as StrictBody
@@ -38,6 +38,7 @@ Store = Annotated[SqlFlagStore, Depends(get_store)]
 Plans = Annotated[PlanStore, Depends(get_plans)]
 RequestId = Annotated[str, Depends(request_id)]
 JsonObject = Annotated[dict[str, Any], Body()]
+PlanId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The plan's id.")]
 
 
 class PlanActionBody(StrictBody):
@@ -100,13 +101,13 @@ def list_plans(
 
 
 @router.get("/admin/plans/{plan_id}")
-def get_plan(plan_id: int, plans: Plans, principal: Principal = Reader) -> dict[str, Any]:
+def get_plan(plan_id: PlanId, plans: Plans, principal: Principal = Reader) -> dict[str, Any]:
     return _visible_plan(plans, plan_id, principal).to_dict()
 
 
 @router.post("/admin/plans/{plan_id}/pause")
 def pause_plan(
-    plan_id: int,
+    plan_id: PlanId,
     plans: Plans,
     rid: RequestId,
     body: ActionBody = None,
@@ -120,7 +121,7 @@ def pause_plan(
 
 @router.post("/admin/plans/{plan_id}/resume")
 def resume_plan(
-    plan_id: int,
+    plan_id: PlanId,
     plans: Plans,
     rid: RequestId,
     body: ActionBody = None,
@@ -135,7 +136,7 @@ def resume_plan(
 
 @router.post("/admin/plans/{plan_id}/abort")
 def abort_plan(
-    plan_id: int,
+    plan_id: PlanId,
     plans: Plans,
     rid: RequestId,
     body: ActionBody = None,
@@ -149,7 +150,7 @@ def abort_plan(
 
 @router.post("/admin/plans/{plan_id}/advance")
 def advance_plan(
-    plan_id: int, plans: Plans, rid: RequestId, principal: Principal = Editor
+    plan_id: PlanId, plans: Plans, rid: RequestId, principal: Principal = Editor
 ) -> dict[str, Any]:
     """Apply the next stage now, skipping the rest of the hold (after the last: complete)."""
     _visible_plan(plans, plan_id, principal)

@@ -52,6 +52,7 @@ from flags.model import (
 )
 
 __all__ = [
+    "MAX_DURATION",
     "MAX_GUARDS",
     "MAX_STAGES",
     "PAST_GRACE",
@@ -91,6 +92,8 @@ __all__ = [
 ]
 
 MAX_STAGES = 50
+# Longest hold or guard window: a plan that waits longer is a calendar, not a rollout.
+MAX_DURATION = timedelta(days=365)
 MAX_GUARDS = 20
 # A scheduled change may name a time this far in the past (clock skew); older is refused.
 PAST_GRACE = timedelta(seconds=60)
@@ -174,7 +177,16 @@ def _duration(value: object, field: str) -> timedelta:
         raise ValidationError(f"{field} must be a duration like '30m'", field=field)
     if isinstance(value, (int, float)) and not math.isfinite(value):
         raise ValidationError(f"{field} must be a finite duration", field=field)
-    return parse_duration(value, field)
+    try:
+        duration = parse_duration(value, field)
+    except OverflowError:
+        duration = MAX_DURATION + timedelta(days=1)
+    if duration > MAX_DURATION:
+        raise ValidationError(
+            f"{field} must be at most {format_duration(MAX_DURATION)}, got {value!r:.40}",
+            field=field,
+        )
+    return duration
 
 
 # ------------------------------------------------------------------ values
@@ -303,7 +315,7 @@ def _mapping(data: object, field: str) -> Mapping[str, Any]:
 def _no_unknown(data: Mapping[str, Any], allowed: frozenset[str], prefix: str) -> None:
     for key in data:
         if key not in allowed:
-            field = f"{prefix}.{key}" if prefix else str(key)
+            field = f"{prefix}.{key}" if prefix else (str(key) or "body")
             raise ValidationError(
                 f"unknown field {key!r}; expected {', '.join(sorted(allowed))}", field=field
             )
@@ -366,8 +378,12 @@ def parse_guard(data: object, field: str) -> Guard:
     if "max" not in data:
         raise ValidationError(f"{field}.max is required", field=f"{field}.max")
     limit = data["max"]
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit):
-        raise ValidationError(f"{field}.max must be a number", field=f"{field}.max")
+    try:
+        limit = float(limit) if not isinstance(limit, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        limit = math.nan
+    if isinstance(data["max"], str) or not math.isfinite(limit):
+        raise ValidationError(f"{field}.max must be a finite number", field=f"{field}.max")
     if limit < 0:
         raise ValidationError(f"{field}.max must not be negative", field=f"{field}.max")
     window = data.get("window")
@@ -378,7 +394,7 @@ def parse_guard(data: object, field: str) -> Guard:
         raise ValidationError(f"{field}.per only applies to a '_rate' metric", field=f"{field}.per")
     return Guard(
         metric=metric,
-        max=float(limit),
+        max=limit,
         window=None if window is None else _duration(window, f"{field}.window"),
         per=per,
     )
@@ -457,17 +473,22 @@ def parse_plan(data: object) -> PlanSpec:
 
 def _instant(value: object, field: str) -> datetime:
     """An absolute ISO-8601 time (UTC when it names no zone); YAML may hand a datetime."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    parsed: datetime | None = value if isinstance(value, datetime) else None
     if isinstance(value, str) and value.strip():
         try:
             parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            pass
-        else:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            parsed = None
+    if parsed is not None:
+        try:
+            utc = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except (OverflowError, ValueError):
+            utc = None
+        if utc is not None and utc.year >= 2000 and utc.year <= 9000:
+            return utc
     raise ValidationError(
-        f"{field} must be an ISO-8601 time like '2026-12-01T02:00:00Z', got {value!r:.40}",
+        f"{field} must be an ISO-8601 time (years 2000 to 9000) like '2026-12-01T02:00:00Z', "
+        f"got {value!r:.40}",
         field=field,
     )
 

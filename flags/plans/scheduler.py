@@ -43,6 +43,7 @@ from flags.plans.model import (
     next_action,
 )
 from flags.plans.store import Clock, PlanStore
+from flags.store.telemetry import TelemetryStore
 
 __all__ = [
     "DEFAULT_INTERVAL",
@@ -105,15 +106,7 @@ class InMemoryMetrics:
 
 
 def default_metrics(engine: Engine) -> MetricsSource:
-    """What SDKs report through ``POST /sdk/v1/metrics``: ``TelemetryStore`` on ``engine``.
-
-    Falls back to ``NoMetrics`` (logged) in a build without SDK telemetry.
-    """
-    try:
-        from flags.store.telemetry import TelemetryStore
-    except ImportError:
-        log.warning("SDK telemetry is not available: plan guards read no metrics")
-        return NoMetrics()
+    """What SDKs report through ``POST /sdk/v1/metrics``: ``TelemetryStore`` on ``engine``."""
     return TelemetryStore(engine)
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flags.errors import InvalidRuleError, PlanStateError, ValidationError
 from flags.model import StateChange
@@ -398,3 +400,71 @@ def test_model__imported_alone__loads_no_database_or_web_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(
+        ["30m", "-5m", "0s", "1e9w", "2026-12-01T02:00:00Z", "0001-01-01T00:00+14:00"]
+    )
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+stage_like = st.fixed_dictionaries(
+    {},
+    optional={k: json_values for k in ("rollout", "tenants_on", "enabled", "hold", "x")},
+)
+guard_like = st.fixed_dictionaries(
+    {}, optional={k: json_values for k in ("metric", "max", "window", "per")}
+)
+plan_like = st.fixed_dictionaries(
+    {"environment": st.sampled_from(["production", "Prod", 1])},
+    optional={
+        "stages": st.lists(stage_like, max_size=4) | json_values,
+        "guards": st.lists(guard_like, max_size=2) | json_values,
+        "start_at": json_values,
+    },
+)
+schedule_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "environment": st.just("production"),
+        "at": json_values,
+        "change": st.dictionaries(
+            st.sampled_from(["enabled", "rollout", "tenants_on", "tenants_off_add", "y"]),
+            json_values,
+            max_size=3,
+        )
+        | json_values,
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=plan_like | json_values)
+def test_parse_plan__any_json__returns_a_spec_or_raises_validation_error(body: Any) -> None:
+    """Whatever arrives, parsing answers a spec or a ``ValidationError`` naming a field:
+    never another exception (which the API would turn into a 500)."""
+    try:
+        spec = parse_plan(body)
+    except ValidationError as exc:
+        assert exc.field
+    else:
+        assert parse_plan(spec_to_dict(spec)) == spec
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=schedule_like | json_values)
+def test_parse_schedule__any_json__returns_a_spec_or_raises_validation_error(body: Any) -> None:
+    try:
+        spec = parse_schedule(body, now=T0)
+    except ValidationError as exc:
+        assert exc.field
+    else:
+        assert parse_schedule(spec_to_dict(spec)) == spec

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from plan_support import ENV, FLAG, five_stages
+from plan_support import ENV, FLAG, five_stages, wait_for
 
 from api.app import create_app
 from flags.settings import Settings
@@ -166,3 +166,36 @@ def test_create_schedule__future_time__201_pending_and_past_time_422(api: Api) -
     )
     assert past.status_code == 422
     assert error(past)["field"] == "at"
+
+
+def test_guard__sdk_reports_corrupt_reads__running_server_kills_and_rolls_back(
+    database_url: str,
+) -> None:
+    """The whole loop in one server: a plan at 5%, SDKs report corrupt L2 reads through
+    ``POST /sdk/v1/metrics``, and the scheduler kills the flag and rolls the plan back
+    with the measured values, within a few ticks."""
+    store = SqlFlagStore(database_url)
+    store.create_flag(FLAG, actor="test")
+    app = create_app(Settings(database_url=database_url, scheduler=True), store=store)
+    with TestClient(app) as client:
+        api = Api(client, store)
+        body = five_stages("10m")
+        body["stages"][0] = {"rollout": 5, "enabled": True, "hold": "10m"}
+        plan = api.post(f"/admin/flags/{FLAG}/plans", body).json()
+        report = {
+            "environment": ENV,
+            "counters": {FLAG: {"reads": 400, "corrupt_reads": 12, "mismatches": 0}},
+        }
+        sdk = client.post("/sdk/v1/metrics", json=report, headers=api.as_("client", [ENV]))
+        assert sdk.status_code == 202, sdk.text
+        # Then, within a few ticks
+        rolled = wait_for(
+            lambda: (
+                (p := api.get(f"/admin/plans/{plan['id']}").json())["status"] == "rolled_back" and p
+            ),
+            timeout=15,
+        )
+        assert "12 corrupt_reads / 400 reads" in rolled["reason"]
+        state = api.get(f"/admin/flags/{FLAG}").json()["environments"][ENV]
+        assert (state["killed"], state["killed_by"]) == (True, f"plan:{plan['id']}")
+        assert "corrupt_rate=0.03" in state["kill_reason"]
