@@ -192,6 +192,16 @@ class FlagClient:
         with open(path, encoding="utf-8") as fh:
             return cls.from_snapshot(json.load(fh))
 
+    @classmethod
+    def from_unleash(
+        cls, url: str, token: str, app_name: str, environment: str = "default", **options: Any
+    ) -> FlagClient:
+        """A started client backed by an Unleash server (``url`` ends in ``/api``) through
+        UnleashClient; see ``flags.unleash.client.UnleashFlagClient`` for ``options``."""
+        from flags.unleash.client import UnleashFlagClient
+
+        return UnleashFlagClient(url, token, app_name, environment=environment, **options).start()
+
     # ----------------------------------------------------------------- checks
     def is_enabled(self, key: str, tenant: str | None = None, default: bool = False) -> bool:
         """True when ``key`` is on for ``tenant``. Never raises; bad arguments give ``default``."""
