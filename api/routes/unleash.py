@@ -1,8 +1,9 @@
 """The Unleash client API, so every Unleash SDK evaluates flagrail flags.
 
 * ``GET /api/client/features``: the environment's flags as Unleash client API v2
-  features (``flags.unleash.mapping``), with a strong ``ETag``; ``If-None-Match``
-  with the current tag answers 304 without a body.
+  features (``flags.unleash.mapping``), gzipped when accepted, with a strong
+  ``ETag`` per representation; ``If-None-Match`` with a current tag answers 304
+  without a body.
 * ``POST /api/client/register`` and ``POST /api/client/metrics``: 202. Reported
   evaluations of flags the environment knows count into the SDK telemetry store
   (``app.state.telemetry.record_metrics``, when installed: the flag's evaluation
@@ -21,6 +22,7 @@ changed since the last render.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import threading
@@ -58,11 +60,14 @@ EVALUATIONS = Counter(
 
 @dataclass(frozen=True, slots=True)
 class RenderedFeatures:
-    """One environment's features payload at one environment version."""
+    """One environment's features payload at one environment version, as JSON and
+    gzipped (each representation with its own strong ETag)."""
 
     version: int
     etag: str
     body: bytes
+    gzip_etag: str
+    gzip_body: bytes
     flags: frozenset[str]
 
 
@@ -126,8 +131,15 @@ def render(store: SqlFlagStore, environment: str) -> RenderedFeatures:
     body = json.dumps(features_payload(snapshot), separators=(",", ":"), ensure_ascii=False).encode(
         "utf-8"
     )
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    return RenderedFeatures(snapshot.version, etag, body, frozenset(snapshot.flags))
+    digest = hashlib.sha256(body).hexdigest()[:32]
+    return RenderedFeatures(
+        version=snapshot.version,
+        etag=f'"{digest}"',
+        body=body,
+        gzip_etag=f'"{digest}-gzip"',
+        gzip_body=gzip.compress(body, compresslevel=6, mtime=0),
+        flags=frozenset(snapshot.flags),
+    )
 
 
 def current_features(request: Request, store: SqlFlagStore, environment: str) -> RenderedFeatures:
@@ -141,8 +153,8 @@ def current_features(request: Request, store: SqlFlagStore, environment: str) ->
     return item
 
 
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """``If-None-Match`` semantics (weak comparison, lists, ``*``)."""
+def etag_matches(if_none_match: str | None, *etags: str) -> bool:
+    """``If-None-Match`` semantics (weak comparison, lists, ``*``) against ``etags``."""
     if not if_none_match:
         return False
     for candidate in if_none_match.split(","):
@@ -151,8 +163,18 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
             return True
         if tag.startswith("W/"):
             tag = tag[2:]
-        if tag == etag:
+        if tag in etags:
             return True
+    return False
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """True when ``Accept-Encoding`` lists ``gzip`` (or ``*``) without ``q=0``."""
+    for part in (accept_encoding or "").split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower().replace(" ", "")
+            return not (q.startswith("q=") and q[2:].strip("0.") == "")
     return False
 
 
@@ -170,13 +192,23 @@ def client_features(
     store: Store,
     environment: str | None = EnvironmentParam,
     if_none_match: str | None = Header(default=None, max_length=2048),
+    accept_encoding: str | None = Header(default=None, max_length=512),
 ) -> Response:
-    """Every flag of the token's environment as Unleash client API v2 features."""
+    """Every flag of the token's environment as Unleash client API v2 features,
+    gzipped when the client accepts it (every Unleash SDK does)."""
     env = client_environment(token, environment)
     item = current_features(request, store, env)
-    headers = {"ETag": item.etag, "Cache-Control": "no-cache"}
-    if etag_matches(if_none_match, item.etag):
+    gzipped = accepts_gzip(accept_encoding)
+    headers = {
+        "ETag": item.gzip_etag if gzipped else item.etag,
+        "Cache-Control": "no-cache",
+        "Vary": "Accept-Encoding",
+    }
+    if etag_matches(if_none_match, item.etag, item.gzip_etag):
         return Response(status_code=304, headers=headers)
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+        return Response(item.gzip_body, media_type="application/json", headers=headers)
     return Response(item.body, media_type="application/json", headers=headers)
 
 

@@ -152,6 +152,25 @@ class TestETag:
         value = {"weak": f"W/{etag}", "list": f'"nope", {etag}', "star": "*"}[form]
         assert features(env, env.production, **{"If-None-Match": value})[0] == 304
 
+    def test_etag__gzip_or_identity__same_json_each_with_its_own_strong_tag(self, env: Env) -> None:
+        """Unleash SDKs accept gzip: they get it, under a tag of its own."""
+        plain = env.http.get(
+            "/api/client/features",
+            headers={"Authorization": env.production, "Accept-Encoding": "identity"},
+        )
+        zipped = env.http.get(
+            "/api/client/features",
+            headers={"Authorization": env.production, "Accept-Encoding": "gzip, deflate"},
+        )
+        assert "content-encoding" not in plain.headers
+        assert zipped.headers["content-encoding"] == "gzip"
+        assert int(zipped.headers["content-length"]) < int(plain.headers["content-length"])
+        assert zipped.json() == plain.json()  # httpx decoded the gzip body
+        assert zipped.headers["etag"] != plain.headers["etag"]
+        assert plain.headers["vary"] == zipped.headers["vary"] == "Accept-Encoding"
+        for tag in (plain.headers["etag"], zipped.headers["etag"]):
+            assert features(env, env.production, **{"If-None-Match": tag})[0] == 304
+
     def test_etag__after_a_change__old_tag_gets_200_and_a_new_tag(self, env: Env) -> None:
         _, headers, before = features(env, env.production)
         env.store.update_state("new-ui", "production", StateChange(rollout=60), actor="test")
