@@ -227,6 +227,8 @@ class FlagClient:
                 ):
                     self._errors += 1
                     return default is True
+                elif c.open_all:
+                    r = True
                 elif tenant in c.tenants_off:
                     r = False
                 elif tenant in c.tenants_on:

@@ -47,6 +47,7 @@ class CompiledFlag:
         "fixed",
         "key",
         "no_tenant",
+        "open_all",
         "prefix",
         "rollout",
         "state",
@@ -71,6 +72,8 @@ class CompiledFlag:
             self.fixed = None
             self.ev_fixed = None
         self.no_tenant = state.rollout >= 100
+        # On for every valid tenant (is_enabled skips the hash): full rollout, nobody off.
+        self.open_all = state.rollout >= 100 and not state.tenants_off
         self.ev_no_tenant = _evaluation(self.no_tenant, Reason.ROLLOUT, v)
         self.tenants_on = state.tenants_on
         self.tenants_off = state.tenants_off
