@@ -1,0 +1,288 @@
+"""How fast a kill reaches every SDK process: over Redis, over SSE, and by polling.
+
+For each path: a real server (``flagrail serve`` in a subprocess, SQLite in a temp
+directory, a throwaway redis-server for the Redis path), 16 SDK processes (this
+script in ``--worker`` mode), then kills and unkills one after the other through
+the admin API. Latency = the moment a process applied the change (its
+``on_change``, ``time.monotonic()``, one clock for every process on Linux) minus
+the moment the API's 200 arrived; a change applied before the 200 reached the
+caller counts as 0. Each change is awaited in all 16 processes before the next.
+
+    .venv/bin/python benchmarks/propagation.py [--processes 16] [--changes 200]
+        [--poll-changes 20] [--poll-interval 1.0] [--paths redis,sse,poll]
+
+For reference: Unleash SDKs poll every 15 s by default (their documented
+``refresh_interval``), so a kill takes up to 15 s there plus the server's cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ENV = "production"
+FLAG = "checkout"
+
+
+# ------------------------------------------------------------------ worker mode
+def worker(url: str, token: str, redis_url: str | None, poll: float) -> None:
+    from flags import FlagClient
+
+    lock = threading.Lock()
+
+    def emit(**data: Any) -> None:
+        with lock:
+            sys.stdout.write(json.dumps(data) + "\n")
+            sys.stdout.flush()
+
+    client = FlagClient(url, token, ENV, redis_url=redis_url, poll_interval=poll)
+
+    def changed(c: FlagClient, snapshot: Any) -> None:
+        t = time.monotonic()
+        state = snapshot.flags.get(FLAG)
+        emit(v=snapshot.version, killed=bool(state and state.killed), t=t, src=c.stats()["source"])
+
+    client.on_change(changed)
+    client.wait_until_ready(30)
+    deadline = time.monotonic() + 30
+    expect_poll = bool(os.environ.get("BENCH_EXPECT_POLL"))
+    while not expect_poll and not client.stats()["live"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    emit(ready=True, src=client.stats()["source"], v=client.version)
+    sys.stdin.read()
+    client.close()
+
+
+# ------------------------------------------------------------------ driver
+class Server:
+    def __init__(self, db: str, port: int, env: dict[str, str]) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        flagrail = Path(sys.executable).with_name("flagrail")
+        self.proc = subprocess.Popen(
+            [
+                str(flagrail),
+                "serve",
+                "--database-url",
+                db,
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Workers:
+    def __init__(
+        self, n: int, url: str, token: str, redis_url: str | None, poll: float, env: dict[str, str]
+    ) -> None:
+        self.events: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue()
+        self.procs = []
+        for i in range(n):
+            args = [sys.executable, __file__, "--worker", url, token, str(poll)]
+            if redis_url:
+                args.append(redis_url)
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **env},
+            )
+            self.procs.append(proc)
+            threading.Thread(target=self._read, args=(i, proc), daemon=True).start()
+
+    def _read(self, i: int, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.events.put((i, json.loads(line)))
+
+    def wait(self, predicate: Any, timeout: float) -> dict[int, dict[str, Any]]:
+        """The first event per worker matching ``predicate``, for all of them."""
+        got: dict[int, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while len(got) < len(self.procs):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"only {len(got)}/{len(self.procs)} workers saw it")
+            try:
+                i, event = self.events.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if i not in got and predicate(event):
+                got[i] = event
+        return got
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.stdin:
+                p.stdin.close()
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from flags.settings import Settings  # noqa: F401  (imports the package early)
+    from flags.store.schema import upgrade
+    from flags.store.sql import SqlFlagStore
+    from flags.testing.redis_server import RedisServer, free_port
+
+    db = f"sqlite:///{tmp}/{path}.db"
+    upgrade(db)
+    store = SqlFlagStore(db)
+    if ENV not in {e.name for e in store.list_environments()}:
+        store.create_environment(ENV, actor="bench")
+    store.create_flag(FLAG, actor="bench")
+    from flags.model import StateChange
+
+    store.update_state(FLAG, ENV, StateChange(enabled=True, rollout=100), actor="bench")
+    _i, admin = store.create_token("bench-admin", "admin", None, actor="bench")
+    _i, client_token = store.create_token("bench-sdk", "client", [ENV], actor="bench")
+    store.close()
+
+    redis = None
+    server_env: dict[str, str] = {}
+    worker_env: dict[str, str] = {}
+    if path == "redis":
+        redis = RedisServer().start()
+        server_env["FLAGRAIL_REDIS_URL"] = redis.url
+    if path == "poll":
+        server_env["FLAGRAIL_MAX_STREAMS"] = "0"
+        worker_env["BENCH_EXPECT_POLL"] = "1"
+    changes = args.poll_changes if path == "poll" else args.changes
+    poll = args.poll_interval if path == "poll" else 5.0
+    server = Server(db, free_port(), server_env)
+    workers = Workers(
+        args.processes, server.url, client_token, redis.url if redis else None, poll, worker_env
+    )
+    http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin}"})
+    from_200: list[float] = []
+    from_send: list[float] = []
+    sources: set[str] = set()
+    try:
+        ready = workers.wait(lambda e: e.get("ready"), 60)
+        sources = {e["src"] for e in ready.values()}
+        for n in range(changes):
+            killed = n % 2 == 0
+            sent = time.monotonic()
+            r = http.post(
+                f"/admin/flags/{FLAG}/{'kill' if killed else 'unkill'}",
+                json={"reason": "bench", "environments": [ENV]},
+            )
+            ok_at = time.monotonic()
+            r.raise_for_status()
+            seen = workers.wait(lambda e, k=killed: "t" in e and e["killed"] is k, 60)
+            for e in seen.values():
+                from_200.append(max(0.0, e["t"] - ok_at) * 1000)
+                from_send.append((e["t"] - sent) * 1000)
+                sources.add(e["src"])
+    finally:
+        http.close()
+        workers.stop()
+        server.stop()
+        if redis is not None:
+            redis.close()
+    qs = statistics.quantiles(from_200, n=100, method="inclusive")
+    return {
+        "path": path,
+        "changes": changes,
+        "samples": len(from_200),
+        "p50": statistics.median(from_200),
+        "p99": qs[98],
+        "max": max(from_200),
+        "send_p50": statistics.median(from_send),
+        "sources": sorted(sources),
+        "poll": poll if path == "poll" else None,
+    }
+
+
+TARGETS = {"redis": 50.0, "sse": 100.0}
+LABELS = {"redis": "Redis pub/sub", "sse": "SSE stream", "poll": "ETag polling"}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        url, token, poll = sys.argv[2], sys.argv[3], float(sys.argv[4])
+        worker(url, token, sys.argv[5] if len(sys.argv) > 5 else None, poll)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=16)
+    parser.add_argument("--changes", type=int, default=200, help="kills+unkills (Redis, SSE)")
+    parser.add_argument("--poll-changes", type=int, default=20, help="kills+unkills (polling)")
+    parser.add_argument("--poll-interval", type=float, default=1.0)
+    parser.add_argument("--paths", default="redis,sse,poll")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="flagrail-prop-"))
+    results = []
+    for path in args.paths.split(","):
+        print(f"running {path} ...", file=sys.stderr)
+        results.append(run_path(path, args, tmp))
+
+    print(
+        f"\nKill/unkill propagation to {args.processes} SDK processes "
+        "(ms from the admin API's 200 to the change applied in the process)"
+    )
+    print(
+        "| path              | changes | samples |   p50 |   p99 |    max | p50 from send "
+        "| target p99 |"
+    )
+    print(
+        "|-------------------|---------|---------|-------|-------|--------|---------------|------------|"
+    )
+    for r in results:
+        label = LABELS[r["path"]]
+        if r["poll"] is not None:
+            label += f" ({r['poll']:g}s)"
+        target = TARGETS.get(r["path"])
+        verdict = f"<= {target:g} {'met' if r['p99'] <= target else 'MISSED'}" if target else "-"
+        print(
+            f"| {label:<17} | {r['changes']:>7} | {r['samples']:>7} | {r['p50']:>5.1f} "
+            f"| {r['p99']:>5.1f} | {r['max']:>6.1f} | {r['send_p50']:>13.1f} | {verdict:>10} |"
+        )
+    print("| Unleash default | (15 s polling: up to 15,000 ms, documented refresh_interval) |")
+    for r in results:
+        print(
+            f"{r['path']}: sources seen {r['sources']}; p50 from request sent "
+            f"{r['send_p50']:.1f} ms",
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    main()
