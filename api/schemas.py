@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flags.model import (
     MAX_TENANT_LIST,
@@ -25,8 +25,21 @@ RoleName = Literal["client", "reader", "operator", "editor", "admin"]
 TenantList = list[str]
 
 
+# For query and path parameters: no NUL characters (PostgreSQL cannot store or compare them).
+NO_NUL = r"^[^\x00]*$"
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """Strings, and strings in lists, must not hold NUL characters."""
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(item, str) and "\x00" in item for item in items):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class EnvironmentCreate(Body):

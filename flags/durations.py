@@ -21,34 +21,48 @@ def parse_duration(text: object, field: str = "duration") -> timedelta:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         if text < 0:
             raise ValidationError(f"{field} must not be negative", field=field)
-        return timedelta(seconds=float(text))
-    if not isinstance(text, str):
+        seconds = float(text)
+    elif not isinstance(text, str):
         raise ValidationError(f"{field} must be a duration like '30m'", field=field)
-    match = _DURATION.match(text)
-    if not match:
-        raise ValidationError(
-            f"{field} must be a duration like '30s', '10m', '2h' or '7d', got {text!r:.40}",
-            field=field,
-        )
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    else:
+        match = _DURATION.match(text)
+        if not match:
+            raise ValidationError(
+                f"{field} must be a duration like '30s', '10m', '2h' or '7d', got {text!r:.40}",
+                field=field,
+            )
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        return timedelta(seconds=seconds)
+    except (OverflowError, ValueError) as exc:  # beyond timedelta's range, or NaN
+        raise ValidationError(f"{field} is out of range, got {text!r:.40}", field=field) from exc
 
 
 def parse_instant(text: object, field: str = "at", *, now: datetime | None = None) -> datetime:
-    """An ISO-8601 time (UTC if it names no zone), or a duration meaning that long ago.
+    """An ISO-8601 time (UTC if it names no zone), or a duration meaning that long ago;
+    returned in UTC.
 
-    Raises ``ValidationError`` naming ``field``.
+    Raises ``ValidationError`` naming ``field``, also for an instant outside years 1-9999.
     """
     if isinstance(text, datetime):
-        return text if text.tzinfo else text.replace(tzinfo=UTC)
-    if not isinstance(text, str) or not text.strip():
+        value = text
+    elif not isinstance(text, str) or not text.strip():
         raise ValidationError(f"{field} must be an ISO-8601 time or a duration", field=field)
-    if _DURATION.match(text):
-        return (now or datetime.now(UTC)) - parse_duration(text, field)
+    elif _DURATION.match(text):
+        ago = parse_duration(text, field)
+        try:
+            return (now or datetime.now(UTC)) - ago
+        except OverflowError as exc:
+            raise ValidationError(f"{field} reaches before year 1", field=field) from exc
+    else:
+        try:
+            value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValidationError(
+                f"{field} must be an ISO-8601 time or a duration like '30d', got {text!r:.40}",
+                field=field,
+            ) from exc
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValidationError(
-            f"{field} must be an ISO-8601 time or a duration like '30d', got {text!r:.40}",
-            field=field,
-        ) from exc
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValidationError(f"{field} is outside years 1-9999 in UTC", field=field) from exc

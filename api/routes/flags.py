@@ -7,7 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from api.deps import Editor, Operator, Principal, Reader, get_store, request_id
-from api.schemas import FlagCreate, FlagUpdate, KillRequest, StateUpdate, flag_json, kill_json
+from api.schemas import (
+    NO_NUL,
+    FlagCreate,
+    FlagUpdate,
+    KillRequest,
+    StateUpdate,
+    flag_json,
+    kill_json,
+)
 from flags.errors import ValidationError
 from flags.model import validate_environment_name, validate_flag_key
 from flags.store.sql import SqlFlagStore
@@ -44,10 +52,10 @@ def telemetry_for(request: Request, key: str) -> dict[str, dict[str, Any]] | Non
 def list_flags(
     store: Store,
     principal: Principal = Reader,
-    kind: str | None = Query(default=None, max_length=20),
-    tag: str | None = Query(default=None, max_length=200),
+    kind: str | None = Query(default=None, max_length=20, pattern=NO_NUL),
+    tag: str | None = Query(default=None, max_length=200, pattern=NO_NUL),
     archived: bool | None = None,
-    q: str | None = Query(default=None, max_length=200),
+    q: str | None = Query(default=None, max_length=200, pattern=NO_NUL),
 ) -> dict[str, Any]:
     records = store.list_flags(kind=kind, tag=tag, archived=archived, q=q, scope=principal.scope)
     return {"items": [flag_json(r) for r in records]}

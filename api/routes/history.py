@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import Principal, Reader, get_store
+from api.schemas import NO_NUL
 from flags.durations import parse_instant
 from flags.history import MAX_PAGE, HistoryQuery
 from flags.model import validate_flag_key
@@ -20,10 +21,10 @@ class HistoryFilters:
 
     def __init__(
         self,
-        flag: str | None = Query(default=None, max_length=100),
-        environment: str | None = Query(default=None, max_length=40),
-        actor: str | None = Query(default=None, max_length=200),
-        action: str | None = Query(default=None, max_length=40),
+        flag: str | None = Query(default=None, max_length=100, pattern=NO_NUL),
+        environment: str | None = Query(default=None, max_length=40, pattern=NO_NUL),
+        actor: str | None = Query(default=None, max_length=200, pattern=NO_NUL),
+        action: str | None = Query(default=None, max_length=40, pattern=NO_NUL),
         since: str | None = Query(
             default=None, max_length=64, description="ISO-8601 time or a duration like '7d'"
         ),

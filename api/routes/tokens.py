@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 
 from api.deps import Admin, Principal, get_store, request_id
-from api.schemas import TokenCreate
+from api.schemas import NO_NUL, TokenCreate
 from flags.errors import ForbiddenError
 from flags.model import validate_environment_name
 from flags.store.sql import SqlFlagStore
@@ -59,7 +59,7 @@ def list_tokens(store: Store, principal: Principal = Admin) -> dict[str, Any]:
 
 @router.delete("/{token_id}")
 def revoke_token(
-    token_id: str,
+    token_id: Annotated[str, Path(max_length=64, pattern=NO_NUL)],
     store: Store,
     rid: Annotated[str, Depends(request_id)],
     principal: Principal = Admin,

@@ -31,7 +31,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from flags import history as history_log
@@ -132,6 +132,13 @@ class KillResult:
     env_versions: dict[str, int] = field(default_factory=dict)
 
 
+def _unstorable(exc: DataError) -> ValidationError:
+    """The database refused a value (PostgreSQL: a NUL character, a number out of range):
+    bad input, not an outage."""
+    detail = (str(exc.orig).splitlines() or [type(exc.orig).__name__])[0][:200]
+    return ValidationError(f"a value cannot be stored: {detail}")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -224,6 +231,8 @@ class SqlFlagStore:
             raise
         except IntegrityError:
             raise
+        except DataError as exc:
+            raise _unstorable(exc) from exc
         except (DBAPIError, SQLAlchemyError) as exc:
             raise StoreUnavailableError(f"database error: {type(exc).__name__}") from exc
 
@@ -234,6 +243,8 @@ class SqlFlagStore:
                 yield conn
         except FlagrailError:
             raise
+        except DataError as exc:
+            raise _unstorable(exc) from exc
         except (DBAPIError, SQLAlchemyError) as exc:
             raise StoreUnavailableError(f"database error: {type(exc).__name__}") from exc
 

@@ -30,6 +30,8 @@ CASES: dict[str, list[Case]] = {
         ("archived not bool", "GET", "/admin/flags?archived=maybe", None, {}, 422, "archived"),
         ("kind too long", "GET", "/admin/flags?kind=" + "k" * 21, None, {}, 422, "kind"),
         ("q too long", "GET", "/admin/flags?q=" + "q" * 201, None, {}, 422, "q"),
+        ("NUL in q", "GET", "/admin/flags?q=a%00", None, {}, 422, "q"),
+        ("NUL in tag", "GET", "/admin/flags?tag=%00", None, {}, 422, "tag"),
     ],
     "POST /admin/flags": [
         ("key bad", "POST", "/admin/flags", {"key": "Auth.Cache"}, {}, 422, "key"),
@@ -40,6 +42,16 @@ CASES: dict[str, list[Case]] = {
         ("tags not list", "POST", "/admin/flags", {"key": "x.y", "tags": "t"}, {}, 422, "tags"),
         ("owner wrong type", "POST", "/admin/flags", {"key": "x.y", "owner": 1}, {}, 422, "owner"),
         ("unknown field", "POST", "/admin/flags", {"key": "x.y", "on": True}, {}, 422, "on"),
+        (
+            "NUL in owner",
+            "POST",
+            "/admin/flags",
+            {"key": "x.y", "owner": "a\x00"},
+            {},
+            422,
+            "owner",
+        ),
+        ("NUL in a tag", "POST", "/admin/flags", {"key": "x.y", "tags": ["\x00"]}, {}, 422, "tags"),
     ],
     "GET /admin/flags/{key}": [
         ("key bad", "GET", "/admin/flags/Bad!", None, {}, 422, "key"),
@@ -70,6 +82,7 @@ CASES: dict[str, list[Case]] = {
         ("over 10,000 tenants", "PATCH", STATE, {"tenants_on": TOO_MANY}, {}, 422, "tenants_on"),
         ("over 10,000 added", "PATCH", STATE, {"tenants_off_add": TOO_MANY}, {}, 422, None),
         ("unknown field", "PATCH", STATE, {"version": 3}, {}, 422, "version"),
+        ("NUL in reason", "PATCH", STATE, {"enabled": True, "reason": "\x00"}, {}, 422, "reason"),
         ("env bad", "PATCH", f"{FLAG}/environments/PROD", {"enabled": True}, {}, 422, None),
         ("key bad", "PATCH", "/admin/flags/A/environments/beta", {"enabled": True}, {}, 422, "key"),
         ("If-Match junk", "PATCH", STATE, {"enabled": True}, {"If-Match": "abc"}, 422, "If-Match"),
@@ -91,6 +104,7 @@ CASES: dict[str, list[Case]] = {
         ("reason blank", "POST", f"{FLAG}/kill", {"reason": "   "}, {}, 422, "reason"),
         ("reason a number", "POST", f"{FLAG}/kill", {"reason": 5}, {}, 422, "reason"),
         ("reason too long", "POST", f"{FLAG}/kill", {"reason": "r" * 2001}, {}, 422, "reason"),
+        ("NUL in reason", "POST", f"{FLAG}/kill", {"reason": "a\x00b"}, {}, 422, "reason"),
         (
             "envs not list",
             "POST",
@@ -153,6 +167,18 @@ CASES: dict[str, list[Case]] = {
         ("since not a time", "GET", "/admin/history?since=yesterday", None, {}, 422, "since"),
         ("until not a time", "GET", "/admin/history?until=2026-13-45", None, {}, 422, "until"),
         ("actor too long", "GET", "/admin/history?actor=" + "a" * 201, None, {}, 422, "actor"),
+        ("NUL in actor", "GET", "/admin/history?actor=a%00b", None, {}, 422, "actor"),
+        ("since too far back", "GET", "/admin/history?since=99999999d", None, {}, 422, "since"),
+        ("until out of range", "GET", "/admin/history?until=99999999999w", None, {}, 422, "until"),
+        (
+            "since before year 1",
+            "GET",
+            "/admin/history?since=0001-01-01T00:00%2B01:00",
+            None,
+            {},
+            422,
+            "since",
+        ),
     ],
     "GET /admin/flags/{key}/history": [
         ("key bad", "GET", "/admin/flags/BAD/history", None, {}, 422, "key"),
@@ -202,6 +228,7 @@ CASES: dict[str, list[Case]] = {
     ],
     "DELETE /admin/tokens/{token_id}": [
         ("id unknown", "DELETE", "/admin/tokens/nope", None, {}, 404, "id"),
+        ("NUL in id", "DELETE", "/admin/tokens/a%00b", None, {}, 422, "token_id"),
     ],
     "headers": [
         (

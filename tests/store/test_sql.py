@@ -233,7 +233,9 @@ class TestUpdateState:
         assert info.value.current["version"] == 1
         assert info.value.current["enabled"] is True
         assert dump(store) == before
-        ok = store.update_state("a.b", "beta", StateChange(rollout=90), actor="t", expected_version=1)
+        ok = store.update_state(
+            "a.b", "beta", StateChange(rollout=90), actor="t", expected_version=1
+        )
         assert (ok.rollout, ok.version) == (90, 2)
 
     def test_update_state__archived_flag__conflict(self, store: SqlFlagStore) -> None:
@@ -485,6 +487,21 @@ class TestTokens:
         with pytest.raises(EnvironmentNotFoundError) as not_found:
             store.create_token("ci", "reader", ["nowhere"], actor="t")
         assert not_found.value.field == "environments"
+
+
+def test_store__value_the_database_refuses__validation_error_not_outage(
+    store: SqlFlagStore,
+) -> None:
+    """A value PostgreSQL cannot hold (a NUL character) is bad input, not a 503; SQLite
+    stores it."""
+    if store.is_postgres:
+        with pytest.raises(ValidationError, match="cannot be stored"):
+            store.create_flag("a.b", owner="nul\x00here", actor="t")
+        with pytest.raises(ValidationError):
+            store.list_history(HistoryQuery(actor="nul\x00here"))
+    else:
+        store.create_flag("a.b", owner="nul\x00here", actor="t")
+        assert store.get_flag("a.b").flag.owner == "nul\x00here"
 
 
 @pytest.mark.parametrize("scheme", ["postgresql+psycopg", "sqlite"])
