@@ -770,7 +770,11 @@ def next_action(plan: Plan, now: datetime, observed: Observation) -> Step:
         return Wait(due)
     if plan.stage + 1 >= len(plan.stages):
         return Complete(f"plan {plan.id}: all {len(plan.stages)} stages applied and held")
-    return _apply(plan, plan.stage + 1, f"stages.{plan.stage} held {plan.stages[plan.stage].hold}")
+    return _apply(
+        plan,
+        plan.stage + 1,
+        f"stages.{plan.stage} held {format_duration(plan.stages[plan.stage].hold)}",
+    )
 
 
 # ------------------------------------------------------------------ person-driven transitions
