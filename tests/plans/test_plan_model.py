@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import types
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import flags.plans as package
 from flags.errors import InvalidRuleError, PlanStateError, ValidationError
 from flags.model import StateChange
 from flags.plans.model import (
@@ -468,3 +470,13 @@ def test_parse_schedule__any_json__returns_a_spec_or_raises_validation_error(bod
         assert exc.field
     else:
         assert parse_schedule(spec_to_dict(spec)) == spec
+
+
+def test_plans_package__all__is_sorted_and_lists_its_public_names() -> None:
+    assert package.__all__ == sorted(package.__all__)
+    public = {
+        name
+        for name, value in vars(package).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert set(package.__all__) == public
