@@ -120,9 +120,21 @@ class UnleashFlagClient(FlagClient):
         send_metrics: bool = True,
         register: bool = True,
         request_timeout: int = 5,
-        request_retries: int = 1,
+        request_retries: int = 0,
     ) -> None:
-        """Raises ``ValidationError`` naming the bad argument (``url`` must be http(s))."""
+        """Configure; no I/O (see ``start()``).
+
+        Args:
+            environment: this client's environment, also UnleashClient's
+                ``environment`` context field (which flags are served is decided on
+                the server, by the token).
+            refresh_interval: seconds between polls (an integer, UnleashClient's unit).
+            metrics_interval: seconds between metrics reports to the server.
+            send_metrics / register: UnleashClient's metrics and registration calls.
+            request_timeout / request_retries: per request to the server.
+
+        Raises ``ValidationError`` naming the bad argument (``url`` must be http(s)).
+        """
         _check_text(url, "url")
         if not url.startswith(("http://", "https://")):
             raise ValidationError(
@@ -138,6 +150,10 @@ class UnleashFlagClient(FlagClient):
         ):
             if type(value) is not int or value < 1:
                 raise ValidationError(f"{name} must be a positive integer of seconds", field=name)
+        if type(request_retries) is not int or request_retries < 0:
+            raise ValidationError(
+                "request_retries must be a non-negative integer", field="request_retries"
+            )
         # No url for FlagClient itself: its own sync (flagrail's /sdk/v1 API) must
         # not start; UnleashClient does the fetching here.
         super().__init__(
@@ -164,8 +180,8 @@ class UnleashFlagClient(FlagClient):
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> UnleashFlagClient:
-        """Register, fetch the features once (blocking up to about ``request_timeout``
-        per request) and poll from then on. Idempotent; returns the client.
+        """Register, fetch the features once (two requests, each waiting at most
+        ``request_timeout`` seconds) and poll from then on. Idempotent; returns the client.
 
         An unreachable server does not raise: checks give defaults (reason
         ``default``) until a fetch succeeds. Raises ``ValidationError`` if
