@@ -16,7 +16,9 @@ from typing import Any
 
 import typer
 
+from api.cli import unused as unused_command
 from api.cli.backend import Backend, DatabaseBackend, HttpBackend
+from api.cli.confirm import format_confirmation
 from api.cli.output import CliError, print_json, print_table
 from flags.model import DEFAULT_ENVIRONMENTS
 from flags.settings import Settings
@@ -222,15 +224,6 @@ def _print_history(page: dict[str, Any]) -> None:
         typer.echo(f"more: add --cursor {page['next_cursor']}", err=True)
 
 
-def _confirmation(result: dict[str, Any]) -> str | None:
-    """The SDK-acknowledgement line of ``kill --wait``, when ``api.cli.confirm`` ships."""
-    try:
-        from api.cli.confirm import format_confirmation  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return str(format_confirmation(result))
-
-
 # ------------------------------------------------------------------ commands
 @flags_app.command("list")
 def list_flags(
@@ -312,6 +305,9 @@ def archive_flag(
         print_json(flag)
     else:
         typer.echo(f"archived {flag['key']}")
+
+
+flags_app.command("unused")(unused_command.unused)
 
 
 def register(app: typer.Typer) -> None:
@@ -397,9 +393,8 @@ def register(app: typer.Typer) -> None:
             print_json(result)
             return
         _print_kill(result, "killed")
-        line = _confirmation(result) if wait is not None and not database_url else None
-        if line:
-            typer.echo(line)
+        if wait is not None and not database_url:
+            typer.echo(format_confirmation(result))
 
     @app.command("unkill")
     def unkill(
