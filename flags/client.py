@@ -631,8 +631,17 @@ class _Sync:
         (they are the parent's) and let it be collected."""
         self._threads = []
 
+    def redis_live(self) -> bool:
+        """Subscribed, and the server says it publishes on this prefix (a server without
+        Redis would leave a subscribed SDK deaf; then the stream stays on)."""
+        return (
+            self.redis_sub is not None
+            and self.redis_sub.live
+            and self.fetcher.publishes == f"redis {self.client.channel_prefix}"
+        )
+
     def live_source(self) -> str | None:
-        if self.redis_sub is not None and self.redis_sub.live:
+        if self.redis_live():
             return "redis"
         if self.sse.live:
             return "stream"
@@ -667,7 +676,7 @@ class _Sync:
         return self.client.version if self._server_data() else None
 
     def _sse_wanted(self) -> bool:
-        return not self._stop.is_set() and not (self.redis_sub is not None and self.redis_sub.live)
+        return not self._stop.is_set() and not self.redis_live()
 
     def _on_sse_live(self, live: bool) -> None:
         self._poll_wake.set()
@@ -852,7 +861,7 @@ class _Sync:
 
     def _send_instance_report(self) -> None:
         report = self._instance_report()
-        if self.redis_sub is not None and self.redis_sub.live:
+        if self.redis_live():
             from flags.sync import channel_name
             from flags.sync.redis_pubsub import connect
 

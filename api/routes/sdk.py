@@ -187,6 +187,7 @@ def _etag_matches(header: str | None, version: int) -> bool:
 @router.get("/sdk/v1/snapshot")
 def get_snapshot(
     store: Store,
+    services: Services,
     principal: Principal = SdkClient,
     environment: str = Query(..., max_length=40),
     if_none_match: str | None = Header(default=None, max_length=200),
@@ -194,6 +195,9 @@ def get_snapshot(
     """The environment's flags at one version; 304 when ``If-None-Match`` names it."""
     env = _sdk_environment(principal, environment)
     headers = {"Cache-Control": "no-cache"}
+    if services.publisher is not None:
+        # SDKs with Redis trust the channel only when the server publishes on it.
+        headers["X-Flagrail-Publishes"] = f"redis {services.settings.redis_prefix}"
     if if_none_match:
         current = store.get_environment(env).version
         if _etag_matches(if_none_match, current):

@@ -35,6 +35,9 @@ class SnapshotFetcher:
         self.url = f"{url.rstrip('/')}/sdk/v1/snapshot"
         self.headers = auth_headers(token)
         self.environment = environment
+        # What the server said in X-Flagrail-Publishes on its last answer, e.g.
+        # "redis flagrail:" (None: it publishes nowhere, or never answered).
+        self.publishes: str | None = None
 
     def fetch(self, known_version: int | None = None) -> Snapshot | None:
         """The snapshot, or None when it is still at ``known_version`` (304).
@@ -55,6 +58,8 @@ class SnapshotFetcher:
             raise StoreUnavailableError(
                 f"flagrail server unreachable: {type(exc).__name__}: {exc}"
             ) from exc
+        if response.status_code < 400:
+            self.publishes = response.headers.get("x-flagrail-publishes")
         if response.status_code == 304:
             return None
         raise_for_status(response)

@@ -148,3 +148,19 @@ def test_fork__client_made_before__child_sees_later_changes(deployment: Deployme
         wait_for(lambda: not client.is_enabled("checkout"), what="the parent to see it too")
     finally:
         client.close()
+
+
+def test_redis__server_does_not_publish__sdk_stays_on_the_stream(
+    deployment: Deployment, redis_url: str, key_prefix: str
+) -> None:
+    """An SDK given Redis, against a server that publishes nowhere, does not go deaf:
+    Redis is not counted live, the stream carries the kill."""
+    deployment.create_flag("checkout")
+    server = deployment.server()
+    with FlagClient(
+        server.url, deployment.client_token, ENV, redis_url=redis_url, channel_prefix=key_prefix
+    ) as client:
+        wait_for(lambda: client.stats()["source"] == "stream", what="the stream")
+        kill(deployment, server)
+        wait_for(lambda: not client.is_enabled("checkout"), what="the kill")
+        assert client.stats()["source"] == "stream"
