@@ -150,10 +150,11 @@ class InvalidationListener:
                     break
                 if time.monotonic() > deadline or self._stop.is_set():
                     raise _Silent("no subscribe confirmation")
-            self.connects += 1
-            last_ping = self.last_heard = time.monotonic()
+            # on_connect first: whoever waits for is_up() must find its effects done.
             if self.on_connect is not None:
                 _call(self.on_connect)
+            self.connects += 1
+            last_ping = self.last_heard = time.monotonic()
             while not self._stop.is_set():
                 msg = pubsub.get_message(timeout=self.heartbeat / 2)
                 now = time.monotonic()

@@ -141,12 +141,20 @@ _NOT_LISTENING = _Channel(-math.inf)  # a channel exists but nobody listens: alw
 
 
 class _Flight:
+    """One in-flight resolution. ``done`` is held by the leader until it finishes
+    (a bare lock: cheaper to create than an Event, and most flights have no waiter)."""
+
     __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = threading.Lock()
+        self.done.acquire()
         self.value: Any = None
         self.error: BaseException | None = None
+
+    def wait(self) -> None:
+        self.done.acquire()
+        self.done.release()
 
 
 class _Worker:
@@ -451,7 +459,7 @@ class LayeredCache:
             "invalidations_ok": self.metrics.invalidations_ok,
             "invalidations_failed": self.metrics.invalidations_failed,
             "channel_up": self.channel_up,
-            "verify_dropped": self._worker.dropped,
+            "background_dropped": self._worker.dropped,
         }
         return out
 
@@ -609,7 +617,7 @@ class LayeredCache:
                 flight = self._flights[flight_key] = _Flight()
         assert flight is not None
         if not leader:
-            flight.done.wait()
+            flight.wait()
             if flight.error is not None:
                 raise flight.error
             return flight.value
@@ -622,7 +630,7 @@ class LayeredCache:
         finally:
             with self._flights_lock:
                 self._flights.pop(flight_key, None)
-            flight.done.set()
+            flight.done.release()
 
     def _resolve(self, key: str, modes: tuple[Mode, ...]) -> Any:
         gen, layer_gen = self._gen, self._layer_gen
@@ -648,7 +656,8 @@ class LayeredCache:
             value = self._loader(key)
             answer = Entry(value, time.time(), value is None, None)
         for i, entry in shadows:
-            self._judge(i, key, entry, answer, "shadow")
+            if not self._judge(i, key, entry, answer, "shadow"):
+                missed.append(i)  # dropped as wrong: store the right answer instead
         self._fill(key, missed, answer, gen, layer_gen)
         if served_by >= 0:
             self._maybe_verify(served_by, key, answer)
@@ -820,8 +829,9 @@ class LayeredCache:
         except Exception:  # values the serializer cannot handle cannot be shown equal
             return False
 
-    def _judge(self, i: int, key: str, entry: Entry, truth: Entry, check: str) -> None:
-        """Compare ``entry`` (served by, or shadowed in, layer ``i``) with ``truth``."""
+    def _judge(self, i: int, key: str, entry: Entry, truth: Entry, check: str) -> bool:
+        """Compare ``entry`` (served by, or shadowed in, layer ``i``) with ``truth``;
+        count, report to the guard, and drop a wrong value. True when they agree."""
         match = self._same(entry, truth)
         st = self._stats[i]
         if check == "verify":
@@ -840,13 +850,15 @@ class LayeredCache:
                 key,
                 check,
             )
-            self._note_invalidated(key)  # a fill racing this check must not restore it
+            if check == "verify":  # a fill racing this background check must not restore it
+                self._note_invalidated(key)
             for memory in self._memory:  # copies of the wrong value, wherever they went
                 memory.delete(key)
             self._drop(i, key)
             if blame != i:
                 self._drop(blame, key)
         self._watches[blame].verified(match)
+        return match
 
     def _drop(self, i: int, key: str) -> None:
         layer = self.layers[i]
@@ -922,7 +934,8 @@ class LayeredCache:
                     value = await value
             answer = Entry(value, time.time(), value is None, None)
         for i, entry in shadows:
-            self._judge(i, key, entry, answer, "shadow")
+            if not self._judge(i, key, entry, answer, "shadow"):
+                missed.append(i)  # dropped as wrong: store the right answer instead
         await self._afill(key, missed, answer, gen, layer_gen)
         if served_by >= 0:
             self._maybe_verify(served_by, key, answer)

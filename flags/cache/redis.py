@@ -266,7 +266,7 @@ class RedisLayer:
             epoch = self._epoch
             if epoch is None or self._pending:
                 epoch = self._current_epoch()
-            data = self.client().get(rkey)
+            data = (self._client or self.client()).get(rkey)
         except _DRIVER_ERRORS as exc:
             raise self._failed("GET", exc) from exc
         self.breaker.success()

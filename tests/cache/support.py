@@ -70,3 +70,39 @@ def on(flags: FlagClient, key: str) -> bool:
     """Is ``key`` on for everyone in ``flags``? (Reads the state: no evaluation counted.)"""
     state = flags.state(key)
     return state is not None and state.enabled and not state.killed and state.rollout == 100
+
+
+class StallMeter:
+    """How late a 1 ms sleeper thread wakes up: the scheduler and GIL stalls of a busy
+    machine, which a wall-clock latency bound must not blame on the code under test.
+
+    ``excess(start, end)`` is the total lateness of the ticks that overlap the interval.
+    """
+
+    def __init__(self, tick: float = 0.001) -> None:
+        self.tick = tick
+        self.samples: list[tuple[float, float]] = []  # (woke at, lateness)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-meter", daemon=True)
+
+    def __enter__(self) -> StallMeter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            asleep = time.perf_counter()
+            time.sleep(self.tick)
+            woke = time.perf_counter()
+            self.samples.append((woke, max(0.0, woke - asleep - self.tick)))
+
+    def excess(self, start: float, end: float) -> float:
+        total = 0.0
+        for woke, late in list(self.samples):
+            if woke > start and woke - late - self.tick < end:
+                total += late
+        return total

@@ -275,6 +275,20 @@ class TestShadowAndVerification:
             (1, 0) if on(layer_flags, L2) else (0, 0)
         )
 
+    def test_shadow_l1__wrong_memory_entry__answer_from_below(
+        self, make_cache: CacheFactory, layer_flags: TestFlagClient
+    ) -> None:
+        """The memory layer can run in shadow too: read and written, never answering."""
+        layer_flags.set(f"{L1}.shadow", True)
+        cache = make_cache()
+        cache.layers[0].set("key-a", Entry(WRONG, time.time()))
+        assert cache.get("key-a") == KEY_A
+        assert cache.stats()["l1"]["mismatch_shadow"] == (1 if on(layer_flags, L1) else 0)
+        if on(layer_flags, L1):
+            assert cache.modes()["l1"] is Mode.SHADOW
+            assert cache.get("key-a") == KEY_A  # refilled with the right value, still shadow
+            assert cache.stats()["l1"]["verify_shadow"] == 2
+
     def test_verify__sampled_live_hit_disagrees__counted_and_deleted(
         self, make_cache: CacheFactory, layer_flags: TestFlagClient, raw_redis: redis.Redis
     ) -> None:
