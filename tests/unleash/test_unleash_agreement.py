@@ -58,10 +58,10 @@ def unleash_says(client: UnleashClient, key: str, tenant: str | None) -> bool:
 def test_unleash_client__every_shape_10000_tenants__agrees_with_flag_client(
     flagrail_server: FlagrailServer, unleash: UnleashClient
 ) -> None:
-    """UnleashClient over /api/client/features == FlagClient over the same snapshot."""
+    """UnleashClient over /api/client/features == FlagClient over /sdk/v1/snapshot."""
     # Given: UnleashClient has fetched production, and a FlagClient holds its snapshot
     assert set(unleash.feature_definitions()) == {*SHAPES, STAGING_ONLY}
-    flags = FlagClient.from_snapshot(flagrail_server.store.snapshot("production"))
+    flags = FlagClient.from_snapshot(flagrail_server.sdk_snapshot())
     # When: both answer for every flag, 10,000 tenants each and no tenant
     mismatches = [
         (key, tenant)

@@ -50,7 +50,7 @@ class TestAnswers:
         self, sqlite_server: FlagrailServer, reader: UnleashFlagClient
     ) -> None:
         """Backed by Unleash, the SDK answers what the flagrail snapshot answers."""
-        flags = FlagClient.from_snapshot(sqlite_server.store.snapshot("production"))
+        flags = FlagClient.from_snapshot(sqlite_server.sdk_snapshot())
         tenants = [None, *TENANTS[:1500], *TENANTS[-5:]]
         mismatches = [
             (key, tenant)

@@ -40,6 +40,18 @@ class FlagrailServer:
         """What UnleashClient takes: the API root, ending in ``/api``."""
         return f"{self.url}/api"
 
+    def sdk_snapshot(self, environment: str = "production") -> dict[str, object]:
+        """The body of flagrail's own ``GET /sdk/v1/snapshot``, with the client token."""
+        token = self.production if environment == "production" else self.staging
+        response = httpx.get(
+            f"{self.url}/sdk/v1/snapshot",
+            params={"environment": environment},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10.0,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
 
 @contextmanager
 def serve(database_url: str) -> Iterator[FlagrailServer]:
