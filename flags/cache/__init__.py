@@ -96,7 +96,9 @@ class RemoteLayer(Layer, Protocol):
     ``flags.errors.CacheError`` when the remote fails, and ``get`` raises
     ``CorruptEntryError`` for an entry it will not serve; ``available()`` is
     False while its circuit is open. ``bump(marker)`` grows its epoch once per
-    marker before the next call (no I/O)."""
+    marker before the next call (no I/O). ``invalidate(key, hold)`` deletes and
+    refuses writes of ``key`` for ``hold`` seconds; ``set`` returns False when
+    such a tombstone refused it."""
 
     url: str
     prefix: str
@@ -106,6 +108,7 @@ class RemoteLayer(Layer, Protocol):
     def bind(self, cache: str, *, max_age: float | None = None) -> None: ...
     def bump(self, marker: str) -> None: ...
     def publish(self, channel: str, message: bytes) -> int: ...
+    def invalidate(self, key: str, hold: float = 2.0) -> None: ...
 
 
 class FlagSource(Protocol):

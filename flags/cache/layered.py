@@ -29,14 +29,16 @@ are discarded (a generation counter checked under the fill lock).
 **Negative results** ("no such key") are kept in memory layers only, for
 ``negative_ttl`` seconds, unless ``remote_negatives=True``.
 
-**Invalidation.** ``invalidate(key)`` deletes the key in every layer, publishes
-it on the cache's channel (the SDK's Redis, ``flags.redis_url``, when there is
-one) so every process's memory layers drop it within milliseconds, and deletes
-it from Redis again 250 ms later (a reader that loaded the old value just before
-could have written it back). While the channel is down, memory entries older
-than ``channel_down_max_age`` (1 s) are not served; after a reconnect, memory
-layers are cleared. Positive entries never outlive ``max_age`` seconds from the
-moment they left the loader, whatever layer they sit in.
+**Invalidation.** ``invalidate(key)`` deletes the key in every layer, leaving a
+tombstone in Redis for ``invalidation_hold`` (2 s) that refuses writes of the key,
+so a reader that loaded the old value just before cannot write it back; it
+publishes the key on the cache's channel (the SDK's Redis, ``flags.redis_url``,
+when there is one) so every process's memory layers drop it within
+milliseconds; and 250 ms later it does all that once more. While the channel is
+down, memory entries older than ``channel_down_max_age`` (1 s) are not served;
+after a reconnect, memory layers are cleared. Positive entries never outlive
+``max_age`` seconds from the moment they left the loader, whatever layer they
+sit in.
 
 **Single-flight.** Concurrent misses of one key (with the same layer modes) in
 one process share one resolution: the loader runs once.
@@ -268,6 +270,7 @@ class LayeredCache:
         max_age: float = 300.0,
         channel_down_max_age: float = 1.0,
         invalidation_url: str | None = None,
+        invalidation_hold: float = 2.0,
         owner: str | None = None,
     ) -> None:
         layers = list(layers)
@@ -291,6 +294,7 @@ class LayeredCache:
         self.remote_negatives = remote_negatives
         self.max_age = float(max_age)
         self.channel_down_max_age = float(channel_down_max_age)
+        self.invalidation_hold = float(invalidation_hold)
         self._loader = loader
         self._async_loader = inspect.iscoroutinefunction(loader) or (
             inspect.iscoroutinefunction(getattr(loader, "__call__", None))  # noqa: B004
@@ -762,7 +766,7 @@ class LayeredCache:
     def _write(self, i: int, key: str, answer: Entry, ttl: float) -> None:
         st = self._stats[i]
         try:
-            self.layers[i].set(key, answer, ttl)
+            stored = self.layers[i].set(key, answer, ttl)
         except CacheError:
             st.errors += 1
             self._watches[i].call(failed=True)
@@ -772,7 +776,8 @@ class LayeredCache:
             self._watches[i].call(failed=True)
             log.warning("cache layer %s failed unexpectedly", self._flag_keys[i], exc_info=True)
             return
-        st.writes += 1
+        if stored is not False:  # False: refused by a fresh invalidation's tombstone
+            st.writes += 1
         self._watches[i].call()
 
     # ----------------------------------------------------------------- verification
@@ -999,7 +1004,7 @@ class LayeredCache:
                 continue
             st = self._stats[i]
             try:
-                await aset(key, answer, ttl)
+                stored = await aset(key, answer, ttl)
             except CacheError:
                 st.errors += 1
                 self._watches[i].call(failed=True)
@@ -1009,7 +1014,8 @@ class LayeredCache:
                 self._watches[i].call(failed=True)
                 log.warning("cache layer %s failed", self._flag_keys[i], exc_info=True)
                 continue
-            st.writes += 1
+            if stored is not False:
+                st.writes += 1
             self._watches[i].call()
 
     # ----------------------------------------------------------------- invalidation
@@ -1056,7 +1062,11 @@ class LayeredCache:
                 ok = False
                 continue
             try:
-                layer.delete(key)
+                invalidate = getattr(layer, "invalidate", None)
+                if invalidate is not None:
+                    invalidate(key, self.invalidation_hold)
+                else:
+                    layer.delete(key)
             except CacheError:
                 self._stats[i].errors += 1
                 ok = False
@@ -1091,12 +1101,11 @@ class LayeredCache:
         return True
 
     def _redelete(self, key: str) -> None:
-        for i, layer in enumerate(self.layers):
-            if self._remote[i] and layer.available():  # type: ignore[attr-defined]
-                try:
-                    layer.delete(key)
-                except CacheError:
-                    self._stats[i].errors += 1
+        """Invalidate once more: drops a value a racing reader wrote back or copied."""
+        self._note_invalidated(key)
+        for memory in self._memory:
+            memory.delete(key)
+        self._invalidate_remote(key)
 
     def _retry_invalidate(self, key: str, deadline: float) -> None:
         if self._invalidate_remote(key):

@@ -4,6 +4,7 @@ Storage keys, for a layer named ``l2`` of cache ``auth.cache`` with the default
 prefix::
 
     flagrail:cache:auth.cache:l2:v:<cache key>   envelope (flags.cache.codec), SET ... PX ttl
+    flagrail:cache:auth.cache:l2:t:<cache key>   tombstone of a recent invalidation
     flagrail:cache:auth.cache:l2:epoch           hash: n = current epoch, m:<marker> = bumps done
     flagrail:cache:auth.cache:invalidate         pub/sub channel (flags.cache.invalidation)
 
@@ -16,6 +17,10 @@ requests a bump with the flag state version as marker whenever it sees the
 layer go live (at start, and every time after a kill or disable); the bump is
 applied before the layer is read or written again. A reader that meets a newer
 epoch than its own adopts it (only our writers can produce a verified envelope).
+
+**Invalidation.** ``invalidate(key)`` deletes the entry and leaves a tombstone for
+``hold`` seconds; writes check it atomically (Lua), so a reader that loaded the
+value before the invalidation cannot put it back afterwards.
 
 **Failures.** Every driver error (refused, timeout, reset, OOM, READONLY,
 LOADING...) and ``OSError`` is translated here, once, into
@@ -60,7 +65,32 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# Write the entry unless the key was invalidated a moment ago (its tombstone lives).
+_WRITE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+# Invalidate: delete the entry and keep writers of values loaded before off it for a while.
+_INVALIDATE = """
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return 1
+"""
+
 _DRIVER_ERRORS = (RedisError, OSError)
+
+
+class _Scripts:
+    """The layer's Lua scripts, registered on one client."""
+
+    __slots__ = ("bump", "discard", "invalidate", "write")
+
+    def __init__(self, client: Any) -> None:
+        self.bump = client.register_script(_BUMP)
+        self.discard = client.register_script(_DISCARD)
+        self.write = client.register_script(_WRITE)
+        self.invalidate = client.register_script(_INVALIDATE)
 
 
 class RedisLayer:
@@ -116,15 +146,16 @@ class RedisLayer:
         self._owns_client = client is None
         self._async_client = async_client
         self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, Any, Any]
+            asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, _Scripts]
         ] = weakref.WeakKeyDictionary()
-        self._scripts: tuple[Any, Any] | None = None
+        self._scripts: _Scripts | None = None
         self._client_lock = threading.Lock()
         self._epoch: int | None = None
         self._pending: list[str] = []
         self._epoch_lock = threading.Lock()
         self._cache: str | None = None
         self._base = b""
+        self._tombs = b""
         self._epoch_key = b""
         self.channel = ""
 
@@ -142,6 +173,7 @@ class RedisLayer:
         self.max_age = max_age
         base = f"{self.prefix}{cache}:{self.name}:"
         self._base = (base + "v:").encode()
+        self._tombs = (base + "t:").encode()
         self._epoch_key = (base + "epoch").encode()
         self.channel = f"{self.prefix}{cache}:invalidate"
 
@@ -176,14 +208,13 @@ class RedisLayer:
                 c = self._client
         return c
 
-    def _sync_scripts(self) -> tuple[Any, Any]:
+    def _sync_scripts(self) -> _Scripts:
         scripts = self._scripts
         if scripts is None:
-            c = self.client()
-            scripts = self._scripts = (c.register_script(_BUMP), c.register_script(_DISCARD))
+            scripts = self._scripts = _Scripts(self.client())
         return scripts
 
-    def _aclient(self) -> tuple[redis.asyncio.Redis, Any, Any]:
+    def _aclient(self) -> tuple[redis.asyncio.Redis, _Scripts]:
         loop = asyncio.get_running_loop()
         found = self._async_clients.get(loop)
         if found is None:
@@ -197,7 +228,7 @@ class RedisLayer:
                     retry_on_timeout=False,
                     health_check_interval=0,
                 )
-            found = (c, c.register_script(_BUMP), c.register_script(_DISCARD))
+            found = (c, _Scripts(c))
             self._async_clients[loop] = found
         return found
 
@@ -218,7 +249,7 @@ class RedisLayer:
             bump = None
             while self._pending:
                 if bump is None:
-                    bump = self._sync_scripts()[0]
+                    bump = self._sync_scripts().bump
                 marker = self._pending[0]
                 self._epoch = int(bump(keys=[self._epoch_key], args=[marker, self._epoch or 0]))
                 self._pending.pop(0)
@@ -283,10 +314,10 @@ class RedisLayer:
         """``get`` on redis.asyncio. Same contract."""
         rkey = self._base + key.encode("utf-8", "surrogatepass")
         try:
-            client, bump, discard = self._aclient()
+            client, scripts = self._aclient()
             epoch = self._epoch
             if epoch is None or self._pending:
-                epoch = await self._acurrent_epoch(bump, client)
+                epoch = await self._acurrent_epoch(scripts.bump, client)
             data = await client.get(rkey)
         except _DRIVER_ERRORS as exc:
             raise self._failed("GET", exc) from exc
@@ -298,7 +329,7 @@ class RedisLayer:
         except CorruptEntryError as exc:
             if _should_discard(exc, data):
                 try:
-                    await discard(keys=[rkey], args=[data])
+                    await scripts.discard(keys=[rkey], args=[data])
                 except _DRIVER_ERRORS:
                     self.breaker.failure()
             raise
@@ -321,7 +352,7 @@ class RedisLayer:
 
     def _discard(self, rkey: bytes, data: bytes) -> None:
         try:
-            self._sync_scripts()[1](keys=[rkey], args=[data])
+            self._sync_scripts().discard(keys=[rkey], args=[data])
         except _DRIVER_ERRORS:
             self.breaker.failure()
 
@@ -334,8 +365,9 @@ class RedisLayer:
         life = self.ttl if ttl is None else min(ttl, self.ttl)
         return max(1, int(life * 1000))
 
-    def set(self, key: str, entry: Entry, ttl: float | None = None) -> None:
-        """Store ``entry`` for ``min(ttl, self.ttl)`` seconds.
+    def set(self, key: str, entry: Entry, ttl: float | None = None) -> bool:
+        """Store ``entry`` for ``min(ttl, self.ttl)`` seconds, unless ``key`` was
+        invalidated within the hold of its tombstone; True if stored.
 
         Raises ``CacheError`` on a Redis failure or when the serializer cannot
         encode the value (then Redis is not called and the breaker not told).
@@ -348,28 +380,32 @@ class RedisLayer:
         except _DRIVER_ERRORS as exc:
             raise self._failed("epoch", exc) from exc
         data = self._encode(rkey, entry, epoch)
+        tomb = self._tombs + key.encode("utf-8", "surrogatepass")
         try:
-            self.client().set(rkey, data, px=self._px(ttl))
+            stored = self._sync_scripts().write(keys=[rkey, tomb], args=[data, self._px(ttl)])
         except _DRIVER_ERRORS as exc:
             raise self._failed("SET", exc) from exc
         self.breaker.success()
+        return bool(stored)
 
-    async def aset(self, key: str, entry: Entry, ttl: float | None = None) -> None:
+    async def aset(self, key: str, entry: Entry, ttl: float | None = None) -> bool:
         """``set`` on redis.asyncio. Same contract."""
         rkey = self._base + key.encode("utf-8", "surrogatepass")
         try:
-            client, bump, _ = self._aclient()
+            client, scripts = self._aclient()
             epoch = self._epoch
             if epoch is None or self._pending:
-                epoch = await self._acurrent_epoch(bump, client)
+                epoch = await self._acurrent_epoch(scripts.bump, client)
         except _DRIVER_ERRORS as exc:
             raise self._failed("epoch", exc) from exc
         data = self._encode(rkey, entry, epoch)
+        tomb = self._tombs + key.encode("utf-8", "surrogatepass")
         try:
-            await client.set(rkey, data, px=self._px(ttl))
+            stored = await scripts.write(keys=[rkey, tomb], args=[data, self._px(ttl)])
         except _DRIVER_ERRORS as exc:
             raise self._failed("SET", exc) from exc
         self.breaker.success()
+        return bool(stored)
 
     def delete(self, key: str) -> None:
         """Delete ``key``. Raises ``CacheError`` on a Redis failure."""
@@ -381,10 +417,22 @@ class RedisLayer:
 
     async def adelete(self, key: str) -> None:
         try:
-            client, _, _ = self._aclient()
+            client, _ = self._aclient()
             await client.delete(self.storage_key(key))
         except _DRIVER_ERRORS as exc:
             raise self._failed("DEL", exc) from exc
+        self.breaker.success()
+
+    def invalidate(self, key: str, hold: float = 2.0) -> None:
+        """Delete ``key`` and refuse writes of it for ``hold`` seconds (one atomic
+        script), so a value loaded before this call is not written back after it.
+        Raises ``CacheError`` on a Redis failure."""
+        rkey = self._base + key.encode("utf-8", "surrogatepass")
+        tomb = self._tombs + key.encode("utf-8", "surrogatepass")
+        try:
+            self._sync_scripts().invalidate(keys=[rkey, tomb], args=[max(1, int(hold * 1000))])
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("invalidate", exc) from exc
         self.breaker.success()
 
     def clear(self) -> None:

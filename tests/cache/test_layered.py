@@ -433,6 +433,32 @@ class TestInvalidation:
         reader.join()
         assert cache.get("key-a") is None
 
+    def test_invalidate__another_process_loaded_before__cannot_write_it_back(
+        self, make_cache: CacheFactory, layer_flags: TestFlagClient, raw_redis: redis.Redis
+    ) -> None:
+        """A process that read the database before the revocation (and has not heard of
+        it) finds its Redis write refused by the tombstone; nobody is served the old key."""
+        gate, loading = threading.Event(), threading.Event()
+        data = dict(default_data())
+
+        def slow_loader(key: str) -> object:
+            value = data.get(key)
+            loading.set()
+            gate.wait(2)
+            return value
+
+        revoker = make_cache()
+        deaf = make_cache(loader=slow_loader, start=False)  # hears no pub/sub
+        reader = threading.Thread(target=deaf.get, args=("key-a",))
+        reader.start()
+        assert loading.wait(2)
+        del data["key-a"]
+        revoker.invalidate("key-a")
+        gate.set()
+        reader.join()
+        assert not in_redis(raw_redis, revoker, "key-a")
+        assert make_cache(loader=data.get).get("key-a") is None
+
     def test_channel_down__memory_serves_nothing_older_than_the_bound(
         self, make_cache: CacheFactory, source: Source, layer_flags: TestFlagClient
     ) -> None:

@@ -169,6 +169,22 @@ def test_redis__epoch_key_flushed__never_goes_backwards(
     assert layer.epoch == 4
 
 
+def test_redis__invalidated_key__refuses_writes_for_the_hold(
+    make_layer: LayerFactory, raw: redis.Redis
+) -> None:
+    """After invalidate(key, hold), a write of a value loaded earlier is refused."""
+    layer = make_layer()
+    layer.set("key-a", fresh())
+    layer.invalidate("key-a", hold=0.2)
+    assert raw.exists(layer.storage_key("key-a")) == 0
+    assert layer.set("key-a", fresh()) is False
+    assert layer.get("key-a") is None
+    deadline = time.monotonic() + 2.0
+    while not layer.set("key-a", fresh()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert layer.get("key-a") is not None
+
+
 def test_redis__older_than_max_age__rejected(make_layer: LayerFactory, raw: redis.Redis) -> None:
     """A positive entry that left the loader too long ago is stale, wherever it sits."""
     layer = make_layer()
