@@ -24,6 +24,7 @@ from UnleashClient import UnleashClient
 from UnleashClient.utils import InstanceAllowType
 
 from flags.client import FlagClient
+from flags.store.telemetry import TelemetryStore
 from flags.unleash.mapping import TENANT_FIELD
 
 
@@ -96,14 +97,18 @@ def test_unleash_client__flag_killed__off_after_its_next_poll(
 def test_unleash_client__metrics_on_close__feed_flagrail_evaluation_counts(
     flagrail_server: FlagrailServer, unleash: UnleashClient
 ) -> None:
-    """UnleashClient's metrics flush (on destroy) lands in flagrail's per-flag counts."""
+    """UnleashClient's metrics flush (on destroy) lands in flagrail's per-flag counts:
+    the SDK telemetry store (what the admin API reports) and the Prometheus counter."""
     labels = {"environment": "production", "flag": "rollout-50", "result": "on"}
     before = REGISTRY.get_sample_value("flagrail_unleash_evaluations_total", labels) or 0.0
     on = sum(unleash_says(unleash, "rollout-50", t) for t in TENANTS[:1000])
     unleash.destroy()  # flushes the metrics bucket to POST /api/client/metrics
     after = REGISTRY.get_sample_value("flagrail_unleash_evaluations_total", labels) or 0.0
-    assert on > 0
+    assert 0 < on < 1000
     assert after - before == on
+    facts = TelemetryStore(flagrail_server.store.engine).flag_environments("rollout-50")
+    assert facts["production"]["evaluations_on"] == on
+    assert facts["production"]["evaluations_off"] == 1000 - on
 
 
 def test_client_features__production_token__payload_holds_nothing_of_staging(

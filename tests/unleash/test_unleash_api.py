@@ -14,6 +14,7 @@ from api.app import create_app
 from flags.model import StateChange
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore
+from flags.store.telemetry import TelemetryStore
 from flags.unleash.mapping import features_payload
 
 
@@ -266,14 +267,12 @@ class TestRegisterAndMetrics:
         assert sample("new-ui", "off") == off + 3
         assert sample("no-such-flag-xyz", "on") == 0.0
 
-    def test_metrics__telemetry_store_installed__evaluations_recorded_per_environment(
+    def test_metrics__known_flags__evaluations_recorded_in_the_telemetry_store(
         self, env: Env
     ) -> None:
-        """With the SDK telemetry store, Unleash SDK reports feed flagrail's evaluation facts."""
-        telemetry_module = pytest.importorskip("flags.store.telemetry")
+        """Unleash SDK reports feed flagrail's evaluation facts (the SDK telemetry store)."""
         state = env.http.app.state  # type: ignore[attr-defined]
-        if getattr(state, "telemetry", None) is None:
-            state.telemetry = telemetry_module.TelemetryStore(env.store.engine)
+        assert isinstance(state.telemetry, TelemetryStore)
         toggles = {"new-ui": {"yes": 4, "no": 6}, "no-such-flag-xyz": {"yes": 1, "no": 1}}
         for _ in range(2):
             response = env.http.post(
