@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from flags.cache import LayeredCache, MemoryLayer, RedisLayer
 from flags.cache.invalidation import InvalidationListener, decode_message, encode_key
+from flags.testing.client import TestFlagClient
 from flags.testing.redis_server import RedisServer
 
-from .support import wait_until
+from .support import L1, L2, SECRET, on, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -116,3 +122,73 @@ def test_listener__callback_raises__channel_stays_alive(redis_url: str, key_pref
         assert wait_until(lambda: got == ["good"], 2.0)
     finally:
         lst.close()
+
+
+CHILD = r"""
+import json, sys
+from flags.cache import LayeredCache, MemoryLayer, RedisLayer
+from flags.client import FlagClient
+
+url, prefix, l1, l2 = sys.argv[1], sys.argv[2], sys.argv[3] == "on", sys.argv[4] == "on"
+state = lambda on: {"enabled": on, "rollout": 100 if on else 0}
+flags = FlagClient.from_snapshot(
+    {"environment": "test", "version": 1,
+     "flags": {"auth.cache.l1": state(l1), "auth.cache.l2": state(l2)}}
+)
+data = {"key-a": {"tenant": "acme"}}
+cache = LayeredCache(
+    "auth.cache",
+    [MemoryLayer(), RedisLayer(url, secret=b"test-secret-0123456789abcdef", prefix=prefix)],
+    lambda key: data.get(key), flags, verify_share=0.0,
+).start(wait=5)
+for line in sys.stdin:
+    command = line.strip()
+    if command == "revoke-in-db":
+        data.pop("key-a", None)
+        print(json.dumps("ok"), flush=True)
+    elif command == "get":
+        print(json.dumps(cache.get("key-a")), flush=True)
+cache.close()
+"""
+
+
+@pytest.mark.flag_matrix(L1, L2)
+def test_invalidate__reaches_another_os_process_within_100ms(
+    redis_url: str, key_prefix: str, flag_client: TestFlagClient
+) -> None:
+    """A key revoked here stops working in a separate process within 100 ms."""
+    modes = ["on" if on(flag_client, key) else "off" for key in (L1, L2)]
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, redis_url, key_prefix, *modes],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def ask(command: str) -> object:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(command + "\n")
+        child.stdin.flush()
+        return json.loads(child.stdout.readline())
+
+    data = {"key-a": {"tenant": "acme"}}
+    here = LayeredCache(
+        "auth.cache",
+        [MemoryLayer(), RedisLayer(redis_url, secret=SECRET, prefix=key_prefix)],
+        data.get,
+        flag_client,
+        verify_share=0.0,
+    ).start(wait=5)
+    try:
+        assert ask("get") == {"tenant": "acme"}  # warm in the other process
+        assert ask("revoke-in-db") == "ok"
+        del data["key-a"]
+        started = time.monotonic()
+        assert here.invalidate("key-a")
+        while ask("get") is not None:
+            assert time.monotonic() - started < 0.1, "still served after 100 ms"
+    finally:
+        here.close()
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
