@@ -76,6 +76,7 @@ class _Feed:
     pending: dict[int, FlagChanged] = field(default_factory=dict)
     pending_since: float | None = None
     db_ahead_since: float | None = None
+    db_version: int | None = None
     resync_requested: bool = False
     subscribers: set[Subscription] = field(default_factory=set)
 
@@ -238,6 +239,7 @@ class Broadcaster:
         with self._lock:
             for env in envs:
                 feed = self._feeds.setdefault(env.name, _Feed())
+                feed.db_version = env.version
                 if feed.latest is None:
                     feed.latest = env.version
                 elif env.version > feed.latest:
@@ -253,9 +255,17 @@ class Broadcaster:
             for name, feed in self._feeds.items():
                 gap = feed.pending_since is not None and now - feed.pending_since >= self.hold
                 behind = feed.db_ahead_since is not None and now - feed.db_ahead_since >= self.hold
-                if gap or behind or feed.resync_requested:
+                if not (gap or behind or feed.resync_requested):
+                    continue
+                feed.resync_requested = False
+                if feed.subscribers:
                     stale.append(name)
-                    feed.resync_requested = False
+                else:  # nobody listens: catch up on the number, read no snapshot
+                    feed.latest = max(feed.latest or 0, feed.db_version or 0)
+                    feed.ring.clear()
+                    feed.pending = {v: e for v, e in feed.pending.items() if v > feed.latest}
+                    feed.pending_since = now if feed.pending else None
+                    feed.db_ahead_since = None
         for name in stale:
             self._resync(name)
 
