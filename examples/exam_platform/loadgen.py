@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-import httpx
-
 __all__ = [
     "DemoKey",
     "HttpPool",
@@ -31,7 +29,6 @@ __all__ = [
     "Sample",
     "Verdict",
     "judge",
-    "measure_revocation",
     "percentile",
 ]
 
@@ -156,6 +153,8 @@ class LoadGenerator:
         self.invalid_share = 0.05
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = threading.Event()
         self.started_at: float | None = None
 
     def start(self) -> None:
@@ -180,10 +179,81 @@ class LoadGenerator:
         method, path, _w = rnd.choices(ENDPOINTS, weights=self._weights)[0]
         return method, path.format(tenant=tenant), key
 
+    def measure_revocation(
+        self, key: DemoKey, revoke: Callable[[], float], *, deadline: float = 3.0
+    ) -> tuple[float, list[float | None], int]:
+        """Revoke ``key`` with ``revoke()`` (called on this thread; it returns the unix
+        time the revocation committed) while the generator's event loop asks every
+        process with the key, concurrently and every 2 ms, until each answered 401.
+
+        Returns ``(committed_at, latencies, late)``: per process the milliseconds from
+        the commit to the arrival of its first 401 (None if none came within
+        ``deadline`` seconds), and how many probes were let in more than 1 s after
+        the commit. Probing starts before the revocation is sent, so the time the
+        revoking call takes to return is not counted, and it runs on the generator's
+        loop with connections of its own, so it neither waits behind the load nor
+        for another thread's turn. Must be called while the generator runs; raises
+        what ``revoke`` raises.
+        """
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("the load generator is not running")
+        first_401: list[float | None] = [None] * len(self.targets)
+        accepted_sent: list[float] = []
+        stop = threading.Event()
+        give_up = time.time() + deadline
+
+        async def probe(i: int) -> None:
+            pool = HttpPool(self.targets[i], 1)
+            headers = {"Authorization": f"Bearer {key.secret}"}
+            path = f"/t/{key.tenant}/exams"
+            try:
+                while not stop.is_set() and time.time() < give_up:
+                    sent = time.time()
+                    try:
+                        async with asyncio.timeout(1.0):
+                            status, _ = await pool.request("GET", path, headers)
+                    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+                        await asyncio.sleep(0.002)
+                        continue
+                    if status == 401:
+                        first_401[i] = time.time()
+                        return
+                    if 200 <= status < 300:
+                        accepted_sent.append(sent)
+                    await asyncio.sleep(0.002)
+            finally:
+                pool.close()
+
+        async def probe_all() -> None:
+            await asyncio.gather(*(probe(i) for i in range(len(self.targets))))
+
+        future = asyncio.run_coroutine_threadsafe(probe_all(), loop)
+        try:
+            committed_at = revoke()
+        except BaseException:
+            stop.set()
+            future.result(timeout=deadline + 2)
+            raise
+        future.result(timeout=deadline + 2)
+        # The arrival of the first 401 bounds from above when a process started
+        # rejecting: a conservative latency.
+        latencies = [
+            None if at is None else max(0.0, (at - committed_at) * 1000.0) for at in first_401
+        ]
+        late = sum(1 for sent in accepted_sent if sent >= committed_at + REVOCATION_GRACE)
+        return committed_at, latencies, late
+
     def _run(self) -> None:
         asyncio.run(self._main())
 
+    def wait_running(self, timeout: float = 5.0) -> bool:
+        """Block until the generator's event loop runs (``measure_revocation`` needs it)."""
+        return self._running.wait(timeout)
+
     async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._running.set()
         pools = [HttpPool(url, self.connections // len(self.targets)) for url in self.targets]
         in_flight: set[asyncio.Task[None]] = set()
         interval = 1.0 / self.rps
@@ -208,6 +278,8 @@ class LoadGenerator:
             if in_flight:
                 await asyncio.wait(in_flight, timeout=self.timeout + 1)
         finally:
+            self._running.clear()
+            self._loop = None
             for pool in pools:
                 pool.close()
 
@@ -311,65 +383,3 @@ class HttpPool:
         for _reader, writer in self._idle:
             writer.close()
         self._idle.clear()
-
-
-def measure_revocation(
-    client: httpx.Client,
-    targets: Sequence[str],
-    key: DemoKey,
-    revoke: Callable[[], float],
-    *,
-    deadline: float = 3.0,
-    interval: float = 0.002,
-) -> tuple[float, list[float | None], int]:
-    """Revoke ``key`` with ``revoke()`` (which returns the unix time the revocation
-    committed) while a probe thread asks every process with the key until each has
-    answered 401.
-
-    Returns ``(committed_at, latencies, late)``: per process the milliseconds from
-    the commit to the arrival of its first 401 (None if none came within
-    ``deadline`` seconds of the start), and how many probes were let in more than
-    1 s after the commit. Probing starts before the revocation is sent, so how
-    long the revoking call itself takes to return is not counted. ``client`` is
-    used by the probe thread only; reuse it (building one costs tens of ms).
-    Raises what ``revoke`` raises (after stopping the probes).
-    """
-    first_401: list[float | None] = [None] * len(targets)
-    accepted_sent: list[float] = []
-    headers = {"Authorization": f"Bearer {key.secret}"}
-    path = f"/t/{key.tenant}/exams"
-    stop = threading.Event()
-    give_up = time.time() + deadline
-
-    def probe() -> None:
-        pending = set(range(len(targets)))
-        while pending and not stop.is_set() and time.time() < give_up:
-            for i in sorted(pending):
-                sent = time.time()
-                try:
-                    status = client.get(targets[i] + path, headers=headers).status_code
-                except httpx.HTTPError:
-                    continue
-                if status == 401:
-                    first_401[i] = time.time()
-                    pending.discard(i)
-                elif 200 <= status < 300:
-                    accepted_sent.append(sent)
-            if pending:
-                stop.wait(interval)
-
-    thread = threading.Thread(target=probe, name="revocation-probe", daemon=True)
-    thread.start()
-    try:
-        committed_at = revoke()
-    except BaseException:
-        stop.set()
-        thread.join(timeout=deadline + 2)
-        raise
-    thread.join(timeout=deadline + 2)
-    stop.set()
-    # The arrival of the first 401 bounds from above when a process started
-    # rejecting: a conservative latency.
-    latencies = [None if at is None else max(0.0, (at - committed_at) * 1000.0) for at in first_401]
-    late = sum(1 for sent in accepted_sent if sent >= committed_at + REVOCATION_GRACE)
-    return committed_at, latencies, late
