@@ -15,6 +15,7 @@ try:  # Typer >= 0.20 vendors Click as typer._click
 except ImportError:  # pragma: no cover - older Typer on real Click
     from click import exceptions as click_exceptions
 
+from api.cli import demo as demo_commands
 from api.cli import flags as flag_commands
 from api.cli import plan as plan_commands
 from api.cli import server, tokens
@@ -34,6 +35,7 @@ app.add_typer(flag_commands.flags_app, name="flags")
 flag_commands.register(app)
 app.add_typer(flag_commands.env_app, name="env")
 app.add_typer(plan_commands.app, name="plan")
+app.add_typer(demo_commands.app, name="demo")
 
 
 def main(argv: list[str] | None = None) -> None:
