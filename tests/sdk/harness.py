@@ -232,9 +232,10 @@ class StreamReader:
                 params={"environment": env},
                 headers={"Authorization": f"Bearer {token}", **headers},
             ) as response:
+                if response.status_code != 200:
+                    self.body = response.read()  # before status: waiters read both
                 self.status = response.status_code
                 if response.status_code != 200:
-                    self.body = response.read()
                     return
                 for event in parse_events(response.iter_lines()):
                     self.events.append(event)
