@@ -1,12 +1,14 @@
-"""The append-only flag history: write one row, read pages. Nothing here updates or deletes.
+"""The append-only flag history: write rows, read pages. Nothing here updates or deletes.
 
-``record_change`` must be called inside the transaction of the change it records,
-so the change and its row commit or roll back together.
+``record_change`` (one row) and ``record_changes`` (several, one statement) must be
+called inside the transaction of the change they record, so the change and its rows
+commit or roll back together.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +19,7 @@ from flags.errors import ValidationError
 from flags.model import HistoryEntry
 from flags.store.tables import history
 
-__all__ = ["HistoryPage", "HistoryQuery", "list_changes", "record_change"]
+__all__ = ["HistoryPage", "HistoryQuery", "list_changes", "record_change", "record_changes"]
 
 MAX_PAGE = 500
 
@@ -62,20 +64,30 @@ def record_change(
     at: datetime | None = None,
 ) -> None:
     """Append one history row on ``conn`` (inside the caller's transaction)."""
-    conn.execute(
-        insert(history).values(
-            at=at or datetime.now(UTC),
-            actor=actor,
-            action=action,
-            flag=flag,
-            environment=environment,
-            before=before,
-            after=after,
-            reason=reason,
-            request_id=request_id,
-            env_version=env_version,
-        )
+    record_changes(
+        conn,
+        [
+            {
+                "at": at or datetime.now(UTC),
+                "actor": actor,
+                "action": action,
+                "flag": flag,
+                "environment": environment,
+                "before": before,
+                "after": after,
+                "reason": reason,
+                "request_id": request_id,
+                "env_version": env_version,
+            }
+        ],
     )
+
+
+def record_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append several history rows on ``conn`` in one statement (inside the caller's
+    transaction). Each row has ``record_change``'s keywords, all of them."""
+    if rows:
+        conn.execute(insert(history), [dict(row) for row in rows])
 
 
 def encode_cursor(last_id: int) -> str:

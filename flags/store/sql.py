@@ -17,7 +17,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +32,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from flags import history as history_log
 from flags.errors import (
@@ -88,13 +87,14 @@ def cli_actor() -> str:
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine tuned for flagrail: SQLite in WAL mode with writers serialized by
-    ``BEGIN IMMEDIATE`` (no lock-upgrade deadlocks); PostgreSQL with a pre-pinged pool."""
+    ``BEGIN IMMEDIATE`` (no lock-upgrade deadlocks); PostgreSQL with a pre-pinged pool.
+
+    SQLite connections are pooled too: closing the last connection to a WAL database
+    checkpoints it, which would add milliseconds to every request.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=NullPool if ":memory:" not in url else None,
-            **kwargs,
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
         )
 
         @event.listens_for(engine, "connect")
@@ -672,52 +672,87 @@ class SqlFlagStore:
         if not isinstance(reason, str) or not reason.strip():
             raise ValidationError("reason is required and must not be empty", field="reason")
         events: list[FlagChanged] = []
-        states: dict[str, FlagState] = {}
         with self.transaction() as conn:
-            envs = self._environment_names(conn) if environments is None else list(environments)
-            known = set(self._environment_names(conn)) if environments is not None else set(envs)
-            for env in envs:
-                if env not in known:
-                    raise EnvironmentNotFoundError(
-                        f"environment {env!r} does not exist", field="environments"
+            known = self._environment_names(conn)
+            if environments is not None:
+                for env in environments:
+                    if env not in known:
+                        raise EnvironmentNotFoundError(
+                            f"environment {env!r} does not exist", field="environments"
+                        )
+            envs = known if environments is None else sorted(set(environments))
+            states = self._lock_states(conn, key, envs)
+            changing = [env for env in envs if states[env].killed != killed]
+            if changing:
+                # One statement per table, whatever the number of environments: the kill
+                # is the emergency path and must stay fast.
+                now = _now()
+                kill_facts = {
+                    "killed": killed,
+                    "kill_reason": reason if killed else None,
+                    "killed_at": now if killed else None,
+                    "killed_by": actor if killed else None,
+                }
+                conn.execute(
+                    update(t.flag_states)
+                    .where(
+                        t.flag_states.c.flag_key == key,
+                        t.flag_states.c.environment.in_(changing),
                     )
-            now = _now()
-            for env in sorted(set(envs)):
-                _flag, before = self._lock_state(conn, key, env)
-                if before.killed == killed:
-                    states[env] = before
-                    continue
-                after = FlagState(
-                    enabled=before.enabled,
-                    rollout=before.rollout,
-                    tenants_on=before.tenants_on,
-                    tenants_off=before.tenants_off,
-                    killed=killed,
-                    kill_reason=reason if killed else None,
-                    killed_at=now if killed else None,
-                    killed_by=actor if killed else None,
-                    version=before.version + 1,
+                    .values(**kill_facts, version=t.flag_states.c.version + 1, updated_at=now)
                 )
-                events.append(
-                    self._write_state(
-                        conn,
-                        key,
-                        env,
-                        before,
-                        after,
-                        action=Action.KILL if killed else Action.UNKILL,
-                        actor=actor,
-                        reason=reason,
-                        request_id=request_id,
+                env_versions = {
+                    name: int(version)
+                    for name, version in conn.execute(
+                        update(t.environments)
+                        .where(t.environments.c.name.in_(changing))
+                        .values(version=t.environments.c.version + 1)
+                        .returning(t.environments.c.name, t.environments.c.version)
+                    ).all()
+                }
+                rows = []
+                for env in changing:
+                    before = states[env]
+                    after = replace(before, **kill_facts, version=before.version + 1)
+                    states[env] = after
+                    events.append(FlagChanged(env, env_versions[env], key, after))
+                    rows.append(
+                        {
+                            "at": now,
+                            "actor": actor,
+                            "action": Action.KILL if killed else Action.UNKILL,
+                            "flag": key,
+                            "environment": env,
+                            "before": before.to_dict(),
+                            "after": after.to_dict(),
+                            "reason": reason,
+                            "request_id": request_id,
+                            "env_version": env_versions[env],
+                        }
                     )
-                )
-                states[env] = after
-            if not envs:
-                self._get_flag(conn, key)
+                history_log.record_changes(conn, rows)
         self._publish(events)
         return KillResult(
             key, states, [e.environment for e in events], {e.environment: e.version for e in events}
         )
+
+    def _lock_states(self, conn: Connection, key: str, envs: Sequence[str]) -> dict[str, FlagState]:
+        """The states of ``key`` in ``envs``, locked for update (PostgreSQL; SQLite writers
+        are serialized), in environment order. Raises ``FlagNotFoundError``."""
+        if conn.execute(select(t.flags.c.key).where(t.flags.c.key == key)).first() is None:
+            raise FlagNotFoundError(f"flag {key!r} does not exist", field="key")
+        stmt = (
+            select(t.flag_states)
+            .where(t.flag_states.c.flag_key == key, t.flag_states.c.environment.in_(list(envs)))
+            .order_by(t.flag_states.c.environment)
+        )
+        if self.is_postgres:
+            stmt = stmt.with_for_update()
+        states = {row.environment: _state_from_row(row) for row in conn.execute(stmt).all()}
+        for env in envs:
+            if env not in states:
+                raise FlagNotFoundError(f"flag {key!r} has no state in {env!r}", field="key")
+        return states
 
     # ------------------------------------------------------------ snapshots
     def snapshot(self, env: str) -> Snapshot:

@@ -142,10 +142,11 @@ def test_mutation__history_write_fails__nothing_written(
     published: list[Any] = []
     store.listeners.append(published.append)
 
-    def broken_record_change(*_args: Any, **_kwargs: Any) -> None:
+    def broken_record_changes(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("injected: history write failed")
 
-    monkeypatch.setattr(flags.history, "record_change", broken_record_change)
+    # Every history write goes through record_changes (record_change calls it).
+    monkeypatch.setattr(flags.history, "record_changes", broken_record_changes)
     run, _expected = MUTATIONS[name]
     # When: the history write fails
     with pytest.raises(RuntimeError, match="injected"):
@@ -155,25 +156,26 @@ def test_mutation__history_write_fails__nothing_written(
     assert published == []
 
 
-def test_kill__history_fails_on_last_environment__earlier_environments_rolled_back(
+def test_kill__history_write_fails__every_environment_rolled_back(
     store: SqlFlagStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A kill over four environments is one transaction: a failure on the fourth undoes all."""
+    """A kill over four environments is one transaction: its four state changes are made
+    before its four history rows, and a failure writing those undoes all of them."""
     seed(store)
     before = dump(store)
-    real = flags.history.record_change
-    calls: list[str] = []
+    written: list[list[Any]] = []
 
-    def fail_fourth(conn: Any, **kwargs: Any) -> None:
-        calls.append(kwargs.get("environment"))
-        if len(calls) == 4:
-            raise RuntimeError("injected on the fourth environment")
-        real(conn, **kwargs)
+    def fail_after_changes(conn: Any, rows: Any) -> None:
+        killed = conn.execute(select(t.flag_states.c.killed)).scalars().all()
+        written.append([list(rows), killed])
+        raise RuntimeError("injected after the state changes")
 
-    monkeypatch.setattr(flags.history, "record_change", fail_fourth)
-    with pytest.raises(RuntimeError, match="fourth"):
+    monkeypatch.setattr(flags.history, "record_changes", fail_after_changes)
+    with pytest.raises(RuntimeError, match="injected"):
         store.kill("auth.cache.l2", None, reason="storm", actor="alice")
-    assert len(calls) == 4
+    ((rows, killed_inside),) = written
+    assert sorted(r["environment"] for r in rows) == ENVS
+    assert killed_inside.count(True) == 4  # the changes were there, inside the transaction
     assert dump(store) == before
 
 
