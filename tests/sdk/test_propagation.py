@@ -98,6 +98,9 @@ def test_kill__redis_stopped__sse_carries_it(
     body = kill_and_confirm(deployment, server, procs)
     assert (body["confirmed"], body["live"]) == (4, 4)
     assert {w.latest()["source"] for w in procs} == {"stream"}  # type: ignore[index]
+    # The server's publish failed, and the kill was committed all the same.
+    wait_for(lambda: server.sdk.publisher.failures >= 1, what="a failed publish")
+    assert deployment.store.get_state("checkout", ENV).killed
 
 
 def test_kill__no_redis_no_stream__polling_carries_it(
