@@ -673,16 +673,9 @@ class SqlFlagStore:
             raise ValidationError("reason is required and must not be empty", field="reason")
         events: list[FlagChanged] = []
         with self.transaction() as conn:
-            known = self._environment_names(conn)
-            if environments is not None:
-                for env in environments:
-                    if env not in known:
-                        raise EnvironmentNotFoundError(
-                            f"environment {env!r} does not exist", field="environments"
-                        )
-            envs = known if environments is None else sorted(set(environments))
+            envs = None if environments is None else sorted(set(environments))
             states = self._lock_states(conn, key, envs)
-            changing = [env for env in envs if states[env].killed != killed]
+            changing = [env for env, state in states.items() if state.killed != killed]
             if changing:
                 # One statement per table, whatever the number of environments: the kill
                 # is the emergency path and must stay fast.
@@ -736,22 +729,32 @@ class SqlFlagStore:
             key, states, [e.environment for e in events], {e.environment: e.version for e in events}
         )
 
-    def _lock_states(self, conn: Connection, key: str, envs: Sequence[str]) -> dict[str, FlagState]:
-        """The states of ``key`` in ``envs``, locked for update (PostgreSQL; SQLite writers
-        are serialized), in environment order. Raises ``FlagNotFoundError``."""
-        if conn.execute(select(t.flags.c.key).where(t.flags.c.key == key)).first() is None:
-            raise FlagNotFoundError(f"flag {key!r} does not exist", field="key")
-        stmt = (
-            select(t.flag_states)
-            .where(t.flag_states.c.flag_key == key, t.flag_states.c.environment.in_(list(envs)))
-            .order_by(t.flag_states.c.environment)
-        )
+    def _lock_states(
+        self, conn: Connection, key: str, envs: Sequence[str] | None
+    ) -> dict[str, FlagState]:
+        """The states of ``key`` in ``envs`` (None: every environment), locked for update
+        (PostgreSQL; SQLite writers are serialized), in environment order. One query when
+        all is well. Raises ``EnvironmentNotFoundError`` (field ``environments``), then
+        ``FlagNotFoundError``."""
+        stmt = select(t.flag_states).where(t.flag_states.c.flag_key == key)
+        if envs is not None:
+            stmt = stmt.where(t.flag_states.c.environment.in_(list(envs)))
+        stmt = stmt.order_by(t.flag_states.c.environment)
         if self.is_postgres:
             stmt = stmt.with_for_update()
         states = {row.environment: _state_from_row(row) for row in conn.execute(stmt).all()}
-        for env in envs:
-            if env not in states:
-                raise FlagNotFoundError(f"flag {key!r} has no state in {env!r}", field="key")
+        missing = [env for env in envs or () if env not in states]
+        if missing or not states:
+            known = set(self._environment_names(conn))
+            for env in missing:
+                if env not in known:
+                    raise EnvironmentNotFoundError(
+                        f"environment {env!r} does not exist", field="environments"
+                    )
+            if conn.execute(select(t.flags.c.key).where(t.flags.c.key == key)).first() is None:
+                raise FlagNotFoundError(f"flag {key!r} does not exist", field="key")
+            if missing:
+                raise FlagNotFoundError(f"flag {key!r} has no state in {missing[0]!r}", field="key")
         return states
 
     # ------------------------------------------------------------ snapshots
