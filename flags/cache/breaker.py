@@ -53,6 +53,7 @@ class CircuitBreaker:
         self._timeout = reset_timeout
         self._probe_started: float | None = None
         self.opened = 0  # how many times the breaker opened (for metrics)
+        self.clean = True  # closed with no failure since the last success: success() is a no-op
 
     @property
     def state(self) -> BreakerState:
@@ -80,9 +81,10 @@ class CircuitBreaker:
 
     def success(self) -> None:
         """Report a call that worked: closes the breaker and forgets past failures."""
-        if self._open_until == 0.0 and self._failures == 0:
+        if self.clean:
             return
         with self._lock:
+            self.clean = True
             self._failures = 0
             self._open_until = 0.0
             self._probe_started = None
@@ -91,6 +93,7 @@ class CircuitBreaker:
     def failure(self) -> None:
         """Report a call that failed (refused, timed out, reset, OOM, READONLY...)."""
         with self._lock:
+            self.clean = False
             now = self._clock()
             if self._probe_started is not None:
                 self._probe_started = None
@@ -106,6 +109,7 @@ class CircuitBreaker:
     def reset(self) -> None:
         """Close the breaker (an operator or a test knows the dependency is back)."""
         with self._lock:
+            self.clean = True
             self._failures = 0
             self._open_until = 0.0
             self._probe_started = None

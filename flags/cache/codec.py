@@ -86,13 +86,26 @@ class Serializer(Protocol):
 
 
 class JsonSerializer:
-    """Compact UTF-8 JSON. Tuples come back as lists; non-JSON values fail ``dumps``."""
+    """Compact UTF-8 JSON. Tuples come back as lists; non-JSON values fail ``dumps``
+    (``TypeError``), and ``loads`` of anything but one JSON document raises ``ValueError``.
+
+    Encoder and decoder are built once: ``json.dumps``/``json.loads`` with options
+    would build them per call, and the decode is on every remote hit.
+    """
+
+    def __init__(self) -> None:
+        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        self._raw_decode = json.JSONDecoder().raw_decode
 
     def dumps(self, value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return self._encode(value).encode()
 
     def loads(self, data: bytes) -> Any:
-        return json.loads(data)
+        text = data.decode()
+        value, end = self._raw_decode(text)
+        if end != len(text):
+            raise ValueError(f"extra data after the JSON document at offset {end}")
+        return value
 
 
 class Entry:
@@ -210,6 +223,12 @@ class Codec:
         for an envelope of another schema version. Epoch and age are checked by
         the layer, which knows its current epoch.
         """
+        epoch, written_at, negative, value = self.open(key, data)
+        return Envelope(SCHEMA_VERSION, epoch, written_at, negative, value)
+
+    def open(self, key: bytes, data: bytes) -> tuple[int, float, bool, Any]:
+        """``decode`` as a plain ``(epoch, written_at, negative, value)`` tuple, for the
+        remote layer's hot path. Same checks, same errors."""
         if not isinstance(data, bytes) or len(data) < _HEADER.size + _MAC_SIZE:
             raise CorruptEntryError("entry too short for an envelope", field=Rejection.FORMAT)
         magic, schema, flags, epoch, written_at, length = _HEADER.unpack_from(data)
@@ -226,10 +245,9 @@ class Codec:
                 f"payload length {length} does not match the entry size {len(data)}",
                 field=Rejection.FORMAT,
             )
-        view = memoryview(data)
-        expected = self._checksum(key, view[:end])
+        expected = self._checksum(key, data[:end])
         # compare_digest: no timing oracle on how much of a forged checksum matched.
-        if not compare_digest(expected, bytes(view[end:])):
+        if not compare_digest(expected, data[end:]):
             raise CorruptEntryError("checksum does not verify", field=Rejection.CHECKSUM)
         negative = bool(flags & _NEGATIVE)
         value = None
@@ -240,7 +258,7 @@ class Codec:
                 raise CorruptEntryError(
                     f"verified payload does not load: {exc}", field=Rejection.PAYLOAD
                 ) from exc
-        return Envelope(schema, epoch, written_at, negative, value)
+        return epoch, written_at, negative, value
 
     def schema_of(self, data: bytes) -> int | None:
         """The schema byte of ``data``, or None if it is not an envelope at all."""

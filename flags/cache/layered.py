@@ -59,6 +59,7 @@ import math
 import threading
 import time
 import weakref
+from bisect import bisect_left as _bisect
 from collections.abc import Awaitable, Callable, Sequence
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,7 @@ from redis.retry import Retry
 from flags.cache.codec import Entry, JsonSerializer, Rejection, Serializer
 from flags.cache.guard import Breach, Guard, LayerWatch
 from flags.cache.invalidation import InvalidationListener, encode_key
-from flags.cache.metrics import CacheStats, LayerStats
+from flags.cache.metrics import LATENCY_BUCKETS, CacheStats, LayerStats
 from flags.cache.redis import DEFAULT_PREFIX
 from flags.declarations import declare
 from flags.errors import CacheError, CorruptEntryError, ValidationError
@@ -97,19 +98,24 @@ class Mode(IntEnum):
     SHADOW = 2
 
 
+# Modes as plain ints on the hot path (an IntEnum hashes in Python, and a call's
+# modes are part of its single-flight key); ``Mode`` is their public face.
+_OFF, _LIVE, _SHADOW = int(Mode.OFF), int(Mode.LIVE), int(Mode.SHADOW)
+
+
 class _Miss:
     """The fast path's "not answered here", carrying the first layer's mode."""
 
     __slots__ = ("mode",)
 
-    def __init__(self, mode: Mode | None) -> None:
+    def __init__(self, mode: int | None) -> None:
         self.mode = mode
 
 
 _MISS_NONE = _Miss(None)  # no memory layer in front
-_MISS_OFF = _Miss(Mode.OFF)
-_MISS_LIVE = _Miss(Mode.LIVE)
-_MISS_SHADOW = _Miss(Mode.SHADOW)
+_MISS_OFF = _Miss(_OFF)
+_MISS_LIVE = _Miss(_LIVE)
+_MISS_SHADOW = _Miss(_SHADOW)
 _UNAVAILABLE = object()  # a layer call failed or was skipped by its circuit
 
 
@@ -143,16 +149,18 @@ _NOT_LISTENING = _Channel(-math.inf)  # a channel exists but nobody listens: alw
 
 
 class _Flight:
-    """One in-flight resolution. ``done`` is held by the leader until it finishes
-    (a bare lock: cheaper to create than an Event, and most flights have no waiter)."""
+    """One loader call in flight. ``done`` is held by the leader until its answer is
+    stored (a bare lock: cheaper to create than an Event, and most flights have no
+    waiter); ``filled`` is the layers the leader stores it in."""
 
-    __slots__ = ("done", "error", "value")
+    __slots__ = ("done", "error", "filled", "value")
 
     def __init__(self) -> None:
         self.done = threading.Lock()
         self.done.acquire()
         self.value: Any = None
         self.error: BaseException | None = None
+        self.filled: frozenset[int] = frozenset()
 
     def wait(self) -> None:
         self.done.acquire()
@@ -375,8 +383,7 @@ class LayeredCache:
             None,
         )
 
-        self._flights: dict[tuple[Any, ...], _Flight] = {}
-        self._flights_lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
         self._aflights: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
         self._verify_acc = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -470,7 +477,8 @@ class LayeredCache:
     def modes(self, tenant: str | None = None) -> dict[str, Mode]:
         """How each layer would take part in a call for ``tenant`` now."""
         self._sync()
-        return {lay.name: m for lay, m in zip(self.layers, self._modes(tenant, None), strict=True)}
+        modes = self._modes(tenant, None)
+        return {lay.name: Mode(m) for lay, m in zip(self.layers, modes, strict=True)}
 
     # ----------------------------------------------------------------- flag state
     def _sync(self) -> None:
@@ -548,21 +556,23 @@ class LayeredCache:
             self._recompute_dead()
             self._purge([i])
 
-    def _modes(self, tenant: str | None, first: Mode | None) -> tuple[Mode, ...]:
+    def _modes(self, tenant: str | None, first: int | None) -> tuple[int, ...]:
+        """Each layer's mode for this call (``_OFF``/``_LIVE``/``_SHADOW``)."""
         modes = []
         enabled = self._is_enabled
-        for i in range(len(self.layers)):
+        bypassed = self._bypassed
+        for i, flag in enumerate(self._flag_keys):
             if i == 0 and first is not None:
                 modes.append(first)
-            elif self._bypassed[i]:
+            elif bypassed[i]:
                 self._stats[i].bypass_guard += 1
-                modes.append(Mode.OFF)
-            elif not enabled(self._flag_keys[i], tenant):
-                modes.append(Mode.OFF)
+                modes.append(_OFF)
+            elif not enabled(flag, tenant):
+                modes.append(_OFF)
             elif enabled(self._shadow_keys[i], tenant):
-                modes.append(Mode.SHADOW)
+                modes.append(_SHADOW)
             else:
-                modes.append(Mode.LIVE)
+                modes.append(_LIVE)
         return tuple(modes)
 
     # ----------------------------------------------------------------- reads
@@ -612,31 +622,9 @@ class LayeredCache:
         found = self._hit(key, tenant, t0)
         if found.__class__ is not _Miss:
             return found
-        modes = self._modes(tenant, found.mode)
-        flight_key = (key, modes)
-        with self._flights_lock:
-            flight = self._flights.get(flight_key)
-            leader = flight is None
-            if leader:
-                flight = self._flights[flight_key] = _Flight()
-        assert flight is not None
-        if not leader:
-            flight.wait()
-            if flight.error is not None:
-                raise flight.error
-            return flight.value
-        try:
-            flight.value = self._resolve(key, modes)
-            return flight.value
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            with self._flights_lock:
-                self._flights.pop(flight_key, None)
-            flight.done.release()
+        return self._resolve(key, self._modes(tenant, found.mode))
 
-    def _resolve(self, key: str, modes: tuple[Mode, ...]) -> Any:
+    def _resolve(self, key: str, modes: tuple[int, ...]) -> Any:
         gen, layer_gen = self._gen, self._layer_gen
         shadows: list[tuple[int, Entry]] = []
         missed: list[int] = []
@@ -650,22 +638,56 @@ class LayeredCache:
                 continue
             if got is None:
                 missed.append(i)
-            elif mode is Mode.SHADOW:
+            elif mode == _SHADOW:
                 shadows.append((i, got))
             else:
                 answer, served_by = got, i
                 break
+        leader: _Flight | None = None
         if answer is None:
-            self.metrics.loads += 1
-            value = self._loader(key)
-            answer = Entry(value, time.time(), value is None, None)
-        for i, entry in shadows:
-            if not self._judge(i, key, entry, answer, "shadow"):
-                missed.append(i)  # dropped as wrong: store the right answer instead
-        self._fill(key, missed, answer, gen, layer_gen)
-        if served_by >= 0:
-            self._maybe_verify(served_by, key, answer)
+            answer, missed, leader = self._load(key, missed)
+        try:
+            for i, entry in shadows:
+                if not self._judge(i, key, entry, answer, "shadow"):
+                    missed.append(i)  # dropped as wrong: store the right answer instead
+            if missed:
+                self._fill(key, missed, answer, gen, layer_gen)
+            if served_by >= 0 and self.verify_share:
+                self._maybe_verify(served_by, key, answer)
+        finally:
+            if leader is not None:
+                self._land(key, leader)
         return answer.value
+
+    def _load(self, key: str, missed: list[int]) -> tuple[Entry, list[int], _Flight | None]:
+        """Call the loader once per key however many threads miss it together.
+
+        The leader gets its flight back and must ``_land`` it after its fills; a
+        follower waits for the leader's fills and is left only the layers the
+        leader did not fill (its flags may differ). Raises the loader's error.
+        """
+        mine = _Flight()
+        flight = self._flights.setdefault(key, mine)  # atomic: one leader per key
+        if flight is not mine:
+            flight.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.value, [i for i in missed if i not in flight.filled], None
+        self.metrics.loads += 1
+        try:
+            value = self._loader(key)
+        except BaseException as exc:
+            mine.error = exc
+            self._land(key, mine)
+            raise
+        mine.value = Entry(value, time.time(), value is None, None)
+        mine.filled = frozenset(missed)
+        return mine.value, missed, mine
+
+    def _land(self, key: str, flight: _Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.done.release()
 
     def _read(self, i: int, key: str) -> Any:
         """Entry, None (miss, including a rejected entry) or ``_UNAVAILABLE``."""
@@ -693,12 +715,16 @@ class LayeredCache:
             log.warning("cache layer %s failed unexpectedly", self._flag_keys[i], exc_info=True)
             return _UNAVAILABLE
         finally:
-            st.observe(_perf() - t0)
+            elapsed = _perf() - t0
+            st.buckets[_bisect(LATENCY_BUCKETS, elapsed)] += 1
+            st.latency_sum += elapsed
+            st.latency_count += 1
         if entry is None:
             st.misses += 1
         else:
             st.hits += 1
-        self._watches[i].read()
+        if self.guard is not None:
+            self._watches[i].read()
         return entry
 
     def _read_memory(self, i: int, layer: Layer, key: str) -> Entry | None:
@@ -887,30 +913,9 @@ class LayeredCache:
         found = self._hit(key, tenant, t0)
         if found.__class__ is not _Miss:
             return found
-        modes = self._modes(tenant, found.mode)
-        loop = asyncio.get_running_loop()
-        flight_key = (key, modes, id(loop))
-        pending = self._aflights.get(flight_key)
-        if pending is not None and pending.get_loop() is loop:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Any] = loop.create_future()
-        self._aflights[flight_key] = future
-        try:
-            value = await self._aresolve(key, modes)
-            future.set_result(value)
-            return value
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning without waiters
-            raise
-        finally:
-            if self._aflights.get(flight_key) is future:
-                del self._aflights[flight_key]
+        return await self._aresolve(key, self._modes(tenant, found.mode))
 
-    async def _aresolve(self, key: str, modes: tuple[Mode, ...]) -> Any:
+    async def _aresolve(self, key: str, modes: tuple[int, ...]) -> Any:
         gen, layer_gen = self._gen, self._layer_gen
         shadows: list[tuple[int, Entry]] = []
         missed: list[int] = []
@@ -924,27 +929,74 @@ class LayeredCache:
                 continue
             if got is None:
                 missed.append(i)
-            elif mode is Mode.SHADOW:
+            elif mode == _SHADOW:
                 shadows.append((i, got))
             else:
                 answer, served_by = got, i
                 break
+        future: asyncio.Future[Any] | None = None
         if answer is None:
-            self.metrics.loads += 1
+            answer, missed, future = await self._aload(key, missed)
+        filled = frozenset(missed)
+        try:
+            for i, entry in shadows:
+                if not self._judge(i, key, entry, answer, "shadow"):
+                    missed.append(i)  # dropped as wrong: store the right answer instead
+            if missed:
+                await self._afill(key, missed, answer, gen, layer_gen)
+            if served_by >= 0 and self.verify_share:
+                self._maybe_verify(served_by, key, answer)
+        finally:
+            if future is not None:
+                self._aland(key, future, (answer, filled))
+        return answer.value
+
+    async def _aload(
+        self, key: str, missed: list[int]
+    ) -> tuple[Entry, list[int], asyncio.Future[Any] | None]:
+        """``_load`` for one event loop: one loader call per key however many tasks
+        miss it together. The leader gets the future back and must ``_aland`` it."""
+        loop = asyncio.get_running_loop()
+        flight_key = (key, id(loop))
+        while True:
+            pending = self._aflights.get(flight_key)
+            if pending is None or pending.get_loop() is not loop:
+                break
+            try:
+                answer, filled = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if pending.cancelled() and task is not None and not task.cancelling():
+                    continue  # the leader was cancelled, not us: lead ourselves
+                raise
+            return answer, [i for i in missed if i not in filled], None
+        future: asyncio.Future[Any] = loop.create_future()
+        self._aflights[flight_key] = future
+        self.metrics.loads += 1
+        try:
             if self._async_loader:
                 value = await self._loader(key)  # type: ignore[misc]
             else:
                 value = await asyncio.to_thread(self._loader, key)
                 if inspect.isawaitable(value):  # a callable that returns a coroutine
                     value = await value
-            answer = Entry(value, time.time(), value is None, None)
-        for i, entry in shadows:
-            if not self._judge(i, key, entry, answer, "shadow"):
-                missed.append(i)  # dropped as wrong: store the right answer instead
-        await self._afill(key, missed, answer, gen, layer_gen)
-        if served_by >= 0:
-            self._maybe_verify(served_by, key, answer)
-        return answer.value
+        except asyncio.CancelledError:
+            self._aflights.pop(flight_key, None)
+            future.cancel()
+            raise
+        except BaseException as exc:
+            self._aflights.pop(flight_key, None)
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning without waiters
+            raise
+        return Entry(value, time.time(), value is None, None), missed, future
+
+    def _aland(self, key: str, future: asyncio.Future[Any], result: object) -> None:
+        flight_key = (key, id(future.get_loop()))
+        if self._aflights.get(flight_key) is future:
+            del self._aflights[flight_key]
+        if not future.done():
+            future.set_result(result)
 
     async def _aread(self, i: int, key: str) -> Any:
         layer = self.layers[i]

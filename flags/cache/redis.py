@@ -140,7 +140,10 @@ class RedisLayer:
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self.codec = Codec(secret, serializer)
+        self._open = self.codec.open
         self.breaker = breaker if breaker is not None else CircuitBreaker()
+        # False while the circuit is open: skip this layer without calling Redis.
+        self.available = self.breaker.allow
         self.max_age: float | None = None
         self._client = client
         self._owns_client = client is None
@@ -281,10 +284,6 @@ class RedisLayer:
                 self._epoch = epoch
 
     # ----------------------------------------------------------------- the layer
-    def available(self) -> bool:
-        """False while the circuit is open: skip this layer without calling Redis."""
-        return self.breaker.allow()
-
     def get(self, key: str) -> Entry | None:
         """The verified entry under ``key``, None if Redis has none.
 
@@ -300,7 +299,8 @@ class RedisLayer:
             data = (self._client or self.client()).get(rkey)
         except _DRIVER_ERRORS as exc:
             raise self._failed("GET", exc) from exc
-        self.breaker.success()
+        if not self.breaker.clean:
+            self.breaker.success()
         if data is None:
             return None
         try:
@@ -335,20 +335,20 @@ class RedisLayer:
             raise
 
     def _judge(self, rkey: bytes, data: bytes, epoch: int) -> Entry:
-        env = self.codec.decode(rkey, data)
-        if env.epoch < epoch:
-            raise CorruptEntryError(
-                f"entry of epoch {env.epoch}, layer is at {epoch}", field=Rejection.EPOCH
-            )
-        if env.epoch > epoch:
-            self._adopt(env.epoch)
+        entry_epoch, written_at, negative, value = self._open(rkey, data)
+        if entry_epoch != epoch:
+            if entry_epoch < epoch:
+                raise CorruptEntryError(
+                    f"entry of epoch {entry_epoch}, layer is at {epoch}", field=Rejection.EPOCH
+                )
+            self._adopt(entry_epoch)
         max_age = self.max_age
-        if max_age is not None and not env.negative and env.written_at + max_age < time.time():
+        if max_age is not None and not negative and written_at + max_age < time.time():
             raise CorruptEntryError(
-                f"entry written {time.time() - env.written_at:.1f}s ago, max age {max_age}s",
+                f"entry written {time.time() - written_at:.1f}s ago, max age {max_age}s",
                 field=Rejection.AGE,
             )
-        return Entry(env.value, env.written_at, env.negative, self.name)
+        return Entry(value, written_at, negative, self.name)
 
     def _discard(self, rkey: bytes, data: bytes) -> None:
         try:
