@@ -99,7 +99,7 @@ def incident(
     except RuntimeError as exc:
         raise CliError(f"the demo could not run: {exc}") from exc
     if plot is not None:
-        report.plot(result.summary, result.series, plot)
+        report.plot(result.summary, result.series, plot, fine=result.fine_series)
         progress(f"plot written to {plot}")
     if json_out:
         sys.stdout.write(report.summary_json(result.summary) + "\n")

@@ -183,41 +183,45 @@ class LoadGenerator:
         self, key: DemoKey, revoke: Callable[[], float], *, deadline: float = 3.0
     ) -> tuple[float, list[float | None], int]:
         """Revoke ``key`` with ``revoke()`` (called on this thread; it returns the unix
-        time the revocation committed) while the generator's event loop asks every
-        process with the key, concurrently and every 2 ms, until each answered 401.
+        time the revocation committed), then have the generator's event loop ask every
+        process with the key, concurrently and every 2 ms, until each answers 401.
 
         Returns ``(committed_at, latencies, late)``: per process the milliseconds from
-        the commit to the arrival of its first 401 (None if none came within
-        ``deadline`` seconds), and how many probes were let in more than 1 s after
-        the commit. Probing starts before the revocation is sent, so the time the
-        revoking call takes to return is not counted, and it runs on the generator's
-        loop with connections of its own, so it neither waits behind the load nor
-        for another thread's turn. Must be called while the generator runs; raises
-        what ``revoke`` raises.
+        the commit to its first 401 decision (the answer's ``X-Decided-At``, the
+        process's own clock on this machine; the answer's arrival if the header is
+        missing), None if none came within ``deadline`` seconds of the commit; and
+        how many probes were let in more than 1 s after the commit. The probes run
+        on the generator's loop with connections of their own, so they neither
+        queue behind the load nor wait for another thread's turn; the time
+        ``revoke()`` takes to return after the commit is counted (probing starts
+        then). Must be called while the generator runs; raises what ``revoke`` raises.
         """
         loop = self._loop
         if loop is None:
             raise RuntimeError("the load generator is not running")
+        committed_at = revoke()
         first_401: list[float | None] = [None] * len(self.targets)
         accepted_sent: list[float] = []
-        stop = threading.Event()
-        give_up = time.time() + deadline
+        give_up = committed_at + deadline
 
         async def probe(i: int) -> None:
             pool = HttpPool(self.targets[i], 1)
             headers = {"Authorization": f"Bearer {key.secret}"}
             path = f"/t/{key.tenant}/exams"
             try:
-                while not stop.is_set() and time.time() < give_up:
+                while time.time() < give_up:
                     sent = time.time()
                     try:
                         async with asyncio.timeout(1.0):
-                            status, _ = await pool.request("GET", path, headers)
+                            status, answer = await pool.request("GET", path, headers)
                     except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
                         await asyncio.sleep(0.002)
                         continue
                     if status == 401:
-                        first_401[i] = time.time()
+                        try:
+                            first_401[i] = float(answer["x-decided-at"])
+                        except (KeyError, ValueError):
+                            first_401[i] = time.time()
                         return
                     if 200 <= status < 300:
                         accepted_sent.append(sent)
@@ -228,16 +232,8 @@ class LoadGenerator:
         async def probe_all() -> None:
             await asyncio.gather(*(probe(i) for i in range(len(self.targets))))
 
-        future = asyncio.run_coroutine_threadsafe(probe_all(), loop)
-        try:
-            committed_at = revoke()
-        except BaseException:
-            stop.set()
-            future.result(timeout=deadline + 2)
-            raise
-        future.result(timeout=deadline + 2)
-        # The arrival of the first 401 bounds from above when a process started
-        # rejecting: a conservative latency.
+        asyncio.run_coroutine_threadsafe(probe_all(), loop).result(timeout=deadline + 2)
+        # The first 401 decision bounds from above when a process started rejecting.
         latencies = [
             None if at is None else max(0.0, (at - committed_at) * 1000.0) for at in first_401
         ]

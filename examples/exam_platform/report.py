@@ -135,6 +135,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f}"
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """The summary fields beside the targets and the incident's figures."""
     total = summary["requests_total"]
@@ -150,7 +154,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             INCIDENT["impact"],
         ),
         ("false_acceptances", _fmt(summary["false_acceptances"]), "", ""),
-        ("revocation_p99_ms", _fmt(summary.get("revocation_p99_ms")), "", ""),
+        ("revocation_p99_ms", _ms(summary.get("revocation_p99_ms")), "", ""),
         (
             "time_to_mitigation_s",
             _fmt(ttm) if ttm is not None else "not mitigated",
@@ -160,8 +164,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         ("redeploys", _fmt(summary["redeploys"]), "", INCIDENT["redeploys"]),
         (
             "latency p99 (ms)",
-            f"{_fmt(lat.get('p99_ms_during_fault'))} during the fault, "
-            f"{_fmt(lat.get('loader_p99_ms'))} from the loader",
+            f"{_ms(lat.get('p99_ms_during_fault'))} during the fault, "
+            f"{_ms(lat.get('loader_p99_ms'))} from the loader before it",
             "",
             "",
         ),
@@ -223,73 +227,129 @@ def plot(
     series: Sequence[Mapping[str, float]],
     path: str | Path,
     *,
+    fine: Sequence[Mapping[str, float]] = (),
     bin_seconds: float = 0.5,
+    fine_seconds: float = 0.1,
 ) -> Path:
     """Draw requests/s and 401/s over time with the timeline's events marked; write a PNG.
 
-    ``series`` holds one row per bin: ``t`` (start, seconds since the run
-    began), ``requests``, ``rejected`` (401 and 403), ``false_rejections``.
-    Raises ``OSError`` if ``path`` cannot be written, ``ImportError`` without matplotlib.
+    Top: the whole run (``series``, one row per ``bin_seconds``). Bottom, when
+    ``fine`` rows (per ``fine_seconds``) are given: a close-up from just before the
+    fault to just after recovery, where the seconds that matter are readable.
+    Rows hold ``t`` (bin start, seconds since the run began), ``requests``,
+    ``rejected`` (401 and 403) and ``false_rejections``. Raises ``OSError`` if
+    ``path`` cannot be written, ``ImportError`` without matplotlib.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ts = [row["t"] for row in series]
-    per_s = 1.0 / bin_seconds
-    fig, ax = plt.subplots(figsize=(11, 5.2), dpi=110)
-    ax.plot(ts, [r["requests"] * per_s for r in series], color="tab:blue", label="requests/s")
-    ax.plot(ts, [r["rejected"] * per_s for r in series], color="tab:red", label="401/s (all)")
-    ax.plot(
-        ts,
-        [r["false_rejections"] * per_s for r in series],
-        color="tab:orange",
-        linestyle="--",
-        label="401/s of valid keys (false rejections)",
-    )
-    timeline = summary.get("timeline") or []
-    top = max([r["requests"] * per_s for r in series] or [1.0]) * 1.12
-    ax.set_ylim(0, top)
+    timeline = list(summary.get("timeline") or [])
     fault_at = next((e["t"] for e in timeline if e["event"] == "fault"), None)
     mitigated_at = next((e["t"] for e in timeline if e["event"] == "mitigated"), None)
-    if fault_at is not None:
-        end = mitigated_at if mitigated_at is not None else (ts[-1] if ts else fault_at)
-        ax.axvspan(fault_at, end, color="tab:red", alpha=0.08, label="fault live, layer on")
-    labelled: list[float] = []
-    for event in timeline:
-        style = _EVENT_STYLE.get(event["event"])
-        if style is None:
-            continue
-        color, linestyle = style
-        ax.axvline(event["t"], color=color, linestyle=linestyle, linewidth=1)
-        # Stagger labels that would overlap.
-        level = sum(1 for x in labelled if abs(x - event["t"]) < 1.2)
-        labelled.append(event["t"])
-        label = event.get("label") or event["event"].replace("_", " ")
-        ax.text(
-            event["t"],
-            top * (0.97 - 0.07 * (level % 6)),
-            " " + label,
-            color=color,
-            fontsize=7.5,
-            va="top",
-        )
+    recovery_at = next((e["t"] for e in timeline if e["event"] == "recovery"), None)
+    zoom = bool(fine) and fault_at is not None
+    fig, axes = plt.subplots(
+        2 if zoom else 1,
+        1,
+        figsize=(11, 8.2 if zoom else 5.2),
+        dpi=110,
+        gridspec_kw={"height_ratios": [1, 1]} if zoom else None,
+        squeeze=False,
+    )
     ttm = summary.get("time_to_mitigation_s")
     fr, total = summary["false_rejections"], summary["requests_total"]
-    ax.set_title(
-        f"exam platform auth, fault {summary['fault']}: "
-        + (f"mitigated in {ttm:.2f} s" if ttm is not None else "not mitigated")
-        + f", {fr} of {total} requests wrongly rejected, {summary['redeploys']} redeploys"
-        + "  (the incident: 23 min, most requests 401)",
-        fontsize=9,
+    fig.suptitle(
+        f"Exam platform API-key auth, second cache layer rolled out, fault {summary['fault']}: "
+        + (
+            f"layer off everywhere {ttm:.2f} s after the first wrong answer"
+            if ttm is not None
+            else "not mitigated"
+        )
+        + f"\n{fr} of {total} requests wrongly rejected, {summary['redeploys']} redeploys"
+        + "  (the incident: 23 min to roll back, most requests answered 401)",
+        fontsize=9.5,
     )
-    ax.set_xlabel("seconds since start")
-    ax.set_ylabel("per second")
-    ax.legend(loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3)
+    top = axes[0][0]
+    _draw_rates(top, series, bin_seconds)
+    _draw_events(
+        top, timeline, lambda e: e["event"] in ("stage", "fault", "mitigated", "rollout_halted")
+    )
+    if fault_at is not None:
+        end = (
+            mitigated_at if mitigated_at is not None else (series[-1]["t"] if series else fault_at)
+        )
+        top.axvspan(
+            fault_at,
+            max(end, fault_at + bin_seconds / 4),
+            color="tab:red",
+            alpha=0.12,
+            label="fault live and layer on",
+        )
+    top.set_title("the whole run", fontsize=9, loc="left")
+    top.legend(loc="center left", fontsize=8)
+    if zoom:
+        assert fault_at is not None
+        lo = fault_at - 1.0
+        hi = max(x for x in (fault_at + 3.0, (recovery_at or 0) + 2.0, (mitigated_at or 0) + 2.0))
+        rows = [r for r in fine if lo <= r["t"] <= hi]
+        ax = axes[1][0]
+        _draw_rates(ax, rows, fine_seconds)
+        ax.set_xlim(lo, hi)
+        if mitigated_at is not None:
+            ax.axvspan(fault_at, max(mitigated_at, fault_at + 0.02), color="tab:red", alpha=0.12)
+        _draw_events(ax, timeline, lambda e: lo <= e["t"] <= hi and e["event"] != "revocation")
+        ax.set_title(f"close-up of the fault, per {fine_seconds:g} s", fontsize=9, loc="left")
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _draw_rates(ax: Any, rows: Sequence[Mapping[str, float]], width: float) -> None:
+    per_s = 1.0 / width
+    ts = [r["t"] + width / 2 for r in rows]
+    ax.plot(ts, [r["requests"] * per_s for r in rows], color="tab:blue", label="requests/s")
+    ax.plot(ts, [r["rejected"] * per_s for r in rows], color="tab:red", label="401/s (all)")
+    ax.plot(
+        ts,
+        [r["false_rejections"] * per_s for r in rows],
+        color="tab:orange",
+        linestyle="--",
+        label="401/s of valid keys (false rejections)",
+    )
+    peak = max([r["requests"] * per_s for r in rows] or [1.0])
+    ax.set_ylim(0, peak * 1.35)
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("per second")
+    ax.grid(alpha=0.3)
+
+
+def _draw_events(ax: Any, timeline: Sequence[Mapping[str, Any]], keep: Any) -> None:
+    """Vertical lines for the events ``keep`` selects, labels staggered so none overlap."""
+    top = ax.get_ylim()[1]
+    x0, x1 = ax.get_xlim()
+    close = (x1 - x0) / 9  # labels nearer than this go on different rows
+    placed: list[tuple[float, int]] = []
+    for event in timeline:
+        style = _EVENT_STYLE.get(event["event"])
+        if style is None or not keep(event):
+            continue
+        color, linestyle = style
+        t = event["t"]
+        ax.axvline(t, color=color, linestyle=linestyle, linewidth=1)
+        busy = {row for (x, row) in placed if abs(x - t) < close}
+        row = next(r for r in range(len(placed) + 1) if r not in busy)
+        placed.append((t, row))
+        label = event.get("label") or event["event"].replace("_", " ")
+        ax.text(
+            t,
+            top * (0.97 - 0.065 * (row % 5)),
+            " " + label,
+            color=color,
+            fontsize=7.5,
+            va="top",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5},
+        )

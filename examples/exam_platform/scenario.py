@@ -16,7 +16,7 @@
 
 Then, at fixed fractions of ``duration``: the L2 layer rolled out through the
 admin API in stages (staging; production for one tenant; 50% of tenants;
-everyone), the fault injected during the rollout (in the hold of the 50% stage),
+everyone), the fault injected during the rollout (just before the 50% stage goes live),
 and a key revoked every ``revoke_every`` seconds with every process probed
 until it rejects it. The run goes on until the layer is off in every process
 and ``tail`` seconds past (at most ``max_wait`` seconds after the fault).
@@ -70,6 +70,7 @@ log = logging.getLogger("exam_platform.scenario")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENVIRONMENT = "production"
 BIN_SECONDS = 0.5
+FINE_BIN_SECONDS = 0.1
 
 Progress = Callable[[str], None]
 
@@ -85,7 +86,7 @@ class ScenarioConfig:
     rps: float = 200.0
     duration: float = 35.0
     processes: int = 2
-    keys_per_tenant: int = 20
+    keys_per_tenant: int = 5
     invalid_keys: int = 40
     revoke_every: float = 2.0
     tail: float = 4.0
@@ -103,20 +104,21 @@ class ScenarioConfig:
     l1_ttl: float = 2.0
     l2_ttl: float = 4.0
     guard_window: float = 1.0
-    guard_min_samples: int = 20
-    guard_max_mismatch_rate: float = 0.05
+    guard_min_samples: int = 5
+    guard_max_mismatch_rate: float = 0.1
     guard_max_corrupt_rate: float = 0.01
     guard_max_error_rate: float = 0.5
 
     def stage_times(self) -> dict[str, float]:
-        """Seconds after the start of the load at which each step runs: the fault comes
-        during the hold of the 50% stage."""
+        """Seconds after the start of the load at which each step runs. The fault comes
+        just before the 50% stage goes live: that stage is what exposes it (as the
+        incident's rolling update exposed its broken writer to production traffic)."""
         d = self.duration
         return {
             "staging": 0.10 * d,
             "one_tenant": 0.20 * d,
-            "half": 0.32 * d,
-            "fault": 0.45 * d,
+            "fault": 0.40 * d,
+            "half": 0.40 * d + 0.25,
             "everyone": 0.65 * d,
         }
 
@@ -128,6 +130,8 @@ class IncidentResult:
     summary: dict[str, Any]
     series: list[dict[str, float]]
     workdir: Path | None = None
+    # The same per 0.1 s, for the plot's close-up of the fault.
+    fine_series: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -513,7 +517,7 @@ def _run(
         )
         history.raise_for_status()
         kill_rows = list(reversed(history.json()["items"]))
-    summary, series = summarize(
+    summary, (series, fine_series) = summarize(
         config,
         run,
         loadgen.samples,
@@ -525,7 +529,7 @@ def _run(
     )
     if config.workdir is not None:
         _write_samples(workdir / "samples.csv", run, loadgen.samples)
-    return IncidentResult(summary, series, None if config.workdir is None else workdir)
+    return IncidentResult(summary, series, None if config.workdir is None else workdir, fine_series)
 
 
 def _write_samples(path: Path, run: _Run, samples: Sequence[Sample]) -> None:
@@ -799,8 +803,9 @@ def summarize(
     kill_rows: Sequence[dict[str, Any]],
     *,
     shed: int = 0,
-) -> tuple[dict[str, Any], list[dict[str, float]]]:
-    """Judge every answer, derive the timeline's measured events and the summary."""
+) -> tuple[dict[str, Any], tuple[list[dict[str, float]], list[dict[str, float]]]]:
+    """Judge every answer; derive the timeline's measured events, the summary, and the
+    plot's series per 0.5 s and per 0.1 s."""
     revoked_at = {r.key.index: r.committed_at for r in run.revocations}
     by_index = {k.index: k for k in keys}
     verdicts = [judge(s, by_index[s.key], revoked_at) for s in samples]
@@ -849,8 +854,8 @@ def summarize(
             run.event(
                 float(trip),
                 "guard_trip",
-                f"process {i} (pid {state.get('pid')}): guard bypassed the layer locally: "
-                f"{state.get('guard_reason') or ''}",
+                f"process {i} (pid {state.get('pid')}): its guard stopped using "
+                f"{L2_FLAG} in this process and asked the admin API for the kill",
                 label=f"guard trips (p{i})",
             )
     for row in kill_rows:
@@ -967,7 +972,10 @@ def summarize(
         },
         "timeline": timeline,
     }
-    return summary, _series(run, samples, verdicts)
+    return summary, (
+        _series(run, samples, verdicts, BIN_SECONDS),
+        _series(run, samples, verdicts, FINE_BIN_SECONDS),
+    )
 
 
 def _count_sources(samples: Sequence[Sample]) -> dict[str, int]:
@@ -978,21 +986,21 @@ def _count_sources(samples: Sequence[Sample]) -> dict[str, int]:
 
 
 def _series(
-    run: _Run, samples: Sequence[Sample], verdicts: Sequence[Verdict]
+    run: _Run, samples: Sequence[Sample], verdicts: Sequence[Verdict], width: float
 ) -> list[dict[str, float]]:
-    """Per ``BIN_SECONDS`` bin (by send time): requests, rejected (401/403), false
+    """Per bin of ``width`` seconds (by send time): requests, rejected (401/403), false
     rejections, errors, and the p99 latency (ms) of the bin's answers."""
     if not samples:
         return []
     end = max(s.sent for s in samples)
-    n = int((end - run.t0) / BIN_SECONDS) + 1
+    n = int((end - run.t0) / width) + 1
     rows: list[dict[str, float]] = [
-        {"t": i * BIN_SECONDS, "requests": 0, "rejected": 0, "false_rejections": 0, "errors": 0}
+        {"t": round(i * width, 3), "requests": 0, "rejected": 0, "false_rejections": 0, "errors": 0}
         for i in range(n)
     ]
     latencies: list[list[float]] = [[] for _ in range(n)]
     for s, v in zip(samples, verdicts, strict=True):
-        i = int((s.sent - run.t0) / BIN_SECONDS)
+        i = int((s.sent - run.t0) / width)
         if not 0 <= i < n:
             continue
         row = rows[i]
