@@ -25,12 +25,12 @@ import math
 import signal
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
@@ -80,6 +80,49 @@ class SdkServerSettings(BaseSettings):
     max_kill_wait: float = Field(default=30.0, gt=0)
 
 
+@dataclass(frozen=True, slots=True)
+class RenderedSnapshot:
+    """One environment's snapshot at ``version``, as the JSON bytes SDKs receive."""
+
+    version: int
+    body: bytes
+    keys: frozenset[str]
+
+
+class SnapshotCache:
+    """Rendered snapshots per environment, reused until the environment version moves.
+
+    A snapshot read builds every flag state of the environment; rendering it once per
+    version keeps a full ``GET /sdk/v1/snapshot`` (and each metrics report, which needs
+    the known flag keys) at the cost of one indexed read. Thread-safe: entries are
+    immutable and replaced whole; a racing older render never replaces a newer one.
+    """
+
+    def __init__(self) -> None:
+        self._by_env: dict[str, RenderedSnapshot] = {}
+
+    def get(self, store: SqlFlagStore, env: str, version: int | None = None) -> RenderedSnapshot:
+        """The snapshot of ``env``; ``version`` (if already read) saves a query.
+
+        Raises ``EnvironmentNotFoundError`` for an unknown environment.
+        """
+        if version is None:
+            version = store.get_environment(env).version
+        cached = self._by_env.get(env)
+        if cached is not None and cached.version == version:
+            return cached
+        snapshot = store.snapshot(env)
+        rendered = RenderedSnapshot(
+            snapshot.version,
+            json.dumps(snapshot.to_dict(), separators=(",", ":")).encode(),
+            frozenset(snapshot.flags),
+        )
+        current = self._by_env.get(env)
+        if current is None or current.version < rendered.version:
+            self._by_env[env] = rendered
+        return rendered
+
+
 @dataclass
 class SdkServices:
     """What the SDK routes use, at ``app.state.sdk``."""
@@ -90,6 +133,7 @@ class SdkServices:
     registry: InstanceRegistry
     publisher: Any = None
     subscriber: Any = None
+    snapshots: SnapshotCache = field(default_factory=SnapshotCache)
 
     def announce(self, report: InstanceReport) -> None:
         """Record a report heard over HTTP and tell the other replicas (over Redis)."""
@@ -198,12 +242,15 @@ def get_snapshot(
     if services.publisher is not None:
         # SDKs with Redis trust the channel only when the server publishes on it.
         headers["X-Flagrail-Publishes"] = f"redis {services.settings.redis_prefix}"
-    if if_none_match:
-        current = store.get_environment(env).version
-        if _etag_matches(if_none_match, current):
-            return Response(status_code=304, headers={**headers, "ETag": f'"{current}"'})
-    snapshot = store.snapshot(env)
-    return JSONResponse(snapshot.to_dict(), headers={**headers, "ETag": f'"{snapshot.version}"'})
+    current = store.get_environment(env).version
+    if if_none_match and _etag_matches(if_none_match, current):
+        return Response(status_code=304, headers={**headers, "ETag": f'"{current}"'})
+    rendered = services.snapshots.get(store, env, current)
+    return Response(
+        rendered.body,
+        media_type="application/json",
+        headers={**headers, "ETag": f'"{rendered.version}"'},
+    )
 
 
 # ---------------------------------------------------------------------- stream
@@ -397,7 +444,7 @@ def post_metrics(
     for key in body.flags:
         validate_flag_key(key, "flags")
     _check_counters(body.counters)
-    known = store.snapshot(env).flags if body.flags or body.counters else {}
+    known = services.snapshots.get(store, env).keys if body.flags or body.counters else frozenset()
     evaluations = {
         key: (c.off, c.on) for key, c in body.flags.items() if key in known and (c.on or c.off)
     }
