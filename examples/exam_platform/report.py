@@ -312,7 +312,12 @@ def _draw_rates(ax: Any, rows: Sequence[Mapping[str, float]], width: float) -> N
     per_s = 1.0 / width
     ts = [r["t"] + width / 2 for r in rows]
     ax.plot(ts, [r["requests"] * per_s for r in rows], color="tab:blue", label="requests/s")
-    ax.plot(ts, [r["rejected"] * per_s for r in rows], color="tab:red", label="401/s (all)")
+    ax.plot(
+        ts,
+        [r["rejected"] * per_s for r in rows],
+        color="tab:red",
+        label="401/s, all (never-issued and revoked keys included)",
+    )
     ax.plot(
         ts,
         [r["false_rejections"] * per_s for r in rows],
@@ -321,7 +326,7 @@ def _draw_rates(ax: Any, rows: Sequence[Mapping[str, float]], width: float) -> N
         label="401/s of valid keys (false rejections)",
     )
     peak = max([r["requests"] * per_s for r in rows] or [1.0])
-    ax.set_ylim(0, peak * 1.35)
+    ax.set_ylim(0, peak * 1.5)
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("per second")
     ax.grid(alpha=0.3)
@@ -341,12 +346,12 @@ def _draw_events(ax: Any, timeline: Sequence[Mapping[str, Any]], keep: Any) -> N
         t = event["t"]
         ax.axvline(t, color=color, linestyle=linestyle, linewidth=1)
         busy = {row for (x, row) in placed if abs(x - t) < close}
-        row = next(r for r in range(len(placed) + 1) if r not in busy)
+        row = next(r for r in range(len(placed) + 1) if r not in busy) % 8
         placed.append((t, row))
         label = event.get("label") or event["event"].replace("_", " ")
         ax.text(
             t,
-            top * (0.97 - 0.065 * (row % 5)),
+            top * (0.97 - 0.055 * row),
             " " + label,
             color=color,
             fontsize=7.5,
