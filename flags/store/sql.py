@@ -238,8 +238,16 @@ class SqlFlagStore:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        """A connection for reads; driver errors become ``StoreUnavailableError``.
+
+        On PostgreSQL it autocommits: under READ COMMITTED each statement has its own
+        snapshot inside a transaction too, and without BEGIN and ROLLBACK a one-query
+        read (every request's token check) is one round trip instead of three.
+        """
         try:
             with self.engine.connect() as conn:
+                if self.is_postgres:
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 yield conn
         except FlagrailError:
             raise
