@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, and_, insert, or_, select
@@ -22,6 +22,8 @@ from flags.store.tables import history
 __all__ = ["HistoryPage", "HistoryQuery", "list_changes", "record_change", "record_changes"]
 
 MAX_PAGE = 500
+# The most that ``at`` order and insertion (id) order of two rows may disagree by.
+AT_SKEW = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +126,17 @@ def list_changes(conn: Connection, query: HistoryQuery) -> HistoryPage:
         conditions.append(history.c.action == query.action)
     # Compare in UTC: SQLite stores the UTC wall-clock time and ignores a bound's offset.
     if query.since is not None:
-        conditions.append(history.c.at >= _utc(query.since))
+        since = _utc(query.since)
+        conditions.append(history.c.at >= since)
+        probe = _id_near(conn, since, before=True)
+        if probe is not None:
+            conditions.append(history.c.id > probe)
     if query.until is not None:
-        conditions.append(history.c.at < _utc(query.until))
+        until = _utc(query.until)
+        conditions.append(history.c.at < until)
+        probe = _id_near(conn, until, before=False)
+        if probe is not None:
+            conditions.append(history.c.id < probe)
     if query.cursor is not None:
         conditions.append(history.c.id < decode_cursor(query.cursor))
     if query.scope is not None:
@@ -154,6 +164,30 @@ def list_changes(conn: Connection, query: HistoryQuery) -> HistoryPage:
     ]
     next_cursor = encode_cursor(items[-1].id) if len(rows) > query.limit else None
     return HistoryPage(items, next_cursor)
+
+
+def _id_near(conn: Connection, instant: datetime, *, before: bool) -> int | None:
+    """An id bound for a time filter, from one probe of the ``at`` index.
+
+    Pages run in id (insertion) order, and ``at`` is taken inside the writing
+    transaction, so the two orders disagree by at most a transaction's length, far
+    below ``AT_SKEW``. So every row at or after ``instant`` has an id above that of any
+    row stamped more than ``AT_SKEW`` before it (``before=True``), and every row before
+    ``instant`` an id below that of any row stamped ``AT_SKEW`` or more after it
+    (``before=False``). With that bound a filtered page reads about a page of rows
+    instead of every newer row. None when there is no such row.
+    """
+    try:
+        edge = instant - AT_SKEW if before else instant + AT_SKEW
+    except OverflowError:  # within AT_SKEW of year 1 or 9999: no bound needed
+        return None
+    stmt = select(history.c.id).limit(1)
+    if before:
+        stmt = stmt.where(history.c.at < edge).order_by(history.c.at.desc())
+    else:
+        stmt = stmt.where(history.c.at >= edge).order_by(history.c.at)
+    found = conn.execute(stmt).scalar()
+    return None if found is None else int(found)
 
 
 def _utc(value: datetime) -> datetime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -208,6 +209,45 @@ def test_history_row__state_change__records_before_after_reason_request_id(
     assert entry.after["tenants_on"] == ["acme"]
     assert entry.after["version"] == 1
     assert (entry.reason, entry.request_id, entry.environment) == ("pilot", "req-1", "beta")
+
+
+def test_list_history__time_filters_with_skewed_rows__exact(store: SqlFlagStore) -> None:
+    """since/until select exactly the rows stamped in range, also rows written out of time
+    order (a transaction that took its time), walking pages one row at a time."""
+    base = datetime(2030, 1, 1, tzinfo=UTC)
+    offsets = [-3600, -1200, 1, -2, 300, -30, 400, 0]  # insertion order; -2, -30, 0 skewed
+    with store.engine.begin() as conn:
+        for i, seconds in enumerate(offsets):
+            flags.history.record_change(
+                conn,
+                actor="t",
+                action="state.update",
+                flag=f"f.{i}",
+                at=base + timedelta(seconds=seconds),
+            )
+
+    def walk(**filters: Any) -> list[str]:
+        seen, cursor = [], None
+        for _ in range(20):
+            page = store.list_history(HistoryQuery(limit=1, cursor=cursor, **filters))
+            seen += [e.flag for e in page.items]
+            cursor = page.next_cursor
+            if cursor is None:
+                return seen
+        raise AssertionError("pagination did not end")
+
+    assert walk(since=base) == ["f.7", "f.6", "f.4", "f.2"]
+    assert walk(until=base) == ["f.5", "f.3", "f.1", "f.0"]
+    assert walk(since=base - timedelta(seconds=30), until=base + timedelta(seconds=2)) == [
+        "f.7",
+        "f.5",
+        "f.3",
+        "f.2",
+    ]
+    assert walk(since=base + timedelta(hours=2)) == []
+    assert walk(until=base - timedelta(hours=2)) == []
+    far = datetime(1, 1, 1, 0, 1, tzinfo=UTC)  # a bound within AT_SKEW of year 1
+    assert walk(since=far) == [f"f.{i}" for i in range(7, -1, -1)]
 
 
 class TestUpdateState:
