@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import typer
@@ -103,8 +104,11 @@ def register(app: typer.Typer) -> None:
             )
             sys.stdout.flush()
         try:
-            uvicorn.run(
-                create_app(settings), host=settings.host, port=settings.port, log_level=log_level
-            )
+            api = create_app(settings)
+            # What exists now lives as long as the server: keep it out of the collector's
+            # full passes, which otherwise stall requests for ~40 ms now and then.
+            gc.collect()
+            gc.freeze()
+            uvicorn.run(api, host=settings.host, port=settings.port, log_level=log_level)
         except SystemExit as exc:
             raise CliError(f"server exited ({exc.code})") from exc
