@@ -104,11 +104,11 @@ def register(app: typer.Typer) -> None:
             )
             sys.stdout.flush()
         try:
-            api = create_app(settings)
+            asgi_app = create_app(settings)
             # What exists now lives as long as the server: keep it out of the collector's
             # full passes, which otherwise stall requests for ~40 ms now and then.
             gc.collect()
             gc.freeze()
-            uvicorn.run(api, host=settings.host, port=settings.port, log_level=log_level)
+            uvicorn.run(asgi_app, host=settings.host, port=settings.port, log_level=log_level)
         except SystemExit as exc:
             raise CliError(f"server exited ({exc.code})") from exc
