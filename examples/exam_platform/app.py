@@ -163,6 +163,7 @@ class ExamPlatform:
         self.switch = FaultSwitch(simulate_outage=config.simulate_outage)
         self.client: FlagClient | None = None
         self.cache: LayeredCache | None = None
+        self.l1: MemoryLayer | None = None
         self.guard: Guard | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -219,9 +220,10 @@ class ExamPlatform:
             max_corrupt_rate=c.guard_max_corrupt_rate,
             max_error_rate=c.guard_max_error_rate,
         )
+        self.l1 = MemoryLayer(max_entries=100_000, ttl=c.l1_ttl)
         self.cache = LayeredCache(
             CACHE_NAME,
-            [MemoryLayer(max_entries=100_000, ttl=c.l1_ttl), l2],
+            [self.l1, l2],
             loader=self._load,
             flags=self.client,
             guard=self.guard,
@@ -300,8 +302,13 @@ class ExamPlatform:
         ``NotFoundError``."""
         return self.keys.revoke(key_id)
 
+    def forget_here(self, key_hash: str) -> None:
+        """Drop the key from this process's memory layer now (no I/O)."""
+        if self.l1 is not None:
+            self.l1.delete(key_hash)
+
     def invalidate(self, key_hash: str) -> None:
-        """Drop the key from this process's memory at once, then from Redis and (pub/sub)
+        """Drop the key from this process's memory, then from Redis and (pub/sub)
         every other process's memory. With Redis slow this takes up to a few timeouts,
         which is why the revoke endpoint answers first and invalidates right after."""
         assert self.cache is not None
@@ -493,6 +500,7 @@ def create_app(config: ServiceConfig, platform: ExamPlatform | None = None) -> F
     @app.post("/_demo/keys/{key_id}/revoke", dependencies=[DemoAdmin])
     def revoke_key(key_id: str, background: BackgroundTasks) -> dict[str, Any]:
         key_hash, committed_at = platform.revoke(key_id)
+        platform.forget_here(key_hash)
         background.add_task(platform.invalidate, key_hash)
         return {"key_id": key_id, "committed_at": committed_at}
 

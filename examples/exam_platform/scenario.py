@@ -99,6 +99,9 @@ class ScenarioConfig:
     # may stop or stall it.
     redis_server: RedisServer | None = None
     workdir: Path | None = None
+    # The admin API's database: None for a SQLite file in the work directory; else a
+    # migrated, empty database of the caller's (PostgreSQL in a test).
+    admin_database_url: str | None = None
     seed: int = 7
     # Cache and guard settings of the demo (see docs/incident.md for why).
     verify_share: float = 1.0
@@ -381,7 +384,7 @@ def run_incident(config: ScenarioConfig, progress: Progress | None = None) -> In
 def _run(
     config: ScenarioConfig, workdir: Path, services: _Services, say: Progress
 ) -> IncidentResult:
-    admin_url_db = f"sqlite:///{workdir / 'flagrail.db'}"
+    admin_url_db = config.admin_database_url or f"sqlite:///{workdir / 'flagrail.db'}"
     keys_url = f"sqlite:///{workdir / 'keys.db'}"
     say("setting up the admin database, flags and tokens")
     tokens = _setup_admin_db(admin_url_db)
@@ -884,7 +887,10 @@ def summarize(
         )
         run.event(mitigated_at, "mitigated", f"{L2_FLAG} off in every process ({how})")
     ttm = None
-    if mitigated_at is not None and wrong_from is not None:
+    if mitigated_at is not None and fault_at is not None and mitigated_at < fault_at:
+        # The layer went off before anything was broken: a false alarm, not a mitigation.
+        run.event(mitigated_at, "false_alarm", f"{L2_FLAG} went off before the fault")
+    elif mitigated_at is not None and wrong_from is not None:
         ttm = round(max(0.0, mitigated_at - wrong_from), 3)
     if mitigated_at is not None:
         last_wrong = max((s.answered for s in wrong), default=None)
@@ -975,7 +981,7 @@ def summarize(
         "settings": {
             k: (v.value if isinstance(v, Fault) else v)
             for k, v in asdict(replace(config, redis_server=None, workdir=None)).items()
-            if k not in ("redis_server", "workdir")
+            if k not in ("redis_server", "workdir", "admin_database_url")
         },
         "timeline": timeline,
     }

@@ -147,9 +147,12 @@ class TestFaults:
 
 
 # ------------------------------------------------------------------ the scenario
-def run_short(fault: Fault, server: RedisServer, workdir: Path) -> dict[str, Any]:
+def run_short(
+    fault: Fault, server: RedisServer, workdir: Path, admin_database_url: str | None = None
+) -> dict[str, Any]:
     """The demo's scenario at test size: ~15 s of load, 2 processes, 10 tenants."""
     config = scenario.ScenarioConfig(
+        admin_database_url=admin_database_url,
         fault=fault,
         tenants=10,
         keys_per_tenant=10,
@@ -185,9 +188,13 @@ def assert_every_fault_targets(summary: dict[str, Any]) -> None:
         and row["environment"] == "production"
     ]
     assert kills and kills[0]["actor"].startswith("guard:"), text
-    events = [e["event"] for e in summary["timeline"]]
+    at = {}
+    for e in summary["timeline"]:
+        at.setdefault(e["event"], e["t"])
     for event in ("fault", "first_bad_read", "guard_trip", "kill", "mitigated"):
-        assert event in events, text
+        assert event in at, text
+    # The guard reacted to the fault, not to something before it.
+    assert at["fault"] <= at["first_bad_read"] <= at["guard_trip"] <= at["mitigated"], text
     assert summary["time_to_mitigation_s"] is not None, text
 
 
@@ -223,6 +230,20 @@ def test_incident__wrong_payload__mitigated_within_a_second_few_false_rejections
     assert summary["time_to_mitigation_s"] <= 1.0, summary["_report"]
     assert summary["false_rejections"] <= 0.005 * summary["requests_total"], summary["_report"]
     assert any(p["l2"].get("mismatch_verify") for p in summary["processes"]), summary["_report"]
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_incident__wrong_payload_admin_api_on_postgres__same_targets(
+    redis_server: RedisServer, postgres_url: str, tmp_path: Path
+) -> None:
+    """The demo runs its admin API on SQLite; the same run with it on PostgreSQL (the
+    guard's kill, its history row, the SDK sync) meets the same targets."""
+    summary = run_short(Fault.WRONG_PAYLOAD, redis_server, tmp_path, postgres_url)
+    assert_every_fault_targets(summary)
+    assert summary["time_to_mitigation_s"] <= 1.0, summary["_report"]
+    assert summary["false_rejections"] <= 0.005 * summary["requests_total"], summary["_report"]
 
 
 @pytest.mark.slow
