@@ -173,39 +173,36 @@ class HttpBackend:
     def create_flag(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/admin/flags", json=body)
 
+    # Path segments are validated before they go into a URL: no "/" or ".." reaches it.
     def get_flag(self, key: str) -> dict[str, Any]:
-        return self._call("GET", f"/admin/flags/{_segment(key, 'key')}")
+        return self._call("GET", f"/admin/flags/{validate_flag_key(key)}")
 
     def archive_flag(self, key: str) -> dict[str, Any]:
-        return self._call("DELETE", f"/admin/flags/{_segment(key, 'key')}")
+        return self._call("DELETE", f"/admin/flags/{validate_flag_key(key)}")
 
     def update_state(
         self, key: str, env: str, body: dict[str, Any], *, if_version: int | None = None
     ) -> dict[str, Any]:
         headers = {"If-Match": f'"{if_version}"'} if if_version is not None else None
-        path = f"/admin/flags/{_segment(key, 'key')}/environments/{_segment(env, 'env')}"
+        env = validate_environment_name(env, "env")
+        path = f"/admin/flags/{validate_flag_key(key)}/environments/{env}"
         return self._call("PATCH", path, json=body, headers=headers)
 
     def kill(self, key: str, body: dict[str, Any], *, wait: str | None = None) -> dict[str, Any]:
-        path = f"/admin/flags/{_segment(key, 'key')}/kill"
+        path = f"/admin/flags/{validate_flag_key(key)}/kill"
         return self._call("POST", path, json=body, params={"wait": wait})
 
     def unkill(self, key: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", f"/admin/flags/{_segment(key, 'key')}/unkill", json=body)
+        return self._call("POST", f"/admin/flags/{validate_flag_key(key)}/unkill", json=body)
 
     def history(self, filters: HistoryFilters) -> dict[str, Any]:
         params = dict(filters)
         flag = params.pop("flag", None)
         if flag is not None:
-            return self._call("GET", f"/admin/flags/{_segment(flag, 'key')}/history", params=params)
+            return self._call(
+                "GET", f"/admin/flags/{validate_flag_key(flag)}/history", params=params
+            )
         return self._call("GET", "/admin/history", params=params)
-
-
-def _segment(value: str, field: str) -> str:
-    """A path segment, validated before it goes into a URL (``/`` or ``..`` never reach it)."""
-    if field == "env":
-        return validate_environment_name(value, "env")
-    return validate_flag_key(value, field)
 
 
 def _error_message(response: httpx.Response) -> str:
