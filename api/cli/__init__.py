@@ -47,8 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("flagrail: aborted", file=sys.stderr)
         sys.exit(130)
-    except click_exceptions.ClickException as exc:
-        exc.show()
+    except click_exceptions.ClickException as exc:  # bad usage: one line too, with a pointer
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        print(f"flagrail: error: {exc.format_message()}{hint}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (CliError, FlagrailError) as exc:
         print(f"flagrail: error: {exc}", file=sys.stderr)

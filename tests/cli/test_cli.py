@@ -305,6 +305,16 @@ class TestRemote:
         )
 
 
+def test_usage_errors__one_line_naming_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing option, an unknown command or a bad value: exit 2, one line, a pointer."""
+    cli = Cli(capsys, [])
+    missing = cli("kill", "a.b")
+    assert_one_line_error(missing, "Missing option '--reason'", "flagrail kill --help", code=2)
+    assert_one_line_error(cli("nosuch"), "No such command", code=2)
+    bad = cli("set", "a.b", "--env", "beta", "--rollout", "half")
+    assert_one_line_error(bad, "--rollout", "flagrail set --help", code=2)
+
+
 class TestDirect:
     def test_set_kill_history__direct__history_as_cli_user(
         self, direct: Cli, database_url: str
@@ -385,6 +395,17 @@ def test_token_create__subprocess__prints_only_the_token(database_url: str) -> N
     finally:
         store.close()
     assert info is not None and (info.name, info.role.value) == ("ci", "admin")
+
+
+def test_db_upgrade__fresh_then_again__schema_current_and_tokens_work(tmp_path: Path) -> None:
+    """`flagrail db upgrade --database-url URL` makes the schema, and is idempotent."""
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    for _ in range(2):
+        upgraded = _run("db", "upgrade", "--database-url", url)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert upgraded.stdout == ""
+    created = _run("token", "create", "--name", "first", "--role", "admin", "--database-url", url)
+    assert created.returncode == 0 and created.stdout.startswith("frl_")
 
 
 @pytest.mark.postgres
