@@ -385,6 +385,10 @@ class LayeredCache:
 
         self._flights: dict[str, _Flight] = {}
         self._aflights: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        # The last landed load per key: (landed at, gen, layer_gen, entry, filled). A
+        # call that started before a load landed takes its answer instead of loading
+        # again (its own layer reads may have been in flight while the load ran).
+        self._landed: dict[str, tuple[float, int, int, Entry, frozenset[int]]] = {}
         self._verify_acc = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._worker = _Worker(f"flagrail-cache:{name}")
@@ -625,6 +629,7 @@ class LayeredCache:
         return self._resolve(key, self._modes(tenant, found.mode))
 
     def _resolve(self, key: str, modes: tuple[int, ...]) -> Any:
+        started = _perf()
         gen, layer_gen = self._gen, self._layer_gen
         shadows: list[tuple[int, Entry]] = []
         missed: list[int] = []
@@ -645,7 +650,7 @@ class LayeredCache:
                 break
         leader: _Flight | None = None
         if answer is None:
-            answer, missed, leader = self._load(key, missed)
+            answer, missed, leader = self._load(key, missed, started)
         try:
             for i, entry in shadows:
                 if not self._judge(i, key, entry, answer, "shadow"):
@@ -659,7 +664,27 @@ class LayeredCache:
                 self._land(key, leader)
         return answer.value
 
-    def _load(self, key: str, missed: list[int]) -> tuple[Entry, list[int], _Flight | None]:
+    def _recall(
+        self, key: str, started: float, missed: list[int]
+    ) -> tuple[Entry, list[int], frozenset[int]] | None:
+        """The answer of a load of ``key`` that landed after ``started`` (and after the
+        last invalidation or layer change), with the layers it did not fill; else None."""
+        landed = self._landed.get(key)
+        if landed is None:
+            return None
+        at, gen, layer_gen, entry, filled = landed
+        if at < started or gen != self._gen or layer_gen != self._layer_gen:
+            return None
+        return entry, [i for i in missed if i not in filled], filled
+
+    def _remember(self, key: str, entry: Entry, filled: frozenset[int], gen: int, lg: int) -> None:
+        if len(self._landed) >= 4096:
+            self._landed.clear()
+        self._landed[key] = (_perf(), gen, lg, entry, filled)
+
+    def _load(
+        self, key: str, missed: list[int], started: float = 0.0
+    ) -> tuple[Entry, list[int], _Flight | None]:
         """Call the loader once per key however many threads miss it together.
 
         The leader gets its flight back and must ``_land`` it after its fills; a
@@ -673,6 +698,14 @@ class LayeredCache:
             if flight.error is not None:
                 raise flight.error
             return flight.value, [i for i in missed if i not in flight.filled], None
+        recalled = self._recall(key, started, missed) if started else None
+        if recalled is not None:
+            # Followers that joined this flight take the recalled answer too.
+            mine.value, mine.filled = recalled[0], recalled[2]
+            if self._flights.get(key) is mine:
+                del self._flights[key]
+            mine.done.release()
+            return recalled[0], recalled[1], None
         self.metrics.loads += 1
         try:
             value = self._loader(key)
@@ -685,6 +718,8 @@ class LayeredCache:
         return mine.value, missed, mine
 
     def _land(self, key: str, flight: _Flight) -> None:
+        if flight.value is not None and flight.error is None:
+            self._remember(key, flight.value, flight.filled, self._gen, self._layer_gen)
         if self._flights.get(key) is flight:
             del self._flights[key]
         flight.done.release()
@@ -916,6 +951,7 @@ class LayeredCache:
         return await self._aresolve(key, self._modes(tenant, found.mode))
 
     async def _aresolve(self, key: str, modes: tuple[int, ...]) -> Any:
+        started = _perf()
         gen, layer_gen = self._gen, self._layer_gen
         shadows: list[tuple[int, Entry]] = []
         missed: list[int] = []
@@ -936,7 +972,7 @@ class LayeredCache:
                 break
         future: asyncio.Future[Any] | None = None
         if answer is None:
-            answer, missed, future = await self._aload(key, missed)
+            answer, missed, future = await self._aload(key, missed, started)
         filled = frozenset(missed)
         try:
             for i, entry in shadows:
@@ -952,7 +988,7 @@ class LayeredCache:
         return answer.value
 
     async def _aload(
-        self, key: str, missed: list[int]
+        self, key: str, missed: list[int], started: float = 0.0
     ) -> tuple[Entry, list[int], asyncio.Future[Any] | None]:
         """``_load`` for one event loop: one loader call per key however many tasks
         miss it together. The leader gets the future back and must ``_aland`` it."""
@@ -970,6 +1006,9 @@ class LayeredCache:
                     continue  # the leader was cancelled, not us: lead ourselves
                 raise
             return answer, [i for i in missed if i not in filled], None
+        recalled = self._recall(key, started, missed) if started else None
+        if recalled is not None:
+            return recalled[0], recalled[1], None
         future: asyncio.Future[Any] = loop.create_future()
         self._aflights[flight_key] = future
         self.metrics.loads += 1
@@ -993,6 +1032,8 @@ class LayeredCache:
 
     def _aland(self, key: str, future: asyncio.Future[Any], result: object) -> None:
         flight_key = (key, id(future.get_loop()))
+        entry, filled = result  # type: ignore[misc]
+        self._remember(key, entry, filled, self._gen, self._layer_gen)
         if self._aflights.get(flight_key) is future:
             del self._aflights[flight_key]
         if not future.done():
