@@ -338,10 +338,6 @@ def parse_stage(data: object, field: str, *, last: bool) -> Stage:
     (required except on the last stage, where it defaults to 0: the final bake time)."""
     data = _mapping(data, field)
     _no_unknown(data, _STAGE_FIELDS, field)
-    if not any(k in data for k in ("rollout", "tenants_on", "enabled")):
-        raise ValidationError(
-            f"{field} must set at least one of rollout, tenants_on, enabled", field=field
-        )
     rollout = data.get("rollout")
     if rollout is not None:
         rollout = validate_rollout(rollout, f"{field}.rollout")
@@ -349,6 +345,11 @@ def parse_stage(data: object, field: str, *, last: bool) -> Stage:
     if enabled is not None:
         enabled = _bool(enabled, f"{field}.enabled")
     added = _tenants(data.get("tenants_on") or [], f"{field}.tenants_on")
+    if rollout is None and enabled is None and not added:
+        # null values and an empty tenant list change nothing: a stage must change something.
+        raise ValidationError(
+            f"{field} must set at least one of rollout, tenants_on, enabled", field=field
+        )
     if "hold" in data:
         hold = _duration(data["hold"], f"{field}.hold")
     elif last:
