@@ -94,9 +94,11 @@ def incident(
     def progress(message: str) -> None:
         typer.echo(f"[{time.monotonic() - started:6.2f}s] {message}", err=True)
 
+    import httpx
+
     try:
         result = scenario.run_incident(config, progress=progress)
-    except RuntimeError as exc:
+    except (RuntimeError, httpx.HTTPError) as exc:
         raise CliError(f"the demo could not run: {exc}") from exc
     if plot is not None:
         report.plot(result.summary, result.series, plot, fine=result.fine_series)

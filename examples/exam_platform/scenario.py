@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -396,7 +397,11 @@ def _run(
     simulate = False
     if config.redis_url:
         redis_url, simulate = config.redis_url, True
-        say(f"using Redis at {redis_url} (faults on it are simulated in the cache's connections)")
+        where = urlsplit(redis_url)
+        say(
+            f"using Redis at {where.hostname}:{where.port or 6379} "
+            "(faults on it are simulated in the cache's connections)"
+        )
     else:
         if config.redis_server is not None:
             services.redis = config.redis_server
@@ -513,7 +518,7 @@ def _run(
         say(f"load running: {config.rps:g} req/s over {config.processes} processes")
         revoker.start()
         try:
-            states = _drive(run, config, services, targets, admin_url, tokens["admin"], demo, say)
+            _drive(run, config, services, targets, admin_url, tokens["admin"], demo, say)
         finally:
             revoker.stop()
             loadgen.stop()
@@ -528,14 +533,7 @@ def _run(
         history.raise_for_status()
         kill_rows = list(reversed(history.json()["items"]))
     summary, (series, fine_series) = summarize(
-        config,
-        run,
-        loadgen.samples,
-        keys,
-        states or final_states,
-        final_states,
-        kill_rows,
-        shed=loadgen.shed,
+        config, run, loadgen.samples, keys, final_states, kill_rows, shed=loadgen.shed
     )
     if config.workdir is not None:
         _write_samples(workdir / "samples.csv", run, loadgen.samples)
@@ -621,13 +619,13 @@ def _drive(
     admin_token: str,
     demo: httpx.Client,
     say: Progress,
-) -> list[dict[str, Any]]:
-    """Roll out, inject the fault, and wait for mitigation. Returns the last process states."""
+) -> None:
+    """Roll out, inject the fault, and wait until the layer is off in every process (and
+    ``tail`` seconds more), or the planned end, or ``max_wait`` after the fault."""
     times = config.stage_times()
     steps: list[tuple[float, str]] = sorted((t, name) for name, t in times.items())
     planned_end = run.t0 + config.duration
     mitigated_at: float | None = None
-    states: list[dict[str, Any]] = []
     with _admin(admin_url, admin_token) as admin:
         plan_started = False
         while True:
@@ -655,13 +653,13 @@ def _drive(
                     )
             if mitigated_at is not None:
                 end = max(planned_end, mitigated_at + config.tail)
+            elif run.fault_at is not None:
+                end = max(planned_end, run.fault_at + config.max_wait)
             else:
-                fault_at = run.fault_at if run.fault_at is not None else now
-                end = max(planned_end, fault_at + config.max_wait) if run.fault_at else planned_end
+                end = planned_end
             if now >= end and not steps:
                 break
             time.sleep(0.1)
-    return states
 
 
 _STAGES = {
@@ -808,7 +806,6 @@ def summarize(
     run: _Run,
     samples: Sequence[Sample],
     keys: Sequence[DemoKey],
-    states: Sequence[dict[str, Any]],
     final_states: Sequence[dict[str, Any]],
     kill_rows: Sequence[dict[str, Any]],
     *,
