@@ -317,14 +317,16 @@ def versions() -> str:
     return ", ".join(parts)
 
 
-def report(results: dict[str, Measured], sizes: Sizes) -> None:
+def report(results: dict[str, Measured], sizes: Sizes, load: tuple[float, float]) -> None:
     names = list(results)
     labels = list(dict.fromkeys(label for m in results.values() for label in m.samples))
     print()
     print(
         f"flagrail admin API, {os.cpu_count()} CPUs, {platform.machine()}, {versions()}; "
         f"{sizes.kills:,} kills, history of {sizes.rows:,} rows, "
-        f"{sizes.page_repeats} fetches per page; one request at a time, keep-alive"
+        f"{sizes.page_repeats} fetches per page; one request at a time, keep-alive; "
+        f"load average {load[0]:.2f} before, {load[1]:.2f} after (other work on the machine "
+        "shows in the p99)"
     )
     header = ["request"] + [f"{n} p50 ms" for n in names] + [f"{n} p99 ms" for n in names]
     rows = []
@@ -376,6 +378,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     results: dict[str, Measured] = {}
+    load_before = os.getloadavg()[0]
     for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
         if name == "postgres" and not postgres_available():
             print("postgres: no server on 127.0.0.1:5432; skipped", file=sys.stderr)
@@ -384,7 +387,7 @@ def main() -> None:
         results[name] = run_backend(name, sizes)
     if not results:
         raise SystemExit("no backend measured")
-    report(results, sizes)
+    report(results, sizes, (load_before, os.getloadavg()[0]))
 
 
 if __name__ == "__main__":
