@@ -88,6 +88,8 @@ Loader = Callable[[str], Any] | Callable[[str], Awaitable[Any]]
 
 _perf = time.perf_counter
 _mono = time.monotonic
+# Seconds between additions of layer counters to the flag client's counters.
+COUNTER_REPORT_INTERVAL = 1.0
 
 
 class Mode(IntEnum):
@@ -390,6 +392,7 @@ class LayeredCache:
         # again (its own layer reads may have been in flight while the load ran).
         self._landed: dict[str, tuple[float, int, int, Entry, frozenset[int]]] = {}
         self._verify_acc = 0.0
+        self._reported: list[dict[str, int]] = [{} for _ in layers]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._worker = _Worker(f"flagrail-cache:{name}")
         self._started = False
@@ -415,6 +418,8 @@ class LayeredCache:
             return self
         self._started = True
         self._worker.start()
+        if callable(getattr(self.flags, "count", None)):
+            self._worker.submit(self._report_counters, delay=COUNTER_REPORT_INTERVAL)
         if self._channel_url:
             listener = InvalidationListener(
                 self._channel_url,
@@ -732,6 +737,9 @@ class LayeredCache:
             return self._read_memory(i, layer, key)
         if not layer.available():  # type: ignore[attr-defined]
             st.bypass_circuit += 1
+            # A layer whose circuit is open is failing: the guard counts it, so a dead
+            # Redis trips the layer's kill switch rather than hiding behind the breaker.
+            self._watches[i].call(failed=True)
             return _UNAVAILABLE
         t0 = _perf()
         try:
@@ -841,6 +849,38 @@ class LayeredCache:
             st.writes += 1
         self._watches[i].call()
 
+    # ----------------------------------------------------------------- counters
+    def _layer_counters(self, i: int) -> dict[str, int]:
+        """What rollout-plan guards read, per layer flag: ``reads`` (answered reads),
+        ``hits``, ``corrupt_reads``, ``mismatches`` and ``errors`` (failed or skipped
+        calls)."""
+        st = self._stats[i]
+        return {
+            "reads": st.hits + st.misses,
+            "hits": st.hits,
+            "corrupt_reads": st.corrupt_format + st.corrupt_checksum + st.corrupt_payload,
+            "mismatches": st.mismatch_verify + st.mismatch_shadow,
+            "errors": st.errors + st.bypass_circuit,
+        }
+
+    def _report_counters(self) -> None:
+        """Add what changed since the last call to the flag client's counters
+        (``FlagClient.count``), which its metrics reports carry to the server.
+        Re-schedules itself while the cache runs."""
+        try:
+            count = self.flags.count  # type: ignore[attr-defined]
+            for i, flag in enumerate(self._flag_keys):
+                now = self._layer_counters(i)
+                last = self._reported[i]
+                for name, value in now.items():
+                    delta = value - last.get(name, 0)
+                    if delta > 0:
+                        count(flag, name, delta)
+                self._reported[i] = now
+        finally:
+            if self._started:
+                self._worker.submit(self._report_counters, delay=COUNTER_REPORT_INTERVAL)
+
     # ----------------------------------------------------------------- verification
     def _maybe_verify(self, i: int, key: str, entry: Entry) -> None:
         if not self.verify_share:
@@ -853,19 +893,20 @@ class LayeredCache:
             self._verify_acc = acc
 
     def _schedule_verify(self, i: int, key: str, entry: Entry) -> None:
+        gen = self._gen
         if self._async_loader:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
             if loop is not None:
-                task = loop.create_task(self._averify(i, key, entry))
+                task = loop.create_task(self._averify(i, key, entry, gen))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 return
-        self._worker.submit(self._verify, i, key, entry)
+        self._worker.submit(self._verify, i, key, entry, gen)
 
-    def _verify(self, i: int, key: str, entry: Entry) -> None:
+    def _verify(self, i: int, key: str, entry: Entry, gen: int) -> None:
         try:
             value = self._loader(key)
             if inspect.isawaitable(value):
@@ -873,13 +914,21 @@ class LayeredCache:
         except Exception:  # the loader failing is not a verdict on the cache
             log.debug("verification load of %r failed", key, exc_info=True)
             return
-        self._judge(i, key, entry, Entry(value, time.time(), value is None, None), "verify")
+        self._verdict(i, key, entry, value, gen)
 
-    async def _averify(self, i: int, key: str, entry: Entry) -> None:
+    async def _averify(self, i: int, key: str, entry: Entry, gen: int) -> None:
         try:
             value = await self._loader(key)  # type: ignore[misc]
         except Exception:  # the loader failing is not a verdict on the cache
             log.debug("verification load of %r failed", key, exc_info=True)
+            return
+        # The verdict may delete from Redis (blocking I/O): keep it off the event loop.
+        await asyncio.to_thread(self._verdict, i, key, entry, value, gen)
+
+    def _verdict(self, i: int, key: str, entry: Entry, value: Any, gen: int) -> None:
+        """Judge a verification, unless ``key`` was invalidated since the hit: the
+        source of truth then moved on (a revocation), and the hit was not wrong."""
+        if self._invalidated_since(key, gen):
             return
         self._judge(i, key, entry, Entry(value, time.time(), value is None, None), "verify")
 
@@ -1047,6 +1096,7 @@ class LayeredCache:
         st = self._stats[i]
         if not layer.available():  # type: ignore[attr-defined]
             st.bypass_circuit += 1
+            self._watches[i].call(failed=True)  # as in _read: an open circuit is failing
             return _UNAVAILABLE
         t0 = _perf()
         try:
