@@ -1,0 +1,1 @@
+"""Runnable examples of flagrail; ``exam_platform`` replays the incident (``flagrail demo incident``)."""
