@@ -10,7 +10,7 @@ admin API's JSON. A failure is one line on stderr and exit code 1.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +63,23 @@ def open_backend(url: str | None, token: str | None, database_url: str | None) -
     return HttpBackend(url, token)
 
 
+def run(
+    call: Callable[[Backend], dict[str, Any]],
+    render: Callable[[dict[str, Any]], None],
+    as_json: bool,
+    url: str | None,
+    token: str | None,
+    database_url: str | None,
+) -> None:
+    """Run ``call`` on the backend the options name; print its JSON, or ``render`` it."""
+    with open_backend(url, token, database_url) as backend:
+        data = call(backend)
+    if as_json:
+        print_json(data)
+    else:
+        render(data)
+
+
 # ------------------------------------------------------------------ rendering
 def ordered_environments(names: Iterable[str]) -> list[str]:
     """The default pipeline order (development .. production) first, then the rest by name."""
@@ -100,7 +117,8 @@ def _time(value: str | None) -> str:
         return value
 
 
-def _print_flags(items: list[dict[str, Any]]) -> None:
+def _print_flags(data: dict[str, Any]) -> None:
+    items = data["items"]
     envs = ordered_environments(env for item in items for env in item["environments"])
     rows = []
     for item in items:
@@ -151,6 +169,26 @@ def _print_flag(flag: dict[str, Any]) -> None:
     print_table(
         ["environment", "state", "enabled", "rollout", "tenants_on", "tenants_off", "killed", "v"],
         rows,
+    )
+
+
+def _print_state(state: dict[str, Any]) -> None:
+    details = [describe_state(state)]
+    if state["tenants_on"]:
+        details.append("tenants on: " + _tenants(state["tenants_on"]))
+    if state["tenants_off"]:
+        details.append("tenants off: " + _tenants(state["tenants_off"]))
+    typer.echo(
+        f"{state['flag']} in {state['environment']}: {'; '.join(details)} "
+        f"(version {state['version']})"
+    )
+
+
+def _print_environments(data: dict[str, Any]) -> None:
+    envs = {e["name"]: e for e in data["items"]}
+    print_table(
+        ["name", "version", "created_at"],
+        [[n, envs[n]["version"], _time(envs[n]["created_at"])] for n in ordered_environments(envs)],
     )
 
 
@@ -239,12 +277,14 @@ def list_flags(
     database_url: str | None = DirectDatabase,
 ) -> None:
     """List flags with a one-word state per environment."""
-    with open_backend(url, token, database_url) as backend:
-        data = backend.list_flags(kind=kind, tag=tag, archived=archived, q=q)
-    if as_json:
-        print_json(data)
-    else:
-        _print_flags(data["items"])
+    run(
+        lambda backend: backend.list_flags(kind=kind, tag=tag, archived=archived, q=q),
+        _print_flags,
+        as_json,
+        url,
+        token,
+        database_url,
+    )
 
 
 @flags_app.command("create")
@@ -265,12 +305,7 @@ def create_flag(
     body: dict[str, Any] = {"key": key, "description": description, "kind": kind, "tags": tag or []}
     if owner is not None:
         body["owner"] = owner
-    with open_backend(url, token, database_url) as backend:
-        flag = backend.create_flag(body)
-    if as_json:
-        print_json(flag)
-    else:
-        _print_flag(flag)
+    run(lambda backend: backend.create_flag(body), _print_flag, as_json, url, token, database_url)
 
 
 @flags_app.command("show")
@@ -282,12 +317,7 @@ def show_flag(
     database_url: str | None = DirectDatabase,
 ) -> None:
     """Show a flag and its state in every environment."""
-    with open_backend(url, token, database_url) as backend:
-        flag = backend.get_flag(key)
-    if as_json:
-        print_json(flag)
-    else:
-        _print_flag(flag)
+    run(lambda backend: backend.get_flag(key), _print_flag, as_json, url, token, database_url)
 
 
 @flags_app.command("archive")
@@ -299,12 +329,14 @@ def archive_flag(
     database_url: str | None = DirectDatabase,
 ) -> None:
     """Archive a flag: SDKs then see it as missing. Its history is kept."""
-    with open_backend(url, token, database_url) as backend:
-        flag = backend.archive_flag(key)
-    if as_json:
-        print_json(flag)
-    else:
-        typer.echo(f"archived {flag['key']}")
+    run(
+        lambda backend: backend.archive_flag(key),
+        lambda flag: typer.echo(f"archived {flag['key']}"),
+        as_json,
+        url,
+        token,
+        database_url,
+    )
 
 
 flags_app.command("unused")(unused_command.unused)
@@ -358,17 +390,14 @@ def register(app: typer.Typer) -> None:
             )
         if reason is not None:
             body["reason"] = reason
-        with open_backend(url, token, database_url) as backend:
-            state = backend.update_state(key, env, body, if_version=if_version)
-        if as_json:
-            print_json(state)
-            return
-        details = [describe_state(state)]
-        if state["tenants_on"]:
-            details.append("tenants on: " + _tenants(state["tenants_on"]))
-        if state["tenants_off"]:
-            details.append("tenants off: " + _tenants(state["tenants_off"]))
-        typer.echo(f"{key} in {env}: {'; '.join(details)} (version {state['version']})")
+        run(
+            lambda backend: backend.update_state(key, env, body, if_version=if_version),
+            _print_state,
+            as_json,
+            url,
+            token,
+            database_url,
+        )
 
     @app.command("kill")
     def kill(
@@ -387,14 +416,20 @@ def register(app: typer.Typer) -> None:
         body = {"reason": reason, "environments": env or None}
         if wait is not None and database_url:
             typer.echo("flagrail: note: --wait needs a server; ignored here", err=True)
-        with open_backend(url, token, database_url) as backend:
-            result = backend.kill(key, body, wait=wait)
-        if as_json:
-            print_json(result)
-            return
-        _print_kill(result, "killed")
-        if wait is not None and not database_url:
-            typer.echo(format_confirmation(result))
+
+        def render(result: dict[str, Any]) -> None:
+            _print_kill(result, "killed")
+            if wait is not None and not database_url:
+                typer.echo(format_confirmation(result))
+
+        run(
+            lambda backend: backend.kill(key, body, wait=wait),
+            render,
+            as_json,
+            url,
+            token,
+            database_url,
+        )
 
     @app.command("unkill")
     def unkill(
@@ -408,12 +443,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Lift a kill; the flag's state before the kill applies again."""
         body = {"reason": reason, "environments": env or None}
-        with open_backend(url, token, database_url) as backend:
-            result = backend.unkill(key, body)
-        if as_json:
-            print_json(result)
-        else:
-            _print_kill(result, "unkilled")
+        run(
+            lambda backend: backend.unkill(key, body),
+            lambda result: _print_kill(result, "unkilled"),
+            as_json,
+            url,
+            token,
+            database_url,
+        )
 
     @app.command("history")
     def history(
@@ -443,12 +480,14 @@ def register(app: typer.Typer) -> None:
             "limit": limit,
             "cursor": cursor,
         }
-        with open_backend(url, token, database_url) as backend:
-            page = backend.history(filters)
-        if as_json:
-            print_json(page)
-        else:
-            _print_history(page)
+        run(
+            lambda backend: backend.history(filters),
+            _print_history,
+            as_json,
+            url,
+            token,
+            database_url,
+        )
 
 
 @env_app.command("list")
@@ -459,15 +498,13 @@ def list_environments(
     database_url: str | None = DirectDatabase,
 ) -> None:
     """List environments."""
-    with open_backend(url, token, database_url) as backend:
-        data = backend.list_environments()
-    if as_json:
-        print_json(data)
-        return
-    envs = {e["name"]: e for e in data["items"]}
-    print_table(
-        ["name", "version", "created_at"],
-        [[n, envs[n]["version"], _time(envs[n]["created_at"])] for n in ordered_environments(envs)],
+    run(
+        lambda backend: backend.list_environments(),
+        _print_environments,
+        as_json,
+        url,
+        token,
+        database_url,
     )
 
 
@@ -480,9 +517,11 @@ def create_environment(
     database_url: str | None = DirectDatabase,
 ) -> None:
     """Create an environment; every flag starts off in it."""
-    with open_backend(url, token, database_url) as backend:
-        env = backend.create_environment(name)
-    if as_json:
-        print_json(env)
-    else:
-        typer.echo(f"created environment {env['name']}")
+    run(
+        lambda backend: backend.create_environment(name),
+        lambda env: typer.echo(f"created environment {env['name']}"),
+        as_json,
+        url,
+        token,
+        database_url,
+    )
