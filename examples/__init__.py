@@ -1,1 +1,4 @@
-"""Runnable examples of flagrail; ``exam_platform`` replays the incident (``flagrail demo incident``)."""
+"""Runnable examples of flagrail.
+
+``exam_platform`` replays the incident (``flagrail demo incident``).
+"""

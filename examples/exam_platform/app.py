@@ -100,7 +100,7 @@ class ServiceConfig:
     guard_max_mismatch_rate: float = 0.1
     guard_max_corrupt_rate: float = 0.01
     guard_max_error_rate: float = 0.5
-    breaker_failures: int = 200
+    breaker_failures: int = 3
     # Socket and connect timeout of the cache's Redis calls (flagrail's default: 50 ms).
     redis_timeout: float = 0.025
     host: str = "127.0.0.1"

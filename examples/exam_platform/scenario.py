@@ -104,7 +104,7 @@ class ScenarioConfig:
     # migrated, empty database of the caller's (PostgreSQL in a test).
     admin_database_url: str | None = None
     seed: int = 7
-    # Cache and guard settings of the demo (see docs/incident.md for why).
+    # Cache and guard settings of the demo (the README's "The incident, replayed" says why).
     verify_share: float = 1.0
     l1_ttl: float = 2.0
     l2_ttl: float = 4.0
