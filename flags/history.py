@@ -40,6 +40,8 @@ class HistoryQuery:
     limit: int = 100
     cursor: str | None = None
     scope: tuple[str, ...] | None = None
+    # Actions left out whatever the filters (token changes, for callers below admin).
+    hidden_actions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,8 @@ def list_changes(conn: Connection, query: HistoryQuery) -> HistoryPage:
             conditions.append(history.c.id < probe)
     if query.cursor is not None:
         conditions.append(history.c.id < decode_cursor(query.cursor))
+    if query.hidden_actions:
+        conditions.append(history.c.action.not_in(query.hidden_actions))
     if query.scope is not None:
         conditions.append(
             or_(history.c.environment.is_(None), history.c.environment.in_(query.scope))

@@ -10,10 +10,11 @@ from api.deps import Principal, Reader, get_store
 from api.schemas import NO_NUL
 from flags.durations import parse_instant
 from flags.history import MAX_PAGE, HistoryQuery
-from flags.model import validate_flag_key
+from flags.model import Action, Role, validate_flag_key
 from flags.store.sql import SqlFlagStore
 
 router = APIRouter(tags=["history"])
+TOKEN_ACTIONS = (Action.TOKEN_CREATE.value, Action.TOKEN_REVOKE.value)
 
 
 class HistoryFilters:
@@ -54,6 +55,8 @@ class HistoryFilters:
             limit=self.limit,
             cursor=self.cursor,
             scope=principal.scope,
+            # Token rows name other tokens, their roles and scopes: admins only.
+            hidden_actions=() if principal.token.role is Role.ADMIN else TOKEN_ACTIONS,
         )
 
 

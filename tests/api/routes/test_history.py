@@ -157,3 +157,17 @@ def test_history__write_methods__not_allowed(api: Any) -> None:
         assert response.status_code == 405, method
         assert api.error(response)["code"] == "method_not_allowed"
     assert page(api, "/admin/history")["items"] == rows
+
+
+def test_history__token_rows__shown_to_admins_only(api: Any) -> None:
+    """Token changes name other tokens, their roles and scopes: an admin sees them, an
+    editor or reader does not, not even by asking for the action."""
+    api.token("operator", ["beta"])
+    admin_actions = {i["action"] for i in page(api, "/admin/history?limit=500")["items"]}
+    assert "token.create" in admin_actions
+    for role in ("reader", "editor"):
+        token = api.token(role, None)
+        items = page(api, "/admin/history?limit=500", token=token)["items"]
+        assert "token.create" not in {i["action"] for i in items}
+        asked = page(api, "/admin/history?action=token.create", token=token)["items"]
+        assert asked == []
