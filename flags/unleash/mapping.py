@@ -18,6 +18,12 @@ tenants_on                  nobody (an enabled feature without strategies would 
 tenants_off                 ``tenantId NOT_IN tenants_off`` on every strategy
 ==========================  ============================================================
 
+Unleash's engine mis-reads an ``IN``/``NOT_IN`` value that ends in a backslash (the
+constraint then matches nobody), so tenant ids ending in a backslash go into an
+anchored ``REGEX`` constraint instead (inverted for ``tenants_off``; a strategy of
+their own for ``tenants_on``). An SDK without ``REGEX`` support fails such a
+constraint, which errs towards off.
+
 Unleash ORs strategies and ANDs the constraints of one strategy, so a tenant in
 ``tenants_off`` fails every strategy (off), a tenant in ``tenants_on`` matches the
 first one (on), and anyone else gets the rollout, hashed exactly as
@@ -57,6 +63,41 @@ def _constraint(operator: str, tenants: frozenset[str]) -> dict[str, Any]:
     }
 
 
+# What Unleash's regex engine (Rust ``regex``) treats as syntax; escaping them is always valid.
+_REGEX_META = frozenset("\\.+*?()|[]{}^$#&-~")
+
+
+def _plain(tenant: str) -> bool:
+    """Unleash's engine mis-reads an ``IN``/``NOT_IN`` value that ends in a backslash (the
+    whole constraint then matches nobody): such tenants go into a ``REGEX`` constraint."""
+    return not tenant.endswith("\\")
+
+
+def _regex_constraint(tenants: frozenset[str], *, inverted: bool) -> dict[str, Any]:
+    """``tenantId`` is exactly one of ``tenants`` (or, ``inverted``, none of them)."""
+    alternatives = (
+        "".join("\\" + ch if ch in _REGEX_META else ch for ch in tenant)
+        for tenant in sorted(tenants)
+    )
+    return {
+        "contextName": TENANT_FIELD,
+        "operator": "REGEX",
+        "value": "^(?:" + "|".join(alternatives) + ")$",
+        "inverted": inverted,
+        "caseInsensitive": False,
+    }
+
+
+def _excluding(tenants: frozenset[str]) -> list[dict[str, Any]]:
+    """Constraints that every tenant of ``tenants`` fails and everyone else passes."""
+    plain = frozenset(t for t in tenants if _plain(t))
+    odd = tenants - plain
+    out = [_constraint("NOT_IN", plain)] if plain else []
+    if odd:
+        out.append(_regex_constraint(odd, inverted=True))
+    return out
+
+
 def _rollout_strategy(key: str, rollout: int) -> dict[str, Any]:
     return {
         "name": "flexibleRollout",
@@ -74,12 +115,17 @@ def feature_from_state(key: str, state: FlagState) -> dict[str, Any]:
     if state.killed or not state.enabled:
         return {"name": key, "enabled": False, "strategies": [], "variants": []}
     strategies: list[dict[str, Any]] = []
-    if state.tenants_on:
+    plain_on = frozenset(t for t in state.tenants_on if _plain(t))
+    if plain_on:
+        strategies.append(
+            {"name": "default", "parameters": {}, "constraints": [_constraint("IN", plain_on)]}
+        )
+    if state.tenants_on - plain_on:
         strategies.append(
             {
                 "name": "default",
                 "parameters": {},
-                "constraints": [_constraint("IN", state.tenants_on)],
+                "constraints": [_regex_constraint(state.tenants_on - plain_on, inverted=False)],
             }
         )
     if state.rollout >= 100:
@@ -88,7 +134,7 @@ def feature_from_state(key: str, state: FlagState) -> dict[str, Any]:
         strategies.append(_rollout_strategy(key, max(state.rollout, 0)))
     if state.tenants_off:
         for strategy in strategies:
-            strategy["constraints"].append(_constraint("NOT_IN", state.tenants_off))
+            strategy["constraints"].extend(_excluding(state.tenants_off))
     return {"name": key, "enabled": True, "strategies": strategies, "variants": []}
 
 
@@ -104,10 +150,46 @@ def features_payload(snapshot: Snapshot) -> dict[str, Any]:
     }
 
 
+def _regex_tenants(value: object) -> frozenset[str] | None:
+    """The tenants of a ``_regex_constraint`` value, else None (any other regex)."""
+    if not isinstance(value, str) or not value.startswith("^(?:") or not value.endswith(")$"):
+        return None
+    body = value[4:-2]
+    tenants: list[str] = []
+    current: list[str] = []
+    chars = iter(body)
+    for ch in chars:
+        if ch == "\\":
+            escaped = next(chars, None)
+            if escaped is None or escaped not in _REGEX_META:
+                return None
+            current.append(escaped)
+        elif ch == "|":
+            tenants.append("".join(current))
+            current = []
+        elif ch in _REGEX_META:
+            return None
+        else:
+            current.append(ch)
+    tenants.append("".join(current))
+    return frozenset(tenants) if all(tenants) else None
+
+
 def _tenant_constraint(constraint: object) -> tuple[str, frozenset[str]] | None:
-    """``(operator, tenants)`` of a plain ``tenantId IN``/``NOT_IN`` constraint, else None."""
+    """``(operator, tenants)`` of a ``tenantId IN``/``NOT_IN`` constraint, or of the
+    ``REGEX`` form ``feature_from_state`` writes (as ``IN``/``NOT_IN``), else None."""
     if not isinstance(constraint, Mapping):
         return None
+    if (
+        constraint.get("contextName") == TENANT_FIELD
+        and constraint.get("operator") == "REGEX"
+        and constraint.get("caseInsensitive", False) is False
+        and type(constraint.get("inverted", False)) is bool
+    ):
+        tenants = _regex_tenants(constraint.get("value"))
+        if tenants is None:
+            return None
+        return ("NOT_IN" if constraint.get("inverted") else "IN"), tenants
     values = constraint.get("values")
     if (
         constraint.get("contextName") != TENANT_FIELD
@@ -142,8 +224,8 @@ def _strategy_parts(
         operator, tenants = parsed
         if operator == "IN" and on is None:
             on = tenants
-        elif operator == "NOT_IN" and not off:
-            off = tenants
+        elif operator == "NOT_IN":
+            off = off | tenants  # plain NOT_IN and an inverted REGEX both exclude
         else:
             return None
     name = strategy.get("name")
@@ -195,11 +277,11 @@ def state_from_feature(feature: Mapping[str, Any]) -> FlagState | None:
     offs = {p[2] for p in parts if p is not None}
     ons = [p[0] for p in parts if p is not None and p[0] is not None]
     rollouts = [p[1] for p in parts if p is not None and p[1] is not None]
-    if len(offs) != 1 or len(ons) > 1 or len(rollouts) > 1:
+    if len(offs) != 1 or len(rollouts) > 1:
         return None
     return FlagState(
         enabled=True,
         rollout=rollouts[0] if rollouts else 0,
-        tenants_on=ons[0] if ons else frozenset(),
+        tenants_on=frozenset().union(*ons),  # strategies OR: one IN, maybe one REGEX
         tenants_off=offs.pop(),
     )

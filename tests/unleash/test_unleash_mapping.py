@@ -28,16 +28,10 @@ SPEC_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "unleash-clie
 POOL = ["acme", "globex", "initech", "umbrella", "Acme", "acme ", "tënant-ü", "x" * 200, "42"]
 
 
-def _unleash_can_hold(tenant: str) -> bool:
-    """Unleash's engine (yggdrasil) mis-reads a constraint value that ends in a backslash:
-    the whole constraint stops matching anyone (see the canary test below). Such tenant
-    ids are a documented limitation of serving flagrail flags to Unleash SDKs."""
-    return is_valid_tenant(tenant) and not tenant.endswith("\\")
-
-
 tenants = st.one_of(
     st.sampled_from(POOL),
-    st.text(min_size=1, max_size=12).filter(_unleash_can_hold),
+    st.text(min_size=1, max_size=12).filter(is_valid_tenant),
+    st.text(min_size=0, max_size=6).map(lambda t: t + "\\").filter(is_valid_tenant),
 )
 tenant_sets = st.frozensets(tenants, max_size=4)
 states = st.builds(
@@ -309,13 +303,22 @@ class TestSpecificationShape:
         assert count > 100
 
 
-def test_unleash_engine__constraint_value_ending_in_backslash__matches_nobody(
+def test_feature_from_state__tenants_ending_in_backslash__unleash_engine_agrees(
     engine: UnleashEngine,
 ) -> None:
-    """Canary for the documented limitation: a ``tenants_off`` entry ending in a backslash
-    turns the flag off for everyone in Unleash's engine, while flagrail keeps it on for
-    the others. If this starts failing, the engine was fixed: drop ``_unleash_can_hold``."""
-    state = FlagState(enabled=True, rollout=100, tenants_off=frozenset({"odd\\"}))
-    load(engine, Snapshot("production", 1, {"f.backslash": state}))
-    assert evaluate("f.backslash", state, "acme").enabled is True
-    assert unleash_answer(engine, "f.backslash", "acme") is False
+    """Unleash's engine mis-reads an IN/NOT_IN value ending in a backslash (it matches
+    nobody); the mapping puts such tenants in a REGEX constraint, and the answers agree."""
+    odd = frozenset({"odd\\", "a.b*\\", "(x)|y\\", "\\"})
+    shapes = {
+        "f.off": FlagState(enabled=True, rollout=100, tenants_off=odd | {"plain"}),
+        "f.on": FlagState(enabled=True, rollout=0, tenants_on=odd | {"plain"}),
+        "f.both": FlagState(
+            enabled=True, rollout=50, tenants_on=frozenset({"odd\\"}), tenants_off=odd - {"odd\\"}
+        ),
+    }
+    load(engine, Snapshot("production", 1, shapes))
+    probes = [*odd, "plain", "odd", "a.b*", "x", "y\\", "acme", None]
+    for key, state in shapes.items():
+        for tenant in probes:
+            expected = evaluate(key, state, tenant).enabled
+            assert unleash_answer(engine, key, tenant) is expected, (key, tenant)
