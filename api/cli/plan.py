@@ -250,40 +250,26 @@ def _act(
         _out(client.call("POST", f"/admin/plans/{plan_id}/{action}", body), as_json)
 
 
-@app.command("pause")
-def pause(
-    plan_id: int,
-    reason: str | None = Reason,
-    url: str | None = ServerUrl,
-    token: str | None = Token,
-    as_json: bool = AsJson,
-) -> None:
-    """Stop a plan where it is; nothing advances until it is resumed."""
-    _act("pause", plan_id, reason, url, token, as_json)
+def _add_reason_command(action: str, help_text: str) -> None:
+    """Register ``plan <action> <plan_id> [--reason]``: POST to the plan's ``action`` endpoint."""
+
+    def command(
+        plan_id: int,
+        reason: str | None = Reason,
+        url: str | None = ServerUrl,
+        token: str | None = Token,
+        as_json: bool = AsJson,
+    ) -> None:
+        _act(action, plan_id, reason, url, token, as_json)
+
+    app.command(action, help=help_text)(command)
 
 
-@app.command("resume")
-def resume(
-    plan_id: int,
-    reason: str | None = Reason,
-    url: str | None = ServerUrl,
-    token: str | None = Token,
-    as_json: bool = AsJson,
-) -> None:
-    """Continue a paused or rolled-back plan (unkill the flag first); the hold restarts."""
-    _act("resume", plan_id, reason, url, token, as_json)
-
-
-@app.command("abort")
-def abort(
-    plan_id: int,
-    reason: str | None = Reason,
-    url: str | None = ServerUrl,
-    token: str | None = Token,
-    as_json: bool = AsJson,
-) -> None:
-    """End a plan for good; the flag stays as it is."""
-    _act("abort", plan_id, reason, url, token, as_json)
+_add_reason_command("pause", "Stop a plan where it is; nothing advances until it is resumed.")
+_add_reason_command(
+    "resume", "Continue a paused or rolled-back plan (unkill the flag first); the hold restarts."
+)
+_add_reason_command("abort", "End a plan for good; the flag stays as it is.")
 
 
 @app.command("advance")

@@ -12,6 +12,7 @@ a 404 whatever the body.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Request
@@ -19,7 +20,7 @@ from fastapi import APIRouter, Body, Depends, Path, Request
 from api.deps import Editor, Operator, Principal, Reader, get_store, request_id
 from api.schemas import Body as StrictBody
 from flags.model import validate_flag_key
-from flags.plans.model import Plan, parse_plan, parse_schedule
+from flags.plans.model import Plan, PlanSpec, parse_plan, parse_schedule
 from flags.plans.store import PlanStore
 from flags.store.sql import SqlFlagStore
 
@@ -56,6 +57,41 @@ def _visible_plan(plans: PlanStore, plan_id: int, principal: Principal) -> Plan:
     return plan
 
 
+def _check_flag(store: SqlFlagStore, key: str) -> None:
+    """Reject a malformed ``key``, then 404 for an unknown flag (before any body is judged)."""
+    validate_flag_key(key)
+    store.get_flag(key)
+
+
+def _create(
+    parse: Callable[[], PlanSpec],
+    key: str,
+    store: SqlFlagStore,
+    plans: PlanStore,
+    rid: str,
+    principal: Principal,
+) -> dict[str, Any]:
+    """Create the plan or schedule ``parse()`` reads from the body, once the flag is known."""
+    _check_flag(store, key)
+    spec = parse()
+    principal.check_env(spec.environment)
+    return plans.create(key, spec, actor=principal.actor, request_id=rid).to_dict()
+
+
+def _act_with_reason(
+    act: Callable[..., Plan],
+    plan_id: int,
+    plans: PlanStore,
+    rid: str,
+    body: PlanActionBody | None,
+    principal: Principal,
+) -> dict[str, Any]:
+    """Run ``act`` (pause, resume or abort) on a plan the token may see, with the body's reason."""
+    _visible_plan(plans, plan_id, principal)
+    reason = body.reason if body else None
+    return act(plan_id, actor=principal.actor, reason=reason, request_id=rid).to_dict()
+
+
 @router.post("/admin/flags/{key}/plans", status_code=201)
 def create_plan(
     key: str,
@@ -66,11 +102,7 @@ def create_plan(
     principal: Principal = Editor,
 ) -> dict[str, Any]:
     """Create a rollout plan for ``key``; 201 with the plan (first stage already applied)."""
-    validate_flag_key(key)
-    store.get_flag(key)  # 404 for an unknown flag, before judging the body
-    spec = parse_plan(body)
-    principal.check_env(spec.environment)
-    return plans.create(key, spec, actor=principal.actor, request_id=rid).to_dict()
+    return _create(lambda: parse_plan(body), key, store, plans, rid, principal)
 
 
 @router.post("/admin/flags/{key}/schedules", status_code=201)
@@ -83,11 +115,9 @@ def create_schedule(
     principal: Principal = Editor,
 ) -> dict[str, Any]:
     """Schedule one state change: ``{"environment", "at", "change": {...}}``."""
-    validate_flag_key(key)
-    store.get_flag(key)
-    spec = parse_schedule(body, now=plans.clock())
-    principal.check_env(spec.environment)
-    return plans.create(key, spec, actor=principal.actor, request_id=rid).to_dict()
+    return _create(
+        lambda: parse_schedule(body, now=plans.clock()), key, store, plans, rid, principal
+    )
 
 
 @router.get("/admin/flags/{key}/plans")
@@ -95,8 +125,7 @@ def list_plans(
     key: str, store: Store, plans: Plans, principal: Principal = Reader
 ) -> dict[str, Any]:
     """Plans and schedules of ``key`` in the token's environments, newest first."""
-    validate_flag_key(key)
-    store.get_flag(key)
+    _check_flag(store, key)
     return {"items": [p.to_dict() for p in plans.list_for_flag(key, scope=principal.scope)]}
 
 
@@ -114,9 +143,7 @@ def pause_plan(
     principal: Principal = Operator,
 ) -> dict[str, Any]:
     """Stop a pending or running plan where it is (409 otherwise)."""
-    _visible_plan(plans, plan_id, principal)
-    reason = body.reason if body else None
-    return plans.pause(plan_id, actor=principal.actor, reason=reason, request_id=rid).to_dict()
+    return _act_with_reason(plans.pause, plan_id, plans, rid, body, principal)
 
 
 @router.post("/admin/plans/{plan_id}/resume")
@@ -129,9 +156,7 @@ def resume_plan(
 ) -> dict[str, Any]:
     """Continue a paused or rolled-back plan; its current hold starts again (409 while
     the flag is killed)."""
-    _visible_plan(plans, plan_id, principal)
-    reason = body.reason if body else None
-    return plans.resume(plan_id, actor=principal.actor, reason=reason, request_id=rid).to_dict()
+    return _act_with_reason(plans.resume, plan_id, plans, rid, body, principal)
 
 
 @router.post("/admin/plans/{plan_id}/abort")
@@ -143,9 +168,7 @@ def abort_plan(
     principal: Principal = Operator,
 ) -> dict[str, Any]:
     """End a plan for good; the flag stays as it is."""
-    _visible_plan(plans, plan_id, principal)
-    reason = body.reason if body else None
-    return plans.abort(plan_id, actor=principal.actor, reason=reason, request_id=rid).to_dict()
+    return _act_with_reason(plans.abort, plan_id, plans, rid, body, principal)
 
 
 @router.post("/admin/plans/{plan_id}/advance")
