@@ -26,19 +26,12 @@ import httpx
 import typer
 import yaml
 
+from api.cli.flags import AsJson, ServerUrl, Token
 from api.cli.output import CliError, print_json, print_table
 from flags.settings import Settings
 
 app = typer.Typer(help="Staged rollout plans and scheduled changes.", no_args_is_help=True)
 
-ServerUrl = typer.Option(
-    None,
-    "--url",
-    envvar="FLAGRAIL_URL",
-    help="Admin API base URL (default http://<FLAGRAIL_HOST>:<FLAGRAIL_PORT>).",
-)
-Token = typer.Option(None, "--token", envvar="FLAGRAIL_TOKEN", help="API token.")
-AsJson = typer.Option(False, "--json", help="Print the API's JSON instead of a table.")
 Reason = typer.Option(None, "--reason", help="Why: recorded in the history.")
 
 
