@@ -390,6 +390,33 @@ class PlanStore:
             raise ConflictError(f"plan {before.id} changed under its lock", field="id")
         return after
 
+    def _write_recorded(
+        self,
+        conn: Connection,
+        before: Plan,
+        after: Plan,
+        action: PlanAction,
+        *,
+        actor: str,
+        reason: str | None,
+        request_id: str | None,
+        extra: dict[str, Any] | None = None,
+    ) -> Plan:
+        """``_write`` then ``_record``: the plan's change and its history row, in the
+        caller's transaction."""
+        after = self._write(conn, before, after)
+        self._record(
+            conn,
+            after,
+            action,
+            actor=actor,
+            before=before,
+            reason=reason,
+            request_id=request_id,
+            extra=extra,
+        )
+        return after
+
     def _record(
         self,
         conn: Connection,
@@ -430,13 +457,12 @@ class PlanStore:
         now = self.clock()
         with self.flags.transaction() as conn:
             before = self._lock(conn, plan_id)
-            after = self._write(conn, before, transition(before, now, conn))
-            self._record(
+            after = self._write_recorded(
                 conn,
-                after,
+                before,
+                transition(before, now, conn),
                 action,
                 actor=actor,
-                before=before,
                 reason=reason,
                 request_id=request_id,
             )
@@ -459,17 +485,12 @@ class PlanStore:
         elif isinstance(step, RollBack):
             after = self._roll_back(conn, plan, step, now, request_id, events)
         elif isinstance(step, Stop):
-            after = self._write(
+            after = self._write_recorded(
                 conn,
                 plan,
                 replace(plan, status=PlanStatus.ABORTED, reason=step.reason, updated_at=now),
-            )
-            self._record(
-                conn,
-                after,
                 PlanAction.ABORT,
                 actor=plan.actor,
-                before=plan,
                 reason=step.reason,
                 request_id=request_id,
             )
@@ -495,16 +516,8 @@ class PlanStore:
         if candidate != before:
             state = replace(candidate, version=before.version + 1)
             events.append(
-                self.flags._write_state(
-                    conn,
-                    plan.flag,
-                    plan.environment,
-                    before,
-                    state,
-                    action=Action.STATE_UPDATE,
-                    actor=plan.actor,
-                    reason=step.reason,
-                    request_id=request_id,
+                self._write_flag_state(
+                    conn, plan, before, state, Action.STATE_UPDATE, step.reason, request_id
                 )
             )
         else:
@@ -559,17 +572,15 @@ class PlanStore:
         now: datetime,
         request_id: str | None,
     ) -> Plan:
-        after = self._write(conn, plan, replace(plan, status=status, reason=None, updated_at=now))
-        self._record(
+        return self._write_recorded(
             conn,
-            after,
+            plan,
+            replace(plan, status=status, reason=None, updated_at=now),
             PlanAction.COMPLETE,
             actor=plan.actor,
-            before=plan,
             reason=reason,
             request_id=request_id,
         )
-        return after
 
     def _roll_back(
         self,
@@ -583,11 +594,8 @@ class PlanStore:
         if step.kill:
             _flag, before = self.flags._lock_state(conn, plan.flag, plan.environment)
             if not before.killed:
-                state = FlagState(
-                    enabled=before.enabled,
-                    rollout=before.rollout,
-                    tenants_on=before.tenants_on,
-                    tenants_off=before.tenants_off,
+                killed = replace(
+                    before,
                     killed=True,
                     kill_reason=step.reason,
                     killed_at=now,
@@ -595,31 +603,40 @@ class PlanStore:
                     version=before.version + 1,
                 )
                 events.append(
-                    self.flags._write_state(
-                        conn,
-                        plan.flag,
-                        plan.environment,
-                        before,
-                        state,
-                        action=Action.KILL,
-                        actor=plan.actor,
-                        reason=step.reason,
-                        request_id=request_id,
+                    self._write_flag_state(
+                        conn, plan, before, killed, Action.KILL, step.reason, request_id
                     )
                 )
-        after = self._write(
+        return self._write_recorded(
             conn,
             plan,
             replace(plan, status=PlanStatus.ROLLED_BACK, reason=step.reason, updated_at=now),
-        )
-        self._record(
-            conn,
-            after,
             PlanAction.ROLL_BACK,
             actor=plan.actor,
-            before=plan,
             reason=step.reason,
             request_id=request_id,
             extra={"readings": [r.to_dict() for r in step.readings]},
         )
-        return after
+
+    def _write_flag_state(
+        self,
+        conn: Connection,
+        plan: Plan,
+        before: FlagState,
+        after: FlagState,
+        action: Action,
+        reason: str,
+        request_id: str | None,
+    ) -> FlagChanged:
+        """Write the state of ``plan``'s flag with its history row, as the plan's actor."""
+        return self.flags._write_state(
+            conn,
+            plan.flag,
+            plan.environment,
+            before,
+            after,
+            action=action,
+            actor=plan.actor,
+            reason=reason,
+            request_id=request_id,
+        )
