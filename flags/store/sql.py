@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -139,6 +139,25 @@ def _unstorable(exc: DataError) -> ValidationError:
     return ValidationError(f"a value cannot be stored: {detail}")
 
 
+@contextmanager
+def _translated_errors(*, passing: tuple[type[Exception], ...]) -> Iterator[None]:
+    """Translate driver errors, once for every connection: a refused value becomes
+    ``ValidationError``, any other driver error ``StoreUnavailableError``; the
+    ``passing`` types go through as they are."""
+    try:
+        yield
+    except passing:
+        raise
+    except DataError as exc:
+        raise _unstorable(exc) from exc
+    except (DBAPIError, SQLAlchemyError) as exc:
+        raise StoreUnavailableError(f"database error: {type(exc).__name__}") from exc
+
+
+def _no_environment(name: str, field: str = "environment") -> EnvironmentNotFoundError:
+    return EnvironmentNotFoundError(f"environment {name!r} does not exist", field=field)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -221,20 +240,13 @@ class SqlFlagStore:
     # ------------------------------------------------------------ transactions
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One transaction; driver errors become ``StoreUnavailableError``."""
-        try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(flagrail_write=True)
-                with conn.begin():
-                    yield conn
-        except FlagrailError:
-            raise
-        except IntegrityError:
-            raise
-        except DataError as exc:
-            raise _unstorable(exc) from exc
-        except (DBAPIError, SQLAlchemyError) as exc:
-            raise StoreUnavailableError(f"database error: {type(exc).__name__}") from exc
+        """One transaction; driver errors become ``StoreUnavailableError``. An
+        ``IntegrityError`` passes through, for the caller to name the conflict."""
+        passing = (FlagrailError, IntegrityError)
+        with _translated_errors(passing=passing), self.engine.connect() as conn:
+            conn = conn.execution_options(flagrail_write=True)
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -244,17 +256,10 @@ class SqlFlagStore:
         snapshot inside a transaction too, and without BEGIN and ROLLBACK a one-query
         read (every request's token check) is one round trip instead of three.
         """
-        try:
-            with self.engine.connect() as conn:
-                if self.is_postgres:
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                yield conn
-        except FlagrailError:
-            raise
-        except DataError as exc:
-            raise _unstorable(exc) from exc
-        except (DBAPIError, SQLAlchemyError) as exc:
-            raise StoreUnavailableError(f"database error: {type(exc).__name__}") from exc
+        with _translated_errors(passing=(FlagrailError,)), self.engine.connect() as conn:
+            if self.is_postgres:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the database answers."""
@@ -280,9 +285,7 @@ class SqlFlagStore:
         with self.read() as conn:
             row = conn.execute(select(t.environments).where(t.environments.c.name == name)).first()
         if row is None:
-            raise EnvironmentNotFoundError(
-                f"environment {name!r} does not exist", field="environment"
-            )
+            raise _no_environment(name)
         return Environment(row.name, _utc(row.created_at), int(row.version))
 
     def create_environment(
@@ -322,6 +325,14 @@ class SqlFlagStore:
         return list(
             conn.execute(select(t.environments.c.name).order_by(t.environments.c.name)).scalars()
         )
+
+    def _check_environments(self, conn: Connection, names: Iterable[str]) -> None:
+        """Raise ``EnvironmentNotFoundError`` (field ``environments``) for the first of
+        ``names`` that does not exist."""
+        known = set(self._environment_names(conn))
+        for name in names:
+            if name not in known:
+                raise _no_environment(name, "environments")
 
     def _bump_env(self, conn: Connection, env: str) -> int:
         return int(
@@ -528,9 +539,7 @@ class SqlFlagStore:
                 select(t.environments.c.name).where(t.environments.c.name == env)
             ).first()
             if env_exists is None:
-                raise EnvironmentNotFoundError(
-                    f"environment {env!r} does not exist", field="environment"
-                )
+                raise _no_environment(env)
             raise FlagNotFoundError(f"flag {key!r} has no state in {env!r}", field="key")
         return _flag_from_row(flag_row), _state_from_row(row)
 
@@ -571,9 +580,7 @@ class SqlFlagStore:
         with self.read() as conn:
             record = self._get_flag(conn, key, [env])
         if env not in record.states:
-            raise EnvironmentNotFoundError(
-                f"environment {env!r} does not exist", field="environment"
-            )
+            raise _no_environment(env)
         return record.states[env]
 
     def update_state(
@@ -753,12 +760,7 @@ class SqlFlagStore:
         states = {row.environment: _state_from_row(row) for row in conn.execute(stmt).all()}
         missing = [env for env in envs or () if env not in states]
         if missing or not states:
-            known = set(self._environment_names(conn))
-            for env in missing:
-                if env not in known:
-                    raise EnvironmentNotFoundError(
-                        f"environment {env!r} does not exist", field="environments"
-                    )
+            self._check_environments(conn, missing)
             if conn.execute(select(t.flags.c.key).where(t.flags.c.key == key)).first() is None:
                 raise FlagNotFoundError(f"flag {key!r} does not exist", field="key")
             if missing:
@@ -773,9 +775,7 @@ class SqlFlagStore:
                 select(t.environments.c.version).where(t.environments.c.name == env)
             ).first()
             if row is None:
-                raise EnvironmentNotFoundError(
-                    f"environment {env!r} does not exist", field="environment"
-                )
+                raise _no_environment(env)
             stmt = (
                 select(t.flag_states)
                 .join(t.flags, t.flags.c.key == t.flag_states.c.flag_key)
@@ -818,12 +818,7 @@ class SqlFlagStore:
         now = _now()
         with self.transaction() as conn:
             if environments is not None:
-                known = set(self._environment_names(conn))
-                for env in environments:
-                    if env not in known:
-                        raise EnvironmentNotFoundError(
-                            f"environment {env!r} does not exist", field="environments"
-                        )
+                self._check_environments(conn, environments)
                 environments = sorted(set(environments))
             info = TokenInfo(
                 token_id, name, role, tuple(environments) if environments is not None else None, now
