@@ -657,9 +657,8 @@ class LayeredCache:
         if answer is None:
             answer, missed, leader = self._load(key, missed, started)
         try:
-            for i, entry in shadows:
-                if not self._judge(i, key, entry, answer, "shadow"):
-                    missed.append(i)  # dropped as wrong: store the right answer instead
+            if shadows:
+                missed += self._wrong_shadows(key, shadows, answer)
             if missed:
                 self._fill(key, missed, answer, gen, layer_gen)
             if served_by >= 0 and self.verify_share:
@@ -668,6 +667,13 @@ class LayeredCache:
             if leader is not None:
                 self._land(key, leader)
         return answer.value
+
+    def _wrong_shadows(
+        self, key: str, shadows: list[tuple[int, Entry]], answer: Entry
+    ) -> list[int]:
+        """Judge each shadow layer's entry against ``answer``; the layers whose entry
+        was wrong (and dropped), to store the right answer in instead."""
+        return [i for i, entry in shadows if not self._judge(i, key, entry, answer, "shadow")]
 
     def _recall(
         self, key: str, started: float, missed: list[int]
@@ -736,32 +742,26 @@ class LayeredCache:
         if not self._remote[i]:
             return self._read_memory(i, layer, key)
         if not layer.available():  # type: ignore[attr-defined]
-            st.bypass_circuit += 1
-            # A layer whose circuit is open is failing: the guard counts it, so a dead
-            # Redis trips the layer's kill switch rather than hiding behind the breaker.
-            self._watches[i].call(failed=True)
-            return _UNAVAILABLE
+            return self._circuit_open(i)
         t0 = _perf()
         try:
             entry = layer.get(key)
         except CorruptEntryError as exc:
-            st.misses += 1
             self._rejected(i, exc)
             return None
-        except CacheError:
-            st.errors += 1
-            self._watches[i].call(failed=True)
-            return _UNAVAILABLE
-        except Exception:  # a layer bug must not fail the caller: log it, count it, go below
-            st.errors += 1
-            self._watches[i].call(failed=True)
-            log.warning("cache layer %s failed unexpectedly", self._flag_keys[i], exc_info=True)
+        except Exception as exc:
+            self._call_failed(i, exc)
             return _UNAVAILABLE
         finally:
             elapsed = _perf() - t0
             st.buckets[_bisect(LATENCY_BUCKETS, elapsed)] += 1
             st.latency_sum += elapsed
             st.latency_count += 1
+        return self._answered(i, entry)
+
+    def _answered(self, i: int, entry: Entry | None) -> Entry | None:
+        """Count a remote read of layer ``i`` that answered: a hit, or a miss (None)."""
+        st = self._stats[i]
         if entry is None:
             st.misses += 1
         else:
@@ -769,6 +769,15 @@ class LayeredCache:
         if self.guard is not None:
             self._watches[i].read()
         return entry
+
+    def _call_failed(self, i: int, exc: Exception) -> None:
+        """Count a failed call to remote layer ``i``. A ``CacheError`` is the layer
+        saying so; anything else is a layer bug, logged, which must not fail the
+        caller either: the read goes below, the write is skipped."""
+        self._stats[i].errors += 1
+        self._watches[i].call(failed=True)
+        if not isinstance(exc, CacheError):
+            log.warning("cache layer %s failed unexpectedly", self._flag_keys[i], exc_info=True)
 
     def _read_memory(self, i: int, layer: Layer, key: str) -> Entry | None:
         st = self._stats[i]
@@ -787,8 +796,20 @@ class LayeredCache:
             st.hits += 1
         return entry
 
+    def _circuit_open(self, i: int) -> object:
+        """Count a read skipped by layer ``i``'s open circuit; ``_UNAVAILABLE``.
+
+        A layer whose circuit is open is failing: the guard counts it, so a dead
+        Redis trips the layer's kill switch rather than hiding behind the breaker.
+        """
+        self._stats[i].bypass_circuit += 1
+        self._watches[i].call(failed=True)
+        return _UNAVAILABLE
+
     def _rejected(self, i: int, exc: CorruptEntryError) -> None:
+        """Count a remote entry of layer ``i`` rejected on read: a miss, and why."""
         st = self._stats[i]
+        st.misses += 1
         try:
             reason = Rejection(exc.field)
         except ValueError:
@@ -806,11 +827,24 @@ class LayeredCache:
         return self.max_age - (time.time() - answer.written_at)
 
     def _fill(self, key: str, missed: list[int], answer: Entry, gen: int, layer_gen: int) -> None:
-        if not missed:
-            return
-        ttl = self._ttl(answer)
+        ttl = self._fill_memory(key, missed, answer, gen, layer_gen)
         if ttl <= 0:
             return
+        for i in missed:
+            if self._remote[i] and self._may_write_remote(i, key, answer, gen):
+                self._write(i, key, answer, ttl)
+
+    def _fill_memory(
+        self, key: str, missed: list[int], answer: Entry, gen: int, layer_gen: int
+    ) -> float:
+        """Store ``answer`` in the ``missed`` memory layers, unless ``key`` was
+        invalidated or the layers changed since the read began. Returns the TTL the
+        remote layers are to get; 0 or less: store nothing anywhere."""
+        if not missed:
+            return 0.0
+        ttl = self._ttl(answer)
+        if ttl <= 0:
+            return ttl
         memory = [i for i in missed if not self._remote[i]]
         if memory:
             with self._fill_lock:
@@ -818,9 +852,7 @@ class LayeredCache:
                     for i in memory:
                         if not self._bypassed[i]:
                             self.layers[i].set(key, answer, ttl)
-        for i in missed:
-            if self._remote[i] and self._may_write_remote(i, key, answer, gen):
-                self._write(i, key, answer, ttl)
+        return ttl
 
     def _may_write_remote(self, i: int, key: str, answer: Entry, gen: int) -> bool:
         if answer.negative and not self.remote_negatives:
@@ -833,20 +865,17 @@ class LayeredCache:
         return True
 
     def _write(self, i: int, key: str, answer: Entry, ttl: float) -> None:
-        st = self._stats[i]
         try:
             stored = self.layers[i].set(key, answer, ttl)
-        except CacheError:
-            st.errors += 1
-            self._watches[i].call(failed=True)
+        except Exception as exc:
+            self._call_failed(i, exc)
             return
-        except Exception:  # a layer bug must not fail the caller
-            st.errors += 1
-            self._watches[i].call(failed=True)
-            log.warning("cache layer %s failed unexpectedly", self._flag_keys[i], exc_info=True)
-            return
+        self._wrote(i, stored)
+
+    def _wrote(self, i: int, stored: bool | None) -> None:
+        """Count a write to remote layer ``i`` that went through."""
         if stored is not False:  # False: refused by a fresh invalidation's tombstone
-            st.writes += 1
+            self._stats[i].writes += 1
         self._watches[i].call()
 
     # ----------------------------------------------------------------- counters
@@ -1024,9 +1053,8 @@ class LayeredCache:
             answer, missed, future = await self._aload(key, missed, started)
         filled = frozenset(missed)
         try:
-            for i, entry in shadows:
-                if not self._judge(i, key, entry, answer, "shadow"):
-                    missed.append(i)  # dropped as wrong: store the right answer instead
+            if shadows:
+                missed += self._wrong_shadows(key, shadows, answer)
             if missed:
                 await self._afill(key, missed, answer, gen, layer_gen)
             if served_by >= 0 and self.verify_share:
@@ -1095,49 +1123,26 @@ class LayeredCache:
             return self._read(i, key)
         st = self._stats[i]
         if not layer.available():  # type: ignore[attr-defined]
-            st.bypass_circuit += 1
-            self._watches[i].call(failed=True)  # as in _read: an open circuit is failing
-            return _UNAVAILABLE
+            return self._circuit_open(i)
         t0 = _perf()
         try:
             entry = await aget(key)
         except CorruptEntryError as exc:
-            st.misses += 1
             self._rejected(i, exc)
             return None
-        except CacheError:
-            st.errors += 1
-            self._watches[i].call(failed=True)
-            return _UNAVAILABLE
-        except Exception:  # a layer bug must not fail the caller
-            st.errors += 1
-            self._watches[i].call(failed=True)
-            log.warning("cache layer %s failed unexpectedly", self._flag_keys[i], exc_info=True)
+        except Exception as exc:
+            self._call_failed(i, exc)
             return _UNAVAILABLE
         finally:
             st.observe(_perf() - t0)
-        if entry is None:
-            st.misses += 1
-        else:
-            st.hits += 1
-        self._watches[i].read()
-        return entry
+        return self._answered(i, entry)
 
     async def _afill(
         self, key: str, missed: list[int], answer: Entry, gen: int, layer_gen: int
     ) -> None:
-        if not missed:
-            return
-        ttl = self._ttl(answer)
+        ttl = self._fill_memory(key, missed, answer, gen, layer_gen)
         if ttl <= 0:
             return
-        memory = [i for i in missed if not self._remote[i]]
-        if memory:
-            with self._fill_lock:
-                if self._layer_gen == layer_gen and not self._invalidated_since(key, gen):
-                    for i in memory:
-                        if not self._bypassed[i]:
-                            self.layers[i].set(key, answer, ttl)
         for i in missed:
             if not self._remote[i] or not self._may_write_remote(i, key, answer, gen):
                 continue
@@ -1145,21 +1150,12 @@ class LayeredCache:
             if aset is None:
                 self._write(i, key, answer, ttl)
                 continue
-            st = self._stats[i]
             try:
                 stored = await aset(key, answer, ttl)
-            except CacheError:
-                st.errors += 1
-                self._watches[i].call(failed=True)
+            except Exception as exc:
+                self._call_failed(i, exc)
                 continue
-            except Exception:  # a layer bug must not fail the caller
-                st.errors += 1
-                self._watches[i].call(failed=True)
-                log.warning("cache layer %s failed", self._flag_keys[i], exc_info=True)
-                continue
-            if stored is not False:
-                st.writes += 1
-            self._watches[i].call()
+            self._wrote(i, stored)
 
     # ----------------------------------------------------------------- invalidation
     def _note_invalidated(self, key: str | None) -> None:
