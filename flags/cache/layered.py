@@ -688,13 +688,13 @@ class LayeredCache:
             return None
         return entry, [i for i in missed if i not in filled], filled
 
-    def _remember(self, key: str, entry: Entry, filled: frozenset[int], gen: int, lg: int) -> None:
+    def _remember(self, key: str, entry: Entry, filled: frozenset[int]) -> None:
         if len(self._landed) >= 4096:
             self._landed.clear()
-        self._landed[key] = (_perf(), gen, lg, entry, filled)
+        self._landed[key] = (_perf(), self._gen, self._layer_gen, entry, filled)
 
     def _load(
-        self, key: str, missed: list[int], started: float = 0.0
+        self, key: str, missed: list[int], started: float
     ) -> tuple[Entry, list[int], _Flight | None]:
         """Call the loader once per key however many threads miss it together.
 
@@ -709,7 +709,7 @@ class LayeredCache:
             if flight.error is not None:
                 raise flight.error
             return flight.value, [i for i in missed if i not in flight.filled], None
-        recalled = self._recall(key, started, missed) if started else None
+        recalled = self._recall(key, started, missed)
         if recalled is not None:
             # Followers that joined this flight take the recalled answer too.
             mine.value, mine.filled = recalled[0], recalled[2]
@@ -730,7 +730,7 @@ class LayeredCache:
 
     def _land(self, key: str, flight: _Flight) -> None:
         if flight.value is not None and flight.error is None:
-            self._remember(key, flight.value, flight.filled, self._gen, self._layer_gen)
+            self._remember(key, flight.value, flight.filled)
         if self._flights.get(key) is flight:
             del self._flights[key]
         flight.done.release()
@@ -1065,7 +1065,7 @@ class LayeredCache:
         return answer.value
 
     async def _aload(
-        self, key: str, missed: list[int], started: float = 0.0
+        self, key: str, missed: list[int], started: float
     ) -> tuple[Entry, list[int], asyncio.Future[Any] | None]:
         """``_load`` for one event loop: one loader call per key however many tasks
         miss it together. The leader gets the future back and must ``_aland`` it."""
@@ -1083,7 +1083,7 @@ class LayeredCache:
                     continue  # the leader was cancelled, not us: lead ourselves
                 raise
             return answer, [i for i in missed if i not in filled], None
-        recalled = self._recall(key, started, missed) if started else None
+        recalled = self._recall(key, started, missed)
         if recalled is not None:
             return recalled[0], recalled[1], None
         future: asyncio.Future[Any] = loop.create_future()
@@ -1110,7 +1110,7 @@ class LayeredCache:
     def _aland(self, key: str, future: asyncio.Future[Any], result: object) -> None:
         flight_key = (key, id(future.get_loop()))
         entry, filled = result  # type: ignore[misc]
-        self._remember(key, entry, filled, self._gen, self._layer_gen)
+        self._remember(key, entry, filled)
         if self._aflights.get(flight_key) is future:
             del self._aflights[flight_key]
         if not future.done():
