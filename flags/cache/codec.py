@@ -28,9 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from enum import StrEnum
 from hmac import compare_digest
 from typing import Any, Protocol
+
+import msgspec
 
 from flags.errors import CacheError, CorruptEntryError, ValidationError
 
@@ -48,7 +51,9 @@ SCHEMA_VERSION = 1
 MAGIC = b"\xfa\x1c"
 MIN_SECRET_BYTES = 16
 _HEADER = struct.Struct(">2sBBQdI")
+_HEADER_SIZE = _HEADER.size
 _MAC_SIZE = 16
+_MIN_SIZE = _HEADER_SIZE + _MAC_SIZE
 _KEY_LEN = struct.Struct(">I")
 _NEGATIVE = 0x01
 _PERSON = b"flagrail-cache"
@@ -86,26 +91,26 @@ class Serializer(Protocol):
 
 
 class JsonSerializer:
-    """Compact UTF-8 JSON. Tuples come back as lists; non-JSON values fail ``dumps``
-    (``TypeError``), and ``loads`` of anything but one JSON document raises ``ValueError``.
+    """Compact UTF-8 JSON. Tuples come back as lists; non-JSON values, NaN and
+    infinities fail ``dumps`` (``TypeError``/``ValueError``), and ``loads`` of
+    anything but one JSON document raises ``ValueError``.
 
-    Encoder and decoder are built once: ``json.dumps``/``json.loads`` with options
-    would build them per call, and the decode is on every remote hit.
+    ``dumps`` is the standard library's encoder, built once (``json.dumps`` with
+    options would build one per call). ``loads`` is msgspec's JSON decoder, built
+    once: it runs on every remote hit and takes about a third of the standard
+    library's time, for the same values (big integers stay exact).
     """
 
+    loads: Callable[[bytes], Any]
+
     def __init__(self) -> None:
-        self._encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-        self._raw_decode = json.JSONDecoder().raw_decode
+        self._encode = json.JSONEncoder(
+            separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode
+        self.loads = msgspec.json.Decoder().decode  # the C method itself: no Python frame
 
     def dumps(self, value: Any) -> bytes:
         return self._encode(value).encode()
-
-    def loads(self, data: bytes) -> Any:
-        text = data.decode()
-        value, end = self._raw_decode(text)
-        if end != len(text):
-            raise ValueError(f"extra data after the JSON document at offset {end}")
-        return value
 
 
 class Entry:
@@ -170,11 +175,11 @@ class Codec:
             secret = hashlib.blake2b(secret).digest()
         self.serializer: Serializer = serializer if serializer is not None else JsonSerializer()
         self._mac = hashlib.blake2b(key=secret, digest_size=_MAC_SIZE, person=_PERSON)
+        self._loads = self.serializer.loads
 
-    def _checksum(self, key: bytes, body: bytes | memoryview) -> bytes:
+    def _checksum(self, key: bytes, body: bytes) -> bytes:
         mac = self._mac.copy()
-        mac.update(_KEY_LEN.pack(len(key)))
-        mac.update(key)
+        mac.update(_KEY_LEN.pack(len(key)) + key)
         mac.update(body)
         return mac.digest()
 
@@ -229,7 +234,7 @@ class Codec:
     def open(self, key: bytes, data: bytes) -> tuple[int, float, bool, Any]:
         """``decode`` as a plain ``(epoch, written_at, negative, value)`` tuple, for the
         remote layer's hot path. Same checks, same errors."""
-        if not isinstance(data, bytes) or len(data) < _HEADER.size + _MAC_SIZE:
+        if not isinstance(data, bytes) or len(data) < _MIN_SIZE:
             raise CorruptEntryError("entry too short for an envelope", field=Rejection.FORMAT)
         magic, schema, flags, epoch, written_at, length = _HEADER.unpack_from(data)
         if magic != MAGIC:
@@ -239,26 +244,27 @@ class Codec:
                 f"envelope schema {schema}, this code reads {SCHEMA_VERSION}",
                 field=Rejection.SCHEMA,
             )
-        end = _HEADER.size + length
+        end = _HEADER_SIZE + length
         if end + _MAC_SIZE != len(data):
             raise CorruptEntryError(
                 f"payload length {length} does not match the entry size {len(data)}",
                 field=Rejection.FORMAT,
             )
-        expected = self._checksum(key, data[:end])
+        mac = self._mac.copy()
+        mac.update(_KEY_LEN.pack(len(key)) + key)
+        mac.update(data[:end])
         # compare_digest: no timing oracle on how much of a forged checksum matched.
-        if not compare_digest(expected, data[end:]):
+        if not compare_digest(mac.digest(), data[end:]):
             raise CorruptEntryError("checksum does not verify", field=Rejection.CHECKSUM)
-        negative = bool(flags & _NEGATIVE)
-        value = None
-        if not negative:
-            try:
-                value = self.serializer.loads(data[_HEADER.size : end])
-            except Exception as exc:  # user-supplied serializer: any failure is a corrupt payload
-                raise CorruptEntryError(
-                    f"verified payload does not load: {exc}", field=Rejection.PAYLOAD
-                ) from exc
-        return epoch, written_at, negative, value
+        if flags & _NEGATIVE:
+            return epoch, written_at, True, None
+        try:
+            value = self._loads(data[_HEADER_SIZE:end])
+        except Exception as exc:  # user-supplied serializer: any failure is a corrupt payload
+            raise CorruptEntryError(
+                f"verified payload does not load: {exc}", field=Rejection.PAYLOAD
+            ) from exc
+        return epoch, written_at, False, value
 
     def schema_of(self, data: bytes) -> int | None:
         """The schema byte of ``data``, or None if it is not an envelope at all."""
