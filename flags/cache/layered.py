@@ -327,6 +327,7 @@ class LayeredCache:
             if self._remote[i]:
                 layer.bind(name, max_age=self.max_age)  # type: ignore[attr-defined]
         self._index = {n: i for i, n in enumerate(names)}
+        self._range = range(len(layers))
         self._memory = [layer for i, layer in enumerate(layers) if not self._remote[i]]
         first_remote = next((lay for i, lay in enumerate(layers) if self._remote[i]), None)
         self._serializer: Serializer = (
@@ -566,23 +567,25 @@ class LayeredCache:
             self._purge([i])
 
     def _modes(self, tenant: str | None, first: int | None) -> tuple[int, ...]:
-        """Each layer's mode for this call (``_OFF``/``_LIVE``/``_SHADOW``)."""
-        modes = []
+        """Each layer's mode for this call (``_OFF``/``_LIVE``/``_SHADOW``); the first
+        layer's is ``first`` when the fast path already decided it."""
+        mode = self._mode
+        return tuple(
+            first if i == 0 and first is not None else mode(i, tenant)
+            for i in range(len(self.layers))
+        )
+
+    def _mode(self, i: int, tenant: str | None) -> int:
+        """Layer ``i``'s mode for a call for ``tenant``: its flags, evaluated now."""
+        if self._bypassed[i]:
+            self._stats[i].bypass_guard += 1
+            return _OFF
         enabled = self._is_enabled
-        bypassed = self._bypassed
-        for i, flag in enumerate(self._flag_keys):
-            if i == 0 and first is not None:
-                modes.append(first)
-            elif bypassed[i]:
-                self._stats[i].bypass_guard += 1
-                modes.append(_OFF)
-            elif not enabled(flag, tenant):
-                modes.append(_OFF)
-            elif enabled(self._shadow_keys[i], tenant):
-                modes.append(_SHADOW)
-            else:
-                modes.append(_LIVE)
-        return tuple(modes)
+        if not enabled(self._flag_keys[i], tenant):
+            return _OFF
+        if enabled(self._shadow_keys[i], tenant):
+            return _SHADOW
+        return _LIVE
 
     # ----------------------------------------------------------------- reads
     def _hit(self, key: str, tenant: str | None, t0: float) -> Any:
@@ -631,24 +634,29 @@ class LayeredCache:
         found = self._hit(key, tenant, t0)
         if found.__class__ is not _Miss:
             return found
-        return self._resolve(key, self._modes(tenant, found.mode))
+        return self._resolve(key, tenant, found.mode, t0)
 
-    def _resolve(self, key: str, modes: tuple[int, ...]) -> Any:
-        started = _perf()
+    def _resolve(self, key: str, tenant: str | None, first: int | None, started: float) -> Any:
+        """Read the layers in order, each in its mode for ``tenant`` (decided when the
+        call reaches it; the first layer's is ``first`` when not None), up to the first
+        live answer; load on a miss; fill the layers that missed."""
         gen, layer_gen = self._gen, self._layer_gen
-        shadows: list[tuple[int, Entry]] = []
+        shadows: list[tuple[int, Entry]] | None = None
         missed: list[int] = []
         answer: Entry | None = None
         served_by = -1
-        for i, mode in enumerate(modes):
+        for i in self._range:
+            mode = first if i == 0 and first is not None else self._mode(i, tenant)
             if not mode:
                 continue
             got = self._read(i, key)
-            if got is _UNAVAILABLE:
-                continue
             if got is None:
                 missed.append(i)
+            elif got is _UNAVAILABLE:
+                continue
             elif mode == _SHADOW:
+                if shadows is None:
+                    shadows = []
                 shadows.append((i, got))
             else:
                 answer, served_by = got, i
@@ -656,8 +664,12 @@ class LayeredCache:
         leader: _Flight | None = None
         if answer is None:
             answer, missed, leader = self._load(key, missed, started)
+        elif not missed and shadows is None:
+            if self.verify_share:
+                self._maybe_verify(served_by, key, answer)
+            return answer.value
         try:
-            if shadows:
+            if shadows is not None:
                 missed += self._wrong_shadows(key, shadows, answer)
             if missed:
                 self._fill(key, missed, answer, gen, layer_gen)
@@ -1026,24 +1038,29 @@ class LayeredCache:
         found = self._hit(key, tenant, t0)
         if found.__class__ is not _Miss:
             return found
-        return await self._aresolve(key, self._modes(tenant, found.mode))
+        return await self._aresolve(key, tenant, found.mode, t0)
 
-    async def _aresolve(self, key: str, modes: tuple[int, ...]) -> Any:
-        started = _perf()
+    async def _aresolve(
+        self, key: str, tenant: str | None, first: int | None, started: float
+    ) -> Any:
+        """``_resolve`` for asyncio."""
         gen, layer_gen = self._gen, self._layer_gen
-        shadows: list[tuple[int, Entry]] = []
+        shadows: list[tuple[int, Entry]] | None = None
         missed: list[int] = []
         answer: Entry | None = None
         served_by = -1
-        for i, mode in enumerate(modes):
+        for i in self._range:
+            mode = first if i == 0 and first is not None else self._mode(i, tenant)
             if not mode:
                 continue
             got = await self._aread(i, key)
-            if got is _UNAVAILABLE:
-                continue
             if got is None:
                 missed.append(i)
+            elif got is _UNAVAILABLE:
+                continue
             elif mode == _SHADOW:
+                if shadows is None:
+                    shadows = []
                 shadows.append((i, got))
             else:
                 answer, served_by = got, i
@@ -1053,7 +1070,7 @@ class LayeredCache:
             answer, missed, future = await self._aload(key, missed, started)
         filled = frozenset(missed)
         try:
-            if shadows:
+            if shadows is not None:
                 missed += self._wrong_shadows(key, shadows, answer)
             if missed:
                 await self._afill(key, missed, answer, gen, layer_gen)
