@@ -22,6 +22,10 @@ epoch than its own adopts it (only our writers can produce a verified envelope).
 ``hold`` seconds; writes check it atomically (Lua), so a reader that loaded the
 value before the invalidation cannot put it back afterwards.
 
+**Reads.** A layer that builds its own client reads entries over connections of
+its own (``flags.cache.direct``), skipping the client's per-command pool checkout;
+everything else goes through the client.
+
 **Failures.** Every driver error (refused, timeout, reset, OOM, READONLY,
 LOADING...) and ``OSError`` is translated here, once, into
 ``flags.errors.CacheError`` (chained with ``from``) and reported to the breaker.
@@ -44,6 +48,7 @@ from redis.retry import Retry
 
 from flags.cache.breaker import CircuitBreaker
 from flags.cache.codec import SCHEMA_VERSION, Codec, Entry, Rejection, Serializer
+from flags.cache.direct import DirectReader
 from flags.errors import CacheError, CorruptEntryError, ValidationError
 
 __all__ = ["DEFAULT_PREFIX", "RedisLayer"]
@@ -147,6 +152,14 @@ class RedisLayer:
         self.max_age: float | None = None
         self._client = client
         self._owns_client = client is None
+        # The read path: a layer's own client reads on its own connections (see
+        # flags.cache.direct); a client passed in is used as it is.
+        self._direct = (
+            DirectReader(url, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
+            if client is None
+            else None
+        )
+        self._fetch = self._direct.get if self._direct is not None else client.get  # type: ignore[union-attr]
         self._async_client = async_client
         self._async_clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, _Scripts]
@@ -296,7 +309,7 @@ class RedisLayer:
             epoch = self._epoch
             if epoch is None or self._pending:
                 epoch = self._current_epoch()
-            data = (self._client or self.client()).get(rkey)
+            data = self._fetch(rkey)
         except _DRIVER_ERRORS as exc:
             raise self._failed("GET", exc) from exc
         if not self.breaker.clean:
@@ -459,6 +472,8 @@ class RedisLayer:
         self._scripts = None
         if client is not None and self._owns_client:
             client.close()
+        if self._direct is not None:
+            self._direct.close()
 
     async def aclose(self) -> None:
         """Close the async client of the running loop, if this layer created it."""

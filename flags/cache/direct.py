@@ -1,0 +1,110 @@
+"""GETs on connections of the Redis layer's own, without a pool checkout per command.
+
+``redis.Redis.get`` checks a connection out of the client's pool for every
+command and back in after it: a lock each way, a ``poll`` of the socket (to catch
+a connection with an unread reply), pool bookkeeping, observability hooks and an
+event dispatch. On redis-py 8.1 that is about a third of a local GET
+(``benchmarks/cache.py`` shows both). The Redis layer's hit path pays it on every
+read, so the layer reads through a ``DirectReader`` instead: a stack of redis-py
+``Connection`` objects, one taken per read and put back after it.
+
+Correctness rests on one rule: a read that fails in any way (timeout, reset,
+error reply, interrupt) disconnects its connection before putting it back, so no
+connection is ever reused with a reply still on its way - the case the pool's
+``poll`` exists for. A disconnected connection reconnects on its next use, with
+the layer's connect timeout. Commands still use redis-py's own packing, parser,
+timeouts, TLS and authentication (the connection class and arguments come from
+the URL, as ``redis.Redis.from_url`` builds them).
+
+Used only for a client the layer builds from its URL; a client passed in by the
+caller is used as it is (its pool may be a Sentinel's, or instrumented).
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+from redis.backoff import NoBackoff
+from redis.connection import AbstractConnection, Connection, parse_url
+from redis.retry import Retry
+
+__all__ = ["DirectReader"]
+
+_READERS: weakref.WeakSet[DirectReader] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    for reader in list(_READERS):
+        reader._idle = []
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+class DirectReader:
+    """GET on up to ``max_idle`` kept connections to ``url``. Thread-safe (a list's
+    ``pop`` and ``append`` are atomic); each read has a connection to itself.
+
+    ``get`` raises what redis-py raises (``redis.RedisError``, ``OSError``).
+    Forked children start with no connections (the parent's sockets stay the
+    parent's).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float,
+        connect_timeout: float,
+        max_idle: int = 32,
+    ) -> None:
+        kwargs: dict[str, Any] = dict(parse_url(url))
+        self._class: type[AbstractConnection] = kwargs.pop("connection_class", Connection)
+        kwargs.update(
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self._kwargs = kwargs
+        self.max_idle = max_idle
+        self._idle: list[AbstractConnection] = []
+        _READERS.add(self)
+
+    def get(self, key: bytes) -> bytes | None:
+        """``GET key``: the bytes, or None when the key does not exist."""
+        idle = self._idle
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = self._class(**self._kwargs)
+        try:
+            conn.send_packed_command(conn.pack_command("GET", key), check_health=False)
+            data: bytes | None = conn.read_response()
+        except BaseException:
+            conn.disconnect()  # whatever happened, no reply may be left on this socket
+            self._put_back(conn)
+            raise
+        if len(idle) < self.max_idle:
+            idle.append(conn)
+        else:
+            conn.disconnect()
+        return data
+
+    def _put_back(self, conn: AbstractConnection) -> None:
+        if len(self._idle) < self.max_idle:
+            self._idle.append(conn)
+
+    @property
+    def idle(self) -> int:
+        """Connections kept for the next reads."""
+        return len(self._idle)
+
+    def close(self) -> None:
+        """Disconnect every kept connection (reads after this open new ones)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.disconnect()

@@ -1,0 +1,181 @@
+"""DirectReader: the Redis layer's GETs on connections of its own, against real servers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from flags.cache.codec import Entry
+from flags.cache.direct import DirectReader
+from flags.cache.redis import RedisLayer
+from flags.testing.redis_server import RedisServer
+
+from .support import CACHE, SECRET
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def raw(redis_url: str, key_prefix: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    keys = list(client.scan_iter(match=f"{key_prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def reader(url: str, **kwargs: object) -> DirectReader:
+    return DirectReader(url, socket_timeout=0.05, connect_timeout=0.05, **kwargs)  # type: ignore[arg-type]
+
+
+def test_direct__get__returns_the_bytes_or_none(
+    redis_url: str, raw: redis.Redis, key_prefix: str
+) -> None:
+    key = f"{key_prefix}a".encode()
+    raw.set(key, b"\x00value\xff")
+    r = reader(redis_url)
+    try:
+        assert r.get(key) == b"\x00value\xff"
+        assert r.get(f"{key_prefix}missing".encode()) is None
+        assert r.idle == 1  # the connection is kept for the next read
+    finally:
+        r.close()
+    assert r.idle == 0
+
+
+def test_direct__database_in_the_url__is_the_one_read(
+    redis_url: str, raw: redis.Redis, key_prefix: str
+) -> None:
+    """The connection arguments come from the URL, as redis-py builds them."""
+    key = f"{key_prefix}db".encode()
+    other = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/5")
+    try:
+        other.set(key, b"in five", px=60_000)
+        r0, r5 = reader(redis_url), reader(redis_url.rsplit("/", 1)[0] + "/5")
+        assert r5.get(key) == b"in five"
+        assert r0.get(key) is None
+        r0.close()
+        r5.close()
+    finally:
+        other.delete(key)
+        other.close()
+
+
+def test_direct__read_timed_out__its_late_reply_never_answers_a_later_read(
+    redis_server: RedisServer,
+) -> None:
+    """What the pool's per-checkout poll guards against: a reply that arrives after
+    its read gave up must not answer the next read on that connection (redis-py's
+    connection drops its socket on a failed read; the reader relies on that and
+    drops it too on anything else)."""
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.set("a", b"value of a")
+    admin.set("b", b"value of b")
+    r = reader(redis_server.url, max_idle=1)
+    assert r.get(b"a") == b"value of a"
+    redis_server.pause()
+    try:
+        with pytest.raises(redis.TimeoutError):
+            r.get(b"a")
+    finally:
+        redis_server.resume()
+    assert admin.ping()  # the server has run the queued GET a and written its reply
+    assert r.get(b"b") == b"value of b"
+    assert r.get(b"a") == b"value of a"
+    r.close()
+    admin.close()
+
+
+def test_direct__server_restarted__reads_reconnect(redis_server: RedisServer) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.set("k", b"before")
+    r = reader(redis_server.url)
+    assert r.get(b"k") == b"before"
+    redis_server.stop()
+    with pytest.raises(redis.ConnectionError):
+        r.get(b"k")
+    redis_server.start()
+    admin.set("k", b"after")
+    assert r.get(b"k") == b"after"
+    r.close()
+    admin.close()
+
+
+def test_direct__threads__each_read_gets_its_own_reply(
+    redis_url: str, raw: redis.Redis, key_prefix: str
+) -> None:
+    keys = [f"{key_prefix}t{i}".encode() for i in range(8)]
+    for i, key in enumerate(keys):
+        raw.set(key, str(i).encode())
+    r = reader(redis_url, max_idle=2)
+    wrong: list[tuple[bytes, bytes | None]] = []
+    start = threading.Barrier(len(keys))
+
+    def run(i: int) -> None:
+        start.wait()
+        for _ in range(300):
+            got = r.get(keys[i])
+            if got != str(i).encode():
+                wrong.append((keys[i], got))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(keys))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+    assert 1 <= r.idle <= 2  # no more kept than max_idle, however many threads read
+    r.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_direct__forked_child__reads_on_its_own_connection(
+    redis_url: str, raw: redis.Redis, key_prefix: str
+) -> None:
+    """A child must not share the parent's socket (their replies would interleave)."""
+    key = f"{key_prefix}fork".encode()
+    raw.set(key, b"shared")
+    r = reader(redis_url)
+    assert r.get(key) == b"shared" and r.idle == 1
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        ok = r.idle == 0 and r.get(key) == b"shared"
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert r.idle == 1 and r.get(key) == b"shared"  # the parent's connection still works
+    r.close()
+
+
+def test_redis__own_client__reads_direct_and_a_passed_client__is_used_as_is(
+    redis_url: str, key_prefix: str
+) -> None:
+    class Counting(redis.Redis):
+        gets = 0
+
+        def get(self, name: object) -> object:  # type: ignore[override]
+            Counting.gets += 1
+            return super().get(name)  # type: ignore[arg-type]
+
+    passed = Counting.from_url(redis_url)
+    theirs = RedisLayer(redis_url, secret=SECRET, prefix=key_prefix, client=passed)
+    ours = RedisLayer(redis_url, secret=SECRET, prefix=key_prefix)
+    for layer in (theirs, ours):
+        layer.bind(CACHE)
+    try:
+        ours.set("k", Entry({"v": 1}, time.time()))
+        got_ours, got_theirs = ours.get("k"), theirs.get("k")
+        assert got_ours is not None and got_ours.value == {"v": 1}
+        assert got_theirs is not None and got_theirs.value == {"v": 1}
+        assert Counting.gets == 1  # only the layer given the client called its get
+    finally:
+        ours.delete("k")
+        ours.close()
+        theirs.close()
+        passed.close()
