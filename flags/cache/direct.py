@@ -58,7 +58,7 @@ class DirectReader:
         *,
         socket_timeout: float,
         connect_timeout: float,
-        max_idle: int = 32,
+        max_idle: int = 128,
     ) -> None:
         kwargs: dict[str, Any] = dict(parse_url(url))
         self._class: type[AbstractConnection] = kwargs.pop("connection_class", Connection)
