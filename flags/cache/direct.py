@@ -68,6 +68,7 @@ class DirectReader:
             retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
             health_check_interval=0,
+            decode_responses=False,  # envelopes are bytes, whatever the URL asks
         )
         self._kwargs = kwargs
         self.max_idle = max_idle

@@ -220,6 +220,7 @@ class RedisLayer:
                         retry=Retry(NoBackoff(), 0),
                         retry_on_timeout=False,
                         health_check_interval=0,
+                        decode_responses=False,
                     )
                 c = self._client
         return c

@@ -92,6 +92,17 @@ def test_direct__read_timed_out__its_late_reply_never_answers_a_later_read(
     admin.close()
 
 
+def test_direct__url_asking_for_decoded_responses__still_reads_bytes(
+    redis_url: str, raw: redis.Redis, key_prefix: str
+) -> None:
+    """Envelopes are bytes: a str back would fail every check and read as corrupt."""
+    key = f"{key_prefix}bytes".encode()
+    raw.set(key, b"\xfa\x1cenvelope")
+    r = reader(redis_url + "?decode_responses=True")
+    assert r.get(key) == b"\xfa\x1cenvelope"
+    r.close()
+
+
 def test_direct__server_restarted__reads_reconnect(redis_server: RedisServer) -> None:
     admin = redis.Redis.from_url(redis_server.url)
     admin.set("k", b"before")
