@@ -318,7 +318,14 @@ class RedisLayer:
         if data is None:
             return None
         try:
-            return self._judge(rkey, data, epoch)
+            # The common case inline; _judge handles (and raises for) the rest.
+            entry_epoch, written_at, negative, value = self._open(rkey, data)
+            max_age = self.max_age
+            if entry_epoch != epoch or (
+                max_age is not None and not negative and written_at + max_age < time.time()
+            ):
+                return self._judge(rkey, data, epoch)
+            return Entry(value, written_at, negative, self.name)
         except CorruptEntryError as exc:
             if _should_discard(exc, data):
                 self._discard(rkey, data)
