@@ -16,6 +16,10 @@ the layer's connect timeout. Commands still use redis-py's own packing, parser,
 timeouts, TLS and authentication (the connection class and arguments come from
 the URL, as ``redis.Redis.from_url`` builds them).
 
+``AsyncDirectReader`` is the same for redis.asyncio, one per event loop (an
+asyncio connection belongs to the loop that opened it); a read cancelled while
+its reply is on the way drops its connection like any other failed read.
+
 Used only for a client the layer builds from its URL; a client passed in by the
 caller is used as it is (its pool may be a Sentinel's, or instrumented).
 """
@@ -26,13 +30,15 @@ import os
 import weakref
 from typing import Any
 
+import redis.asyncio.connection as aconnection
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection, Connection, parse_url
 from redis.retry import Retry
 
-__all__ = ["DirectReader"]
+__all__ = ["AsyncDirectReader", "DirectReader"]
 
-_READERS: weakref.WeakSet[DirectReader] = weakref.WeakSet()
+_READERS: weakref.WeakSet[DirectReader | AsyncDirectReader] = weakref.WeakSet()
 
 
 def _forget_in_child() -> None:
@@ -60,16 +66,9 @@ class DirectReader:
         connect_timeout: float,
         max_idle: int = 128,
     ) -> None:
-        kwargs: dict[str, Any] = dict(parse_url(url))
+        kwargs = _connection_kwargs(dict(parse_url(url)), socket_timeout, connect_timeout)
         self._class: type[AbstractConnection] = kwargs.pop("connection_class", Connection)
-        kwargs.update(
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
-            health_check_interval=0,
-            decode_responses=False,  # envelopes are bytes, whatever the URL asks
-        )
+        kwargs["retry"] = Retry(NoBackoff(), 0)
         self._kwargs = kwargs
         self.max_idle = max_idle
         self._idle: list[AbstractConnection] = []
@@ -109,3 +108,75 @@ class DirectReader:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.disconnect()
+
+
+class AsyncDirectReader:
+    """``DirectReader`` for redis.asyncio: GET on up to ``max_idle`` kept connections of
+    the event loop it is used on (one reader per loop). Same contract."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float,
+        connect_timeout: float,
+        max_idle: int = 128,
+    ) -> None:
+        kwargs = _connection_kwargs(
+            dict(aconnection.parse_url(url)), socket_timeout, connect_timeout
+        )
+        self._class: type[aconnection.AbstractConnection] = kwargs.pop(
+            "connection_class", aconnection.Connection
+        )
+        kwargs["retry"] = AsyncRetry(NoBackoff(), 0)
+        self._kwargs = kwargs
+        self.max_idle = max_idle
+        self._idle: list[aconnection.AbstractConnection] = []
+        _READERS.add(self)
+
+    async def get(self, key: bytes) -> bytes | None:
+        """``GET key``: the bytes, or None when the key does not exist."""
+        idle = self._idle
+        try:
+            conn = idle.pop()
+        except IndexError:
+            conn = self._class(**self._kwargs)
+        try:
+            await conn.send_packed_command(conn.pack_command("GET", key), check_health=False)
+            data: bytes | None = await conn.read_response()
+        except BaseException:  # cancelled included: the reply may still be on its way
+            await conn.disconnect(nowait=True)
+            if len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+            raise
+        if len(idle) < self.max_idle:
+            idle.append(conn)
+        else:
+            await conn.disconnect()
+        return data
+
+    @property
+    def idle(self) -> int:
+        """Connections kept for the next reads."""
+        return len(self._idle)
+
+    async def aclose(self) -> None:
+        """Disconnect every kept connection (on the loop the reader belongs to)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.disconnect()
+
+
+def _connection_kwargs(
+    kwargs: dict[str, Any], socket_timeout: float, connect_timeout: float
+) -> dict[str, Any]:
+    """What a reader's connections are built with: the URL's arguments, the layer's
+    timeouts, no retries, no health checks, and bytes back."""
+    kwargs.update(
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry_on_timeout=False,
+        health_check_interval=0,
+        decode_responses=False,  # envelopes are bytes, whatever the URL asks
+    )
+    return kwargs

@@ -48,7 +48,7 @@ from redis.retry import Retry
 
 from flags.cache.breaker import CircuitBreaker
 from flags.cache.codec import SCHEMA_VERSION, Codec, Entry, Rejection, Serializer
-from flags.cache.direct import DirectReader
+from flags.cache.direct import AsyncDirectReader, DirectReader
 from flags.errors import CacheError, CorruptEntryError, ValidationError
 
 __all__ = ["DEFAULT_PREFIX", "RedisLayer"]
@@ -96,6 +96,21 @@ class _Scripts:
         self.discard = client.register_script(_DISCARD)
         self.write = client.register_script(_WRITE)
         self.invalidate = client.register_script(_INVALIDATE)
+
+
+class _LoopSide:
+    """What the layer uses on one event loop: client, scripts, and where GETs go (the
+    loop's own ``AsyncDirectReader`` when the layer made the client)."""
+
+    __slots__ = ("client", "fetch", "reader", "scripts")
+
+    def __init__(
+        self, client: redis.asyncio.Redis, scripts: _Scripts, reader: AsyncDirectReader | None
+    ) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.reader = reader
+        self.fetch = reader.get if reader is not None else client.get
 
 
 class RedisLayer:
@@ -161,9 +176,9 @@ class RedisLayer:
         )
         self._fetch = self._direct.get if self._direct is not None else client.get  # type: ignore[union-attr]
         self._async_client = async_client
-        self._async_clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[redis.asyncio.Redis, _Scripts]
-        ] = weakref.WeakKeyDictionary()
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSide] = (
+            weakref.WeakKeyDictionary()
+        )
         self._scripts: _Scripts | None = None
         self._client_lock = threading.Lock()
         self._epoch: int | None = None
@@ -231,11 +246,13 @@ class RedisLayer:
             scripts = self._scripts = _Scripts(self.client())
         return scripts
 
-    def _aclient(self) -> tuple[redis.asyncio.Redis, _Scripts]:
+    def _aclient(self) -> _LoopSide:
+        """The async client, scripts and reader of the running loop (made on first use)."""
         loop = asyncio.get_running_loop()
-        found = self._async_clients.get(loop)
-        if found is None:
+        side = self._async_clients.get(loop)
+        if side is None:
             c = self._async_client
+            reader = None
             if c is None:
                 c = redis.asyncio.Redis.from_url(
                     self.url,
@@ -244,10 +261,16 @@ class RedisLayer:
                     retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
                     retry_on_timeout=False,
                     health_check_interval=0,
+                    decode_responses=False,
                 )
-            found = (c, _Scripts(c))
-            self._async_clients[loop] = found
-        return found
+                reader = AsyncDirectReader(
+                    self.url,
+                    socket_timeout=self.socket_timeout,
+                    connect_timeout=self.connect_timeout,
+                )
+            side = _LoopSide(c, _Scripts(c), reader)
+            self._async_clients[loop] = side
+        return side
 
     # ----------------------------------------------------------------- epochs
     def bump(self, marker: str) -> None:
@@ -335,11 +358,12 @@ class RedisLayer:
         """``get`` on redis.asyncio. Same contract."""
         rkey = self._base + key.encode("utf-8", "surrogatepass")
         try:
-            client, scripts = self._aclient()
+            side = self._aclient()
+            scripts = side.scripts
             epoch = self._epoch
             if epoch is None or self._pending:
-                epoch = await self._acurrent_epoch(scripts.bump, client)
-            data = await client.get(rkey)
+                epoch = await self._acurrent_epoch(scripts.bump, side.client)
+            data = await side.fetch(rkey)
         except _DRIVER_ERRORS as exc:
             raise self._failed("GET", exc) from exc
         self.breaker.success()
@@ -413,10 +437,11 @@ class RedisLayer:
         """``set`` on redis.asyncio. Same contract."""
         rkey = self._base + key.encode("utf-8", "surrogatepass")
         try:
-            client, scripts = self._aclient()
+            side = self._aclient()
+            scripts = side.scripts
             epoch = self._epoch
             if epoch is None or self._pending:
-                epoch = await self._acurrent_epoch(scripts.bump, client)
+                epoch = await self._acurrent_epoch(scripts.bump, side.client)
         except _DRIVER_ERRORS as exc:
             raise self._failed("epoch", exc) from exc
         data = self._encode(rkey, entry, epoch)
@@ -438,8 +463,7 @@ class RedisLayer:
 
     async def adelete(self, key: str) -> None:
         try:
-            client, _ = self._aclient()
-            await client.delete(self.storage_key(key))
+            await self._aclient().client.delete(self.storage_key(key))
         except _DRIVER_ERRORS as exc:
             raise self._failed("DEL", exc) from exc
         self.breaker.success()
@@ -484,11 +508,13 @@ class RedisLayer:
             self._direct.close()
 
     async def aclose(self) -> None:
-        """Close the async client of the running loop, if this layer created it."""
+        """Close the async client and reader of the running loop, if this layer made them."""
         loop = asyncio.get_running_loop()
-        found = self._async_clients.pop(loop, None)
-        if found is not None and self._async_client is None:
-            await found[0].aclose()
+        side = self._async_clients.pop(loop, None)
+        if side is not None and side.reader is not None:
+            await side.reader.aclose()
+        if side is not None and self._async_client is None:
+            await side.client.aclose()
 
     def __repr__(self) -> str:
         return f"RedisLayer(name={self.name!r}, url={self.url!r}, ttl={self.ttl})"

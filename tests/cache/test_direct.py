@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -11,7 +12,7 @@ import pytest
 import redis
 
 from flags.cache.codec import Entry
-from flags.cache.direct import DirectReader
+from flags.cache.direct import AsyncDirectReader, DirectReader
 from flags.cache.redis import RedisLayer
 from flags.testing.redis_server import RedisServer
 
@@ -190,3 +191,106 @@ def test_redis__own_client__reads_direct_and_a_passed_client__is_used_as_is(
         ours.close()
         theirs.close()
         passed.close()
+
+
+def areader(url: str, **kwargs: object) -> AsyncDirectReader:
+    return AsyncDirectReader(url, socket_timeout=0.05, connect_timeout=0.05, **kwargs)  # type: ignore[arg-type]
+
+
+def test_async_direct__get__returns_the_bytes_or_none(
+    redis_url: str, raw: redis.Redis, key_prefix: str
+) -> None:
+    key = f"{key_prefix}async".encode()
+    raw.set(key, b"\x00async\xff")
+
+    async def run() -> None:
+        r = areader(redis_url)
+        assert await r.get(key) == b"\x00async\xff"
+        assert await r.get(f"{key_prefix}missing".encode()) is None
+        assert r.idle == 1
+        await r.aclose()
+        assert r.idle == 0
+
+    asyncio.run(run())
+
+
+def test_async_direct__read_cancelled__its_late_reply_never_answers_a_later_read(
+    redis_server: RedisServer,
+) -> None:
+    """A task cancelled while its GET is on the wire (a request timeout in the app,
+    say) leaves a reply behind: the connection must not carry it to the next read."""
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.set("a", b"value of a")
+    admin.set("b", b"value of b")
+
+    async def run() -> None:
+        r = AsyncDirectReader(
+            redis_server.url, socket_timeout=10.0, connect_timeout=1.0, max_idle=1
+        )
+        assert await r.get(b"a") == b"value of a"
+        redis_server.pause()
+        try:
+            conn = r._idle[-1]  # the connection the read will take
+            task = asyncio.create_task(r.get(b"a"))
+            # Cancel once the GET is sent and the read waits for its reply (a cancel
+            # before that is held by redis-py until its read timeout).
+            while conn._reader is None or conn._reader._waiter is None:  # type: ignore[attr-defined]
+                await asyncio.sleep(0.001)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            redis_server.resume()
+        assert admin.ping()  # the server has answered the cancelled GET by now
+        assert await r.get(b"b") == b"value of b"
+        assert await r.get(b"a") == b"value of a"
+        await r.aclose()
+
+    asyncio.run(run())
+    admin.close()
+
+
+def test_async_direct__read_timed_out__raises_and_the_next_read_is_right(
+    redis_server: RedisServer,
+) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.set("a", b"value of a")
+    admin.set("b", b"value of b")
+
+    async def run() -> None:
+        r = areader(redis_server.url, max_idle=1)
+        assert await r.get(b"a") == b"value of a"
+        redis_server.pause()
+        try:
+            with pytest.raises(redis.TimeoutError):
+                await r.get(b"a")
+        finally:
+            redis_server.resume()
+        assert admin.ping()
+        assert await r.get(b"b") == b"value of b"
+        await r.aclose()
+
+    asyncio.run(run())
+    admin.close()
+
+
+def test_redis__async_reads__go_direct_on_each_loop(redis_url: str, key_prefix: str) -> None:
+    """An own-client layer reads through one AsyncDirectReader per event loop."""
+    layer = RedisLayer(redis_url, secret=SECRET, prefix=key_prefix)
+    layer.bind(CACHE)
+    layer.set("k", Entry({"v": 2}, time.time()))
+
+    async def read() -> tuple[object, int]:
+        got = await layer.aget("k")
+        side = layer._aclient()
+        assert side.reader is not None
+        idle = side.reader.idle
+        await layer.aclose()
+        return (got.value if got is not None else None), idle
+
+    try:
+        assert asyncio.run(read()) == ({"v": 2}, 1)
+        assert asyncio.run(read()) == ({"v": 2}, 1)  # a second loop, its own connections
+    finally:
+        layer.delete("k")
+        layer.close()
