@@ -12,6 +12,8 @@ redis-server (never touches the machine's Redis) and prints one markdown table:
   bytes with the same client settings; a GET on a kept redis-py connection (how the
   layer reads: ``flags.cache.direct``), so flagrail's own work shows on its own; and
   dogpile.cache's Redis backend (``get_or_create``, pickle);
+* Redis hit, asyncio: ``LayeredCache.aget`` served by l2 against a raw
+  redis.asyncio GET of the same bytes, on one event loop;
 * dead Redis: the server is stopped. flagrail's circuit is open, so a call costs
   the flag checks, the breaker and the loader (a dict lookup here); dogpile
   reaches Redis on every call and raises ``ConnectionError``.
@@ -28,6 +30,7 @@ Options: ``--rounds N`` (default 31), ``--scale F`` to run F times more calls pe
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import random
@@ -36,10 +39,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
+import redis.asyncio
 from cachetools import TTLCache
 from dogpile.cache import make_region
 from redis.backoff import NoBackoff
@@ -116,6 +120,38 @@ def measure(
             fn, n = workloads[name]
             samples[name].append(per_call(fn, n))
     return {name: Timing(values) for name, values in samples.items()}
+
+
+async def measure_async_hits(
+    url: str, cache: LayeredCache, storage_key: bytes, n: int, rounds: int
+) -> dict[str, Timing]:
+    """``measure`` for ``aget`` against a raw redis.asyncio GET, on one event loop."""
+    raw = redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=0.05,
+        socket_connect_timeout=0.05,
+        retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+    workloads: dict[str, Callable[[], Awaitable[object]]] = {
+        "raw": lambda: raw.get(storage_key),
+        "flagrail": lambda: cache.aget(KEY, TENANT),
+    }
+    assert await workloads["flagrail"]() == VALUE
+    samples: dict[str, list[float]] = {name: [] for name in workloads}
+    order = list(workloads)
+    shuffle = random.Random(1).shuffle
+    for _ in range(rounds + 1):  # the first round warms up
+        shuffle(order)
+        for name in order:
+            fn = workloads[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                await fn()
+            samples[name].append((time.perf_counter() - start) / n)
+    await raw.aclose()
+    await cache.layers[1].aclose()  # type: ignore[attr-defined]
+    return {name: Timing(values[1:]) for name, values in samples.items()}
 
 
 def versus(timing: Timing, baseline: Timing) -> str:
@@ -231,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             args.rounds,
         )
         assert redis_cache.stats()["l2"]["hits"] > n_redis
+        remote_async = asyncio.run(
+            measure_async_hits(server.url, redis_cache, storage_key, n_redis, args.rounds)
+        )
 
         server.stop()
         while redis_cache.layers[1].breaker.state == "closed":  # type: ignore[attr-defined]
@@ -270,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
          f"{versus(remote['flagrail'], remote['direct'])} vs the kept-connection GET"),
         ("Redis hit", "dogpile.cache redis get_or_create (pickle)", remote["dogpile"],
          f"{versus(remote['dogpile'], remote['raw'])} vs raw GET"),
+        ("Redis hit, asyncio", "raw redis.asyncio GET of the same bytes", remote_async["raw"],
+         "baseline"),
+        ("Redis hit, asyncio", "flagrail LayeredCache.aget (l2)", remote_async["flagrail"],
+         f"{versus(remote_async['flagrail'], remote_async['raw'])} vs raw GET"),
         ("dead Redis", "flagrail, circuit open (flags + breaker + loader)", dead["flagrail"],
          f"target <= 5 us: {'met' if dead_['flagrail'] <= 5e-6 else 'MISSED'}"),
         ("dead Redis", "dogpile.cache redis (raises ConnectionError)", dead["dogpile"],
