@@ -76,9 +76,8 @@ class DirectReader:
 
     def get(self, key: bytes) -> bytes | None:
         """``GET key``: the bytes, or None when the key does not exist."""
-        idle = self._idle
         try:
-            conn = idle.pop()
+            conn = self._idle.pop()
         except IndexError:
             conn = self._class(**self._kwargs)
         try:
@@ -88,15 +87,15 @@ class DirectReader:
             conn.disconnect()  # whatever happened, no reply may be left on this socket
             self._put_back(conn)
             raise
+        self._put_back(conn)
+        return data
+
+    def _put_back(self, conn: AbstractConnection) -> None:
+        idle = self._idle  # the current list: close() or a fork may have replaced it
         if len(idle) < self.max_idle:
             idle.append(conn)
         else:
             conn.disconnect()
-        return data
-
-    def _put_back(self, conn: AbstractConnection) -> None:
-        if len(self._idle) < self.max_idle:
-            self._idle.append(conn)
 
     @property
     def idle(self) -> int:
@@ -136,9 +135,8 @@ class AsyncDirectReader:
 
     async def get(self, key: bytes) -> bytes | None:
         """``GET key``: the bytes, or None when the key does not exist."""
-        idle = self._idle
         try:
-            conn = idle.pop()
+            conn = self._idle.pop()
         except IndexError:
             conn = self._class(**self._kwargs)
         try:
@@ -149,6 +147,7 @@ class AsyncDirectReader:
             if len(self._idle) < self.max_idle:
                 self._idle.append(conn)
             raise
+        idle = self._idle  # the current list: aclose() may have replaced it
         if len(idle) < self.max_idle:
             idle.append(conn)
         else:
