@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio.connection as aconnection
@@ -38,7 +39,7 @@ from redis.retry import Retry
 
 __all__ = ["AsyncDirectReader", "DirectReader"]
 
-_READERS: weakref.WeakSet[DirectReader | AsyncDirectReader] = weakref.WeakSet()
+_READERS: weakref.WeakSet[_KeptConnections] = weakref.WeakSet()
 
 
 def _forget_in_child() -> None:
@@ -49,14 +50,13 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-class DirectReader:
-    """GET on up to ``max_idle`` kept connections to ``url``. Thread-safe (a list's
-    ``pop`` and ``append`` are atomic); each read has a connection to itself.
+class _KeptConnections:
+    """What both readers share: connection arguments from the URL, and up to
+    ``max_idle`` kept connections (a list's ``pop`` and ``append`` are atomic)."""
 
-    ``get`` raises what redis-py raises (``redis.RedisError``, ``OSError``).
-    Forked children start with no connections (the parent's sockets stay the
-    parent's).
-    """
+    _parse: Callable[[str], Any]
+    _default_class: type[Any]
+    _retry: Callable[[], Any]
 
     def __init__(
         self,
@@ -66,13 +66,39 @@ class DirectReader:
         connect_timeout: float,
         max_idle: int = 128,
     ) -> None:
-        kwargs = _connection_kwargs(dict(parse_url(url)), socket_timeout, connect_timeout)
-        self._class: type[AbstractConnection] = kwargs.pop("connection_class", Connection)
-        kwargs["retry"] = Retry(NoBackoff(), 0)
+        kwargs: dict[str, Any] = dict(self._parse(url))
+        kwargs.update(
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            retry=self._retry(),
+            retry_on_timeout=False,
+            health_check_interval=0,
+            decode_responses=False,  # envelopes are bytes, whatever the URL asks
+        )
+        self._class = kwargs.pop("connection_class", self._default_class)
         self._kwargs = kwargs
         self.max_idle = max_idle
-        self._idle: list[AbstractConnection] = []
+        self._idle: list[Any] = []
         _READERS.add(self)
+
+    @property
+    def idle(self) -> int:
+        """Connections kept for the next reads."""
+        return len(self._idle)
+
+
+class DirectReader(_KeptConnections):
+    """GET on up to ``max_idle`` kept connections to ``url``. Thread-safe; each read
+    has a connection to itself.
+
+    ``get`` raises what redis-py raises (``redis.RedisError``, ``OSError``).
+    Forked children start with no connections (the parent's sockets stay the
+    parent's).
+    """
+
+    _parse = staticmethod(parse_url)
+    _default_class = Connection
+    _retry = staticmethod(lambda: Retry(NoBackoff(), 0))
 
     def get(self, key: bytes) -> bytes | None:
         """``GET key``: the bytes, or None when the key does not exist."""
@@ -97,11 +123,6 @@ class DirectReader:
         else:
             conn.disconnect()
 
-    @property
-    def idle(self) -> int:
-        """Connections kept for the next reads."""
-        return len(self._idle)
-
     def close(self) -> None:
         """Disconnect every kept connection (reads after this open new ones)."""
         idle, self._idle = self._idle, []
@@ -109,29 +130,13 @@ class DirectReader:
             conn.disconnect()
 
 
-class AsyncDirectReader:
+class AsyncDirectReader(_KeptConnections):
     """``DirectReader`` for redis.asyncio: GET on up to ``max_idle`` kept connections of
     the event loop it is used on (one reader per loop). Same contract."""
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        socket_timeout: float,
-        connect_timeout: float,
-        max_idle: int = 128,
-    ) -> None:
-        kwargs = _connection_kwargs(
-            dict(aconnection.parse_url(url)), socket_timeout, connect_timeout
-        )
-        self._class: type[aconnection.AbstractConnection] = kwargs.pop(
-            "connection_class", aconnection.Connection
-        )
-        kwargs["retry"] = AsyncRetry(NoBackoff(), 0)
-        self._kwargs = kwargs
-        self.max_idle = max_idle
-        self._idle: list[aconnection.AbstractConnection] = []
-        _READERS.add(self)
+    _parse = staticmethod(aconnection.parse_url)
+    _default_class = aconnection.Connection
+    _retry = staticmethod(lambda: AsyncRetry(NoBackoff(), 0))
 
     async def get(self, key: bytes) -> bytes | None:
         """``GET key``: the bytes, or None when the key does not exist."""
@@ -154,28 +159,8 @@ class AsyncDirectReader:
             await conn.disconnect()
         return data
 
-    @property
-    def idle(self) -> int:
-        """Connections kept for the next reads."""
-        return len(self._idle)
-
     async def aclose(self) -> None:
         """Disconnect every kept connection (on the loop the reader belongs to)."""
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.disconnect()
-
-
-def _connection_kwargs(
-    kwargs: dict[str, Any], socket_timeout: float, connect_timeout: float
-) -> dict[str, Any]:
-    """What a reader's connections are built with: the URL's arguments, the layer's
-    timeouts, no retries, no health checks, and bytes back."""
-    kwargs.update(
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        retry_on_timeout=False,
-        health_check_interval=0,
-        decode_responses=False,  # envelopes are bytes, whatever the URL asks
-    )
-    return kwargs

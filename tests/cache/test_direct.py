@@ -35,6 +35,10 @@ def reader(url: str, **kwargs: object) -> DirectReader:
     return DirectReader(url, socket_timeout=0.05, connect_timeout=0.05, **kwargs)  # type: ignore[arg-type]
 
 
+def areader(url: str, **kwargs: object) -> AsyncDirectReader:
+    return AsyncDirectReader(url, socket_timeout=0.05, connect_timeout=0.05, **kwargs)  # type: ignore[arg-type]
+
+
 def test_direct__get__returns_the_bytes_or_none(
     redis_url: str, raw: redis.Redis, key_prefix: str
 ) -> None:
@@ -191,10 +195,6 @@ def test_redis__own_client__reads_direct_and_a_passed_client__is_used_as_is(
         ours.close()
         theirs.close()
         passed.close()
-
-
-def areader(url: str, **kwargs: object) -> AsyncDirectReader:
-    return AsyncDirectReader(url, socket_timeout=0.05, connect_timeout=0.05, **kwargs)  # type: ignore[arg-type]
 
 
 def test_async_direct__get__returns_the_bytes_or_none(
