@@ -12,9 +12,15 @@ Correctness rests on one rule: a read that fails in any way (timeout, reset,
 error reply, interrupt) disconnects its connection before putting it back, so no
 connection is ever reused with a reply still on its way - the case the pool's
 ``poll`` exists for. A disconnected connection reconnects on its next use, with
-the layer's connect timeout. Commands still use redis-py's own packing, parser,
-timeouts, TLS and authentication (the connection class and arguments come from
-the URL, as ``redis.Redis.from_url`` builds them).
+the layer's connect timeout. The poll's other use, noticing a kept connection the
+server closed while it sat idle (a restart, the server's idle timeout), is done
+after the fact: a kept connection that fails with a connection error (not a
+timeout) is replaced and the read tried once on a new one, so a Redis restart
+costs each kept connection one reconnect, not one failed read.
+
+Commands still use redis-py's own packing, parser, timeouts, TLS and
+authentication (the connection class and arguments come from the URL, as
+``redis.Redis.from_url`` builds them).
 
 ``AsyncDirectReader`` is the same for redis.asyncio, one per event loop (an
 asyncio connection belongs to the loop that opened it); a read cancelled while
@@ -35,6 +41,7 @@ import redis.asyncio.connection as aconnection
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection, Connection, parse_url
+from redis.exceptions import ConnectionError
 from redis.retry import Retry
 
 __all__ = ["AsyncDirectReader", "DirectReader"]
@@ -105,7 +112,15 @@ class DirectReader(_KeptConnections):
         try:
             conn = self._idle.pop()
         except IndexError:
-            conn = self._class(**self._kwargs)
+            return self._get_on(self._class(**self._kwargs), key)
+        try:
+            return self._get_on(conn, key)
+        except ConnectionError:
+            # A kept connection the server or a middlebox closed while it was idle (a
+            # restart, an idle timeout): one try on a new connection. Not for timeouts.
+            return self._get_on(self._class(**self._kwargs), key)
+
+    def _get_on(self, conn: AbstractConnection, key: bytes) -> bytes | None:
         try:
             conn.send_packed_command(conn.pack_command("GET", key), check_health=False)
             data: bytes | None = conn.read_response()
@@ -143,7 +158,13 @@ class AsyncDirectReader(_KeptConnections):
         try:
             conn = self._idle.pop()
         except IndexError:
-            conn = self._class(**self._kwargs)
+            return await self._get_on(self._class(**self._kwargs), key)
+        try:
+            return await self._get_on(conn, key)
+        except ConnectionError:  # a kept connection closed while idle: one new try
+            return await self._get_on(self._class(**self._kwargs), key)
+
+    async def _get_on(self, conn: aconnection.AbstractConnection, key: bytes) -> bytes | None:
         try:
             await conn.send_packed_command(conn.pack_command("GET", key), check_health=False)
             data: bytes | None = await conn.read_response()

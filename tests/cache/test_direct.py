@@ -108,7 +108,9 @@ def test_direct__url_asking_for_decoded_responses__still_reads_bytes(
     r.close()
 
 
-def test_direct__server_restarted__reads_reconnect(redis_server: RedisServer) -> None:
+def test_direct__server_down__reads_raise_and_reconnect_when_it_is_back(
+    redis_server: RedisServer,
+) -> None:
     admin = redis.Redis.from_url(redis_server.url)
     admin.set("k", b"before")
     r = reader(redis_server.url)
@@ -121,6 +123,56 @@ def test_direct__server_restarted__reads_reconnect(redis_server: RedisServer) ->
     assert r.get(b"k") == b"after"
     r.close()
     admin.close()
+
+
+def test_direct__kept_connections_closed_while_idle__next_reads_do_not_fail(
+    redis_server: RedisServer,
+) -> None:
+    """A restart, or the server's idle timeout, closes kept connections behind the
+    reader's back: the next read on each must reconnect, not fail (a failed read
+    would count against the breaker and the guard)."""
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.set("k", b"v")
+    r = reader(redis_server.url, max_idle=4)
+    barrier = threading.Barrier(4)
+
+    def read() -> None:
+        barrier.wait()
+        for _ in range(50):
+            r.get(b"k")
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    kept = r.idle
+    assert kept >= 2  # more than one connection kept, so more than one goes stale
+    killed = admin.client_kill_filter(_type="normal", skipme=True)
+    assert killed >= kept
+    assert [r.get(b"k") for _ in range(kept + 1)] == [b"v"] * (kept + 1)
+
+    redis_server.stop()  # a restart: every kept connection is gone at once
+    redis_server.start()
+    admin.set("k", b"after")
+    assert [r.get(b"k") for _ in range(kept + 1)] == [b"after"] * (kept + 1)
+    r.close()
+    admin.close()
+
+
+def test_redis__restarted_between_reads__is_a_miss_not_an_error(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    layer = RedisLayer(redis_server.url, secret=SECRET, prefix=key_prefix)
+    layer.bind(CACHE)
+    layer.set("k", Entry({"v": 3}, time.time()))
+    got = layer.get("k")
+    assert got is not None and got.value == {"v": 3}
+    redis_server.stop()
+    redis_server.start()  # nothing persisted: the entry is gone, the kept connection too
+    assert layer.get("k") is None
+    assert layer.breaker.clean and layer.breaker.state == "closed"
+    layer.close()
 
 
 def test_direct__threads__each_read_gets_its_own_reply(
@@ -268,6 +320,25 @@ def test_async_direct__read_timed_out__raises_and_the_next_read_is_right(
             redis_server.resume()
         assert admin.ping()
         assert await r.get(b"b") == b"value of b"
+        await r.aclose()
+
+    asyncio.run(run())
+    admin.close()
+
+
+def test_async_direct__server_restarted__kept_connection_reconnects(
+    redis_server: RedisServer,
+) -> None:
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.set("k", b"before")
+
+    async def run() -> None:
+        r = areader(redis_server.url)
+        assert await r.get(b"k") == b"before"
+        redis_server.stop()
+        redis_server.start()
+        admin.set("k", b"after")
+        assert await r.get(b"k") == b"after"
         await r.aclose()
 
     asyncio.run(run())
