@@ -31,6 +31,16 @@ def raw(redis_url: str, key_prefix: str) -> Iterator[redis.Redis]:
     client.close()
 
 
+@pytest.fixture
+def admin(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client of the test's own server, holding ``a`` and ``b``."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.set("a", b"value of a")
+    client.set("b", b"value of b")
+    yield client
+    client.close()
+
+
 def reader(url: str, **kwargs: object) -> DirectReader:
     return DirectReader(url, socket_timeout=0.05, connect_timeout=0.05, **kwargs)  # type: ignore[arg-type]
 
@@ -73,15 +83,12 @@ def test_direct__database_in_the_url__is_the_one_read(
 
 
 def test_direct__read_timed_out__its_late_reply_never_answers_a_later_read(
-    redis_server: RedisServer,
+    redis_server: RedisServer, admin: redis.Redis
 ) -> None:
     """What the pool's per-checkout poll guards against: a reply that arrives after
     its read gave up must not answer the next read on that connection (redis-py's
     connection drops its socket on a failed read; the reader relies on that and
     drops it too on anything else)."""
-    admin = redis.Redis.from_url(redis_server.url)
-    admin.set("a", b"value of a")
-    admin.set("b", b"value of b")
     r = reader(redis_server.url, max_idle=1)
     assert r.get(b"a") == b"value of a"
     redis_server.pause()
@@ -94,7 +101,6 @@ def test_direct__read_timed_out__its_late_reply_never_answers_a_later_read(
     assert r.get(b"b") == b"value of b"
     assert r.get(b"a") == b"value of a"
     r.close()
-    admin.close()
 
 
 def test_direct__url_asking_for_decoded_responses__still_reads_bytes(
@@ -109,9 +115,8 @@ def test_direct__url_asking_for_decoded_responses__still_reads_bytes(
 
 
 def test_direct__server_down__reads_raise_and_reconnect_when_it_is_back(
-    redis_server: RedisServer,
+    redis_server: RedisServer, admin: redis.Redis
 ) -> None:
-    admin = redis.Redis.from_url(redis_server.url)
     admin.set("k", b"before")
     r = reader(redis_server.url)
     assert r.get(b"k") == b"before"
@@ -122,16 +127,14 @@ def test_direct__server_down__reads_raise_and_reconnect_when_it_is_back(
     admin.set("k", b"after")
     assert r.get(b"k") == b"after"
     r.close()
-    admin.close()
 
 
 def test_direct__kept_connections_closed_while_idle__next_reads_do_not_fail(
-    redis_server: RedisServer,
+    redis_server: RedisServer, admin: redis.Redis
 ) -> None:
     """A restart, or the server's idle timeout, closes kept connections behind the
     reader's back: the next read on each must reconnect, not fail (a failed read
     would count against the breaker and the guard)."""
-    admin = redis.Redis.from_url(redis_server.url)
     admin.set("k", b"v")
     r = reader(redis_server.url, max_idle=4)
     barrier = threading.Barrier(4)
@@ -157,7 +160,6 @@ def test_direct__kept_connections_closed_while_idle__next_reads_do_not_fail(
     admin.set("k", b"after")
     assert [r.get(b"k") for _ in range(kept + 1)] == [b"after"] * (kept + 1)
     r.close()
-    admin.close()
 
 
 def test_redis__restarted_between_reads__is_a_miss_not_an_error(
@@ -267,13 +269,10 @@ def test_async_direct__get__returns_the_bytes_or_none(
 
 
 def test_async_direct__read_cancelled__its_late_reply_never_answers_a_later_read(
-    redis_server: RedisServer,
+    redis_server: RedisServer, admin: redis.Redis
 ) -> None:
     """A task cancelled while its GET is on the wire (a request timeout in the app,
     say) leaves a reply behind: the connection must not carry it to the next read."""
-    admin = redis.Redis.from_url(redis_server.url)
-    admin.set("a", b"value of a")
-    admin.set("b", b"value of b")
 
     async def run() -> None:
         r = AsyncDirectReader(
@@ -299,15 +298,11 @@ def test_async_direct__read_cancelled__its_late_reply_never_answers_a_later_read
         await r.aclose()
 
     asyncio.run(run())
-    admin.close()
 
 
 def test_async_direct__read_timed_out__raises_and_the_next_read_is_right(
-    redis_server: RedisServer,
+    redis_server: RedisServer, admin: redis.Redis
 ) -> None:
-    admin = redis.Redis.from_url(redis_server.url)
-    admin.set("a", b"value of a")
-    admin.set("b", b"value of b")
 
     async def run() -> None:
         r = areader(redis_server.url, max_idle=1)
@@ -323,13 +318,11 @@ def test_async_direct__read_timed_out__raises_and_the_next_read_is_right(
         await r.aclose()
 
     asyncio.run(run())
-    admin.close()
 
 
 def test_async_direct__server_restarted__kept_connection_reconnects(
-    redis_server: RedisServer,
+    redis_server: RedisServer, admin: redis.Redis
 ) -> None:
-    admin = redis.Redis.from_url(redis_server.url)
     admin.set("k", b"before")
 
     async def run() -> None:
@@ -342,7 +335,6 @@ def test_async_direct__server_restarted__kept_connection_reconnects(
         await r.aclose()
 
     asyncio.run(run())
-    admin.close()
 
 
 def test_redis__async_reads__go_direct_on_each_loop(redis_url: str, key_prefix: str) -> None:
