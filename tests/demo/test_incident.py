@@ -148,11 +148,17 @@ class TestFaults:
 
 # ------------------------------------------------------------------ the scenario
 def run_short(
-    fault: Fault, server: RedisServer, workdir: Path, admin_database_url: str | None = None
+    fault: Fault,
+    server: RedisServer,
+    workdir: Path,
+    admin_database_url: str | None = None,
+    *,
+    use_plan: bool = False,
 ) -> dict[str, Any]:
     """The demo's scenario at test size: ~15 s of load, 2 processes, 10 tenants."""
     config = scenario.ScenarioConfig(
         admin_database_url=admin_database_url,
+        use_plan=use_plan,
         fault=fault,
         tenants=10,
         keys_per_tenant=10,
@@ -244,6 +250,28 @@ def test_incident__wrong_payload_admin_api_on_postgres__same_targets(
     assert_every_fault_targets(summary)
     assert summary["time_to_mitigation_s"] <= 1.0, summary["_report"]
     assert summary["false_rejections"] <= 0.005 * summary["requests_total"], summary["_report"]
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_incident__wrong_payload_rolled_out_by_a_plan__the_plan_rolls_back_on_the_kill(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``--plan``: production goes 1 tenant -> 50% -> 100% as a rollout plan; the guard's
+    kill stops it (status rolled_back) and no manual production stage is applied."""
+    summary = run_short(Fault.WRONG_PAYLOAD, redis_server, tmp_path, use_plan=True)
+    text = summary["_report"]
+    assert_every_fault_targets(summary)
+    assert summary["time_to_mitigation_s"] <= 1.0, text
+    details = [(e["event"], e["detail"]) for e in summary["timeline"]]
+    created = [d for kind, d in details if kind == "stage" and "rollout plan" in d]
+    assert len(created) == 1, text
+    assert any(kind == "rollout_halted" and "rolled_back" in d for kind, d in details), text
+    manual = [d for k, d in details if k == "stage" and d.startswith("production: auth.cache")]
+    assert manual == [], text  # the plan, not the scenario, changed production
+    kill_at = next(e["t"] for e in summary["timeline"] if e["event"] == "kill")
+    halted_at = next(e["t"] for e in summary["timeline"] if e["event"] == "rollout_halted")
+    assert kill_at <= halted_at, text
 
 
 @pytest.mark.slow
