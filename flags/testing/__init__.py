@@ -7,6 +7,7 @@ The pytest plugin itself (``flags.testing.plugin``) is loaded by pytest through 
 from flags.testing.client import TestFlagClient, override_default_client
 from flags.testing.coverage import CoverageReport, CoverageStatus, FlagCoverage, build_report
 from flags.testing.matrix import all_combinations, pairwise_combinations, pairwise_run_count
+from flags.testing.waiting import wait_for
 
 __all__ = [
     "CoverageReport",
@@ -18,4 +19,5 @@ __all__ = [
     "override_default_client",
     "pairwise_combinations",
     "pairwise_run_count",
+    "wait_for",
 ]

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from api.cli import main
 from flags.history import HistoryQuery
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore, cli_actor
+from flags.testing import wait_for
 from flags.testing.redis_server import free_port
 
 FLAGRAIL = str(Path(sys.executable).with_name("flagrail"))
@@ -60,15 +60,6 @@ class Cli:
         return Result(code, captured.out, captured.err)
 
 
-def _wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def _healthy(url: str) -> bool:
     try:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
@@ -96,7 +87,7 @@ def server(database_url: str) -> Iterator[Server]:
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: _healthy(url), 20, "the server's /healthz")
+        wait_for(lambda: _healthy(url), 20, "the server's /healthz")
         yield Server(url, database_url, token, store)
     finally:
         uv.should_exit = True
@@ -442,7 +433,7 @@ def test_serve__fresh_sqlite__creates_schema_and_prints_first_admin_token(tmp_pa
         token = proc.stdout.readline().strip()
         assert "first admin token" in banner
         base = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: _healthy(base), 30, "flagrail serve")
+        wait_for(lambda: _healthy(base), 30, "flagrail serve")
         flags = httpx.get(f"{base}/admin/flags", headers={"Authorization": f"Bearer {token}"})
         assert flags.status_code == 200
     finally:

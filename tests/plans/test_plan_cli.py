@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from plan_support import FLAG, wait_for
+from plan_support import FLAG
 
 from api.app import create_app
 from api.cli import main
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore
+from flags.testing import wait_for
 from flags.testing.redis_server import free_port
 
 PLAN_YAML = f"""\

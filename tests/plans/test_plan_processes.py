@@ -16,12 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
-from plan_support import ENV, FLAG, five_stages, wait_for
+from plan_support import ENV, FLAG, five_stages
 
 from flags.history import HistoryQuery
 from flags.plans.model import PlanStatus, parse_plan
 from flags.plans.store import PlanStore
 from flags.store.sql import SqlFlagStore
+from flags.testing import wait_for
 from flags.testing.redis_server import free_port
 
 pytestmark = pytest.mark.slow

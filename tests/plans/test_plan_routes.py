@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from plan_support import ENV, FLAG, five_stages, wait_for
+from plan_support import ENV, FLAG, five_stages
 
 from api.app import create_app
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore
+from flags.testing import wait_for
 
 
 class Api:

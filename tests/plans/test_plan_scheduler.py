@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from plan_support import ENV, FLAG, FakeClock, five_stages, wait_for
+from plan_support import ENV, FLAG, FakeClock, five_stages
 
 from flags.errors import PlanStateError
 from flags.history import HistoryQuery
@@ -14,6 +14,7 @@ from flags.plans.model import PlanStatus, parse_plan, parse_schedule
 from flags.plans.scheduler import InMemoryMetrics, PlanScheduler
 from flags.plans.store import PlanStore
 from flags.store.sql import SqlFlagStore
+from flags.testing import wait_for
 
 
 def plan_rows(store: SqlFlagStore, plan_id: int) -> list[Any]:

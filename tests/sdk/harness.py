@@ -13,7 +13,6 @@ import queue
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,22 +25,11 @@ from api.app import create_app
 from api.routes.sdk import SdkServerSettings
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore
+from flags.testing import wait_for
 from flags.testing.redis_server import free_port
 
 WORKER = Path(__file__).with_name("worker.py")
 ENV = "production"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` every 10 ms until it returns a truthy value; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 class LiveServer:

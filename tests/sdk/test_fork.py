@@ -8,8 +8,9 @@ import time
 import pytest
 
 from flags import FlagClient
+from flags.testing import wait_for
 
-from .harness import ENV, Deployment, wait_for
+from .harness import ENV, Deployment
 from .test_sync_recovery import kill
 
 

@@ -16,8 +16,9 @@ from api.cli.confirm import format_confirmation
 from api.cli.unused import unused
 from flags import FlagClient
 from flags.store.telemetry import TelemetryStore
+from flags.testing import wait_for
 
-from .harness import ENV, Deployment, LiveServer, wait_for
+from .harness import ENV, Deployment, LiveServer
 
 
 def sdk_post(server: LiveServer, token: str, path: str, body: Any) -> httpx.Response:

@@ -12,9 +12,10 @@ from collections.abc import Callable
 import pytest
 
 from api.routes.sdk import SdkServerSettings
+from flags.testing import wait_for
 from flags.testing.redis_server import RedisServer
 
-from .harness import ENV, Deployment, LiveServer, Worker, wait_for
+from .harness import ENV, Deployment, LiveServer, Worker
 
 pytestmark = pytest.mark.slow
 

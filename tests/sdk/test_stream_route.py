@@ -8,8 +8,9 @@ import json
 import pytest
 
 from api.routes.sdk import SdkServerSettings
+from flags.testing import wait_for
 
-from .harness import ENV, Deployment, StreamReader, wait_for
+from .harness import ENV, Deployment, StreamReader
 
 
 def kill(deployment: Deployment, server: object, key: str = "checkout", what: str = "kill") -> int:

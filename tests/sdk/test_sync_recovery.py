@@ -12,8 +12,9 @@ import redis
 from api.routes.sdk import SdkServerSettings
 from flags import FlagClient
 from flags.model import FlagChanged, FlagState, Reason
+from flags.testing import wait_for
 
-from .harness import ENV, Deployment, LiveServer, wait_for
+from .harness import ENV, Deployment, LiveServer
 
 
 def kill(d: Deployment, server: LiveServer) -> None:

@@ -18,13 +18,13 @@ from unleash_server import (
     TENANTS,
     FlagrailServer,
     populate,
-    wait_for,
 )
 from UnleashClient import UnleashClient
 from UnleashClient.utils import InstanceAllowType
 
 from flags.client import FlagClient
 from flags.store.telemetry import TelemetryStore
+from flags.testing import wait_for
 from flags.unleash.mapping import TENANT_FIELD
 
 

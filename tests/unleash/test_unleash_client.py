@@ -18,12 +18,12 @@ from unleash_server import (
     TENANTS,
     FlagrailServer,
     populate,
-    wait_for,
 )
 
 from flags.client import FlagClient
 from flags.errors import ValidationError
 from flags.model import Reason, Snapshot
+from flags.testing import wait_for
 from flags.testing.redis_server import free_port
 from flags.unleash.client import UnleashFlagClient
 
