@@ -81,14 +81,8 @@ class CircuitBreaker:
 
     def success(self) -> None:
         """Report a call that worked: closes the breaker and forgets past failures."""
-        if self.clean:
-            return
-        with self._lock:
-            self.clean = True
-            self._failures = 0
-            self._open_until = 0.0
-            self._probe_started = None
-            self._timeout = self.reset_timeout
+        if not self.clean:
+            self.reset()
 
     def failure(self) -> None:
         """Report a call that failed (refused, timed out, reset, OOM, READONLY...)."""

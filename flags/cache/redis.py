@@ -298,6 +298,15 @@ class RedisLayer:
                 self._epoch = int(raw) if raw is not None else 0
             return self._epoch
 
+    async def _aready(self) -> tuple[_LoopSide, int]:
+        """The running loop's client side and the epoch to write with, pending bumps
+        applied. Raises driver errors."""
+        side = self._aclient()
+        epoch = self._epoch
+        if epoch is None or self._pending:
+            epoch = await self._acurrent_epoch(side.scripts.bump, side.client)
+        return side, epoch
+
     async def _acurrent_epoch(self, bump: Any, client: redis.asyncio.Redis) -> int:
         # Not under the thread lock (it would block the loop); bumps are idempotent,
         # so two tasks applying the same marker agree on the result.
@@ -358,11 +367,7 @@ class RedisLayer:
         """``get`` on redis.asyncio. Same contract."""
         rkey = self._base + key.encode("utf-8", "surrogatepass")
         try:
-            side = self._aclient()
-            scripts = side.scripts
-            epoch = self._epoch
-            if epoch is None or self._pending:
-                epoch = await self._acurrent_epoch(scripts.bump, side.client)
+            side, epoch = await self._aready()
             data = await side.fetch(rkey)
         except _DRIVER_ERRORS as exc:
             raise self._failed("GET", exc) from exc
@@ -374,7 +379,7 @@ class RedisLayer:
         except CorruptEntryError as exc:
             if _should_discard(exc, data):
                 try:
-                    await scripts.discard(keys=[rkey], args=[data])
+                    await side.scripts.discard(keys=[rkey], args=[data])
                 except _DRIVER_ERRORS:
                     self.breaker.failure()
             raise
@@ -437,17 +442,13 @@ class RedisLayer:
         """``set`` on redis.asyncio. Same contract."""
         rkey = self._base + key.encode("utf-8", "surrogatepass")
         try:
-            side = self._aclient()
-            scripts = side.scripts
-            epoch = self._epoch
-            if epoch is None or self._pending:
-                epoch = await self._acurrent_epoch(scripts.bump, side.client)
+            side, epoch = await self._aready()
         except _DRIVER_ERRORS as exc:
             raise self._failed("epoch", exc) from exc
         data = self._encode(rkey, entry, epoch)
         tomb = self._tombs + key.encode("utf-8", "surrogatepass")
         try:
-            stored = await scripts.write(keys=[rkey, tomb], args=[data, self._px(ttl)])
+            stored = await side.scripts.write(keys=[rkey, tomb], args=[data, self._px(ttl)])
         except _DRIVER_ERRORS as exc:
             raise self._failed("SET", exc) from exc
         self.breaker.success()
