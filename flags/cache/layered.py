@@ -618,12 +618,7 @@ class LayeredCache:
             if not st.hits & 15:
                 st.observe(_perf() - t0)
             if self.verify_share:
-                acc = self._verify_acc + self.verify_share
-                if acc >= 1.0:
-                    self._verify_acc = acc - 1.0
-                    self._schedule_verify(0, key, e)
-                else:
-                    self._verify_acc = acc
+                self._maybe_verify(0, key, e)
             return e.value
         return _MISS_LIVE
 
