@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ log = logging.getLogger("exam_platform.scenario")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENVIRONMENT = "production"
+_SERVICE_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(ServiceConfig)}
 BIN_SECONDS = 0.5
 FINE_BIN_SECONDS = 0.1
 
@@ -104,15 +105,16 @@ class ScenarioConfig:
     # migrated, empty database of the caller's (PostgreSQL in a test).
     admin_database_url: str | None = None
     seed: int = 7
-    # Cache and guard settings of the demo (the README's "The incident, replayed" says why).
-    verify_share: float = 1.0
-    l1_ttl: float = 2.0
-    l2_ttl: float = 4.0
-    guard_window: float = 1.0
-    guard_min_samples: int = 5
-    guard_max_mismatch_rate: float = 0.1
-    guard_max_corrupt_rate: float = 0.01
-    guard_max_error_rate: float = 0.5
+    # Cache and guard settings of the demo (the README's "The incident, replayed" says
+    # why); the defaults are the service's own.
+    verify_share: float = _SERVICE_DEFAULTS["verify_share"]
+    l1_ttl: float = _SERVICE_DEFAULTS["l1_ttl"]
+    l2_ttl: float = _SERVICE_DEFAULTS["l2_ttl"]
+    guard_window: float = _SERVICE_DEFAULTS["guard_window"]
+    guard_min_samples: int = _SERVICE_DEFAULTS["guard_min_samples"]
+    guard_max_mismatch_rate: float = _SERVICE_DEFAULTS["guard_max_mismatch_rate"]
+    guard_max_corrupt_rate: float = _SERVICE_DEFAULTS["guard_max_corrupt_rate"]
+    guard_max_error_rate: float = _SERVICE_DEFAULTS["guard_max_error_rate"]
 
     def stage_times(self) -> dict[str, float]:
         """Seconds after the start of the load at which each step runs. The fault comes
