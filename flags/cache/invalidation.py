@@ -30,6 +30,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from flags.sync import Backoff
+
 __all__ = ["InvalidationListener", "decode_message", "encode_key"]
 
 log = logging.getLogger("flagrail.cache.invalidation")
@@ -125,17 +127,16 @@ class InvalidationListener:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        backoff = 0.05
+        backoff = Backoff(0.05, 1.0)
         try:
             while not self._stop.is_set():
                 try:
                     self._listen(client)
-                    backoff = 0.05
+                    backoff.reset()
                 except (RedisError, OSError, _Silent) as exc:
                     log.debug("invalidation channel %s down: %r", self.channel, exc)
                 self.last_heard = -math.inf
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
+                self._stop.wait(backoff.next())
         finally:
             client.close()
 
