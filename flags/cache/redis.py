@@ -212,6 +212,11 @@ class RedisLayer:
         """The Redis key that holds cache key ``key``."""
         return self._base + key.encode("utf-8", "surrogatepass")
 
+    def _keys(self, key: str) -> tuple[bytes, bytes]:
+        """The Redis keys of cache key ``key``: its entry and its tombstone."""
+        raw = key.encode("utf-8", "surrogatepass")
+        return self._base + raw, self._tombs + raw
+
     @property
     def epoch_key(self) -> bytes:
         return self._epoch_key
@@ -337,7 +342,7 @@ class RedisLayer:
         entry that fails to decode or verify, or is stale (deleted first,
         best-effort).
         """
-        rkey = self._base + key.encode("utf-8", "surrogatepass")
+        rkey = self._base + key.encode("utf-8", "surrogatepass")  # storage_key, inline: hot
         try:
             epoch = self._epoch
             if epoch is None or self._pending:
@@ -365,7 +370,7 @@ class RedisLayer:
 
     async def aget(self, key: str) -> Entry | None:
         """``get`` on redis.asyncio. Same contract."""
-        rkey = self._base + key.encode("utf-8", "surrogatepass")
+        rkey = self.storage_key(key)
         try:
             side, epoch = await self._aready()
             data = await side.fetch(rkey)
@@ -422,7 +427,7 @@ class RedisLayer:
         Raises ``CacheError`` on a Redis failure or when the serializer cannot
         encode the value (then Redis is not called and the breaker not told).
         """
-        rkey = self._base + key.encode("utf-8", "surrogatepass")
+        rkey, tomb = self._keys(key)
         try:
             epoch = self._epoch
             if epoch is None or self._pending:
@@ -430,7 +435,6 @@ class RedisLayer:
         except _DRIVER_ERRORS as exc:
             raise self._failed("epoch", exc) from exc
         data = self._encode(rkey, entry, epoch)
-        tomb = self._tombs + key.encode("utf-8", "surrogatepass")
         try:
             stored = self._sync_scripts().write(keys=[rkey, tomb], args=[data, self._px(ttl)])
         except _DRIVER_ERRORS as exc:
@@ -440,13 +444,12 @@ class RedisLayer:
 
     async def aset(self, key: str, entry: Entry, ttl: float | None = None) -> bool:
         """``set`` on redis.asyncio. Same contract."""
-        rkey = self._base + key.encode("utf-8", "surrogatepass")
+        rkey, tomb = self._keys(key)
         try:
             side, epoch = await self._aready()
         except _DRIVER_ERRORS as exc:
             raise self._failed("epoch", exc) from exc
         data = self._encode(rkey, entry, epoch)
-        tomb = self._tombs + key.encode("utf-8", "surrogatepass")
         try:
             stored = await side.scripts.write(keys=[rkey, tomb], args=[data, self._px(ttl)])
         except _DRIVER_ERRORS as exc:
@@ -473,8 +476,7 @@ class RedisLayer:
         """Delete ``key`` and refuse writes of it for ``hold`` seconds (one atomic
         script), so a value loaded before this call is not written back after it.
         Raises ``CacheError`` on a Redis failure."""
-        rkey = self._base + key.encode("utf-8", "surrogatepass")
-        tomb = self._tombs + key.encode("utf-8", "surrogatepass")
+        rkey, tomb = self._keys(key)
         try:
             self._sync_scripts().invalidate(keys=[rkey, tomb], args=[max(1, int(hold * 1000))])
         except _DRIVER_ERRORS as exc:
