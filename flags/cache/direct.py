@@ -93,6 +93,19 @@ class _KeptConnections:
         """Connections kept for the next reads."""
         return len(self._idle)
 
+    def _new(self) -> Any:
+        """A connection, not yet connected (it connects on first use)."""
+        return self._class(**self._kwargs)
+
+    def _keep(self, conn: Any) -> bool:
+        """Keep ``conn`` for a later read if there is room; False when the caller
+        must disconnect it instead."""
+        idle = self._idle  # the current list: close() or a fork may have replaced it
+        if len(idle) < self.max_idle:
+            idle.append(conn)
+            return True
+        return False
+
 
 class DirectReader(_KeptConnections):
     """GET on up to ``max_idle`` kept connections to ``url``. Thread-safe; each read
@@ -112,13 +125,13 @@ class DirectReader(_KeptConnections):
         try:
             conn = self._idle.pop()
         except IndexError:
-            return self._get_on(self._class(**self._kwargs), key)
+            return self._get_on(self._new(), key)
         try:
             return self._get_on(conn, key)
         except ConnectionError:
             # A kept connection the server or a middlebox closed while it was idle (a
             # restart, an idle timeout): one try on a new connection. Not for timeouts.
-            return self._get_on(self._class(**self._kwargs), key)
+            return self._get_on(self._new(), key)
 
     def _get_on(self, conn: AbstractConnection, key: bytes) -> bytes | None:
         try:
@@ -126,17 +139,11 @@ class DirectReader(_KeptConnections):
             data: bytes | None = conn.read_response()
         except BaseException:
             conn.disconnect()  # whatever happened, no reply may be left on this socket
-            self._put_back(conn)
+            self._keep(conn)  # disconnected: it reconnects on its next use
             raise
-        self._put_back(conn)
-        return data
-
-    def _put_back(self, conn: AbstractConnection) -> None:
-        idle = self._idle  # the current list: close() or a fork may have replaced it
-        if len(idle) < self.max_idle:
-            idle.append(conn)
-        else:
+        if not self._keep(conn):
             conn.disconnect()
+        return data
 
     def close(self) -> None:
         """Disconnect every kept connection (reads after this open new ones)."""
@@ -158,11 +165,11 @@ class AsyncDirectReader(_KeptConnections):
         try:
             conn = self._idle.pop()
         except IndexError:
-            return await self._get_on(self._class(**self._kwargs), key)
+            return await self._get_on(self._new(), key)
         try:
             return await self._get_on(conn, key)
         except ConnectionError:  # a kept connection closed while idle: one new try
-            return await self._get_on(self._class(**self._kwargs), key)
+            return await self._get_on(self._new(), key)
 
     async def _get_on(self, conn: aconnection.AbstractConnection, key: bytes) -> bytes | None:
         try:
@@ -170,13 +177,9 @@ class AsyncDirectReader(_KeptConnections):
             data: bytes | None = await conn.read_response()
         except BaseException:  # cancelled included: the reply may still be on its way
             await conn.disconnect(nowait=True)
-            if len(self._idle) < self.max_idle:
-                self._idle.append(conn)
+            self._keep(conn)
             raise
-        idle = self._idle  # the current list: aclose() may have replaced it
-        if len(idle) < self.max_idle:
-            idle.append(conn)
-        else:
+        if not self._keep(conn):
             await conn.disconnect()
         return data
 
