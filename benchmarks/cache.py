@@ -106,11 +106,15 @@ class Timing:
 
 
 def measure(
-    workloads: dict[str, tuple[Callable[[], object], int]], rounds: int, seed: int = 0
+    workloads: dict[str, tuple[Any, int]],
+    rounds: int,
+    seed: int = 0,
+    timer: Callable[[Any, int], float] = per_call,
 ) -> dict[str, Timing]:
-    """Time each workload once per round, in a shuffled order each round."""
+    """Time each workload once per round, in a shuffled order each round; ``timer(fn,
+    n)`` gives the seconds per call of one block."""
     for fn, n in workloads.values():  # warm up
-        per_call(fn, max(10, n // 10))
+        timer(fn, max(10, n // 10))
     samples: dict[str, list[float]] = {name: [] for name in workloads}
     order = list(workloads)
     shuffle = random.Random(seed).shuffle
@@ -118,14 +122,23 @@ def measure(
         shuffle(order)
         for name in order:
             fn, n = workloads[name]
-            samples[name].append(per_call(fn, n))
+            samples[name].append(timer(fn, n))
     return {name: Timing(values) for name, values in samples.items()}
 
 
-async def measure_async_hits(
+async def aper_call(fn: Callable[[], Awaitable[object]], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        await fn()
+    return (time.perf_counter() - start) / n
+
+
+def measure_async_hits(
     url: str, cache: LayeredCache, storage_key: bytes, n: int, rounds: int
 ) -> dict[str, Timing]:
-    """``measure`` for ``aget`` against a raw redis.asyncio GET, on one event loop."""
+    """``measure`` of ``aget`` against a raw redis.asyncio GET, on one event loop."""
+    loop = asyncio.new_event_loop()
+    run = loop.run_until_complete
     raw = redis.asyncio.Redis.from_url(
         url,
         socket_timeout=0.05,
@@ -133,25 +146,21 @@ async def measure_async_hits(
         retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
-    workloads: dict[str, Callable[[], Awaitable[object]]] = {
-        "raw": lambda: raw.get(storage_key),
-        "flagrail": lambda: cache.aget(KEY, TENANT),
-    }
-    assert await workloads["flagrail"]() == VALUE
-    samples: dict[str, list[float]] = {name: [] for name in workloads}
-    order = list(workloads)
-    shuffle = random.Random(1).shuffle
-    for _ in range(rounds + 1):  # the first round warms up
-        shuffle(order)
-        for name in order:
-            fn = workloads[name]
-            start = time.perf_counter()
-            for _ in range(n):
-                await fn()
-            samples[name].append((time.perf_counter() - start) / n)
-    await raw.aclose()
-    await cache.layers[1].aclose()  # type: ignore[attr-defined]
-    return {name: Timing(values[1:]) for name, values in samples.items()}
+    try:
+        assert run(cache.aget(KEY, TENANT)) == VALUE
+        return measure(
+            {
+                "raw": (lambda: raw.get(storage_key), n),
+                "flagrail": (lambda: cache.aget(KEY, TENANT), n),
+            },
+            rounds,
+            seed=1,
+            timer=lambda fn, count: run(aper_call(fn, count)),
+        )
+    finally:
+        run(raw.aclose())
+        run(cache.layers[1].aclose())  # type: ignore[attr-defined]
+        loop.close()
 
 
 def versus(timing: Timing, baseline: Timing) -> str:
@@ -267,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             args.rounds,
         )
         assert redis_cache.stats()["l2"]["hits"] > n_redis
-        remote_async = asyncio.run(
-            measure_async_hits(server.url, redis_cache, storage_key, n_redis, args.rounds)
+        remote_async = measure_async_hits(
+            server.url, redis_cache, storage_key, n_redis, args.rounds
         )
 
         server.stop()
