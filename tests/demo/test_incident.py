@@ -39,6 +39,8 @@ from examples.exam_platform.keys import KeyRecord  # noqa: E402
 from examples.exam_platform.loadgen import DemoKey, Sample, Verdict, judge  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+# The flagrail command, run by this interpreter from this checkout.
+CLI = [sys.executable, "-c", "import sys; from api.cli import main; main(sys.argv[1:])"]
 VALID = DemoKey(0, "tenant-01", "exk_valid", "tenant-01.k00")
 NEVER_ISSUED = DemoKey(1, "tenant-01", "exk_never", None)
 
@@ -308,9 +310,7 @@ def test_demo_cli__json_and_plot__summary_only_on_stdout_and_a_png(
     env = {**os.environ, "FLAGRAIL_REDIS_URL": redis_server.url}
     proc = subprocess.run(
         [
-            sys.executable,
-            "-c",
-            "import sys; from api.cli import main; main(sys.argv[1:])",
+            *CLI,
             "demo",
             "incident",
             "--fault",
@@ -356,9 +356,7 @@ def test_demo_cli__plot_not_png__usage_error() -> None:
     """A --plot path that is not a .png is refused before anything starts."""
     proc = subprocess.run(
         [
-            sys.executable,
-            "-c",
-            "import sys; from api.cli import main; main(sys.argv[1:])",
+            *CLI,
             "demo",
             "incident",
             "--plot",
