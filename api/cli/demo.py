@@ -1,7 +1,7 @@
 """``flagrail demo incident``: the incident of ../shared/incident.txt, replayed on this machine.
 
 Starts an admin API on a SQLite database of its own, the exam platform
-(``examples/exam_platform``) in two processes, Redis (``FLAGRAIL_REDIS_URL``, else
+(``api/demo``) in two processes, Redis (``FLAGRAIL_REDIS_URL``, else
 a throwaway ``redis-server``) and a load generator; rolls the platform's new
 Redis cache layer out in stages, breaks it with ``--fault`` during the rollout,
 and prints the timeline and the summary beside the incident's figures.
@@ -34,24 +34,9 @@ class FaultName(StrEnum):
 
 
 def load_demo() -> tuple[ModuleType, ModuleType]:
-    """The ``scenario`` and ``report`` modules of ``examples/exam_platform``.
+    """The demo's ``scenario`` and ``report`` modules (``api/demo``, shipped in the package)."""
+    from api.demo import report, scenario
 
-    The examples live in the source checkout, not in the installed package: when
-    ``examples`` is not importable, the checkout this module sits in is put on
-    ``sys.path``. Raises ``CliError`` when there is no such checkout.
-    """
-    try:
-        from examples.exam_platform import report, scenario
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("examples", "examples.exam_platform"):
-            raise
-        root = Path(__file__).resolve().parents[2]
-        if not (root / "examples" / "exam_platform" / "scenario.py").is_file():
-            raise CliError(
-                "the incident demo needs flagrail's source checkout (examples/exam_platform)"
-            ) from exc
-        sys.path.insert(0, str(root))
-        from examples.exam_platform import report, scenario
     return scenario, report
 
 
@@ -79,7 +64,7 @@ def incident(
     if plot is not None and plot.suffix.lower() != ".png":
         raise CliError(f"--plot must name a .png file, got {str(plot)!r}", exit_code=2)
     scenario, report = load_demo()
-    from examples.exam_platform.faults import Fault
+    from api.demo.faults import Fault
 
     config = scenario.ScenarioConfig(
         fault=Fault(fault.value),

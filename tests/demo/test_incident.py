@@ -22,21 +22,19 @@ from typing import Any
 import pytest
 import redis
 
-from api.cli.demo import load_demo
-from flags.cache.codec import Codec
-from flags.errors import CorruptEntryError
-from flags.testing.redis_server import RedisServer
-
-scenario, report = load_demo()
-from examples.exam_platform.faults import (  # noqa: E402 - needs load_demo's sys.path
+from api.demo import report, scenario
+from api.demo.faults import (
     Fault,
     FaultSwitch,
     damage,
     faulty_clients,
     wrong_record,
 )
-from examples.exam_platform.keys import KeyRecord  # noqa: E402
-from examples.exam_platform.loadgen import DemoKey, Sample, Verdict, judge  # noqa: E402
+from api.demo.keys import KeyRecord
+from api.demo.loadgen import DemoKey, Sample, Verdict, judge
+from flags.cache.codec import Codec
+from flags.errors import CorruptEntryError
+from flags.testing.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 # The flagrail command, run by this interpreter from this checkout.

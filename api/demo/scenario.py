@@ -9,7 +9,7 @@
 2. Redis: ``FLAGRAIL_REDIS_URL`` if given (never stopped, paused or flushed:
    the server-side faults are then simulated in the cache's connections), else
    a throwaway ``redis-server`` of the run's own;
-3. the exam platform in ``processes`` processes (``examples.exam_platform.app``),
+3. the exam platform in ``processes`` processes (``api.demo.app``),
    each with its own FlagClient, LayeredCache ``auth.cache`` and Guard;
 4. the load generator: ``tenants`` tenants with valid keys, a share of
    never-issued keys, ``rps`` requests per second over the processes.
@@ -52,10 +52,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from examples.exam_platform.app import L1_FLAG, L2_FLAG, ServiceConfig
-from examples.exam_platform.faults import Fault, RedisStall
-from examples.exam_platform.keys import SCOPES, KeyStore, new_key_secret
-from examples.exam_platform.loadgen import (
+from api.demo.app import L1_FLAG, L2_FLAG, ServiceConfig
+from api.demo.faults import Fault, RedisStall
+from api.demo.keys import SCOPES, KeyStore, new_key_secret
+from api.demo.loadgen import (
     DemoKey,
     LoadGenerator,
     Sample,
@@ -473,7 +473,7 @@ def _run(
         )
         proc = _Proc(
             service.name,
-            [sys.executable, "-m", "examples.exam_platform.app"],
+            [sys.executable, "-m", "api.demo.app"],
             _child_env(service.to_env()),
             workdir,
         )

@@ -42,7 +42,7 @@ import redis.asyncio
 from redis.asyncio.connection import Connection as AsyncConnection
 from redis.connection import Connection
 
-from examples.exam_platform.keys import KeyRecord
+from api.demo.keys import KeyRecord
 from flags.cache.codec import MAGIC, Entry
 from flags.cache.redis import RedisLayer
 from flags.errors import ValidationError

@@ -24,7 +24,7 @@ the database, ``cache`` when a cache layer answered; and ``X-Decided-At``, the
 unix time the process decided (what revocation latency is measured against). Revocations reach every
 process twice over: the cache's pub/sub invalidation, and each process following
 the key database's event table every 25 ms (so they still arrive while Redis is
-down). Run one process with ``python -m examples.exam_platform.app`` and the
+down). Run one process with ``python -m api.demo.app`` and the
 ``EXAM_*`` environment of ``ServiceConfig``.
 """
 
@@ -50,14 +50,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import errors
-from examples.exam_platform.faults import (
+from api.demo.faults import (
     FaultSwitch,
     FaultyRedisLayer,
     KeyRecordSerializer,
     faulty_clients,
     parse_fault,
 )
-from examples.exam_platform.keys import KeyRecord, KeyStore, hash_key
+from api.demo.keys import KeyRecord, KeyStore, hash_key
 from flags.cache import CircuitBreaker, Guard, LayeredCache, MemoryLayer
 from flags.client import FlagClient
 from flags.errors import ForbiddenError, UnauthenticatedError

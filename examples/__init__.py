@@ -1,4 +1,0 @@
-"""Runnable examples of flagrail.
-
-``exam_platform`` replays the incident (``flagrail demo incident``).
-"""
