@@ -3,7 +3,8 @@
 For each database (SQLite file, PostgreSQL database of its own, created and
 dropped), this runs a real flagrail server (``flagrail serve``: one uvicorn
 worker, a process of its own) and measures from this process over a keep-alive
-HTTP connection, one request at a time:
+HTTP connection, one request at a time, end to end (from the request's send to
+its response read, so the figures include the network stack and the client):
 
 * kill latency: ``POST /admin/flags/{key}/kill`` with no environments (the
   emergency path: all four environments, one transaction, four history rows),
@@ -324,7 +325,9 @@ def report(results: dict[str, Measured], sizes: Sizes, load: tuple[float, float]
     print(
         f"flagrail admin API, {os.cpu_count()} CPUs, {platform.machine()}, {versions()}; "
         f"{sizes.kills:,} kills, history of {sizes.rows:,} rows, "
-        f"{sizes.page_repeats} fetches per page; one request at a time, keep-alive; "
+        f"{sizes.page_repeats} fetches per page; end to end, as the caller sees it: from the "
+        "request's send to its response read in another process, one request at a time, "
+        "keep-alive; "
         f"load average {load[0]:.2f} before, {load[1]:.2f} after (other work on the machine "
         "shows in the p99)"
     )
