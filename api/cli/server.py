@@ -1,4 +1,4 @@
-"""``flagrail serve`` and ``flagrail db upgrade``."""
+"""``flagrail serve``, ``flagrail db upgrade`` and ``flagrail db check``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,26 @@ def db_upgrade(database_url_opt: str | None = DatabaseUrl) -> None:
     url = database_url(database_url_opt)
     upgrade(url)
     typer.echo(f"schema is current on {_redact(url)}", err=True)
+
+
+@db_app.command("check")
+def db_check(database_url_opt: str | None = DatabaseUrl) -> None:
+    """Compare the table models with the database; exit 1 listing each difference (drift).
+
+    The database must be at the newest migration (else: exit 1, run `flagrail db upgrade`).
+    """
+    from flags.store.schema import schema_drift
+
+    url = database_url(database_url_opt)
+    differences = schema_drift(url)
+    if differences:
+        for line in differences:
+            typer.echo(line)
+        raise CliError(
+            f"schema drift on {_redact(url)}: {len(differences)} difference(s) between the "
+            "models and the database (listed above)"
+        )
+    typer.echo(f"no drift: the database at {_redact(url)} matches the models", err=True)
 
 
 def _redact(url: str) -> str:

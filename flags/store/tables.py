@@ -1,8 +1,11 @@
 """SQLAlchemy 2 table definitions: the schema that Alembic migrations create.
 
-The schema is made only by ``migrations/``; this metadata is what the
-migrations and the store read. JSON columns hold tenant lists, tags, token
-scopes and history before/after states.
+The schema is made only by ``migrations/``. :data:`metadata` is the one
+``MetaData`` of every table: the core tables here, the SDK telemetry tables in
+``flags.store.telemetry`` and the plans table in ``flags.plans.store``;
+``flags.store.schema.metadata`` imports all three, and that is what
+``migrations/env.py`` and ``flagrail db check`` compare with a database. JSON
+columns hold tenant lists, tags, token scopes and history before/after states.
 """
 
 from __future__ import annotations
