@@ -361,6 +361,79 @@ class FlagChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceReport:
+    """One SDK instance saying which environment version it applied.
+
+    Sent after every applied update and with every metrics report. ``interval``
+    is the instance's report interval in seconds (it counts as live for three of
+    them); ``closed`` says it is going away.
+    """
+
+    instance_id: str
+    environment: str
+    host: str
+    pid: int
+    app: str | None
+    applied_version: int
+    interval: float = 10.0
+    closed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.instance_id,
+            "environment": self.environment,
+            "host": self.host,
+            "pid": self.pid,
+            "app": self.app,
+            "applied_version": self.applied_version,
+            "interval": self.interval,
+            "closed": self.closed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InstanceReport:
+        """Parse a report. Raises ``ValidationError`` naming the bad field."""
+        if not isinstance(data, Mapping):
+            raise ValidationError("an instance report must be a JSON object", field="instance")
+
+        def text(name: str, limit: int, *, optional: bool = False) -> str | None:
+            value = data.get(name)
+            if value is None and optional:
+                return None
+            if not isinstance(value, str) or not 0 < len(value) <= limit:
+                raise ValidationError(
+                    f"{name} must be a string of 1 to {limit} characters, got {value!r:.60}",
+                    field=name,
+                )
+            return value
+
+        pid, version = data.get("pid"), data.get("applied_version")
+        interval, closed = data.get("interval", 10.0), data.get("closed", False)
+        if type(pid) is not int or pid < 0:
+            raise ValidationError("pid must be a non-negative integer", field="pid")
+        if type(version) is not int or version < 0:
+            raise ValidationError(
+                "applied_version must be a non-negative integer", field="applied_version"
+            )
+        if type(interval) not in (int, float) or not 0 < interval <= 3600:
+            raise ValidationError(
+                "interval must be a number of seconds in (0, 3600]", field="interval"
+            )
+        if type(closed) is not bool:
+            raise ValidationError("closed must be a boolean", field="closed")
+        return cls(
+            instance_id=str(text("instance_id", 64)),
+            environment=str(text("environment", 40)),
+            host=str(text("host", 255)),
+            pid=pid,
+            app=text("app", 200, optional=True),
+            applied_version=version,
+            interval=float(interval),
+            closed=closed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryEntry:
     id: int
     at: datetime

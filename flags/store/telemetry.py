@@ -48,7 +48,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from flags.errors import FlagrailError, StoreUnavailableError
 from flags.store import tables as core
 from flags.store.tables import metadata
-from flags.sync import InstanceReport
+from flags.model import InstanceReport
 
 __all__ = [
     "EVALUATIONS_OFF",
