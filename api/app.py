@@ -1,6 +1,8 @@
 """``create_app(settings)``: the flagrail HTTP service.
 
-Constructing the app does no I/O. The lifespan starts the services registered in
+Constructing the app does no I/O. ``app.state.service`` is the ``AdminService``
+every admin route calls (on the store, the plans, the SDK telemetry and the
+instance registry). The lifespan starts the services registered in
 ``app.state.services`` (objects with ``start()`` and ``close()``), in order, and
 closes them in reverse.
 """
@@ -18,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from api import errors
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.routes import environments, flags, health, history, plans, sdk, tokens, unleash
+from api.service import AdminService
 from flags.plans.scheduler import PlanScheduler, default_metrics
 from flags.plans.store import PlanStore
 from flags.settings import Settings
@@ -67,8 +70,14 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
     app.state.settings = settings
     app.state.store = store
     app.state.services = []
-    sdk.install(app, settings, store)
+    services = sdk.install(app, settings, store)
     app.state.plans = PlanStore(store)
+    app.state.service = AdminService(
+        store,
+        plans=app.state.plans,
+        telemetry=services.telemetry,
+        instances=services.registry,
+    )
     if settings.scheduler:
         app.state.services.append(PlanScheduler(app.state.plans, default_metrics(store.engine)))
     errors.install(app)

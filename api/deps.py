@@ -1,58 +1,47 @@
-"""FastAPI dependencies: the store, the request id, and the authenticated principal.
+"""FastAPI dependencies: the store, the admin service, the request id, and the
+authenticated ``Principal``.
 
-Role order: reader < operator < editor < admin. A ``client`` token reads only the
-SDK endpoints of its environments. Environment scope is checked per route with
-``Principal.check_env``.
+Who may do what is decided in ``api.service.principal`` (``PERMISSIONS``) and
+checked by ``AdminService`` on every operation. ``allowed(operation)`` makes the
+same check while the request is being resolved, so a caller without the role
+hears 403 before its body is judged. A ``client`` token reaches only the SDK
+endpoints of its environments (``SdkClient``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from fastapi import Depends, Request
 
-from flags.errors import ForbiddenError, UnauthenticatedError, ValidationError
-from flags.model import Role, TokenInfo
-from flags.store.sql import SqlFlagStore
+from api.service import AdminService, Operation, Principal
+from flags.errors import UnauthenticatedError, ValidationError
+from flags.model import TokenInfo
+from flags.store import FlagStore
 
-RANK = {Role.CLIENT: 0, Role.READER: 1, Role.OPERATOR: 2, Role.EDITOR: 3, Role.ADMIN: 4}
+__all__ = [
+    "ACTOR_HEADER",
+    "Principal",
+    "Reader",
+    "SdkClient",
+    "allowed",
+    "authenticate",
+    "bearer_secret",
+    "get_service",
+    "get_store",
+    "request_id",
+]
+
 ACTOR_HEADER = "x-flagrail-actor"
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the token, and the actor name its changes are recorded under."""
-
-    token: TokenInfo
-    actor: str
-
-    @property
-    def scope(self) -> tuple[str, ...] | None:
-        return self.token.environments
-
-    def check_env(self, environment: str) -> None:
-        """Raise ``ForbiddenError`` unless the token covers ``environment``."""
-        if not self.token.covers(environment):
-            raise ForbiddenError(
-                f"token {self.token.name!r} is not scoped to environment {environment!r}",
-                field="environment",
-            )
-
-    def check_envs(self, environments: Sequence[str]) -> None:
-        for env in environments:
-            self.check_env(env)
-
-    def check_unscoped(self, what: str) -> None:
-        if self.token.environments is not None:
-            raise ForbiddenError(f"{what} needs a token scoped to every environment")
-
-    def visible(self, environments: Sequence[str]) -> list[str]:
-        return [env for env in environments if self.token.covers(env)]
-
-
-def get_store(request: Request) -> SqlFlagStore:
+def get_store(request: Request) -> FlagStore:
     return request.app.state.store  # type: ignore[no-any-return]
+
+
+def get_service(request: Request) -> AdminService:
+    """The app's ``AdminService`` (made by ``create_app``)."""
+    return request.app.state.service  # type: ignore[no-any-return]
 
 
 def request_id(request: Request) -> str:
@@ -73,10 +62,10 @@ def bearer_secret(request: Request, *, allow_raw: bool = False) -> str:
     raise UnauthenticatedError("Authorization must be 'Bearer <token>'", field="Authorization")
 
 
-def _actor_for(request: Request, token: TokenInfo) -> str:
+def _claimed_actor(request: Request) -> str | None:
     claimed = request.headers.get(ACTOR_HEADER)
     if claimed is None:
-        return token.name
+        return None
     # Automated actors name themselves (guard:<host>:<pid>); nothing else may be claimed.
     if not claimed.startswith("guard:") or len(claimed) > 200 or not claimed.isprintable():
         raise ValidationError(
@@ -94,17 +83,14 @@ def authenticate(request: Request, *, allow_raw: bool = False) -> TokenInfo:
     return token
 
 
-def require(role: Role) -> Callable[[Request], Principal]:
-    """A dependency that authenticates and demands at least ``role`` (never ``client``)."""
+def allowed(operation: Operation) -> Callable[[Request], Principal]:
+    """A dependency: authenticate, and refuse (403) a principal whose role may not
+    perform ``operation``."""
 
     def dependency(request: Request) -> Principal:
         token = authenticate(request)
-        if token.role is Role.CLIENT or RANK[token.role] < RANK[role]:
-            raise ForbiddenError(
-                f"token {token.name!r} has role {token.role.value!r}; "
-                f"this needs {role.value!r} or above"
-            )
-        principal = Principal(token, _actor_for(request, token))
+        Principal.from_token(token).allow(operation)  # the role first, then the header
+        principal = Principal.from_token(token, claimed_actor=_claimed_actor(request))
         request.state.principal = principal
         return principal
 
@@ -113,12 +99,8 @@ def require(role: Role) -> Callable[[Request], Principal]:
 
 def require_client(request: Request) -> Principal:
     """SDK endpoints: any token (``client`` included); scope is checked by the route."""
-    token = authenticate(request)
-    return Principal(token, token.name)
+    return Principal.from_token(authenticate(request))
 
 
-Reader = Depends(require(Role.READER))
-Operator = Depends(require(Role.OPERATOR))
-Editor = Depends(require(Role.EDITOR))
-Admin = Depends(require(Role.ADMIN))
+Reader = Depends(allowed(Operation.READ))
 SdkClient = Depends(require_client)

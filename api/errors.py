@@ -67,7 +67,8 @@ def error_response(
     )
 
 
-def _field_from_loc(loc: tuple[Any, ...]) -> str | None:
+def field_from_loc(loc: tuple[Any, ...]) -> str | None:
+    """A pydantic error location as a field path (``stages.2.rollout``)."""
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     if not parts:
         return "body" if loc and loc[0] == "body" else None
@@ -91,10 +92,10 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         return error_response(422, "validation_error", "body is not valid JSON", "body")
-    field = _field_from_loc(tuple(first.get("loc", ())))
+    field = field_from_loc(tuple(first.get("loc", ())))
     message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
     details = [
-        {"field": _field_from_loc(tuple(err.get("loc", ()))), "message": err.get("msg")}
+        {"field": field_from_loc(tuple(err.get("loc", ()))), "message": err.get("msg")}
         for err in errors[:20]
     ]
     return error_response(422, "validation_error", message, field, details=details)

@@ -1,24 +1,35 @@
-"""Request bodies (pydantic, strict, unknown fields rejected) and response serialization.
+"""Request bodies (pydantic, strict, unknown fields rejected) and response rendering.
 
-The response functions are shared with the CLI's direct-database mode, so both
-print the same JSON.
+Each body model turns itself into an ``api.service`` command (``to_command``);
+``parse_body`` validates a plain dict with the same models, for the CLI's
+database mode. The ``*_json`` functions render service results for both front
+ends, so a route and the CLI print the same JSON.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
 
+from api.errors import field_from_loc
+from api.service.admin import FlagView
+from api.service.commands import CreateFlag, CreateToken, Kill, SetState, UpdateFlag
+from flags.errors import ValidationError
+from flags.history import HistoryPage
 from flags.model import (
     MAX_TENANT_LIST,
     Environment,
     FlagRecord,
     FlagState,
     StateChange,
-    validate_tenants,
+    TokenInfo,
 )
-from flags.store.sql import KillResult, flag_to_dict
+from flags.plans.model import parse_change
+from flags.store import KillResult
+from flags.store.sql import flag_to_dict
 
 Kind = Literal["release", "operational", "kill-switch", "permission"]
 RoleName = Literal["client", "reader", "operator", "editor", "admin"]
@@ -46,6 +57,20 @@ class EnvironmentCreate(Body):
     name: str = Field(min_length=1, max_length=40)
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(model: type[M], body: object) -> M:
+    """Validate ``body`` with a request model, as the route would. Raises
+    ``ValidationError`` naming the first offending field."""
+    try:
+        return model.model_validate(body)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        field = field_from_loc(tuple(first.get("loc", ()))) or "body"
+        raise ValidationError(f"{field}: {first.get('msg')}", field=field) from exc
+
+
 class FlagCreate(Body):
     key: str = Field(min_length=1, max_length=100)
     description: str = Field(default="", max_length=10_000)
@@ -53,12 +78,19 @@ class FlagCreate(Body):
     owner: str | None = Field(default=None, max_length=200)
     tags: list[str] = Field(default_factory=list, max_length=100)
 
+    def to_command(self) -> CreateFlag:
+        return CreateFlag(self.key, self.description, self.kind, self.owner, tuple(self.tags))
+
 
 class FlagUpdate(Body):
     description: str | None = Field(default=None, max_length=10_000)
     owner: str | None = Field(default=None, max_length=200)
     tags: list[str] | None = Field(default=None, max_length=100)
     kind: Kind | None = None
+
+    def to_command(self, key: str) -> UpdateFlag:
+        """Only the fields the body set (``owner: null`` clears the owner)."""
+        return UpdateFlag(key, self.model_dump(exclude_unset=True))
 
 
 class StateUpdate(Body):
@@ -76,32 +108,37 @@ class StateUpdate(Body):
 
     def to_change(self) -> StateChange:
         """Raises ``flags.errors.ValidationError`` naming a bad tenant list."""
-
-        def tenants(name: str) -> frozenset[str] | None:
-            value = getattr(self, name)
-            return None if value is None else validate_tenants(value, name)
-
-        return StateChange(
-            enabled=self.enabled,
-            rollout=self.rollout,
-            tenants_on=tenants("tenants_on"),
-            tenants_off=tenants("tenants_off"),
-            tenants_on_add=tenants("tenants_on_add") or frozenset(),
-            tenants_on_remove=tenants("tenants_on_remove") or frozenset(),
-            tenants_off_add=tenants("tenants_off_add") or frozenset(),
-            tenants_off_remove=tenants("tenants_off_remove") or frozenset(),
+        return parse_change(
+            self.model_dump(exclude_none=True, exclude={"reason"}), "", allow_empty=True
         )
+
+    def to_command(self, key: str, environment: str, expected_version: int | None) -> SetState:
+        return SetState(key, environment, self.to_change(), self.reason, expected_version)
 
 
 class KillRequest(Body):
     reason: str = Field(min_length=1, max_length=2000)
     environments: list[str] | None = Field(default=None, max_length=100)
 
+    def to_command(self, key: str) -> Kill:
+        envs = None if self.environments is None else tuple(self.environments)
+        return Kill(key, self.reason, envs)
+
 
 class TokenCreate(Body):
     name: str = Field(min_length=1, max_length=200)
     role: RoleName
     environments: list[str] | None = Field(default=None, max_length=100)
+
+    def to_command(self) -> CreateToken:
+        envs = None if self.environments is None else tuple(self.environments)
+        return CreateToken(self.name, self.role, envs)
+
+
+class PlanActionBody(Body):
+    """Optional body of pause / resume / abort: why (recorded in the history)."""
+
+    reason: str | None = None
 
 
 def environment_json(env: Environment) -> dict[str, Any]:
@@ -116,9 +153,9 @@ def state_json(state: FlagState, extra: dict[str, Any] | None = None) -> dict[st
 
 
 def flag_json(
-    record: FlagRecord, telemetry: dict[str, dict[str, Any]] | None = None
+    record: FlagRecord, telemetry: Mapping[str, dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """``GET /admin/flags/{key}``; ``telemetry`` adds per-environment evaluation facts."""
+    """A flag with its states; ``telemetry`` adds per-environment evaluation facts."""
     data = flag_to_dict(record.flag)
     telemetry = telemetry or {}
     data["environments"] = {
@@ -127,9 +164,46 @@ def flag_json(
     return data
 
 
+def flag_view_json(view: FlagView) -> dict[str, Any]:
+    """``GET /admin/flags/{key}``."""
+    return flag_json(view.record, view.telemetry)
+
+
+def flags_json(records: Sequence[FlagRecord]) -> dict[str, Any]:
+    return {"items": [flag_json(r) for r in records]}
+
+
+def environments_json(envs: Sequence[Environment]) -> dict[str, Any]:
+    return {"items": [environment_json(e) for e in envs]}
+
+
+def flag_state_json(key: str, environment: str, state: FlagState) -> dict[str, Any]:
+    """The answer of a state change: the state, with its flag and environment."""
+    return {"flag": key, "environment": environment, **state.to_dict()}
+
+
 def kill_json(result: KillResult) -> dict[str, Any]:
     return {
         "flag": result.flag,
         "environments": {env: s.to_dict() for env, s in sorted(result.states.items())},
         "changed": result.changed,
     }
+
+
+def history_json(page: HistoryPage) -> dict[str, Any]:
+    return page.to_dict()
+
+
+def new_token_json(info: TokenInfo, secret: str) -> dict[str, Any]:
+    """A created token, with its value (shown this once)."""
+    return {
+        "id": info.id,
+        "name": info.name,
+        "role": info.role.value,
+        "environments": list(info.environments) if info.environments is not None else None,
+        "token": secret,
+    }
+
+
+def tokens_json(tokens: Sequence[TokenInfo]) -> dict[str, Any]:
+    return {"items": [t.to_dict() for t in tokens]}

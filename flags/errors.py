@@ -18,6 +18,7 @@ Each one also subclasses the nearest builtin, so generic handlers keep working::
     │   ├── UnauthenticatedError                no or unknown token
     │   └── ForbiddenError                      wrong role or environment scope
     ├── StoreUnavailableError (ConnectionError) the database did not answer
+    ├── ServerUnavailableError (ConnectionError) the admin API did not answer (admin client)
     ├── SchemaOutdatedError (RuntimeError)      database schema behind the code
     └── CacheError
         └── CorruptEntryError (ValueError)      an envelope failed to decode or verify
@@ -111,6 +112,13 @@ class StoreUnavailableError(FlagrailError, ConnectionError):
     """The database could not be reached or failed mid-transaction; nothing was written."""
 
     code = "store_unavailable"
+
+
+class ServerUnavailableError(FlagrailError, ConnectionError):
+    """The flagrail server could not be reached, did not answer in time, or answered
+    with something that is not its API (``flags.admin_client``)."""
+
+    code = "server_unavailable"
 
 
 class SchemaOutdatedError(FlagrailError, RuntimeError):

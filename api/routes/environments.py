@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from api.deps import Admin, Principal, Reader, get_store, request_id
-from api.schemas import EnvironmentCreate, environment_json
-from flags.store.sql import SqlFlagStore
+from api.deps import Principal, Reader, allowed, get_service, request_id
+from api.schemas import EnvironmentCreate, environment_json, environments_json
+from api.service import AdminService, Operation
 
 router = APIRouter(prefix="/admin/environments", tags=["environments"])
+Service = Annotated[AdminService, Depends(get_service)]
 
 
 @router.get("")
-def list_environments(
-    principal: Principal = Reader, store: SqlFlagStore = Depends(get_store)
-) -> dict[str, Any]:
-    envs = [e for e in store.list_environments() if principal.token.covers(e.name)]
-    return {"items": [environment_json(e) for e in envs]}
+def list_environments(service: Service, principal: Principal = Reader) -> dict[str, Any]:
+    return environments_json(service.list_environments(principal))
 
 
 @router.post("", status_code=201)
 def create_environment(
     body: EnvironmentCreate,
-    principal: Principal = Admin,
-    store: SqlFlagStore = Depends(get_store),
-    rid: str = Depends(request_id),
+    service: Service,
+    rid: Annotated[str, Depends(request_id)],
+    principal: Principal = Depends(allowed(Operation.CREATE_ENVIRONMENT)),
 ) -> dict[str, Any]:
-    principal.check_unscoped("creating an environment")
-    env = store.create_environment(body.name, actor=principal.actor, request_id=rid)
-    return environment_json(env)
+    return environment_json(service.create_environment(principal, body.name, request_id=rid))

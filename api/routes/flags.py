@@ -1,4 +1,7 @@
-"""``/admin/flags``: flags, their per-environment state, and the kill switch."""
+"""``/admin/flags``: flags, their per-environment state, and the kill switch.
+
+Each route parses the request, calls ``AdminService`` and renders its answer.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from api.deps import Editor, Operator, Principal, Reader, get_store, request_id
+from api.deps import Principal, Reader, allowed, get_service, request_id
 from api.schemas import (
     NO_NUL,
     FlagCreate,
@@ -14,16 +17,20 @@ from api.schemas import (
     KillRequest,
     StateUpdate,
     flag_json,
+    flag_state_json,
+    flag_view_json,
+    flags_json,
     kill_json,
 )
+from api.service import AdminService, Operation
+from api.service.commands import FlagFilter
 from flags.errors import ValidationError
-from flags.model import validate_environment_name, validate_flag_key
-from flags.store.sql import SqlFlagStore
 
 router = APIRouter(prefix="/admin/flags", tags=["flags"])
 
-Store = Annotated[SqlFlagStore, Depends(get_store)]
+Service = Annotated[AdminService, Depends(get_service)]
 RequestId = Annotated[str, Depends(request_id)]
+EditFlag = Depends(allowed(Operation.EDIT_FLAG))
 
 
 def parse_if_match(value: str | None) -> int | None:
@@ -42,68 +49,42 @@ def parse_if_match(value: str | None) -> int | None:
     return int(raw)
 
 
-def telemetry_for(request: Request, key: str) -> dict[str, dict[str, Any]] | None:
-    """Per-environment evaluation facts, when the SDK telemetry store is installed."""
-    telemetry = getattr(request.app.state, "telemetry", None)
-    return telemetry.flag_environments(key) if telemetry is not None else None
-
-
 @router.get("")
 def list_flags(
-    store: Store,
+    service: Service,
     principal: Principal = Reader,
     kind: str | None = Query(default=None, max_length=20, pattern=NO_NUL),
     tag: str | None = Query(default=None, max_length=200, pattern=NO_NUL),
     archived: bool | None = None,
     q: str | None = Query(default=None, max_length=200, pattern=NO_NUL),
 ) -> dict[str, Any]:
-    records = store.list_flags(kind=kind, tag=tag, archived=archived, q=q, scope=principal.scope)
-    return {"items": [flag_json(r) for r in records]}
+    return flags_json(service.list_flags(principal, FlagFilter(kind, tag, archived, q)))
 
 
 @router.post("", status_code=201)
 def create_flag(
-    body: FlagCreate, store: Store, rid: RequestId, principal: Principal = Editor
+    body: FlagCreate, service: Service, rid: RequestId, principal: Principal = EditFlag
 ) -> dict[str, Any]:
-    validate_flag_key(body.key)
-    record = store.create_flag(
-        body.key,
-        description=body.description,
-        kind=body.kind,
-        owner=body.owner,
-        tags=body.tags,
-        actor=principal.actor,
-        request_id=rid,
-    )
-    return flag_json(store.get_flag(record.flag.key, scope=principal.scope))
+    return flag_json(service.create_flag(principal, body.to_command(), request_id=rid))
 
 
 @router.get("/{key}")
-def get_flag(
-    key: str, request: Request, store: Store, principal: Principal = Reader
-) -> dict[str, Any]:
-    validate_flag_key(key)
-    return flag_json(store.get_flag(key, scope=principal.scope), telemetry_for(request, key))
+def get_flag(key: str, service: Service, principal: Principal = Reader) -> dict[str, Any]:
+    return flag_view_json(service.get_flag(principal, key))
 
 
 @router.patch("/{key}")
 def update_flag(
-    key: str, body: FlagUpdate, store: Store, rid: RequestId, principal: Principal = Editor
+    key: str, body: FlagUpdate, service: Service, rid: RequestId, principal: Principal = EditFlag
 ) -> dict[str, Any]:
-    validate_flag_key(key)
-    changes = body.model_dump(exclude_unset=True)
-    store.update_flag(key, changes, actor=principal.actor, request_id=rid)
-    return flag_json(store.get_flag(key, scope=principal.scope))
+    return flag_json(service.update_flag(principal, body.to_command(key), request_id=rid))
 
 
 @router.delete("/{key}")
 def archive_flag(
-    key: str, store: Store, rid: RequestId, principal: Principal = Editor
+    key: str, service: Service, rid: RequestId, principal: Principal = EditFlag
 ) -> dict[str, Any]:
-    validate_flag_key(key)
-    principal.check_unscoped("archiving a flag")
-    store.archive_flag(key, actor=principal.actor, request_id=rid)
-    return flag_json(store.get_flag(key, scope=principal.scope))
+    return flag_json(service.archive_flag(principal, key, request_id=rid))
 
 
 @router.patch("/{key}/environments/{env}")
@@ -112,36 +93,16 @@ def update_state(
     env: str,
     body: StateUpdate,
     response: Response,
-    store: Store,
+    service: Service,
     rid: RequestId,
-    principal: Principal = Editor,
+    principal: Principal = Depends(allowed(Operation.SET_STATE)),
     if_match: str | None = Header(default=None, max_length=40),
 ) -> dict[str, Any]:
     """Change the state of ``key`` in ``env``; ``If-Match: "<version>"`` makes it conditional."""
-    validate_flag_key(key)
-    validate_environment_name(env)
-    principal.check_env(env)
-    expected = parse_if_match(if_match)
-    state = store.update_state(
-        key,
-        env,
-        body.to_change(),
-        actor=principal.actor,
-        expected_version=expected,
-        reason=body.reason,
-        request_id=rid,
-    )
+    command = body.to_command(key, env, parse_if_match(if_match))
+    state = service.set_state(principal, command, request_id=rid)
     response.headers["ETag"] = f'"{state.version}"'
-    return {"flag": key, "environment": env, **state.to_dict()}
-
-
-def _target_envs(principal: Principal, requested: list[str] | None) -> list[str] | None:
-    if requested is None:
-        return list(principal.scope) if principal.scope is not None else None
-    for env in requested:
-        validate_environment_name(env, "environments")
-    principal.check_envs(requested)
-    return requested
+    return flag_state_json(key, env, state)
 
 
 @router.post("/{key}/kill")
@@ -149,9 +110,9 @@ def kill_flag(
     key: str,
     body: KillRequest,
     request: Request,
-    store: Store,
+    service: Service,
     rid: RequestId,
-    principal: Principal = Operator,
+    principal: Principal = Depends(allowed(Operation.KILL)),
     wait: str | None = Query(default=None, max_length=20),
 ) -> dict[str, Any]:
     """Kill ``key`` in the given environments (default: every environment of the token).
@@ -159,32 +120,21 @@ def kill_flag(
     ``?wait=2s`` answers once every live SDK instance applied the kill, or when the
     wait runs out, adding ``confirmed``, ``live``, ``lagging`` and ``elapsed_ms``.
     """
-    from api.routes.sdk import confirm_kill, kill_wait
+    from api.routes.sdk import kill_wait
 
-    validate_flag_key(key)
     seconds = kill_wait(request, wait)
-    result = store.kill(
-        key,
-        _target_envs(principal, body.environments),
-        reason=body.reason,
-        actor=principal.actor,
-        request_id=rid,
-    )
+    result = service.kill(principal, body.to_command(key), request_id=rid)
     if seconds is None:
         return kill_json(result)
-    return {**kill_json(result), **confirm_kill(request, store, result, seconds)}
+    return {**kill_json(result), **service.confirm_kill(result, seconds)}
 
 
 @router.post("/{key}/unkill")
 def unkill_flag(
-    key: str, body: KillRequest, store: Store, rid: RequestId, principal: Principal = Operator
+    key: str,
+    body: KillRequest,
+    service: Service,
+    rid: RequestId,
+    principal: Principal = Depends(allowed(Operation.UNKILL)),
 ) -> dict[str, Any]:
-    validate_flag_key(key)
-    result = store.unkill(
-        key,
-        _target_envs(principal, body.environments),
-        reason=body.reason,
-        actor=principal.actor,
-        request_id=rid,
-    )
-    return kill_json(result)
+    return kill_json(service.unkill(principal, body.to_command(key), request_id=rid))

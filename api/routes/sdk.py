@@ -35,13 +35,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Principal, Reader, SdkClient, get_store
+from api.deps import Principal, Reader, SdkClient, get_service, get_store
 from api.errors import error_response
+from api.service import AdminService
 from flags.durations import parse_duration, parse_instant
 from flags.errors import FlagrailError, ValidationError
 from flags.model import FlagChanged, Snapshot, validate_environment_name, validate_flag_key
 from flags.settings import Settings
-from flags.store.sql import KillResult, SqlFlagStore
+from flags.store import FlagStore
+from flags.store.sql import SqlFlagStore
 from flags.store.telemetry import TelemetryStore
 from flags.sync import InstanceReport
 from flags.sync.broadcast import Broadcaster, InstanceRegistry
@@ -50,7 +52,6 @@ from flags.sync.sse import format_event
 __all__ = [
     "SdkServerSettings",
     "SdkServices",
-    "confirm_kill",
     "install",
     "kill_wait",
     "router",
@@ -60,7 +61,7 @@ log = logging.getLogger("flagrail.api.sdk")
 
 router = APIRouter(tags=["sdk"])
 
-Store = Annotated[SqlFlagStore, Depends(get_store)]
+Store = Annotated[FlagStore, Depends(get_store)]
 MAX_REPORTED_FLAGS = 10_000
 MAX_COUNTERS_PER_FLAG = 50
 
@@ -101,7 +102,7 @@ class SnapshotCache:
     def __init__(self) -> None:
         self._by_env: dict[str, RenderedSnapshot] = {}
 
-    def get(self, store: SqlFlagStore, env: str, version: int | None = None) -> RenderedSnapshot:
+    def get(self, store: FlagStore, env: str, version: int | None = None) -> RenderedSnapshot:
         """The snapshot of ``env``; ``version`` (if already read) saves a query.
 
         Raises ``EnvironmentNotFoundError`` for an unknown environment.
@@ -303,7 +304,7 @@ async def stream(
 ) -> Response:
     """Server-Sent Events of one environment (see the module docstring)."""
     env = _sdk_environment(principal, environment)
-    store: SqlFlagStore = request.app.state.store
+    store: FlagStore = request.app.state.store
     await run_in_threadpool(store.get_environment, env)  # 404 before the stream starts
     broadcaster = services.broadcaster
     limit = services.settings.max_streams
@@ -472,25 +473,24 @@ def post_instance(
 # ---------------------------------------------------------------------- admin
 @router.get("/admin/environments/{env}/clients")
 def list_clients(
-    env: str, store: Store, services: Services, principal: Principal = Reader
+    env: str,
+    service: Annotated[AdminService, Depends(get_service)],
+    principal: Principal = Reader,
 ) -> dict[str, Any]:
     """Live SDK instances of ``env``: heard from within three report intervals."""
-    validate_environment_name(env)
-    principal.check_env(env)
-    store.get_environment(env)
-    return {"items": services.registry.live(env)}
+    return {"items": service.clients(principal, env)}
 
 
 @router.get("/admin/reports/unused")
 def unused_report(
-    services: Services,
+    service: Annotated[AdminService, Depends(get_service)],
     principal: Principal = Reader,
     since: str = Query(default="30d", max_length=64),
 ) -> dict[str, Any]:
     """Live flags created before ``since`` that no SDK evaluated since then, in the
     environments of the token."""
     at = parse_instant(since, "since")
-    items = services.telemetry.unused(at, scope=principal.scope)
+    items = service.unused(principal, at)
     return {"since": at.astimezone(UTC).isoformat(), "items": items}
 
 
@@ -506,17 +506,3 @@ def kill_wait(request: Request, wait: str | None) -> float | None:
     if seconds > limit:
         raise ValidationError(f"wait must be at most {limit:g}s, got {wait!r}", field="wait")
     return seconds
-
-
-def confirm_kill(
-    request: Request, store: SqlFlagStore, result: KillResult, seconds: float
-) -> dict[str, Any]:
-    """Wait until every live instance of the kill's environments applied the version
-    the kill produced there (for an environment it left as it was, the current
-    version), at most ``seconds``. Returns ``{"confirmed", "live", "lagging",
-    "elapsed_ms"}``, to merge into the kill's answer."""
-    targets = dict(result.env_versions)
-    for env in result.states:
-        if env not in targets:
-            targets[env] = store.get_environment(env).version
-    return _services(request).registry.wait_applied(targets, seconds).to_dict()

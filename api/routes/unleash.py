@@ -36,12 +36,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import Principal, authenticate, get_store
 from flags.errors import ValidationError
 from flags.model import TokenInfo, validate_environment_name
-from flags.store.sql import SqlFlagStore
+from flags.store import FlagStore
 from flags.unleash.mapping import features_payload
 
 router = APIRouter(prefix="/api/client", tags=["unleash"])
 
-Store = Annotated[SqlFlagStore, Depends(get_store)]
+Store = Annotated[FlagStore, Depends(get_store)]
 
 
 def unleash_token(request: Request) -> TokenInfo:
@@ -113,7 +113,7 @@ def client_environment(token: TokenInfo, requested: str | None) -> str:
     """
     if requested is not None:
         validate_environment_name(requested)
-        Principal(token, token.name).check_env(requested)
+        Principal.from_token(token).check_env(requested)
         return requested
     if token.environments is not None and len(token.environments) == 1:
         return token.environments[0]
@@ -125,7 +125,7 @@ def client_environment(token: TokenInfo, requested: str | None) -> str:
     )
 
 
-def render(store: SqlFlagStore, environment: str) -> RenderedFeatures:
+def render(store: FlagStore, environment: str) -> RenderedFeatures:
     """Render ``environment``'s current snapshot; the ETag is a hash of the body."""
     snapshot = store.snapshot(environment)
     body = json.dumps(features_payload(snapshot), separators=(",", ":"), ensure_ascii=False).encode(
@@ -142,10 +142,10 @@ def render(store: SqlFlagStore, environment: str) -> RenderedFeatures:
     )
 
 
-def current_features(request: Request, store: SqlFlagStore, environment: str) -> RenderedFeatures:
+def current_features(request: Request, store: FlagStore, environment: str) -> RenderedFeatures:
     """The environment's payload as of now (rendered again only after a change)."""
     cache = features_cache(request)
-    version = store.environment_version(environment)
+    version = store.get_environment(environment).version
     item = cache.get(environment, version)
     if item is None:
         item = render(store, environment)

@@ -494,10 +494,17 @@ def _instant(value: object, field: str) -> datetime:
     )
 
 
-def parse_change(data: object, field: str = "change") -> StateChange:
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def parse_change(data: object, field: str = "change", *, allow_empty: bool = False) -> StateChange:
     """A state change as ``PATCH .../environments/{env}`` takes it (tenant lists replace,
-    ``*_add`` / ``*_remove`` edit). Raises ``ValidationError`` naming ``change.<key>``."""
-    data = _mapping(data, field)
+    ``*_add`` / ``*_remove`` edit): the one parser of a state change, for that route, the
+    CLI and scheduled changes. Null values are no change. Raises ``ValidationError``
+    naming ``<field>.<key>`` (just ``<key>`` when ``field`` is empty); an empty change
+    too, unless ``allow_empty``."""
+    data = _mapping(data, field or "body")
     _no_unknown(data, _CHANGE_FIELDS, field)
     enabled = data.get("enabled")
     rollout = data.get("rollout")
@@ -505,14 +512,16 @@ def parse_change(data: object, field: str = "change") -> StateChange:
     for name in _CHANGE_SETS:
         value = data.get(name)
         if value is not None:
-            sets[name] = _tenants(value, f"{field}.{name}")
+            sets[name] = _tenants(value, _join(field, name))
     change = StateChange(
-        enabled=None if enabled is None else _bool(enabled, f"{field}.enabled"),
-        rollout=None if rollout is None else validate_rollout(rollout, f"{field}.rollout"),
+        enabled=None if enabled is None else _bool(enabled, _join(field, "enabled")),
+        rollout=None if rollout is None else validate_rollout(rollout, _join(field, "rollout")),
         **sets,
     )
-    if change.is_empty():
-        raise ValidationError(f"{field} must change at least one field", field=field)
+    if change.is_empty() and not allow_empty:
+        raise ValidationError(
+            f"{field or 'body'} must change at least one field", field=field or "body"
+        )
     return change
 
 

@@ -192,7 +192,7 @@ class PlanStore:
         now = now or self.clock()
         events: list[FlagChanged] = []
         with self.flags.transaction() as conn:
-            flag, state = self.flags._lock_state(conn, key, spec.environment)
+            flag, state = self.flags.lock_state(conn, key, spec.environment)
             if flag.archived:
                 raise ConflictError(f"flag {key!r} is archived", field="key")
             if spec.kind is PlanKind.PLAN:
@@ -248,7 +248,7 @@ class PlanStore:
             step = m.next_action(plan, now, Observation())
             if not isinstance(step, Wait):
                 plan = self._step(conn, plan, step, now, request_id, events)
-        self.flags._publish(events)
+        self.flags.publish(events)
         return plan
 
     def execute(
@@ -273,7 +273,7 @@ class PlanStore:
             if current.version != plan.version:
                 return None
             after = self._step(conn, current, step, now, request_id, events)
-        self.flags._publish(events)
+        self.flags.publish(events)
         return after
 
     def pause(
@@ -299,7 +299,7 @@ class PlanStore:
         """
 
         def transition(plan: Plan, now: datetime, conn: Connection) -> Plan:
-            _flag, state = self.flags._lock_state(conn, plan.flag, plan.environment)
+            _flag, state = self.flags.lock_state(conn, plan.flag, plan.environment)
             after = m.resume(plan, now, killed=state.killed)
             if plan.kind is PlanKind.PLAN:
                 self._check_no_other_plan(conn, plan.flag, plan.environment, plan.id)
@@ -340,7 +340,7 @@ class PlanStore:
             plan = self._lock(conn, plan_id)
             step = m.advance(plan, actor)
             after = self._step(conn, plan, step, now, request_id, events)
-        self.flags._publish(events)
+        self.flags.publish(events)
         return after
 
     # ------------------------------------------------------------ internals
@@ -509,7 +509,7 @@ class PlanStore:
         request_id: str | None,
         events: list[FlagChanged],
     ) -> Plan:
-        flag, before = self.flags._lock_state(conn, plan.flag, plan.environment)
+        flag, before = self.flags.lock_state(conn, plan.flag, plan.environment)
         if flag.archived:
             raise ConflictError(f"flag {plan.flag!r} is archived", field="key")
         candidate = step.change.apply(before)
@@ -592,7 +592,7 @@ class PlanStore:
         events: list[FlagChanged],
     ) -> Plan:
         if step.kill:
-            _flag, before = self.flags._lock_state(conn, plan.flag, plan.environment)
+            _flag, before = self.flags.lock_state(conn, plan.flag, plan.environment)
             if not before.killed:
                 killed = replace(
                     before,
@@ -629,7 +629,7 @@ class PlanStore:
         request_id: str | None,
     ) -> FlagChanged:
         """Write the state of ``plan``'s flag with its history row, as the plan's actor."""
-        return self.flags._write_state(
+        return self.flags.write_state(
             conn,
             plan.flag,
             plan.environment,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flags.model import (
@@ -19,7 +20,18 @@ from flags.model import (
 if TYPE_CHECKING:  # flags.history imports flags.store.tables: a runtime import here is a cycle
     from flags.history import HistoryPage, HistoryQuery
 
-__all__ = ["FlagStore"]
+__all__ = ["FlagStore", "KillResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class KillResult:
+    """Outcome of a kill or unkill: the states now, the environments it changed, and
+    the environment version each change produced."""
+
+    flag: str
+    states: dict[str, FlagState]
+    changed: list[str] = field(default_factory=list)
+    env_versions: dict[str, int] = field(default_factory=dict)
 
 
 class FlagStore(Protocol):
@@ -30,6 +42,7 @@ class FlagStore(Protocol):
 
     def ping(self) -> None: ...
     def list_environments(self) -> list[Environment]: ...
+    def get_environment(self, name: str) -> Environment: ...
     def create_environment(
         self, name: str, *, actor: str, request_id: str | None = None
     ) -> Environment: ...
@@ -71,6 +84,24 @@ class FlagStore(Protocol):
         reason: str | None = None,
         request_id: str | None = None,
     ) -> FlagState: ...
+    def kill(
+        self,
+        key: str,
+        environments: Sequence[str] | None,
+        *,
+        reason: str,
+        actor: str,
+        request_id: str | None = None,
+    ) -> KillResult: ...
+    def unkill(
+        self,
+        key: str,
+        environments: Sequence[str] | None,
+        *,
+        reason: str,
+        actor: str,
+        request_id: str | None = None,
+    ) -> KillResult: ...
     def snapshot(self, env: str) -> Snapshot: ...
     def list_history(self, query: HistoryQuery) -> HistoryPage: ...
     def create_token(

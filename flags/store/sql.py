@@ -17,7 +17,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +61,7 @@ from flags.model import (
     validate_environment_name,
     validate_flag_key,
 )
+from flags.store import KillResult
 from flags.store import tables as t
 
 __all__ = ["KillResult", "SqlFlagStore", "cli_actor", "hash_token", "make_engine"]
@@ -120,16 +121,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
     return create_engine(url, **kwargs)
-
-
-@dataclass(frozen=True, slots=True)
-class KillResult:
-    """Outcome of a kill or unkill: the states now, and the environments it changed."""
-
-    flag: str
-    states: dict[str, FlagState]
-    changed: list[str] = field(default_factory=list)
-    env_versions: dict[str, int] = field(default_factory=dict)
 
 
 def _unstorable(exc: DataError) -> ValidationError:
@@ -266,7 +257,9 @@ class SqlFlagStore:
         with self.read() as conn:
             conn.execute(text("SELECT 1"))
 
-    def _publish(self, events: Sequence[FlagChanged]) -> None:
+    def publish(self, events: Sequence[FlagChanged]) -> None:
+        """Hand committed ``events`` to every listener (call after the commit). A
+        listener's exception is logged, never raised."""
         if not events:
             return
         for listener in list(self.listeners):
@@ -453,7 +446,7 @@ class SqlFlagStore:
                 )
         except IntegrityError as exc:
             raise AlreadyExistsError(f"flag {key!r} exists", field="key") from exc
-        self._publish(events)
+        self.publish(events)
         return FlagRecord(flag, {e.environment: FlagState() for e in events})
 
     def update_flag(
@@ -520,11 +513,13 @@ class SqlFlagStore:
                 after=flag_to_dict(after.flag),
                 request_id=request_id,
             )
-        self._publish(events)
+        self.publish(events)
         return after
 
     # ------------------------------------------------------------ states
-    def _lock_state(self, conn: Connection, key: str, env: str) -> tuple[Flag, FlagState]:
+    def lock_state(self, conn: Connection, key: str, env: str) -> tuple[Flag, FlagState]:
+        """The flag and its state in ``env``, the state row locked for update, inside the
+        caller's ``transaction()``. Raises ``FlagNotFoundError``, ``EnvironmentNotFoundError``."""
         flag_row = conn.execute(select(t.flags).where(t.flags.c.key == key)).first()
         if flag_row is None:
             raise FlagNotFoundError(f"flag {key!r} does not exist", field="key")
@@ -543,7 +538,7 @@ class SqlFlagStore:
             raise FlagNotFoundError(f"flag {key!r} has no state in {env!r}", field="key")
         return _flag_from_row(flag_row), _state_from_row(row)
 
-    def _write_state(
+    def write_state(
         self,
         conn: Connection,
         key: str,
@@ -556,6 +551,9 @@ class SqlFlagStore:
         reason: str | None,
         request_id: str | None,
     ) -> FlagChanged:
+        """Write ``after`` as the state of ``key`` in ``env``, bump the environment's
+        version and record the history row, inside the caller's ``transaction()``.
+        Returns the event to ``publish`` after the commit."""
         conn.execute(
             update(t.flag_states)
             .where(t.flag_states.c.flag_key == key, t.flag_states.c.environment == env)
@@ -603,7 +601,7 @@ class SqlFlagStore:
         (archived flag).
         """
         with self.transaction() as conn:
-            flag, before = self._lock_state(conn, key, env)
+            flag, before = self.lock_state(conn, key, env)
             if expected_version is not None and expected_version != before.version:
                 raise VersionConflictError(
                     f"flag {key!r} in {env!r} is at version {before.version}, "
@@ -627,7 +625,7 @@ class SqlFlagStore:
                 killed_by=before.killed_by,
                 version=before.version + 1,
             )
-            event_ = self._write_state(
+            event_ = self.write_state(
                 conn,
                 key,
                 env,
@@ -638,7 +636,7 @@ class SqlFlagStore:
                 reason=reason,
                 request_id=request_id,
             )
-        self._publish([event_])
+        self.publish([event_])
         return after
 
     def kill(
@@ -739,7 +737,7 @@ class SqlFlagStore:
                         }
                     )
                 history_log.record_changes(conn, rows)
-        self._publish(events)
+        self.publish(events)
         return KillResult(
             key, states, [e.environment for e in events], {e.environment: e.version for e in events}
         )

@@ -1,0 +1,130 @@
+"""Typed commands of ``AdminService``: what a caller asks for, already parsed.
+
+The HTTP routes build them from request bodies (``api.schemas``), the CLI's
+database mode from the same bodies through the same models, so both front ends
+hand the service identical values. Commands are frozen and hold no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from flags.durations import parse_instant
+from flags.model import FlagKind, Role, StateChange, validate_environment_name
+
+__all__ = [
+    "CreateFlag",
+    "CreateToken",
+    "FlagFilter",
+    "HistoryFilter",
+    "Kill",
+    "SetState",
+    "UpdateFlag",
+    "history_filter",
+    "target_environments",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FlagFilter:
+    """``list_flags`` filters; None is no filter."""
+
+    kind: str | None = None
+    tag: str | None = None
+    archived: bool | None = None
+    q: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateFlag:
+    key: str
+    description: str = ""
+    kind: FlagKind | str = FlagKind.RELEASE
+    owner: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateFlag:
+    """Flag-level metadata to change: ``changes`` holds only the fields the caller set,
+    among ``description``, ``owner``, ``tags`` and ``kind`` (``owner: None`` clears it)."""
+
+    key: str
+    changes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SetState:
+    """Change ``key`` in ``environment``; with ``expected_version``, only from that version."""
+
+    key: str
+    environment: str
+    change: StateChange
+    reason: str | None = None
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """Kill (or, with ``AdminService.unkill``, lift the kill of) ``key`` in
+    ``environments``; None means every environment the principal covers."""
+
+    key: str
+    reason: str
+    environments: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreateToken:
+    name: str
+    role: Role | str
+    environments: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFilter:
+    """History filters; ``flag`` here filters without checking the flag exists."""
+
+    flag: str | None = None
+    environment: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    cursor: str | None = None
+
+
+def history_filter(
+    *,
+    flag: str | None = None,
+    environment: str | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> HistoryFilter:
+    """A ``HistoryFilter`` from query-string values: ``since``/``until`` are ISO-8601
+    times or durations ago. Raises ``ValidationError`` naming ``since`` or ``until``."""
+    return HistoryFilter(
+        flag=flag,
+        environment=environment,
+        actor=actor,
+        action=action,
+        since=parse_instant(since, "since") if since else None,
+        until=parse_instant(until, "until") if until else None,
+        limit=100 if limit is None else limit,
+        cursor=cursor,
+    )
+
+
+def target_environments(requested: Sequence[str] | None) -> tuple[str, ...] | None:
+    """Validate the names of a kill's ``environments`` (field ``environments``)."""
+    if requested is None:
+        return None
+    return tuple(validate_environment_name(env, "environments") for env in requested)
