@@ -9,6 +9,7 @@ ends, so a route and the CLI print the same JSON.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,7 +28,7 @@ from flags.model import (
     StateChange,
     TokenInfo,
 )
-from flags.plans.model import parse_change
+from flags.plans.model import Plan, parse_change
 from flags.store import KillResult
 from flags.store.sql import flag_to_dict
 
@@ -203,6 +204,15 @@ def new_token_json(info: TokenInfo, secret: str) -> dict[str, Any]:
         "environments": list(info.environments) if info.environments is not None else None,
         "token": secret,
     }
+
+
+def plans_json(plans: Sequence[Plan]) -> dict[str, Any]:
+    return {"items": [p.to_dict() for p in plans]}
+
+
+def unused_json(since: datetime, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /admin/reports/unused``."""
+    return {"since": since.astimezone(UTC).isoformat(), "items": items}
 
 
 def tokens_json(tokens: Sequence[TokenInfo]) -> dict[str, Any]:

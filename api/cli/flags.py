@@ -17,11 +17,12 @@ from typing import Any
 import typer
 
 from api.cli import unused as unused_command
-from api.cli.backend import Backend, DatabaseBackend, HttpBackend
+from api.cli.backend import BREAK_GLASS_HINT, open_admin
 from api.cli.confirm import format_confirmation
 from api.cli.output import CliError, print_json, print_table
+from flags.admin_client import AdminApi
+from flags.errors import ServerUnavailableError
 from flags.model import DEFAULT_ENVIRONMENTS
-from flags.settings import Settings
 
 flags_app = typer.Typer(help="List, create, show and archive flags.", no_args_is_help=True)
 env_app = typer.Typer(help="List and create environments.", no_args_is_help=True)
@@ -44,36 +45,23 @@ Envs = typer.Option(None, "--env", help="An environment (repeat for more).")
 TENANTS_SHOWN = 3
 
 
-def open_backend(url: str | None, token: str | None, database_url: str | None) -> Backend:
-    """The database when ``database_url`` is given, else the server at ``url``.
-
-    Raises ``CliError`` (exit code 2) when the server path has no token.
-    """
-    if database_url:
-        return DatabaseBackend(database_url)
-    if not token:
-        raise CliError(
-            "no API token: pass --token or set FLAGRAIL_TOKEN "
-            "(or pass --database-url to work on the database directly)",
-            exit_code=2,
-        )
-    if not url:
-        settings = Settings()
-        url = f"http://{settings.host}:{settings.port}"
-    return HttpBackend(url, token)
-
-
 def run(
-    call: Callable[[Backend], dict[str, Any]],
+    call: Callable[[AdminApi], dict[str, Any]],
     render: Callable[[dict[str, Any]], None],
     as_json: bool,
     url: str | None,
     token: str | None,
     database_url: str | None,
 ) -> None:
-    """Run ``call`` on the backend the options name; print its JSON, or ``render`` it."""
-    with open_backend(url, token, database_url) as backend:
-        data = call(backend)
+    """Run ``call`` on the admin API the options name (``open_admin``); print its JSON,
+    or ``render`` it."""
+    admin = open_admin(url, token, database_url)
+    try:
+        data = call(admin)
+    except ServerUnavailableError as exc:
+        raise CliError(f"{exc}; {BREAK_GLASS_HINT}") from exc
+    finally:
+        admin.close()
     if as_json:
         print_json(data)
     else:
@@ -278,7 +266,7 @@ def list_flags(
 ) -> None:
     """List flags with a one-word state per environment."""
     run(
-        lambda backend: backend.list_flags(kind=kind, tag=tag, archived=archived, q=q),
+        lambda admin: admin.list_flags(kind=kind, tag=tag, archived=archived, q=q),
         _print_flags,
         as_json,
         url,
@@ -302,10 +290,16 @@ def create_flag(
     database_url: str | None = DirectDatabase,
 ) -> None:
     """Create a flag, off in every environment."""
-    body: dict[str, Any] = {"key": key, "description": description, "kind": kind, "tags": tag or []}
-    if owner is not None:
-        body["owner"] = owner
-    run(lambda backend: backend.create_flag(body), _print_flag, as_json, url, token, database_url)
+    run(
+        lambda admin: admin.create_flag(
+            key, description=description, kind=kind, owner=owner, tags=tag or []
+        ),
+        _print_flag,
+        as_json,
+        url,
+        token,
+        database_url,
+    )
 
 
 @flags_app.command("show")
@@ -317,7 +311,7 @@ def show_flag(
     database_url: str | None = DirectDatabase,
 ) -> None:
     """Show a flag and its state in every environment."""
-    run(lambda backend: backend.get_flag(key), _print_flag, as_json, url, token, database_url)
+    run(lambda admin: admin.get_flag(key), _print_flag, as_json, url, token, database_url)
 
 
 @flags_app.command("archive")
@@ -330,7 +324,7 @@ def archive_flag(
 ) -> None:
     """Archive a flag: SDKs then see it as missing. Its history is kept."""
     run(
-        lambda backend: backend.archive_flag(key),
+        lambda admin: admin.archive_flag(key),
         lambda flag: typer.echo(f"archived {flag['key']}"),
         as_json,
         url,
@@ -388,10 +382,8 @@ def register(app: typer.Typer) -> None:
                 "or --tenant-clear",
                 exit_code=2,
             )
-        if reason is not None:
-            body["reason"] = reason
         run(
-            lambda backend: backend.update_state(key, env, body, if_version=if_version),
+            lambda admin: admin.set_state(env, key, reason=reason, if_version=if_version, **body),
             _print_state,
             as_json,
             url,
@@ -413,7 +405,6 @@ def register(app: typer.Typer) -> None:
         database_url: str | None = DirectDatabase,
     ) -> None:
         """Kill a flag: off for everyone, in every environment of the token unless --env."""
-        body = {"reason": reason, "environments": env or None}
         if wait is not None and database_url:
             typer.echo("flagrail: note: --wait needs a server; ignored here", err=True)
 
@@ -423,7 +414,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(format_confirmation(result))
 
         run(
-            lambda backend: backend.kill(key, body, wait=wait),
+            lambda admin: admin.kill(env or None, key, reason=reason, wait=wait),
             render,
             as_json,
             url,
@@ -442,9 +433,8 @@ def register(app: typer.Typer) -> None:
         database_url: str | None = DirectDatabase,
     ) -> None:
         """Lift a kill; the flag's state before the kill applies again."""
-        body = {"reason": reason, "environments": env or None}
         run(
-            lambda backend: backend.unkill(key, body),
+            lambda admin: admin.unkill(env or None, key, reason=reason),
             lambda result: _print_kill(result, "unkilled"),
             as_json,
             url,
@@ -481,7 +471,7 @@ def register(app: typer.Typer) -> None:
             "cursor": cursor,
         }
         run(
-            lambda backend: backend.history(filters),
+            lambda admin: admin.history(**filters),
             _print_history,
             as_json,
             url,
@@ -499,7 +489,7 @@ def list_environments(
 ) -> None:
     """List environments."""
     run(
-        lambda backend: backend.list_environments(),
+        lambda admin: admin.list_environments(),
         _print_environments,
         as_json,
         url,
@@ -518,7 +508,7 @@ def create_environment(
 ) -> None:
     """Create an environment; every flag starts off in it."""
     run(
-        lambda backend: backend.create_environment(name),
+        lambda admin: admin.create_environment(name),
         lambda env: typer.echo(f"created environment {env['name']}"),
         as_json,
         url,

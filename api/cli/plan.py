@@ -19,69 +19,21 @@ The server validates it; an error names the field (``stages.1.rollout``).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 import yaml
 
+from api.cli.backend import connect
 from api.cli.flags import AsJson, ServerUrl, Token
 from api.cli.output import CliError, print_json, print_table
-from flags.settings import Settings
+from flags.admin_client import AdminClient
 
 app = typer.Typer(help="Staged rollout plans and scheduled changes.", no_args_is_help=True)
 
 Reason = typer.Option(None, "--reason", help="Why: recorded in the history.")
-
-
-class PlanClient:
-    """The plan endpoints of the admin API at ``url``. A context manager."""
-
-    def __init__(
-        self, url: str | None, token: str | None, *, transport: httpx.BaseTransport | None = None
-    ) -> None:
-        if not token:
-            raise CliError("a token is needed: pass --token or set FLAGRAIL_TOKEN", exit_code=2)
-        if not url:
-            settings = Settings()
-            url = f"http://{settings.host}:{settings.port}"
-        self.url = url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": "flagrail-cli"},
-            timeout=10.0,
-            transport=transport,
-        )
-
-    def __enter__(self) -> PlanClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._client.close()
-
-    def call(self, method: str, path: str, body: Any = None, **params: Any) -> dict[str, Any]:
-        """One request. Raises ``CliError`` with the server's message (and field) on an
-        error answer, or naming the URL when the server cannot be reached."""
-        try:
-            response = self._client.request(
-                method, path, json=body, params={k: v for k, v in params.items() if v is not None}
-            )
-        except httpx.HTTPError as exc:
-            raise CliError(f"cannot reach the flagrail server at {self.url}: {exc}") from exc
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise CliError(
-                f"{self.url} answered {response.status_code} without JSON; is it flagrail?"
-            ) from exc
-        if response.status_code >= 400:
-            err = data.get("error", {}) if isinstance(data, dict) else {}
-            message = err.get("message") or f"HTTP {response.status_code}"
-            field = err.get("field")
-            suffix = f" (field {field})" if field and field not in message else ""
-            raise CliError(f"{message}{suffix}")
-        return data  # type: ignore[no-any-return]
 
 
 def _jsonable(value: Any) -> Any:
@@ -158,8 +110,8 @@ def create(
 ) -> None:
     """Create a plan for flag KEY; its first stage is applied at once (or at start_at)."""
     body = load_plan_file(file)
-    with PlanClient(url, token) as client:
-        _out(client.call("POST", f"/admin/flags/{key}/plans", body), as_json)
+    with connect(url, token) as client:
+        _out(client.create_plan(key, body), as_json)
 
 
 @app.command("schedule")
@@ -176,8 +128,8 @@ def schedule(
     """Schedule one state change of KEY at a given time (a maintenance window)."""
     change = {k: v for k, v in {"enabled": enabled, "rollout": rollout}.items() if v is not None}
     body = {"environment": env, "at": at, "change": change}
-    with PlanClient(url, token) as client:
-        _out(client.call("POST", f"/admin/flags/{key}/schedules", body), as_json)
+    with connect(url, token) as client:
+        _out(client.create_schedule(key, body), as_json)
 
 
 @app.command("list")
@@ -185,8 +137,8 @@ def list_plans(
     key: str, url: str | None = ServerUrl, token: str | None = Token, as_json: bool = AsJson
 ) -> None:
     """Plans and schedules of flag KEY, newest first."""
-    with PlanClient(url, token) as client:
-        data = client.call("GET", f"/admin/flags/{key}/plans")
+    with connect(url, token) as client:
+        data = client.list_plans(key)
     if as_json:
         print_json(data)
         return
@@ -215,9 +167,9 @@ def show(
     as_json: bool = AsJson,
 ) -> None:
     """A plan, its stages and guards, and the history it produced (actor plan:<id>)."""
-    with PlanClient(url, token) as client:
-        plan = client.call("GET", f"/admin/plans/{plan_id}")
-        steps = client.call("GET", "/admin/history", actor=f"plan:{plan_id}", limit=500)
+    with connect(url, token) as client:
+        plan = client.get_plan(plan_id)
+        steps = client.history(actor=f"plan:{plan_id}", limit=500)
     if as_json:
         print_json({**plan, "history": steps["items"]})
         return
@@ -230,21 +182,11 @@ def show(
         )
 
 
-def _act(
-    action: str,
-    plan_id: int,
-    reason: str | None,
-    url: str | None,
-    token: str | None,
-    as_json: bool,
-) -> None:
-    body = {"reason": reason} if reason is not None else None
-    with PlanClient(url, token) as client:
-        _out(client.call("POST", f"/admin/plans/{plan_id}/{action}", body), as_json)
+PlanStep = Callable[[AdminClient, int, str | None], dict[str, Any]]
 
 
-def _add_reason_command(action: str, help_text: str) -> None:
-    """Register ``plan <action> <plan_id> [--reason]``: POST to the plan's ``action`` endpoint."""
+def _add_reason_command(action: str, step: PlanStep, help_text: str) -> None:
+    """Register ``plan <action> <plan_id> [--reason]``: ``step`` on the plan."""
 
     def command(
         plan_id: int,
@@ -253,16 +195,27 @@ def _add_reason_command(action: str, help_text: str) -> None:
         token: str | None = Token,
         as_json: bool = AsJson,
     ) -> None:
-        _act(action, plan_id, reason, url, token, as_json)
+        with connect(url, token) as client:
+            _out(step(client, plan_id, reason), as_json)
 
     app.command(action, help=help_text)(command)
 
 
-_add_reason_command("pause", "Stop a plan where it is; nothing advances until it is resumed.")
 _add_reason_command(
-    "resume", "Continue a paused or rolled-back plan (unkill the flag first); the hold restarts."
+    "pause",
+    lambda client, plan_id, reason: client.pause_plan(plan_id, reason=reason),
+    "Stop a plan where it is; nothing advances until it is resumed.",
 )
-_add_reason_command("abort", "End a plan for good; the flag stays as it is.")
+_add_reason_command(
+    "resume",
+    lambda client, plan_id, reason: client.resume_plan(plan_id, reason=reason),
+    "Continue a paused or rolled-back plan (unkill the flag first); the hold restarts.",
+)
+_add_reason_command(
+    "abort",
+    lambda client, plan_id, reason: client.abort_plan(plan_id, reason=reason),
+    "End a plan for good; the flag stays as it is.",
+)
 
 
 @app.command("advance")
@@ -273,4 +226,5 @@ def advance(
     as_json: bool = AsJson,
 ) -> None:
     """Apply the next stage now, skipping the rest of the hold."""
-    _act("advance", plan_id, None, url, token, as_json)
+    with connect(url, token) as client:
+        _out(client.advance_plan(plan_id), as_json)

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path
 
 from api.deps import Principal, Reader, allowed, get_service, request_id
-from api.schemas import PlanActionBody
+from api.schemas import PlanActionBody, plans_json
 from api.service import AdminService, Operation
 
 router = APIRouter(tags=["plans"])
@@ -54,7 +54,7 @@ def create_schedule(
 @router.get("/admin/flags/{key}/plans")
 def list_plans(key: str, service: Service, principal: Principal = Reader) -> dict[str, Any]:
     """Plans and schedules of ``key`` in the token's environments, newest first."""
-    return {"items": [p.to_dict() for p in service.list_plans(principal, key)]}
+    return plans_json(service.list_plans(principal, key))
 
 
 @router.get("/admin/plans/{plan_id}")

@@ -26,7 +26,6 @@ import signal
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
@@ -37,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Principal, Reader, SdkClient, get_service, get_store
 from api.errors import error_response
+from api.schemas import unused_json
 from api.service import AdminService
 from flags.durations import parse_duration, parse_instant
 from flags.errors import FlagrailError, ValidationError
@@ -490,8 +490,7 @@ def unused_report(
     """Live flags created before ``since`` that no SDK evaluated since then, in the
     environments of the token."""
     at = parse_instant(since, "since")
-    items = service.unused(principal, at)
-    return {"since": at.astimezone(UTC).isoformat(), "items": items}
+    return unused_json(at, service.unused(principal, at))
 
 
 def kill_wait(request: Request, wait: str | None) -> float | None:
