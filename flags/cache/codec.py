@@ -60,11 +60,14 @@ _PERSON = b"flagrail-cache"
 
 
 class Rejection(StrEnum):
-    """Why a stored entry was not served: the ``field`` of the ``CorruptEntryError``.
+    """Why a stored entry was not served (or not stored): the ``field`` of the
+    ``CorruptEntryError``.
 
-    ``FORMAT``, ``CHECKSUM`` and ``PAYLOAD`` are corruption (the guard counts
-    them); ``SCHEMA``, ``EPOCH`` and ``AGE`` are entries that were once good but
-    must not be served any more.
+    ``FORMAT``, ``CHECKSUM``, ``PAYLOAD`` and ``BOOKKEEPING`` are corruption (the
+    guard counts them); ``SCHEMA``, ``EPOCH`` and ``AGE`` are entries that were
+    once good but must not be served any more; ``WRITE`` is a write refused
+    because its envelope did not read back as the value (the guard counts it as
+    a failed verification).
     """
 
     FORMAT = "format"  # too short, wrong magic, length fields that do not add up
@@ -73,13 +76,17 @@ class Rejection(StrEnum):
     SCHEMA = "schema"  # envelope of an older schema version
     EPOCH = "epoch"  # written before the layer's current epoch (before a kill)
     AGE = "age"  # older than the cache's maximum age
+    BOOKKEEPING = "bookkeeping"  # the layer's own keys (epoch, tombstones) held garbage: healed
+    WRITE = "write"  # an envelope about to be stored read back as another value: not stored
 
     @property
     def corrupt(self) -> bool:
         return self in _CORRUPT
 
 
-_CORRUPT = frozenset({Rejection.FORMAT, Rejection.CHECKSUM, Rejection.PAYLOAD})
+_CORRUPT = frozenset(
+    {Rejection.FORMAT, Rejection.CHECKSUM, Rejection.PAYLOAD, Rejection.BOOKKEEPING}
+)
 
 
 class Serializer(Protocol):

@@ -68,7 +68,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from flags.cache.codec import Entry, JsonSerializer, Rejection, Serializer
+from flags.cache.canonical import same
+from flags.cache.codec import Entry, Rejection
 from flags.cache.guard import Breach, Guard, LayerWatch
 from flags.cache.invalidation import InvalidationListener, encode_key
 from flags.cache.metrics import LATENCY_BUCKETS, CacheStats, LayerStats
@@ -330,11 +331,6 @@ class LayeredCache:
         self._range = range(len(layers))
         self._memory = [layer for i, layer in enumerate(layers) if not self._remote[i]]
         first_remote = next((lay for i, lay in enumerate(layers) if self._remote[i]), None)
-        self._serializer: Serializer = (
-            first_remote.codec.serializer  # type: ignore[attr-defined]
-            if first_remote is not None
-            else JsonSerializer()
-        )
 
         self.metrics = CacheStats(name, names)
         self.metrics.channel_probe = weakref.WeakMethod(self._channel_is_up)
@@ -874,6 +870,10 @@ class LayeredCache:
     def _write(self, i: int, key: str, answer: Entry, ttl: float) -> None:
         try:
             stored = self.layers[i].set(key, answer, ttl)
+        except CorruptEntryError as exc:
+            if self._write_refused(i, key, exc):
+                self._drop(i, key)
+            return
         except Exception as exc:
             self._call_failed(i, exc)
             return
@@ -881,9 +881,30 @@ class LayeredCache:
 
     def _wrote(self, i: int, stored: bool | None) -> None:
         """Count a write to remote layer ``i`` that went through."""
+        st = self._stats[i]
         if stored is not False:  # False: refused by a fresh invalidation's tombstone
-            self._stats[i].writes += 1
+            st.writes += 1
+        if getattr(self.layers[i], "check_writes", False):
+            st.verify_write += 1
         self._watches[i].call()
+
+    def _write_refused(self, i: int, key: str, exc: CorruptEntryError) -> bool:
+        """Count a write layer ``i`` refused as corrupt. True for a ``WRITE`` refusal: the
+        layer's write path turns values into others, so what it holds of ``key`` is
+        suspect too and must be dropped. A failed write check is reported to the guard
+        as a failed verification (a passed one proves nothing about what the layer will
+        serve, so it is counted but not reported)."""
+        st = self._stats[i]
+        if exc.field == Rejection.WRITE:
+            st.verify_write += 1
+            st.mismatch_write += 1
+            log.warning("cache layer %s: write refused: %s", self._flag_keys[i], exc)
+            self._watches[i].verified(False)
+            return True
+        st.corrupt_bookkeeping += 1
+        log.warning("cache layer %s: %s", self._flag_keys[i], exc)
+        self._watches[i].read(corrupt=True)
+        return False
 
     # ----------------------------------------------------------------- counters
     def _layer_counters(self, i: int) -> dict[str, int]:
@@ -894,8 +915,11 @@ class LayeredCache:
         return {
             "reads": st.hits + st.misses,
             "hits": st.hits,
-            "corrupt_reads": st.corrupt_format + st.corrupt_checksum + st.corrupt_payload,
-            "mismatches": st.mismatch_verify + st.mismatch_shadow,
+            "corrupt_reads": st.corrupt_format
+            + st.corrupt_checksum
+            + st.corrupt_payload
+            + st.corrupt_bookkeeping,
+            "mismatches": st.mismatch_verify + st.mismatch_shadow + st.mismatch_write,
             "errors": st.errors + st.bypass_circuit,
         }
 
@@ -969,16 +993,12 @@ class LayeredCache:
         self._judge(i, key, entry, Entry(value, time.time(), value is None, None), "verify")
 
     def _same(self, a: Entry, b: Entry) -> bool:
-        """Equal as decoded values (a tuple from the loader equals its JSON list)."""
+        """Equal as values, judged by ``flags.cache.canonical.same``: never through a
+        layer's serializer, so a broken write path cannot make a wrong value agree
+        with the truth (a tuple from the loader still equals its JSON list)."""
         if a.negative or b.negative:
             return a.negative == b.negative
-        try:
-            if a.value == b.value:
-                return True
-            s = self._serializer
-            return bool(s.loads(s.dumps(a.value)) == s.loads(s.dumps(b.value)))
-        except Exception:  # values the serializer cannot handle cannot be shown equal
-            return False
+        return same(a.value, b.value)
 
     def _judge(self, i: int, key: str, entry: Entry, truth: Entry, check: str) -> bool:
         """Compare ``entry`` (served by, or shadowed in, layer ``i``) with ``truth``;
@@ -1020,6 +1040,22 @@ class LayeredCache:
             return
         try:
             layer.delete(key)
+            self._watches[i].call()
+        except CacheError:
+            self._stats[i].errors += 1
+            self._watches[i].call(failed=True)
+
+    async def _adrop(self, i: int, key: str) -> None:
+        """``_drop`` on the event loop: a remote delete through the layer's async twin."""
+        layer = self.layers[i]
+        adelete = getattr(layer, "adelete", None)
+        if not self._remote[i] or adelete is None:
+            self._drop(i, key)
+            return
+        if not layer.available():  # type: ignore[attr-defined]
+            return
+        try:
+            await adelete(key)
             self._watches[i].call()
         except CacheError:
             self._stats[i].errors += 1
@@ -1164,6 +1200,10 @@ class LayeredCache:
                 continue
             try:
                 stored = await aset(key, answer, ttl)
+            except CorruptEntryError as exc:
+                if self._write_refused(i, key, exc):
+                    await self._adrop(i, key)
+                continue
             except Exception as exc:
                 self._call_failed(i, exc)
                 continue

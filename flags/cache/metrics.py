@@ -12,10 +12,10 @@ Families (labels ``cache``, ``layer`` and where noted a ``reason``/``check``)::
     flagrail_cache_hits_total               a layer answered
     flagrail_cache_misses_total             a layer was asked and had nothing
     flagrail_cache_errors_total             a layer call failed (refused, timeout, OOM...)
-    flagrail_cache_corrupt_reads_total      reason: format | checksum | payload
+    flagrail_cache_corrupt_reads_total      reason: format | checksum | payload | bookkeeping
     flagrail_cache_stale_reads_total        reason: schema | epoch | age
-    flagrail_cache_mismatches_total         check: verify | shadow
-    flagrail_cache_verifications_total      check: verify | shadow
+    flagrail_cache_mismatches_total         check: verify | shadow | write
+    flagrail_cache_verifications_total      check: verify | shadow | write
     flagrail_cache_bypasses_total           reason: circuit | guard
     flagrail_cache_writes_total
     flagrail_cache_latency_seconds          histogram per layer (memory hits sampled 1 in 16)
@@ -63,10 +63,14 @@ LATENCY_BUCKETS = (
 )
 
 _REASONED = {
-    "corrupt": ("flagrail_cache_corrupt_reads", "reason", ("format", "checksum", "payload")),
+    "corrupt": (
+        "flagrail_cache_corrupt_reads",
+        "reason",
+        ("format", "checksum", "payload", "bookkeeping"),
+    ),
     "stale": ("flagrail_cache_stale_reads", "reason", ("schema", "epoch", "age")),
-    "mismatches": ("flagrail_cache_mismatches", "check", ("verify", "shadow")),
-    "verifications": ("flagrail_cache_verifications", "check", ("verify", "shadow")),
+    "mismatches": ("flagrail_cache_mismatches", "check", ("verify", "shadow", "write")),
+    "verifications": ("flagrail_cache_verifications", "check", ("verify", "shadow", "write")),
     "bypasses": ("flagrail_cache_bypasses", "reason", ("circuit", "guard")),
 }
 
@@ -78,6 +82,7 @@ class LayerStats:
         "buckets",
         "bypass_circuit",
         "bypass_guard",
+        "corrupt_bookkeeping",
         "corrupt_checksum",
         "corrupt_format",
         "corrupt_payload",
@@ -88,12 +93,14 @@ class LayerStats:
         "layer",
         "mismatch_shadow",
         "mismatch_verify",
+        "mismatch_write",
         "misses",
         "stale_age",
         "stale_epoch",
         "stale_schema",
         "verify_shadow",
         "verify_verify",
+        "verify_write",
         "writes",
     )
 
@@ -101,9 +108,10 @@ class LayerStats:
         self.layer = layer
         self.hits = self.misses = self.errors = self.writes = 0
         self.corrupt_format = self.corrupt_checksum = self.corrupt_payload = 0
+        self.corrupt_bookkeeping = 0
         self.stale_schema = self.stale_epoch = self.stale_age = 0
-        self.mismatch_verify = self.mismatch_shadow = 0
-        self.verify_verify = self.verify_shadow = 0
+        self.mismatch_verify = self.mismatch_shadow = self.mismatch_write = 0
+        self.verify_verify = self.verify_shadow = self.verify_write = 0
         self.bypass_circuit = self.bypass_guard = 0
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0

@@ -12,15 +12,33 @@ prefix::
 of an older epoch is stale: the entry is deleted and the read is a miss. The
 epoch only grows, by ``bump(marker)``: a Lua script increments it once per
 distinct marker, however many processes send that marker, and never below the
-caller's own epoch (so a flushed Redis does not rewind it). ``LayeredCache``
-requests a bump with the flag state version as marker whenever it sees the
-layer go live (at start, and every time after a kill or disable); the bump is
-applied before the layer is read or written again. A reader that meets a newer
-epoch than its own adopts it (only our writers can produce a verified envelope).
+caller's own epoch. ``LayeredCache`` requests a bump with the flag state version
+as marker whenever it sees the layer go live (at start, and every time after a
+kill or disable); the bump is applied before the layer is read or written again.
+A reader that meets a newer epoch than its own adopts it (only our writers can
+produce a verified envelope).
+
+**Bookkeeping heals itself.** The epoch hash and the tombstones are checked by
+the scripts that use them. An epoch hash that is missing, of another Redis type,
+or without a non-negative integer ``n`` is started afresh at the Redis server's
+clock in microseconds (and above the caller's epoch): strictly newer than every
+epoch before it, which only ever grew by one per bump, so no entry written
+before is served again. A tombstone that is not ``'1'`` with an expiry of at
+most the layer's ``ttl`` is deleted. An entry key holding another type is
+deleted on read. Each is raised as ``CorruptEntryError`` (``BOOKKEEPING`` or
+``FORMAT``) after the repair, so the cache counts it as corruption and the
+guard sees it, and the very next call works: no person needs to delete a key.
 
 **Invalidation.** ``invalidate(key)`` deletes the entry and leaves a tombstone for
 ``hold`` seconds; writes check it atomically (Lua), so a reader that loaded the
 value before the invalidation cannot put it back afterwards.
+
+**Writes are read back before they are sent.** With ``check_writes`` (the
+default) every envelope is decoded again with the layer's codec and compared
+with the value given (``flags.cache.canonical.same``, never through the
+serializer a second time); one that reads back as another value is not stored
+and raises ``CorruptEntryError`` (``WRITE``): a broken serializer or codec is
+caught on its first write.
 
 **Reads.** A layer that builds its own client reads entries over connections of
 its own (``flags.cache.direct``), skipping the client's per-command pool checkout;
@@ -28,7 +46,8 @@ everything else goes through the client.
 
 **Failures.** Every driver error (refused, timeout, reset, OOM, READONLY,
 LOADING...) and ``OSError`` is translated here, once, into
-``flags.errors.CacheError`` (chained with ``from``) and reported to the breaker.
+``flags.errors.CacheError`` (chained with ``from``, its message naming the
+command or script that failed) and reported to the breaker.
 Defaults: 50 ms socket and connect timeouts, no retries.
 """
 
@@ -43,10 +62,11 @@ from typing import Any
 import redis
 import redis.asyncio
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from flags.cache.breaker import CircuitBreaker
+from flags.cache.canonical import same
 from flags.cache.codec import SCHEMA_VERSION, Codec, Entry, Rejection, Serializer
 from flags.cache.direct import AsyncDirectReader, DirectReader
 from flags.errors import CacheError, CorruptEntryError, ValidationError
@@ -55,24 +75,66 @@ __all__ = ["DEFAULT_PREFIX", "RedisLayer"]
 
 DEFAULT_PREFIX = "flagrail:cache:"
 
-# Increment the epoch once per marker; never go below the caller's epoch (ARGV[2]).
-_BUMP = """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+# The epoch, healed and bumped. KEYS[1]: the epoch hash. ARGV[1]: a marker to bump for
+# ('' only reads), ARGV[2]: the caller's epoch (the floor). Returns {epoch, state}: state
+# 0 when the hash was sound, 1 when it held garbage (wrong type, `n` missing or not a
+# non-negative integer) and 2 when it did not exist. In both cases the hash is started
+# afresh at the Redis server's clock in microseconds (above every counted epoch, which
+# grows by one per bump) and above the caller's epoch: strictly newer than any entry
+# written before, so none of them is served again.
+_EPOCH = """
+local key = KEYS[1]
+local state = 0
+local cur = nil
+local kind = redis.call('TYPE', key)['ok']
+if kind == 'hash' then
+  local raw = redis.call('HGET', key, 'n')
+  cur = tonumber(raw)
+  if not raw or not cur or cur < 0 or cur ~= math.floor(cur) or cur >= 2^53 then
+    cur = nil
+    state = 1
+  end
+elseif kind == 'none' then
+  state = 2
+else
+  state = 1
+end
 local floor = tonumber(ARGV[2])
-if floor > cur then cur = floor end
-if redis.call('HSETNX', KEYS[1], 'm:' .. ARGV[1], '1') == 1 then cur = cur + 1 end
-redis.call('HSET', KEYS[1], 'n', cur)
-return cur
+if cur == nil then
+  local now = redis.call('TIME')
+  cur = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  if floor + 1 > cur then cur = floor + 1 end
+  redis.call('DEL', key)
+elseif floor > cur then
+  cur = floor
+end
+if ARGV[1] ~= '' and redis.call('HSETNX', key, 'm:' .. ARGV[1], '1') == 1 then
+  cur = cur + 1
+end
+redis.call('HSET', key, 'n', string.format('%.0f', cur))
+return {cur, state}
 """
-# Delete the key only if it still holds the bytes we judged bad (a fresh write survives).
+# Delete the key if it still holds the bytes we judged bad (a fresh write survives),
+# or if it holds anything but a string (garbage of another type in an entry's place).
 _DISCARD = """
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return redis.call('DEL', KEYS[1]) end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# Write the entry unless the key was invalidated a moment ago (its tombstone lives).
+# Write the entry unless the key was invalidated a moment ago (its tombstone lives). A
+# tombstone is the string '1' with an expiry of at most ARGV[3] ms; anything else in its
+# place is garbage: deleted, the write refused this once, and 2 returned (corruption).
 _WRITE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local tomb = redis.call('TYPE', KEYS[2])['ok']
+if tomb ~= 'none' then
+  if tomb == 'string' and redis.call('GET', KEYS[2]) == '1' then
+    local ttl = redis.call('PTTL', KEYS[2])
+    if ttl > 0 and ttl <= tonumber(ARGV[3]) then return 0 end
+  end
+  redis.call('DEL', KEYS[2])
+  return 2
+end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
@@ -89,10 +151,10 @@ _DRIVER_ERRORS = (RedisError, OSError)
 class _Scripts:
     """The layer's Lua scripts, registered on one client."""
 
-    __slots__ = ("bump", "discard", "invalidate", "write")
+    __slots__ = ("discard", "epoch", "invalidate", "write")
 
     def __init__(self, client: Any) -> None:
-        self.bump = client.register_script(_BUMP)
+        self.epoch = client.register_script(_EPOCH)
         self.discard = client.register_script(_DISCARD)
         self.write = client.register_script(_WRITE)
         self.invalidate = client.register_script(_INVALIDATE)
@@ -145,6 +207,7 @@ class RedisLayer:
         socket_timeout: float = 0.05,
         connect_timeout: float = 0.05,
         breaker: CircuitBreaker | None = None,
+        check_writes: bool = True,
     ) -> None:
         if not ttl > 0:
             raise ValidationError(f"ttl must be positive seconds, got {ttl!r}", field="ttl")
@@ -160,7 +223,9 @@ class RedisLayer:
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self.codec = Codec(secret, serializer)
-        self._open = self.codec.open
+        self.check_writes = check_writes
+        # The longest life a tombstone may have; one with more (or none) is garbage.
+        self._hold_ms = max(1, int(self.ttl * 1000))
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         # False while the circuit is open: skip this layer without calling Redis.
         self.available = self.breaker.allow
@@ -189,6 +254,16 @@ class RedisLayer:
         self._tombs = b""
         self._epoch_key = b""
         self.channel = ""
+
+    @property
+    def codec(self) -> Codec:
+        """The envelope codec (secret and serializer) of every read and write."""
+        return self._codec
+
+    @codec.setter
+    def codec(self, codec: Codec) -> None:
+        self._codec = codec
+        self._open = codec.open  # the hot path's bound method follows the codec
 
     # ----------------------------------------------------------------- binding
     def bind(self, cache: str, *, max_age: float | None = None) -> None:
@@ -288,46 +363,72 @@ class RedisLayer:
             if marker not in self._pending:
                 self._pending.append(marker)
 
+    def _learn(self, reply: Any, marker: str, had: bool) -> str | None:
+        """Take the epoch script's reply (under ``_epoch_lock``); what it healed, if anything."""
+        epoch, state = int(reply[0]), int(reply[1])
+        self._epoch = max(self._epoch or 0, epoch)
+        if marker and self._pending and self._pending[0] == marker:
+            self._pending.pop(0)
+        if state == 1:
+            return f"epoch hash held garbage; started afresh at epoch {epoch}"
+        if state == 2 and had:
+            return f"epoch hash was missing; started afresh at epoch {epoch}"
+        return None
+
     def _current_epoch(self) -> int:
-        """Apply pending bumps and learn the epoch. Raises driver errors."""
-        with self._epoch_lock:
-            bump = None
-            while self._pending:
-                if bump is None:
-                    bump = self._sync_scripts().bump
-                marker = self._pending[0]
-                self._epoch = int(bump(keys=[self._epoch_key], args=[marker, self._epoch or 0]))
-                self._pending.pop(0)
-            if self._epoch is None:
-                raw = self.client().hget(self._epoch_key, "n")
-                self._epoch = int(raw) if raw is not None else 0
-            return self._epoch
+        """Apply pending bumps and learn the epoch (one script call each). Raises
+        ``CacheError`` naming the epoch script when Redis fails, and
+        ``CorruptEntryError`` (``BOOKKEEPING``) when the script found the epoch hash
+        broken and started it afresh: the layer is usable again at once."""
+        healed: str | None = None
+        try:
+            with self._epoch_lock:
+                script = None
+                while self._pending or self._epoch is None:
+                    if script is None:
+                        script = self._sync_scripts().epoch
+                    marker = self._pending[0] if self._pending else ""
+                    had = self._epoch is not None
+                    reply = script(keys=[self._epoch_key], args=[marker, self._epoch or 0])
+                    healed = self._learn(reply, marker, had) or healed
+                epoch = self._epoch
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("epoch script", exc) from exc
+        if healed is not None:
+            raise self._corrupt_bookkeeping(healed)
+        return epoch
 
     async def _aready(self) -> tuple[_LoopSide, int]:
         """The running loop's client side and the epoch to write with, pending bumps
-        applied. Raises driver errors."""
+        applied. Raises like ``_current_epoch``."""
         side = self._aclient()
         epoch = self._epoch
         if epoch is None or self._pending:
-            epoch = await self._acurrent_epoch(side.scripts.bump, side.client)
+            epoch = await self._acurrent_epoch(side.scripts.epoch)
         return side, epoch
 
-    async def _acurrent_epoch(self, bump: Any, client: redis.asyncio.Redis) -> int:
+    async def _acurrent_epoch(self, script: Any) -> int:
         # Not under the thread lock (it would block the loop); bumps are idempotent,
         # so two tasks applying the same marker agree on the result.
-        while self._pending:
-            marker = self._pending[0]
-            epoch = int(await bump(keys=[self._epoch_key], args=[marker, self._epoch or 0]))
-            with self._epoch_lock:
-                self._epoch = max(self._epoch or 0, epoch)
-                if self._pending and self._pending[0] == marker:
-                    self._pending.pop(0)
-        if self._epoch is None:
-            raw = await client.hget(self._epoch_key, "n")
-            with self._epoch_lock:
-                if self._epoch is None:
-                    self._epoch = int(raw) if raw is not None else 0
+        healed: str | None = None
+        try:
+            while self._pending or self._epoch is None:
+                marker = self._pending[0] if self._pending else ""
+                had = self._epoch is not None
+                reply = await script(keys=[self._epoch_key], args=[marker, self._epoch or 0])
+                with self._epoch_lock:
+                    healed = self._learn(reply, marker, had) or healed
+        except _DRIVER_ERRORS as exc:
+            raise self._failed("epoch script", exc) from exc
+        if healed is not None:
+            raise self._corrupt_bookkeeping(healed)
         return self._epoch
+
+    def _corrupt_bookkeeping(self, what: str) -> CorruptEntryError:
+        """The error for bookkeeping that was broken and is healed: Redis answered."""
+        if not self.breaker.clean:
+            self.breaker.success()
+        return CorruptEntryError(f"redis layer {self.name!r}: {what}", field=Rejection.BOOKKEEPING)
 
     def _adopt(self, epoch: int) -> None:
         with self._epoch_lock:
@@ -338,17 +439,21 @@ class RedisLayer:
     def get(self, key: str) -> Entry | None:
         """The verified entry under ``key``, None if Redis has none.
 
-        Raises ``CacheError`` on a Redis failure and ``CorruptEntryError`` for an
-        entry that fails to decode or verify, or is stale (deleted first,
-        best-effort).
+        Raises ``CacheError`` on a Redis failure (naming the command or script) and
+        ``CorruptEntryError`` for an entry that fails to decode or verify, is stale,
+        or is not a string at all (deleted first, best-effort), and for broken epoch
+        bookkeeping (healed first, see ``_current_epoch``).
         """
         rkey = self._base + key.encode("utf-8", "surrogatepass")  # storage_key, inline: hot
+        epoch = self._epoch
+        if epoch is None or self._pending:
+            epoch = self._current_epoch()
         try:
-            epoch = self._epoch
-            if epoch is None or self._pending:
-                epoch = self._current_epoch()
             data = self._fetch(rkey)
         except _DRIVER_ERRORS as exc:
+            if _wrong_type(exc):
+                self._discard(rkey, b"")
+                raise self._not_an_entry(exc) from exc
             raise self._failed("GET", exc) from exc
         if not self.breaker.clean:
             self.breaker.success()
@@ -371,23 +476,32 @@ class RedisLayer:
     async def aget(self, key: str) -> Entry | None:
         """``get`` on redis.asyncio. Same contract."""
         rkey = self.storage_key(key)
+        side, epoch = await self._aready()
         try:
-            side, epoch = await self._aready()
             data = await side.fetch(rkey)
         except _DRIVER_ERRORS as exc:
+            if _wrong_type(exc):
+                await self._adiscard(side, rkey, b"")
+                raise self._not_an_entry(exc) from exc
             raise self._failed("GET", exc) from exc
-        self.breaker.success()
+        if not self.breaker.clean:
+            self.breaker.success()
         if data is None:
             return None
         try:
             return self._judge(rkey, data, epoch)
         except CorruptEntryError as exc:
             if _should_discard(exc, data):
-                try:
-                    await side.scripts.discard(keys=[rkey], args=[data])
-                except _DRIVER_ERRORS:
-                    self.breaker.failure()
+                await self._adiscard(side, rkey, data)
             raise
+
+    def _not_an_entry(self, exc: BaseException) -> CorruptEntryError:
+        """An entry key held another Redis type (garbage): Redis itself is fine."""
+        if not self.breaker.clean:
+            self.breaker.success()
+        return CorruptEntryError(
+            f"redis layer {self.name!r}: entry key holds no string ({exc})", field=Rejection.FORMAT
+        )
 
     def _judge(self, rkey: bytes, data: bytes, epoch: int) -> Entry:
         entry_epoch, written_at, negative, value = self._open(rkey, data)
@@ -411,51 +525,91 @@ class RedisLayer:
         except _DRIVER_ERRORS:
             self.breaker.failure()
 
+    async def _adiscard(self, side: _LoopSide, rkey: bytes, data: bytes) -> None:
+        try:
+            await side.scripts.discard(keys=[rkey], args=[data])
+        except _DRIVER_ERRORS:
+            self.breaker.failure()
+
     def _encode(self, rkey: bytes, entry: Entry, epoch: int) -> bytes:
-        return self.codec.encode(
+        """The envelope to store, checked: it must decode (with this layer's codec) to a
+        value ``same`` as the one given, or nothing is stored (see ``check_writes``)."""
+        data = self.codec.encode(
             rkey, entry.value, epoch=epoch, written_at=entry.written_at, negative=entry.negative
         )
+        if self.check_writes:
+            self._check_write(rkey, data, entry)
+        return data
+
+    def _check_write(self, rkey: bytes, data: bytes, entry: Entry) -> None:
+        """Raise ``CorruptEntryError`` (``WRITE``) unless ``data`` reads back as ``entry``.
+
+        Judged with ``flags.cache.canonical.same`` against the value itself, never
+        through the serializer twice: a serializer whose ``dumps`` or ``loads``
+        changes records (the seed incident) fails here, on the write, before Redis
+        is called."""
+        try:
+            back = self.codec.decode(rkey, data)
+        except CorruptEntryError as exc:
+            raise CorruptEntryError(
+                f"redis layer {self.name!r}: the envelope written does not read back "
+                f"({exc.field}: {exc}); not stored",
+                field=Rejection.WRITE,
+            ) from exc
+        if back.negative != entry.negative or not same(back.value, entry.value):
+            raise CorruptEntryError(
+                f"redis layer {self.name!r}: the envelope written reads back as another "
+                f"value ({back.value!r:.80} for {entry.value!r:.80}); not stored",
+                field=Rejection.WRITE,
+            )
 
     def _px(self, ttl: float | None) -> int:
         life = self.ttl if ttl is None else min(ttl, self.ttl)
         return max(1, int(life * 1000))
 
+    def _stored(self, reply: Any) -> bool:
+        """The write script's reply: stored, refused by a tombstone, or a garbage tombstone
+        found (removed; the write refused this once, ``CorruptEntryError``)."""
+        if reply == 2:
+            raise self._corrupt_bookkeeping("a tombstone key held garbage; removed")
+        self.breaker.success()
+        return bool(reply)
+
     def set(self, key: str, entry: Entry, ttl: float | None = None) -> bool:
         """Store ``entry`` for ``min(ttl, self.ttl)`` seconds, unless ``key`` was
         invalidated within the hold of its tombstone; True if stored.
 
-        Raises ``CacheError`` on a Redis failure or when the serializer cannot
-        encode the value (then Redis is not called and the breaker not told).
+        Raises ``CacheError`` on a Redis failure (naming the script) or when the
+        serializer cannot encode the value, and ``CorruptEntryError`` when the
+        envelope does not read back as ``entry`` (``WRITE``: then Redis is not
+        called and the breaker not told) or when broken bookkeeping was found and
+        healed (``BOOKKEEPING``: nothing stored this time).
         """
         rkey, tomb = self._keys(key)
-        try:
-            epoch = self._epoch
-            if epoch is None or self._pending:
-                epoch = self._current_epoch()
-        except _DRIVER_ERRORS as exc:
-            raise self._failed("epoch", exc) from exc
+        epoch = self._epoch
+        if epoch is None or self._pending:
+            epoch = self._current_epoch()
         data = self._encode(rkey, entry, epoch)
         try:
-            stored = self._sync_scripts().write(keys=[rkey, tomb], args=[data, self._px(ttl)])
+            reply = self._sync_scripts().write(
+                keys=[rkey, tomb], args=[data, self._px(ttl), self._hold_ms]
+            )
         except _DRIVER_ERRORS as exc:
-            raise self._failed("SET", exc) from exc
-        self.breaker.success()
-        return bool(stored)
+            raise self._failed("write script", exc) from exc
+        return self._stored(reply)
 
     async def aset(self, key: str, entry: Entry, ttl: float | None = None) -> bool:
         """``set`` on redis.asyncio. Same contract."""
         rkey, tomb = self._keys(key)
-        try:
-            side, epoch = await self._aready()
-        except _DRIVER_ERRORS as exc:
-            raise self._failed("epoch", exc) from exc
+        side, epoch = await self._aready()
         data = self._encode(rkey, entry, epoch)
         try:
-            stored = await side.scripts.write(keys=[rkey, tomb], args=[data, self._px(ttl)])
+            reply = await side.scripts.write(
+                keys=[rkey, tomb], args=[data, self._px(ttl), self._hold_ms]
+            )
         except _DRIVER_ERRORS as exc:
-            raise self._failed("SET", exc) from exc
-        self.breaker.success()
-        return bool(stored)
+            raise self._failed("write script", exc) from exc
+        return self._stored(reply)
 
     def delete(self, key: str) -> None:
         """Delete ``key``. Raises ``CacheError`` on a Redis failure."""
@@ -477,10 +631,11 @@ class RedisLayer:
         script), so a value loaded before this call is not written back after it.
         Raises ``CacheError`` on a Redis failure."""
         rkey, tomb = self._keys(key)
+        hold_ms = min(self._hold_ms, max(1, int(hold * 1000)))  # a tombstone outlives no entry
         try:
-            self._sync_scripts().invalidate(keys=[rkey, tomb], args=[max(1, int(hold * 1000))])
+            self._sync_scripts().invalidate(keys=[rkey, tomb], args=[hold_ms])
         except _DRIVER_ERRORS as exc:
-            raise self._failed("invalidate", exc) from exc
+            raise self._failed("invalidate script", exc) from exc
         self.breaker.success()
 
     def clear(self) -> None:
@@ -521,6 +676,11 @@ class RedisLayer:
 
     def __repr__(self) -> str:
         return f"RedisLayer(name={self.name!r}, url={self.url!r}, ttl={self.ttl})"
+
+
+def _wrong_type(exc: BaseException) -> bool:
+    """Redis refused a command because the key holds another type (garbage there)."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE")
 
 
 def _should_discard(exc: CorruptEntryError, data: bytes) -> bool:

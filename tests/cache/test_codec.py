@@ -187,11 +187,12 @@ class TestRejections:
         assert info.value.field == Rejection.FORMAT
 
     def test_rejection__corrupt_kinds__are_the_guard_s_business(self) -> None:
-        """Only format, checksum and payload count as corruption."""
+        """Format, checksum, payload and broken bookkeeping count as corruption."""
         assert {r for r in Rejection if r.corrupt} == {
             Rejection.FORMAT,
             Rejection.CHECKSUM,
             Rejection.PAYLOAD,
+            Rejection.BOOKKEEPING,
         }
 
 
