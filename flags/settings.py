@@ -1,4 +1,10 @@
-"""Settings from the environment (``FLAGRAIL_*``) via pydantic-settings."""
+"""Settings of the server and the CLI from the environment (``FLAGRAIL_*``) via
+pydantic-settings.
+
+Server side: importing this module needs the server install
+(``pip install "flagrail[server]"``); the SDK, the cache toolkit and the pytest plugin
+never import it.
+"""
 
 from __future__ import annotations
 
