@@ -19,6 +19,8 @@ from fastapi import APIRouter, Body, Depends, Path
 from api.deps import Principal, Reader, allowed, get_service, request_id
 from api.schemas import PlanActionBody, plans_json
 from api.service import AdminService, Operation
+from api.service.admin import MOVE_OPERATIONS
+from api.service.commands import MovePlan, PlanMove
 
 router = APIRouter(tags=["plans"])
 
@@ -27,17 +29,12 @@ RequestId = Annotated[str, Depends(request_id)]
 JsonObject = Annotated[dict[str, Any], Body()]
 PlanId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The plan's id.")]
 ActionBody = Annotated[PlanActionBody | None, Body()]
-MovePlan = Depends(allowed(Operation.PLAN))
-StopPlan = Depends(allowed(Operation.STOP_PLAN))
-
-
-def _reason(body: PlanActionBody | None) -> str | None:
-    return body.reason if body else None
+CreatePlans = Depends(allowed(Operation.PLAN))
 
 
 @router.post("/admin/flags/{key}/plans", status_code=201)
 def create_plan(
-    key: str, body: JsonObject, service: Service, rid: RequestId, principal: Principal = MovePlan
+    key: str, body: JsonObject, service: Service, rid: RequestId, principal: Principal = CreatePlans
 ) -> dict[str, Any]:
     """Create a rollout plan for ``key``; 201 with the plan (first stage already applied)."""
     return service.create_plan(principal, key, body, request_id=rid).to_dict()
@@ -45,7 +42,7 @@ def create_plan(
 
 @router.post("/admin/flags/{key}/schedules", status_code=201)
 def create_schedule(
-    key: str, body: JsonObject, service: Service, rid: RequestId, principal: Principal = MovePlan
+    key: str, body: JsonObject, service: Service, rid: RequestId, principal: Principal = CreatePlans
 ) -> dict[str, Any]:
     """Schedule one state change: ``{"environment", "at", "change": {...}}``."""
     return service.create_schedule(principal, key, body, request_id=rid).to_dict()
@@ -62,46 +59,40 @@ def get_plan(plan_id: PlanId, service: Service, principal: Principal = Reader) -
     return service.get_plan(principal, plan_id).to_dict()
 
 
-@router.post("/admin/plans/{plan_id}/pause")
-def pause_plan(
-    plan_id: PlanId,
-    service: Service,
-    rid: RequestId,
-    body: ActionBody = None,
-    principal: Principal = StopPlan,
-) -> dict[str, Any]:
-    """Stop a pending or running plan where it is (409 otherwise)."""
-    return service.pause_plan(principal, plan_id, reason=_reason(body), request_id=rid).to_dict()
+def _add_move_route(move: PlanMove, summary: str) -> None:
+    """Register ``POST /admin/plans/{plan_id}/<move>``, with an optional ``reason`` body."""
+    operation = Depends(allowed(MOVE_OPERATIONS[move]))
+
+    def move_plan(
+        plan_id: PlanId,
+        service: Service,
+        rid: RequestId,
+        body: ActionBody = None,
+        principal: Principal = operation,
+    ) -> dict[str, Any]:
+        command = MovePlan(plan_id, move, body.reason if body else None)
+        return service.move_plan(principal, command, request_id=rid).to_dict()
+
+    move_plan.__doc__ = summary
+    router.post(f"/admin/plans/{{plan_id}}/{move.value}", name=f"{move.value}_plan")(move_plan)
 
 
-@router.post("/admin/plans/{plan_id}/resume")
-def resume_plan(
-    plan_id: PlanId,
-    service: Service,
-    rid: RequestId,
-    body: ActionBody = None,
-    principal: Principal = MovePlan,
-) -> dict[str, Any]:
-    """Continue a paused or rolled-back plan; its current hold starts again (409 while
-    the flag is killed)."""
-    return service.resume_plan(principal, plan_id, reason=_reason(body), request_id=rid).to_dict()
-
-
-@router.post("/admin/plans/{plan_id}/abort")
-def abort_plan(
-    plan_id: PlanId,
-    service: Service,
-    rid: RequestId,
-    body: ActionBody = None,
-    principal: Principal = StopPlan,
-) -> dict[str, Any]:
-    """End a plan for good; the flag stays as it is."""
-    return service.abort_plan(principal, plan_id, reason=_reason(body), request_id=rid).to_dict()
+_add_move_route(PlanMove.PAUSE, "Stop a pending or running plan where it is (409 otherwise).")
+_add_move_route(
+    PlanMove.RESUME,
+    "Continue a paused or rolled-back plan; its current hold starts again (409 while "
+    "the flag is killed).",
+)
+_add_move_route(PlanMove.ABORT, "End a plan for good; the flag stays as it is.")
 
 
 @router.post("/admin/plans/{plan_id}/advance")
 def advance_plan(
-    plan_id: PlanId, service: Service, rid: RequestId, principal: Principal = MovePlan
+    plan_id: PlanId,
+    service: Service,
+    rid: RequestId,
+    principal: Principal = Depends(allowed(Operation.PLAN)),
 ) -> dict[str, Any]:
     """Apply the next stage now, skipping the rest of the hold (after the last: complete)."""
-    return service.advance_plan(principal, plan_id, request_id=rid).to_dict()
+    command = MovePlan(plan_id, PlanMove.ADVANCE)
+    return service.move_plan(principal, command, request_id=rid).to_dict()

@@ -23,6 +23,8 @@ from api.service.commands import (
     FlagFilter,
     HistoryFilter,
     Kill,
+    MovePlan,
+    PlanMove,
     SetState,
     UpdateFlag,
 )
@@ -45,6 +47,12 @@ from flags.store import FlagStore, KillResult
 __all__ = ["AdminService", "FlagView", "Instances", "Telemetry"]
 
 T = TypeVar("T")
+MOVE_OPERATIONS = {
+    PlanMove.PAUSE: Operation.STOP_PLAN,
+    PlanMove.ABORT: Operation.STOP_PLAN,
+    PlanMove.RESUME: Operation.PLAN,
+    PlanMove.ADVANCE: Operation.PLAN,
+}
 TOKEN_ACTIONS = (Action.TOKEN_CREATE.value, Action.TOKEN_REVOKE.value)
 
 
@@ -375,56 +383,23 @@ class AdminService:
         principal.allow(Operation.READ)
         return self._visible_plan(principal, plan_id)
 
-    def pause_plan(
-        self,
-        principal: Principal,
-        plan_id: int,
-        *,
-        reason: str | None = None,
-        request_id: str | None = None,
+    def move_plan(
+        self, principal: Principal, command: MovePlan, *, request_id: str | None = None
     ) -> Plan:
-        """Stop a pending or running plan where it is (``PlanStateError`` otherwise)."""
-        principal.allow(Operation.STOP_PLAN)
-        self._visible_plan(principal, plan_id)
+        """Pause a pending or running plan, resume a paused or rolled-back one (its hold
+        starts again), abort one for good (the flag stays as it is), or advance one to
+        its next stage now. Raises ``PlanNotFoundError``, ``PlanStateError`` when the
+        plan cannot take that step now."""
+        principal.allow(MOVE_OPERATIONS[command.move])
         plans = self._need(self.plans, "plans")
-        return plans.pause(plan_id, actor=principal.actor, reason=reason, request_id=request_id)
-
-    def resume_plan(
-        self,
-        principal: Principal,
-        plan_id: int,
-        *,
-        reason: str | None = None,
-        request_id: str | None = None,
-    ) -> Plan:
-        """Continue a paused or rolled-back plan; its current hold starts again."""
-        principal.allow(Operation.PLAN)
-        self._visible_plan(principal, plan_id)
-        plans = self._need(self.plans, "plans")
-        return plans.resume(plan_id, actor=principal.actor, reason=reason, request_id=request_id)
-
-    def abort_plan(
-        self,
-        principal: Principal,
-        plan_id: int,
-        *,
-        reason: str | None = None,
-        request_id: str | None = None,
-    ) -> Plan:
-        """End a plan for good; the flag stays as it is."""
-        principal.allow(Operation.STOP_PLAN)
-        self._visible_plan(principal, plan_id)
-        plans = self._need(self.plans, "plans")
-        return plans.abort(plan_id, actor=principal.actor, reason=reason, request_id=request_id)
-
-    def advance_plan(
-        self, principal: Principal, plan_id: int, *, request_id: str | None = None
-    ) -> Plan:
-        """Apply the next stage now, skipping the rest of the hold."""
-        principal.allow(Operation.PLAN)
-        self._visible_plan(principal, plan_id)
-        plans = self._need(self.plans, "plans")
-        return plans.advance(plan_id, actor=principal.actor, request_id=request_id)
+        self._visible_plan(principal, command.plan_id)
+        plan_id, actor = command.plan_id, principal.actor
+        if command.move is PlanMove.ADVANCE:
+            return plans.advance(plan_id, actor=actor, request_id=request_id)
+        act = {PlanMove.PAUSE: plans.pause, PlanMove.RESUME: plans.resume}.get(
+            command.move, plans.abort
+        )
+        return act(plan_id, actor=actor, reason=command.reason, request_id=request_id)
 
     def _visible_plan(self, principal: Principal, plan_id: int) -> Plan:
         plan = self._need(self.plans, "plans").get(plan_id)

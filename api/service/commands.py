@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from flags.durations import parse_instant
@@ -21,6 +22,8 @@ __all__ = [
     "FlagFilter",
     "HistoryFilter",
     "Kill",
+    "MovePlan",
+    "PlanMove",
     "SetState",
     "UpdateFlag",
     "history_filter",
@@ -82,6 +85,26 @@ class CreateToken:
     name: str
     role: Role | str
     environments: tuple[str, ...] | None = None
+
+
+class PlanMove(StrEnum):
+    """What a person does to a plan: ``pause`` and ``abort`` only stop things;
+    ``resume`` and ``advance`` move a rollout forward."""
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    ABORT = "abort"
+    ADVANCE = "advance"
+
+
+@dataclass(frozen=True, slots=True)
+class MovePlan:
+    """``move`` plan ``plan_id``; ``reason`` is recorded in the history (not for
+    ``advance``, whose stage change names its actor)."""
+
+    plan_id: int
+    move: PlanMove
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

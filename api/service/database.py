@@ -39,7 +39,7 @@ from api.schemas import (
     unused_json,
 )
 from api.service.admin import AdminService
-from api.service.commands import FlagFilter, history_filter
+from api.service.commands import FlagFilter, MovePlan, PlanMove, history_filter
 from api.service.principal import Principal
 from flags.admin_client import environment_list
 from flags.durations import parse_instant
@@ -201,16 +201,20 @@ class DatabaseAdmin:
         return self._ready().get_plan(self.principal, plan_id).to_dict()
 
     def pause_plan(self, plan_id: int, *, reason: str | None = None) -> dict[str, Any]:
-        return self._ready().pause_plan(self.principal, plan_id, reason=reason).to_dict()
+        return self._move(plan_id, PlanMove.PAUSE, reason)
 
     def resume_plan(self, plan_id: int, *, reason: str | None = None) -> dict[str, Any]:
-        return self._ready().resume_plan(self.principal, plan_id, reason=reason).to_dict()
+        return self._move(plan_id, PlanMove.RESUME, reason)
 
     def abort_plan(self, plan_id: int, *, reason: str | None = None) -> dict[str, Any]:
-        return self._ready().abort_plan(self.principal, plan_id, reason=reason).to_dict()
+        return self._move(plan_id, PlanMove.ABORT, reason)
 
     def advance_plan(self, plan_id: int) -> dict[str, Any]:
-        return self._ready().advance_plan(self.principal, plan_id).to_dict()
+        return self._move(plan_id, PlanMove.ADVANCE, None)
+
+    def _move(self, plan_id: int, move: PlanMove, reason: str | None) -> dict[str, Any]:
+        command = MovePlan(plan_id, move, reason)
+        return self._ready().move_plan(self.principal, command).to_dict()
 
     # ------------------------------------------------------------ reports
     def unused(self, since: str = "30d") -> dict[str, Any]:
