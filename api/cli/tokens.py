@@ -1,4 +1,5 @@
-"""``flagrail token create|list|revoke``: works directly on the database (the bootstrap path)."""
+"""``flagrail token create|list|revoke``: works directly on the database (the bootstrap path),
+through ``DatabaseAdmin`` and so the same ``AdminService`` as ``/admin/tokens``."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import typer
 
 from api.cli.output import print_json, print_table
 from api.cli.server import DatabaseUrl, database_url
-from flags.store.sql import SqlFlagStore, cli_actor
+from api.service.database import DatabaseAdmin
 
 app = typer.Typer(help="API tokens (directly on the database).", no_args_is_help=True)
 
 
-def _store(url: str | None) -> SqlFlagStore:
-    return SqlFlagStore(database_url(url))
+def _admin(url: str | None) -> DatabaseAdmin:
+    return DatabaseAdmin(database_url(url))
 
 
 @app.command("create")
@@ -23,23 +24,17 @@ def create(
     database_url_opt: str | None = DatabaseUrl,
 ) -> None:
     """Create a token and print only its value, so TOKEN=$(flagrail token create ...) works."""
-    store = _store(database_url_opt)
-    try:
-        _info, secret = store.create_token(name, role, env or None, actor=cli_actor())
-    finally:
-        store.close()
-    typer.echo(secret)
+    with _admin(database_url_opt) as admin:
+        created = admin.create_token(name, role, env or None)
+    typer.echo(created["token"])
 
 
 @app.command("list")
 def list_tokens(
     as_json: bool = typer.Option(False, "--json"), database_url_opt: str | None = DatabaseUrl
 ) -> None:
-    store = _store(database_url_opt)
-    try:
-        items = [t.to_dict() for t in store.list_tokens()]
-    finally:
-        store.close()
+    with _admin(database_url_opt) as admin:
+        items = admin.list_tokens()["items"]
     if as_json:
         print_json({"items": items})
         return
@@ -61,9 +56,6 @@ def list_tokens(
 
 @app.command("revoke")
 def revoke(token_id: str, database_url_opt: str | None = DatabaseUrl) -> None:
-    store = _store(database_url_opt)
-    try:
-        info = store.revoke_token(token_id, actor=cli_actor())
-    finally:
-        store.close()
-    typer.echo(f"revoked {info.id} ({info.name})", err=True)
+    with _admin(database_url_opt) as admin:
+        info = admin.revoke_token(token_id)
+    typer.echo(f"revoked {info['id']} ({info['name']})", err=True)
