@@ -314,6 +314,39 @@ def show_flag(
     run(lambda admin: admin.get_flag(key), _print_flag, as_json, url, token, database_url)
 
 
+@flags_app.command("update")
+def update_flag(
+    key: str,
+    description: str | None = typer.Option(None, "--description", "-d"),
+    kind: str | None = typer.Option(
+        None, "--kind", help="release, operational, kill-switch or permission."
+    ),
+    owner: str | None = typer.Option(None, "--owner", help="The owner ('' clears it)."),
+    tag: list[str] | None = typer.Option(None, "--tag", help="Replace the tags (repeat)."),
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """Change a flag's description, kind, owner or tags (shared by every environment)."""
+    changes: dict[str, Any] = {"description": description, "kind": kind, "tags": tag}
+    changes = {name: value for name, value in changes.items() if value is not None}
+    if owner is not None:
+        changes["owner"] = owner or None
+    if not changes:
+        raise CliError(
+            "nothing to change: give --description, --kind, --owner or --tag", exit_code=2
+        )
+    run(
+        lambda admin: admin.update_flag(key, **changes),
+        _print_flag,
+        as_json,
+        url,
+        token,
+        database_url,
+    )
+
+
 @flags_app.command("archive")
 def archive_flag(
     key: str,
