@@ -1,0 +1,414 @@
+"""The fault matrix (issue #13): a broken write path is caught wherever it breaks.
+
+Every injection point x {shadow, live with verification} x {``get``, ``aget``} x
+{one process, 4 real processes}. The fault goes where production would have it:
+
+``serializer-dumps`` / ``serializer-loads``
+    a faulty serializer object passed as ``RedisLayer(serializer=...)``, emptying
+    each record's scopes on the way in / out (well formed: the checksum holds);
+``codec``
+    the layer's codec replaced by one that envelopes the wrong record;
+``layer-set``
+    a ``RedisLayer`` subclass whose ``set``/``aset`` store the wrong record;
+``loader-wrapper``
+    the loader wrapped in a memo that answers each key's first lookup (the one that
+    fills the layers) wrong and later ones right; the caller of that first lookup got
+    the loader's own answer, counted apart, not as the cache's wrong answer;
+``foreign-wrong`` / ``foreign-copy`` / ``foreign-replay``
+    another OS process with the right secret writing wrong records through its own
+    ``RedisLayer``, copying each entry to another key, or replaying entries it
+    saved before the truth changed (and the application invalidated them).
+
+Each cell runs its cache processes (``fault_worker.py``, kept running across
+cells) at 800 checks/s each against a throwaway redis-server and a real admin
+API: 1 s without the fault (no false mismatch, no wrong answer allowed), then
+``FAULT_SECONDS`` with it. Every answer is compared by the worker with the truth
+it holds (never through the cache's code). A cell asserts:
+
+* detected: mismatches (corrupt reads for a copied entry) counted, and the wrong
+  entries dropped (DEL of entry keys, seen through keyspace notifications);
+* live: the guard's kill in the flag's history within 1.0 s of the first wrong
+  answer (of the fault's start when none was served), and wrong answers at most
+  0.5% of each process's checks during the fault;
+* shadow: not one wrong answer (a shadow layer never serves).
+
+The cache is configured like the demo's service: memory layer off (the Redis
+layer is the one under test), L2 TTL 3 s, ``verify_share=1.0``, a guard over 1 s
+with ``min_samples=5`` and ``max_mismatch_rate=0.005`` (over 1 s of 800 checks/s,
+a few mismatches cross it; the demo's 0.1 would let through 5% of wrong answers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from api.app import create_app
+from flags.model import FlagKind, StateChange
+from flags.settings import Settings
+from flags.store.sql import SqlFlagStore
+from flags.testing.redis_server import RedisServer, find_redis_server, free_port
+from flags.testing.waiting import wait_for
+
+from .fault_worker import FOREIGN, FOREIGN_COPY, FOREIGN_REPLAY, INJECTIONS, Cell
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+WORKER = Path(__file__).with_name("fault_worker.py")
+REPO = Path(__file__).resolve().parents[2]
+ENV = "production"
+SECRET = "6d61747269782d7365637265742d303132333435363738396162"  # hex
+RATE = 800.0  # checks/s per process
+WARM_SECONDS = 1.0  # before the fault
+FAULT_SECONDS = 2.5
+WRONG_SHARE = 0.005  # of a process's checks during the fault
+KILL_WITHIN = 1.0  # seconds after the first wrong answer
+
+
+# --------------------------------------------------------------------------- fixtures
+def _require_redis_server() -> None:
+    if find_redis_server() is not None:
+        return
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail("no redis-server binary, and under CI=true that is a failure, not a skip")
+    pytest.skip("no redis-server binary")
+
+
+@pytest.fixture(scope="module")
+def matrix_redis() -> Iterator[RedisServer]:
+    """One throwaway redis-server for the module (cells use their own prefixes), with
+    keyspace notifications of generic commands on, so a test sees every DEL."""
+    _require_redis_server()
+    server = RedisServer().start()
+    client = redis.Redis.from_url(server.url)
+    client.config_set("notify-keyspace-events", "Eg")
+    client.close()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@dataclass(frozen=True)
+class Admin:
+    url: str
+    token: str
+    store: SqlFlagStore
+
+
+@pytest.fixture(scope="module")
+def matrix_admin(
+    sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Admin]:
+    """The admin API on a SQLite database of the module's own, in a thread."""
+    path = tmp_path_factory.mktemp("fault-matrix") / "flagrail.db"
+    shutil.copyfile(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    store = SqlFlagStore(url)
+    _info, token = store.create_token("guard", "operator", [ENV], actor="test")
+    port = free_port()
+    app = create_app(Settings(database_url=url, scheduler=False), store=store)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 20, "the admin API to start")
+        yield Admin(f"http://127.0.0.1:{port}", token, store)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+class Worker:
+    """One ``fault_worker.py`` process; its stdout lines arrive on a queue."""
+
+    def __init__(self, log: IO[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=REPO,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self, timeout: float) -> dict[str, Any]:
+        try:
+            event: dict[str, Any] = json.loads(self.lines.get(timeout=timeout))
+        except queue.Empty:
+            raise AssertionError(
+                f"worker {self.proc.pid} said nothing for {timeout}s "
+                f"(exit status {self.proc.poll()})"
+            ) from None
+        if event.get("event") == "error":
+            raise AssertionError(f"worker {self.proc.pid} failed:\n{event['detail']}")
+        return event
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.send({"cmd": "exit"})
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class Pool:
+    """Worker processes kept for the module (a process start costs a second)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log = log_path.open("a")
+        self.workers: list[Worker] = []
+
+    def take(self, n: int) -> list[Worker]:
+        self.workers = [w for w in self.workers if w.proc.poll() is None]
+        while len(self.workers) < n:
+            self.workers.append(Worker(self.log))
+        return self.workers[:n]
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    workers = Pool(tmp_path_factory.mktemp("fault-matrix-logs") / "workers.log")
+    try:
+        yield workers
+    finally:
+        workers.close()
+
+
+class Deletes:
+    """Every DEL of a key under ``prefix`` on the server (keyspace notifications)."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.prefix = prefix.encode()
+        self.seen: list[tuple[float, bytes]] = []
+        self._client = redis.Redis.from_url(url)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe("__keyevent@0__:del")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message = self._pubsub.get_message(timeout=0.05)
+            if message is not None and message["data"].startswith(self.prefix):
+                self.seen.append((time.time(), message["data"]))
+
+    def since(self, at: float) -> int:
+        return sum(1 for t, _ in self.seen if t >= at)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._pubsub.close()
+        self._client.close()
+
+
+# --------------------------------------------------------------------------- one cell
+@dataclass
+class CellRun:
+    """What a cell's processes reported, and the kills in its flag's history."""
+
+    fault_at: float
+    caches: list[dict[str, Any]]
+    foreign: dict[str, Any] | None
+    kills: list[dict[str, Any]]
+    drops: int
+
+    def total(self, prefix: str) -> int:
+        """The sum over the processes of the l2 counters whose names start with ``prefix``."""
+        return sum(int(v) for c in self.caches for k, v in c["l2"].items() if k.startswith(prefix))
+
+    def describe(self) -> str:
+        keep = (
+            "checks_fault",
+            "wrong_fault",
+            "wrong_before",
+            "first_wrong_at",
+            "wrong_samples",
+            "fault_hits",
+            "loader_wrong",
+            "guard_results",
+            "l2_mode_end",
+            "background_dropped",
+        )
+        lines = [f"fault at {self.fault_at:.3f}, drops {self.drops}, foreign {self.foreign}"]
+        for c in self.caches:
+            l2 = {k: v for k, v in c["l2"].items() if v and not isinstance(v, list | dict)}
+            lines.append(f"  { ({k: c[k] for k in keep}) } l2={l2}")
+        lines.append(f"  kills: {[(k['actor'], k['at']) for k in self.kills]}")
+        return "\n".join(lines)
+
+
+def _history_kills(admin: Admin, flag: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{admin.url}/admin/flags/{flag}/history",
+        headers={"Authorization": f"Bearer {admin.token}"},
+    )
+    response.raise_for_status()
+    return [
+        i for i in response.json()["items"] if i["action"] == "kill" and i["environment"] == ENV
+    ]
+
+
+def _unix(at: str) -> float:
+    return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+
+
+def run_cell(
+    pool: Pool,
+    server: RedisServer,
+    admin: Admin,
+    injection: str,
+    mode: str,
+    driver: str,
+    processes: int,
+) -> CellRun:
+    name = f"fm.{injection}.{mode}.{driver}.p{processes}.{uuid.uuid4().hex[:6]}"
+    for key, on in (
+        (f"{name}.l1", False),
+        (f"{name}.l2", True),
+        (f"{name}.l2.shadow", mode == "shadow"),
+    ):
+        admin.store.create_flag(key, kind=FlagKind.OPERATIONAL, actor="test")
+        if on:
+            admin.store.update_state(key, ENV, StateChange(enabled=True, rollout=100), actor="test")
+    prefix = f"fm:{uuid.uuid4().hex[:10]}:"
+    base = Cell(
+        role="cache",
+        injection=injection,
+        mode=mode,
+        driver=driver,
+        name=name,
+        redis_url=server.url,
+        prefix=prefix,
+        secret=SECRET,
+        admin_url=admin.url,
+        token=admin.token,
+        environment=ENV,
+        rate=RATE,
+    )
+    cells = [Cell(**{**asdict(base), "index": n}) for n in range(processes)]
+    if injection in FOREIGN:
+        cells.append(Cell(**{**asdict(base), "role": "foreign", "index": processes}))
+    workers = pool.take(len(cells))
+    deletes = Deletes(server.url, f"{prefix}{name}:l2:v:")
+    try:
+        for worker, cell in zip(workers, cells, strict=True):
+            worker.send({"cmd": "cell", **asdict(cell)})
+        for worker in workers:
+            assert worker.receive(60)["event"] == "ready"
+        start_at = time.time() + 0.3
+        fault_at = start_at + WARM_SECONDS
+        go = {
+            "cmd": "go",
+            "start_at": start_at,
+            "change_at": start_at + 0.6 if injection == FOREIGN_REPLAY else None,
+            "fault_at": fault_at,
+            "end_at": fault_at + FAULT_SECONDS,
+        }
+        for worker in workers:
+            worker.send(go)
+        results = [w.receive(WARM_SECONDS + FAULT_SECONDS + 60) for w in workers]
+    finally:
+        deletes.close()
+    caches = [r for r in results if r["role"] == "cache"]
+    foreign = next((r for r in results if r["role"] == "foreign"), None)
+    return CellRun(
+        fault_at, caches, foreign, _history_kills(admin, f"{name}.l2"), deletes.since(fault_at)
+    )
+
+
+# --------------------------------------------------------------------------- the matrix
+@pytest.mark.parametrize("processes", [1, 4], ids=["1p", "4p"])
+@pytest.mark.parametrize("driver", ["get", "aget"])
+@pytest.mark.parametrize("mode", ["live", "shadow"])
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_fault_matrix__fault_in_the_write_path__detected_dropped_and_killed(
+    pool: Pool,
+    matrix_redis: RedisServer,
+    matrix_admin: Admin,
+    injection: str,
+    mode: str,
+    driver: str,
+    processes: int,
+) -> None:
+    """The fault is caught wherever it sits: counted, its entries dropped; a live layer
+    is killed within 1.0 s of the first wrong answer with at most 0.5% wrong answers,
+    a shadow layer never serves one."""
+    run = run_cell(pool, matrix_redis, matrix_admin, injection, mode, driver, processes)
+    text = run.describe()
+    # When Then: the fault really happened, and nothing was wrong before it.
+    if run.foreign is not None:
+        assert run.foreign["writes"] > 0, text
+    else:
+        assert sum(c["fault_hits"] for c in run.caches) > 0, text
+    for c in run.caches:
+        before = c["stats_at_fault"]
+        assert before is not None, text
+        assert before["mismatch_verify"] == before["mismatch_shadow"] == 0, text
+        assert before["corrupt_checksum"] == before["corrupt_payload"] == 0, text
+        assert c["wrong_before"] == 0, text
+        assert c["checks_fault"] >= 0.95 * RATE * FAULT_SECONDS, text
+    # Detected: counted where the check happens (reads, shadow reads, or a check of the
+    # write itself), and every wrong entry found in Redis dropped from it.
+    found = run.total("mismatch_verify") + run.total("mismatch_shadow") + run.total("corrupt_")
+    if injection == FOREIGN_COPY:
+        assert run.total("corrupt_checksum") > 0, text
+    else:
+        assert run.total("mismatch_") > 0, text
+    if found:
+        assert run.drops > 0, text
+    if mode == "shadow":
+        assert all(c["wrong_fault"] == 0 for c in run.caches), text
+        return
+    # Live: few wrong answers in every process, and the guard's kill in the history.
+    for c in run.caches:
+        assert c["wrong_fault"] <= WRONG_SHARE * c["checks_fault"], text
+    assert run.kills, text
+    assert all(k["actor"].startswith("guard:") for k in run.kills), text
+    first_wrong = min(
+        (c["first_wrong_at"] for c in run.caches if c["first_wrong_at"] is not None),
+        default=run.fault_at,
+    )
+    kill_at = min(_unix(k["at"]) for k in run.kills)
+    assert kill_at - first_wrong <= KILL_WITHIN, text
