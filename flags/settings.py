@@ -8,6 +8,8 @@ never import it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -29,3 +31,7 @@ class Settings(BaseSettings):
     heartbeat_interval: float = 15.0
     # Run the rollout-plan scheduler inside this server.
     scheduler: bool = True
+    # Where `flagrail serve` writes the first admin token of a database with no token
+    # (mode 0600; the path is printed, the token never). Default: beside a SQLite database
+    # file (`flagrail.db.admin-token`), else `./flagrail-admin-token`.
+    bootstrap_token_file: Path | None = None

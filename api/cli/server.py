@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import typer
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine, func, select
 
 from api.cli.output import CliError
+from flags.errors import ConflictError
+from flags.model import Role
 from flags.settings import Settings
+from flags.store.sql import SqlFlagStore, cli_actor
+from flags.store.tables import tokens
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
@@ -81,16 +90,92 @@ def prepare_database(url: str) -> None:
         engine.dispose()
 
 
-def bootstrap_token(url: str) -> str | None:
-    """On a database with no tokens at all, create a first admin token and return it."""
-    from flags.store.sql import SqlFlagStore, cli_actor
+BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
+# Key of the PostgreSQL advisory lock that serializes first-token bootstraps ("frl_boot").
+_BOOTSTRAP_LOCK = 0x66726C5F626F6F74
 
-    store = SqlFlagStore(url)
+
+class _TokensExistError(ConflictError):
+    """The database has a token already: there is nothing to bootstrap."""
+
+
+class _FirstTokenStore(SqlFlagStore):
+    """A store whose write transactions begin by making sure the database has no token.
+
+    ``create_token`` runs in one such transaction, so "no tokens yet" is checked in the
+    transaction that inserts the token and its history row. Concurrent bootstraps are
+    serialized: on PostgreSQL by a transaction-scoped advisory lock taken before the check
+    (a second server waits, then sees the first one's committed token); on SQLite by the
+    store's write transactions, which begin IMMEDIATE and so hold the write lock already.
+    """
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with super().transaction() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(select(func.pg_advisory_xact_lock(_BOOTSTRAP_LOCK)))
+            if conn.execute(select(tokens.c.id).limit(1)).first() is not None:
+                raise _TokensExistError("the database has a token already")
+            yield conn
+
+
+def default_token_file(url: str) -> Path:
+    """Where the first admin token goes unless ``FLAGRAIL_BOOTSTRAP_TOKEN_FILE`` says:
+    beside a SQLite database file (``flagrail.db`` -> ``flagrail.db.admin-token``), else
+    ``flagrail-admin-token`` in the current directory."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database if url.startswith("sqlite") else None
+    if database and database != ":memory:" and not database.startswith("file:"):
+        return Path(database + ".admin-token").resolve()
+    return Path("flagrail-admin-token").resolve()
+
+
+def bootstrap_token(url: str, token_file: Path) -> Path | None:
+    """On a database with no token at all, create a first admin token and write it to
+    ``token_file`` (mode 0600, replacing the file); return that file's path, else None.
+
+    The check and the insert are one transaction, serialized across processes: replicas
+    starting together on one empty database mint one token between them, and only the
+    one that minted it writes a file. The token goes to the file and nowhere else (never
+    to standard output or a log). The file's directory must exist; the token is written
+    to a temporary file there first, so a token is never minted that cannot be written.
+
+    Raises ``CliError`` when the file cannot be written.
+    """
+    store = _FirstTokenStore(url)
     try:
-        if store.list_tokens():
+        if store.list_tokens():  # the usual restart: skip the file system altogether
             return None
-        _info, secret = store.create_token("bootstrap-admin", "admin", None, actor=cli_actor())
-        return secret
+        try:
+            handle, temporary = tempfile.mkstemp(
+                dir=token_file.parent, prefix=f".{token_file.name}.", suffix=".tmp"
+            )
+        except OSError as exc:
+            raise CliError(
+                f"cannot write the first admin token to {token_file}: {exc.strerror} "
+                "(set FLAGRAIL_BOOTSTRAP_TOKEN_FILE to a writable path)"
+            ) from exc
+        try:
+            try:
+                _info, secret = store.create_token(
+                    BOOTSTRAP_TOKEN_NAME, Role.ADMIN, None, actor=cli_actor()
+                )
+            except _TokensExistError:
+                os.close(handle)
+                os.unlink(temporary)
+                return None
+            with os.fdopen(handle, "w", encoding="ascii") as file:
+                file.write(secret + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, token_file)
+        except OSError as exc:
+            raise CliError(
+                f"the first admin token was created but could not be moved to {token_file} "
+                f"({exc.strerror}); it is in {temporary}"
+            ) from exc
+        return token_file
     finally:
         store.close()
 
@@ -103,7 +188,11 @@ def register(app: typer.Typer) -> None:
         database_url_opt: str | None = DatabaseUrl,
         log_level: str = typer.Option("info", "--log-level"),
     ) -> None:
-        """Run the admin API (SQLite schema is created or upgraded on start)."""
+        """Run the admin API (SQLite schema is created or upgraded on start).
+
+        On a database with no token, writes a first admin token to
+        FLAGRAIL_BOOTSTRAP_TOKEN_FILE (mode 0600) and prints that file's path.
+        """
         import uvicorn
 
         from api.app import create_app
@@ -117,10 +206,13 @@ def register(app: typer.Typer) -> None:
             overrides["database_url"] = database_url_opt
         settings = Settings(**overrides)  # type: ignore[arg-type]
         prepare_database(settings.database_url)
-        token = bootstrap_token(settings.database_url)
-        if token:
+        token_file = settings.bootstrap_token_file or default_token_file(settings.database_url)
+        written = bootstrap_token(settings.database_url, token_file)
+        if written is not None:
+            # The path, never the token: standard output ends up in logs.
             sys.stdout.write(
-                "flagrail: first admin token (shown once, keep it safe):\n" + token + "\n"
+                "flagrail: first admin token written to this file (mode 0600, keep it safe):\n"
+                f"{written}\n"
             )
             sys.stdout.flush()
         try:

@@ -430,7 +430,7 @@ def test_serve__fresh_sqlite__creates_schema_and_prints_first_admin_token(tmp_pa
     try:
         assert proc.stdout is not None
         banner = proc.stdout.readline()
-        token = proc.stdout.readline().strip()
+        token = Path(proc.stdout.readline().strip()).read_text().strip()
         assert "first admin token" in banner
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _healthy(base), 30, "flagrail serve")

@@ -136,7 +136,11 @@ class Server:
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "FLAGRAIL_REDIS_URL": ""},
+            env={
+                **os.environ,
+                "FLAGRAIL_REDIS_URL": "",
+                "FLAGRAIL_BOOTSTRAP_TOKEN_FILE": str(log.with_suffix(".token")),
+            },
         )
 
     def healthy(self) -> bool:
