@@ -31,6 +31,7 @@ class FaultName(StrEnum):
     WRONG_PAYLOAD = "wrong-payload"
     REDIS_DOWN = "redis-down"
     REDIS_SLOW = "redis-slow"
+    SERIALIZER = "serializer"
 
 
 def load_demo() -> tuple[ModuleType, ModuleType]:

@@ -53,7 +53,7 @@ from api import errors
 from api.demo.faults import (
     FaultSwitch,
     FaultyRedisLayer,
-    KeyRecordSerializer,
+    FaultySerializer,
     faulty_clients,
     parse_fault,
 )
@@ -204,7 +204,7 @@ class ExamPlatform:
             ttl=c.l2_ttl,
             client=sync,
             async_client=aclient,
-            serializer=KeyRecordSerializer(),
+            serializer=FaultySerializer(self.switch),
             breaker=CircuitBreaker(failure_threshold=c.breaker_failures),
             prefix=f"{c.redis_prefix}cache:",
             socket_timeout=c.redis_timeout,
@@ -386,13 +386,15 @@ _BAD_READS = (
     "corrupt_payload",
     "mismatch_verify",
     "mismatch_shadow",
+    "mismatch_write",
     "errors",
 )
 
 
 def _bad_reads(stats: Any) -> dict[str, int]:
-    """The bad-read counters of one ``flags.cache.metrics.LayerStats``."""
-    return {name: int(getattr(stats, name)) for name in _BAD_READS}
+    """The bad-read counters of one ``flags.cache.metrics.LayerStats`` (0 for a counter
+    this version of the cache does not keep)."""
+    return {name: int(getattr(stats, name, 0)) for name in _BAD_READS}
 
 
 class _AuthSourceHeader:

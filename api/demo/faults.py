@@ -1,6 +1,6 @@
 """Faults the demo injects into the auth cache's Redis layer, at run time.
 
-Four faults, switched on in a running service process by ``POST /_demo/fault``
+Five faults, switched on in a running service process by ``POST /_demo/fault``
 (``FaultSwitch``) or, for the server-side ones, done to the throwaway
 redis-server by the scenario:
 
@@ -15,6 +15,13 @@ redis-server by the scenario:
     with no scopes. The envelope is built and checksummed around that
     well-formed payload, so every envelope check passes; only verification
     against the loader (and the guard counting mismatches) can tell.
+``serializer``
+    The seed incident's fault, where the seed had it: the ``serializer=`` the L2
+    layer was built with (``FaultySerializer``) writes every record with its scopes
+    emptied. The payload is well formed and the envelope is checksummed around it,
+    and the fault sits inside the layer's own write path, so a check that ran the
+    truth through the layer's serializer would find the two equal; only a
+    comparison with the loader's value that keeps clear of that serializer can tell.
 ``redis-down``
     The throwaway redis-server is killed (``RedisServer.stop``). With an
     external Redis (``FLAGRAIL_REDIS_URL``), which the demo must never touch,
@@ -53,6 +60,7 @@ __all__ = [
     "FaultyAsyncConnection",
     "FaultyConnection",
     "FaultyRedisLayer",
+    "FaultySerializer",
     "KeyRecordSerializer",
     "RedisStall",
     "damage",
@@ -69,6 +77,7 @@ class Fault(StrEnum):
     WRONG_PAYLOAD = "wrong-payload"
     REDIS_DOWN = "redis-down"
     REDIS_SLOW = "redis-slow"
+    SERIALIZER = "serializer"
 
 
 def parse_fault(value: object, field: str = "fault") -> Fault | None:
@@ -265,6 +274,22 @@ class KeyRecordSerializer:
         import json
 
         return KeyRecord.from_dict(json.loads(data))
+
+
+class FaultySerializer(KeyRecordSerializer):
+    """``KeyRecordSerializer`` whose ``dumps`` writes each record with its scopes emptied
+    while ``serializer`` is on (``wrong_record(record, None)``): well-formed JSON of a
+    valid record, so ``loads`` accepts it and the envelope's checksum covers it.
+    Counted in ``FaultSwitch.wrong_writes``; ``loads`` is untouched."""
+
+    def __init__(self, fault_switch: FaultSwitch) -> None:
+        self.fault_switch = fault_switch
+
+    def dumps(self, value: Any) -> bytes:
+        if self.fault_switch.fault is Fault.SERIALIZER and isinstance(value, KeyRecord):
+            self.fault_switch.wrong_writes += 1
+            value = wrong_record(value, None)
+        return super().dumps(value)
 
 
 def wrong_record(record: KeyRecord, previous: KeyRecord | None) -> KeyRecord:

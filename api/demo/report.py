@@ -59,8 +59,8 @@ def evaluate_targets(summary: Mapping[str, Any]) -> list[TargetResult]:
 
     Every fault: 0 false acceptances, revocation p99 <= 100 ms, 0 redeploys and
     the kill in the history with a guard as actor. ``corrupt-bytes``: 0 false
-    rejections. ``wrong-payload``: mitigation <= 1.0 s after the first wrong
-    answer and false rejections <= 0.5 % of requests. ``redis-down`` and
+    rejections. ``wrong-payload`` and ``serializer``: mitigation <= 1.0 s after the
+    first wrong answer and false rejections <= 0.5 % of requests. ``redis-down`` and
     ``redis-slow``: 0 false rejections and p99 latency at most 60 ms above the
     loader's own.
     """
@@ -87,7 +87,7 @@ def evaluate_targets(summary: Mapping[str, Any]) -> list[TargetResult]:
         )
     )
     fr = int(summary["false_rejections"])
-    if fault == "wrong-payload":
+    if fault in ("wrong-payload", "serializer"):
         ttm = summary.get("time_to_mitigation_s")
         out.append(
             TargetResult("time_to_mitigation_s", ttm, "<= 1.0", ttm is not None and ttm <= 1.0)

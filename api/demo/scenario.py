@@ -779,13 +779,15 @@ def _inject(
     fault = config.fault
     at = time.time()
     simulated = services.redis is None
-    if fault in (Fault.CORRUPT_BYTES, Fault.WRONG_PAYLOAD) or simulated:
+    if fault in (Fault.CORRUPT_BYTES, Fault.WRONG_PAYLOAD, Fault.SERIALIZER) or simulated:
         for target in targets:
             demo.post(target + "/_demo/fault", json={"fault": fault.value}).raise_for_status()
         how = {
             Fault.CORRUPT_BYTES: "the L2 write path now stores damaged bytes",
             Fault.WRONG_PAYLOAD: "the L2 write path now stores well-formed records with "
             "the wrong content (another key's tenant, or no scopes)",
+            Fault.SERIALIZER: "the L2 layer's serializer now writes every record with its "
+            "scopes emptied (well formed: the envelope's checksum holds)",
             Fault.REDIS_DOWN: "Redis refuses the cache's connections (simulated)",
             Fault.REDIS_SLOW: "Redis answers the cache late (simulated)",
         }[fault]

@@ -26,6 +26,8 @@ from api.demo import report, scenario
 from api.demo.faults import (
     Fault,
     FaultSwitch,
+    FaultySerializer,
+    KeyRecordSerializer,
     damage,
     faulty_clients,
     wrong_record,
@@ -81,6 +83,24 @@ class TestFaults:
             assert wrong_record(truth, previous) != truth
         other = wrong_record(truth, KeyRecord("k3", "tenant-07", ("exams:read",)))
         assert other.tenant == "tenant-07" and other.key_id == "k1"
+
+    def test_faulty_serializer__serializer_fault__well_formed_record_without_scopes(
+        self,
+    ) -> None:
+        """The seed's fault: while ``serializer`` is on, dumps writes the record with no
+        scopes, which loads accepts and a checksummed envelope carries; off, it is exact."""
+        switch = FaultSwitch()
+        serializer = FaultySerializer(switch)
+        truth = KeyRecord("k1", "tenant-01", ("exams:read", "exams:write"))
+        assert serializer.loads(serializer.dumps(truth)) == truth
+        switch.set(Fault.SERIALIZER)
+        stored = serializer.dumps(truth)
+        assert serializer.loads(stored) == KeyRecord("k1", "tenant-01", ())
+        assert KeyRecordSerializer().loads(stored) != truth
+        codec = Codec(b"s" * 16, serializer)
+        envelope = codec.encode(b"key", truth, epoch=0, written_at=time.time())
+        assert codec.decode(b"key", envelope).value == KeyRecord("k1", "tenant-01", ())
+        assert switch.wrong_writes == 2
 
     def test_damage__envelope__checksum_rejects_it(self) -> None:
         """corrupt-bytes keeps the length and the magic: only the checksum can tell."""
@@ -236,6 +256,23 @@ def test_incident__wrong_payload__mitigated_within_a_second_few_false_rejections
     assert summary["time_to_mitigation_s"] <= 1.0, summary["_report"]
     assert summary["false_rejections"] <= 0.005 * summary["requests_total"], summary["_report"]
     assert any(p["l2"].get("mismatch_verify") for p in summary["processes"]), summary["_report"]
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_incident__serializer__mitigated_within_a_second_few_false_rejections(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The seed's own fault: the L2 layer's serializer writes records with no scopes.
+    Caught (the truth never goes through that serializer) and the layer killed within
+    1.0 s of the first wrong answer; false rejections at or under 0.5 % of requests."""
+    summary = run_short(Fault.SERIALIZER, redis_server, tmp_path)
+    text = summary["_report"]
+    assert_every_fault_targets(summary)
+    assert summary["time_to_mitigation_s"] <= 1.0, text
+    assert summary["false_rejections"] <= 0.005 * summary["requests_total"], text
+    caught = ("mismatch_verify", "mismatch_shadow", "mismatch_write")
+    assert any(p["l2"].get(c) for p in summary["processes"] for c in caught), text
 
 
 @pytest.mark.slow
