@@ -14,6 +14,12 @@ redis-server (never touches the machine's Redis) and prints one markdown table:
   dogpile.cache's Redis backend (``get_or_create``, pickle);
 * Redis hit, asyncio: ``LayeredCache.aget`` served by l2 against a raw
   redis.asyncio GET of the same bytes, on one event loop;
+* partial rollout: the same hits with the layer's flag at 50% rollout, so every
+  check hashes the tenant (the bucketing path; the tenant is one inside the 50%),
+  against the flag at 100%;
+* 1,000 keys: the same hits spread over 1,000 distinct keys, read in turn, instead
+  of one hot key (memory: against TTLCache over the same keys; Redis: against a raw
+  GET of the same keys' bytes);
 * dead Redis: the server is stopped. flagrail's circuit is open, so a call costs
   the flag checks, the breaker and the loader (a dict lookup here); dogpile
   reaches Redis on every call and raises ``ConnectionError``.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import platform
 import random
@@ -63,15 +70,19 @@ VALUE = {
     "active": True,
     "expires": "2027-01-01T00:00:00+00:00",
 }
-DATA = {KEY: VALUE}
+MANY = [f"key-{n:04d}-0123456789ab" for n in range(1000)]  # the 1,000-keys rows
+DATA = {KEY: VALUE, **{k: {**VALUE, "key_id": f"k_{k}"} for k in MANY}}
 TENANT = "acme"
+PARTIAL = 50  # rollout percentage of the partial-rollout rows
 SECRET = b"benchmark-secret-0123456789abcdef"
 PREFIX = "flagrail-bench:"
 
 
-def flag_client(l1: bool, l2: bool) -> FlagClient:
+def flag_client(l1: bool, l2: bool, rollout: int = 100) -> FlagClient:
+    """Layer flags on (at ``rollout`` percent) or off."""
+
     def state(on: bool) -> dict[str, Any]:
-        return {"enabled": on, "rollout": 100 if on else 0}
+        return {"enabled": on, "rollout": rollout if on else 0}
 
     return FlagClient.from_snapshot(
         {
@@ -80,6 +91,21 @@ def flag_client(l1: bool, l2: bool) -> FlagClient:
             "flags": {"auth.cache.l1": state(l1), "auth.cache.l2": state(l2)},
         }
     )
+
+
+def rolled_out_tenant(client: FlagClient, flags: list[str]) -> str:
+    """A tenant inside the partial rollout of every flag in ``flags``."""
+    for n in range(10_000):
+        tenant = f"tenant-{n}"
+        if all(client.is_enabled(flag, tenant) for flag in flags):
+            return tenant
+    raise RuntimeError(f"no tenant inside the rollout of {flags}")
+
+
+def in_turn(keys: list[str], fn: Callable[[str], object]) -> Callable[[], object]:
+    """A workload that calls ``fn`` with the next of ``keys`` each time (cycling)."""
+    following = itertools.cycle(keys).__next__
+    return lambda: fn(following())
 
 
 def per_call(fn: Callable[[], object], n: int) -> float:
@@ -200,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     caches: list[LayeredCache] = []
     try:
 
-        def layered(l1: bool, l2: bool) -> LayeredCache:
+        def layered(l1: bool, l2: bool, rollout: int = 100) -> LayeredCache:
             cache = LayeredCache(
                 "auth.cache",
                 [
@@ -213,19 +239,35 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 ],
                 DATA.get,
-                flag_client(l1, l2),
+                flag_client(l1, l2, rollout),
             ).start(wait=5.0)
             caches.append(cache)
             return cache
 
         memory_cache = layered(True, True)
         redis_cache = layered(False, True)
+        memory_partial = layered(True, True, PARTIAL)
+        redis_partial = layered(False, True, PARTIAL)
+        partial_tenant = rolled_out_tenant(
+            memory_partial.flags,  # type: ignore[arg-type]
+            ["auth.cache.l1", "auth.cache.l2"],
+        )
         assert memory_cache.get(KEY, TENANT) == VALUE
         assert redis_cache.get(KEY, TENANT) == VALUE
+        assert memory_partial.get(KEY, partial_tenant) == VALUE
+        assert redis_partial.get(KEY, partial_tenant) == VALUE
+        assert memory_partial.stats()["l1"]["hits"] == 0  # the first call filled it
+        assert memory_partial.get(KEY, partial_tenant) == VALUE
+        assert memory_partial.stats()["l1"]["hits"] == 1  # the tenant is inside: served by l1
+        for key in MANY:  # fill every layer with the 1,000 keys
+            assert memory_cache.get(key, TENANT) == DATA[key]
+            assert redis_cache.get(key, TENANT) == DATA[key]
         assert redis_cache.stats()["l2"]["hits"] >= 1 or redis_cache.get(KEY, TENANT) == VALUE
 
         ttl_cache: TTLCache[str, Any] = TTLCache(maxsize=10_000, ttl=60)
         ttl_cache[KEY] = VALUE
+        for key in MANY:
+            ttl_cache[key] = DATA[key]
         lock = threading.Lock()
 
         def ttl_locked() -> object:
@@ -242,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         storage_key = redis_cache.layers[1].storage_key(KEY)  # type: ignore[attr-defined]
         envelope = raw.get(storage_key)
         assert envelope is not None
+        many_keys = [redis_cache.layers[1].storage_key(k) for k in MANY]  # type: ignore[attr-defined]
+        assert all(raw.get(k) is not None for k in many_keys)
         direct = DirectReader(server.url, socket_timeout=0.05, connect_timeout=0.05)
         assert direct.get(storage_key) == envelope
 
@@ -263,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                 "flagrail": (lambda: memory_cache.get(KEY, TENANT), n_mem),
                 "ttl": (lambda: ttl_cache.get(KEY), n_mem),
                 "ttl_locked": (ttl_locked, n_mem),
+                "partial": (lambda: memory_partial.get(KEY, partial_tenant), n_mem),
+                "flagrail_many": (in_turn(MANY, lambda k: memory_cache.get(k, TENANT)), n_mem),
+                "ttl_many": (in_turn(MANY, ttl_cache.get), n_mem),
             },
             args.rounds,
         )
@@ -272,10 +319,14 @@ def main(argv: list[str] | None = None) -> int:
                 "direct": (lambda: direct.get(storage_key), n_redis),
                 "flagrail": (lambda: redis_cache.get(KEY, TENANT), n_redis),
                 "dogpile": (dogpile_get, n_redis),
+                "partial": (lambda: redis_partial.get(KEY, partial_tenant), n_redis),
+                "flagrail_many": (in_turn(MANY, lambda k: redis_cache.get(k, TENANT)), n_redis),
+                "raw_many": (in_turn(many_keys, raw.get), n_redis),
             },
             args.rounds,
         )
         assert redis_cache.stats()["l2"]["hits"] > n_redis
+        assert redis_partial.stats()["l2"]["hits"] > n_redis
         remote_async = measure_async_hits(
             server.url, redis_cache, storage_key, n_redis, args.rounds
         )
@@ -309,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
          f"flagrail {versus(memory['flagrail'], memory['ttl'])}"),
         ("memory hit", "cachetools TTLCache.get under a Lock", memory["ttl_locked"],
          f"flagrail {versus(memory['flagrail'], memory['ttl_locked'])}"),
+        ("memory hit, partial rollout", f"flagrail LayeredCache.get (l1 at {PARTIAL}%: "
+         "tenant hashed)", memory["partial"],
+         f"{versus(memory['partial'], memory['flagrail'])} vs the flag at 100%"),
+        ("memory hit, 1,000 keys", "flagrail LayeredCache.get (l1), keys in turn",
+         memory["flagrail_many"],
+         f"{versus(memory['flagrail_many'], memory['flagrail'])} vs one hot key"),
+        ("memory hit, 1,000 keys", "cachetools TTLCache.get, keys in turn", memory["ttl_many"],
+         f"flagrail {versus(memory['flagrail_many'], memory['ttl_many'])}"),
         ("Redis hit", "raw redis-py GET of the same bytes (Redis.get)", remote["raw"], "baseline"),
         ("Redis hit", "GET on a kept redis-py connection (how l2 reads)", remote["direct"],
          f"{versus(remote['direct'], remote['raw'])} vs raw GET"),
@@ -318,6 +377,15 @@ def main(argv: list[str] | None = None) -> int:
          f"{versus(remote['flagrail'], remote['direct'])} vs the kept-connection GET"),
         ("Redis hit", "dogpile.cache redis get_or_create (pickle)", remote["dogpile"],
          f"{versus(remote['dogpile'], remote['raw'])} vs raw GET"),
+        ("Redis hit, partial rollout", f"flagrail LayeredCache.get (l2 at {PARTIAL}%: "
+         "tenant hashed)", remote["partial"],
+         f"{versus(remote['partial'], remote['flagrail'])} vs the flag at 100%"),
+        ("Redis hit, 1,000 keys", "raw redis-py GET, keys in turn", remote["raw_many"],
+         "baseline"),
+        ("Redis hit, 1,000 keys", "flagrail LayeredCache.get (l2), keys in turn",
+         remote["flagrail_many"],
+         f"{versus(remote['flagrail_many'], remote['raw_many'])} vs raw GET; "
+         f"{versus(remote['flagrail_many'], remote['flagrail'])} vs one hot key"),
         ("Redis hit, asyncio", "raw redis.asyncio GET of the same bytes", remote_async["raw"],
          "baseline"),
         ("Redis hit, asyncio", "flagrail LayeredCache.aget (l2)", remote_async["flagrail"],
