@@ -1,4 +1,11 @@
-"""flagrail: feature flags scoped per environment and tenant, with kill switches."""
+"""flagrail: feature flags scoped per environment and tenant, with kill switches.
+
+``pip install flagrail`` is what an application needs: the SDK (this module), the cache
+toolkit (``flags.cache``) and the pytest plugin (``flags.testing``), with only httpx,
+mmh3, msgspec, prometheus-client, redis and tenacity. The server-side modules
+(``flags.store``, ``flags.plans.store`` and ``flags.plans.scheduler``, ``flags.history``,
+``flags.settings``) need ``pip install "flagrail[server]"``; nothing imported here does.
+"""
 
 from flags.bucketing import assign_bucket
 from flags.client import FlagClient, evaluation_counts, get_default_client, set_default_client
