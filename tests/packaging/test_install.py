@@ -23,7 +23,11 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+
+from flags.testing import wait_for
+from flags.testing.redis_server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -190,10 +194,11 @@ def test_sdk_install__no_server_dependencies__sdk_cache_and_plugin_work(
         assert SERVER_INSTALL in lines[0]
 
 
-def test_server_install__cli__migrates_and_checks_a_sqlite_file(
+def test_server_install__cli__migrates_checks_and_serves_a_sqlite_file(
     wheel: Path, venv: Path, tmp_path: Path
 ) -> None:
-    """``pip install "flagrail[server]"``: the CLI runs; db upgrade then db check are clean."""
+    """``pip install "flagrail[server]"``: the CLI runs; db upgrade then db check are clean;
+    ``flagrail serve`` (the README's first command) answers with its first admin token."""
     _ok(
         _run(
             [venv / "python", "-m", "pip", "install", "-q", "--no-compile", f"{wheel}[server]"],
@@ -213,3 +218,33 @@ def test_server_install__cli__migrates_and_checks_a_sqlite_file(
         cwd=tmp_path,
     )
     assert Path(_ok(where).strip()).is_relative_to(venv.parent.resolve())
+
+    port = free_port()
+    serve = subprocess.Popen(
+        [venv / "flagrail", "serve", "--port", str(port), "--log-level", "warning"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert serve.stdout is not None
+        assert "first admin token" in serve.stdout.readline()
+        token = Path(serve.stdout.readline().strip()).read_text().strip()
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(f"{base}/healthz"), 60, "flagrail serve")
+        flags = httpx.get(f"{base}/admin/flags", headers={"Authorization": f"Bearer {token}"})
+        assert flags.status_code == 200
+    finally:
+        serve.terminate()
+        serve.communicate(timeout=30)
+    assert (tmp_path / "flagrail.db").is_file()  # the default database, in the directory
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
