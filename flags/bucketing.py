@@ -3,13 +3,33 @@
 A tenant's bucket for a flag is ``murmur3_32("<flag key>:<tenant>", seed=0) % 100 + 1``,
 exactly what Unleash's ``flexibleRollout`` strategy computes with ``groupId`` set
 to the flag key, so a tenant sits in the same bucket in both systems.
+
+The formula is written once, in ``bucket_of``; ``assign_bucket``, ``in_rollout``
+and the SDK's compiled checks (``flags.compiled``, which keep the
+``"<flag key>:"`` prefix of each flag) all go through it.
 """
 
 from __future__ import annotations
 
 import mmh3
 
+__all__ = ["assign_bucket", "bucket_of", "hash_prefix", "in_rollout"]
+
 _hash = mmh3.hash
+
+
+def hash_prefix(flag_key: str) -> str:
+    """The part of the hash input that depends on the flag only: ``"<flag key>:"``."""
+    return flag_key + ":"
+
+
+def bucket_of(hash_input: str) -> int:
+    """The bucket, in 1..100, of a whole hash input ``hash_prefix(flag) + tenant``.
+
+    The one place the formula lives. Pure; raises ``TypeError`` if ``hash_input``
+    is not a ``str``.
+    """
+    return _hash(hash_input, 0, False) % 100 + 1
 
 
 def assign_bucket(flag_key: str, tenant: str) -> int:
@@ -19,7 +39,7 @@ def assign_bucket(flag_key: str, tenant: str) -> int:
     ``p`` percent when its bucket is ``<= p``, so raising ``p`` only adds tenants,
     never drops one.
     """
-    return _hash(f"{flag_key}:{tenant}", 0, False) % 100 + 1
+    return bucket_of(hash_prefix(flag_key) + tenant)
 
 
 def in_rollout(flag_key: str, tenant: str, rollout: int) -> bool:
@@ -28,4 +48,4 @@ def in_rollout(flag_key: str, tenant: str, rollout: int) -> bool:
         return True
     if rollout <= 0:
         return False
-    return _hash(f"{flag_key}:{tenant}", 0, False) % 100 + 1 <= rollout
+    return assign_bucket(flag_key, tenant) <= rollout

@@ -1,27 +1,25 @@
 """FlagClient: the in-process SDK.
 
-Checks (``is_enabled``, ``evaluate``) read an immutable compiled snapshot that a
-background sync swaps in whole; they never raise, never do I/O and never take a
-lock. With no snapshot at all they answer the caller's default with reason
-``default``.
+Checks (``is_enabled``, ``evaluate``) are ``flags.compiled.CompiledChecks``: they
+read an immutable compiled snapshot that the client's source swaps in whole;
+they never raise, never do I/O and never take a lock. With no snapshot at all
+they answer the caller's default with reason ``default``.
 
-Lifecycle: a client built with a server ``url`` starts its background sync in
-the constructor (threads only: the constructor itself does no I/O, so building
-one in a request handler or at import of an app module never blocks). ``close()``
-(or leaving the ``with`` block) stops it, sends a last metrics report and
-writes the backup. ``start()`` is idempotent. A client without ``url``
-(``from_snapshot``, ``from_file``, tests) never syncs.
+Where snapshots come from is a ``flags.sync.SnapshotSource``, to which the
+client is a ``flags.sync.SnapshotSink``:
 
-Sync, in order of preference: the Redis channel ``flagrail:changes:<env>`` when
-``redis_url`` is given and Redis answers; else the SSE stream
-``/sdk/v1/stream``; ETag polling of ``/sdk/v1/snapshot`` every
-``poll_interval`` seconds whenever neither is live (and every 30 s as a safety
-net while one is). A change is applied only at the next environment version;
-a gap or an unreadable message makes the client refetch the whole snapshot
-(counted in ``stats()["resyncs"]``, logged once). Every applied snapshot is
-written atomically to ``backup_path``; at start, while the server cannot be
-reached, the backup is served. After ``os.fork()`` (pre-fork servers) the child
-restarts its own sync with a new instance id.
+* built with a server ``url``: a ``flags.sync.server.ServerSource`` (Redis,
+  SSE and ETag polling of the flagrail server, a backup on disk, instance and
+  metrics reports), started by the constructor (threads only);
+* built with ``source=``: that source, started by ``start()`` (or ``with``);
+  ``from_unleash`` gives one fed by an Unleash server;
+* neither (``from_snapshot``, ``from_file``, tests): no sync at all.
+
+``close()`` (or leaving the ``with`` block) stops the source. A change is
+applied only at the next environment version; a gap or an unreadable message
+makes the client ask its source for the whole snapshot (counted in
+``stats()["resyncs"]``, logged once). After ``os.fork()`` (pre-fork servers)
+the child restarts a source of its own under a new instance id.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -38,72 +35,30 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import mmh3
-
-from flags.compiled import CompiledFlag, CompiledSnapshot, compile_snapshot
-from flags.model import Evaluation, FlagChanged, FlagState, Reason, Snapshot
+from flags.compiled import CompiledChecks, CompiledFlag, CompiledSnapshot, compile_snapshot
+from flags.counts import EvaluationCounts, evaluation_counts, retire
+from flags.errors import ValidationError
+from flags.model import FlagChanged, FlagState, Snapshot
+from flags.sync import DEFAULT_PREFIX, SnapshotSource
+from flags.sync.server import ServerOptions, ServerSource
 
 __all__ = ["FlagClient", "evaluation_counts", "get_default_client", "set_default_client"]
 
 log = logging.getLogger("flagrail.client")
 
-_hash = mmh3.hash
 _EMPTY: Mapping[str, CompiledFlag] = {}
-_MISSING = {True: Evaluation(True, Reason.MISSING), False: Evaluation(False, Reason.MISSING)}
-_NO_STATE = {True: Evaluation(True, Reason.DEFAULT), False: Evaluation(False, Reason.DEFAULT)}
-_ERROR = {
-    True: Evaluation(True, Reason.ERROR, 0, "bad argument"),
-    False: Evaluation(False, Reason.ERROR, 0, "bad argument"),
-}
 
 ChangeCallback = Callable[["FlagClient", Snapshot], None]
 
-# Sources as stats()["source"] reports them.
-SOURCES = ("redis", "stream", "poll", "backup", "snapshot", "none")
-# Seconds between safety polls while Redis or the stream is live.
-SAFETY_POLL = 30.0
+# Where a snapshot came from, as stats()["source"] reports it (besides the live
+# channels "redis" and "stream", and "unleash"). A snapshot of one of these did
+# not come from a source: a source's first snapshot replaces it whatever its
+# version, and it is never reported as applied.
+_NOT_FROM_SOURCE = ("backup", "none", "snapshot")
 MAX_COUNTER_NAME = 100
 
-# Evaluation counts of clients already closed or collected, kept for process-wide
-# reports (the pytest plugin's --flag-coverage). Guarded by _retired_lock.
-_live_counts: weakref.WeakSet[_Counts] = weakref.WeakSet()
-_retired_counts: dict[str, list[int]] = {}
-_retired_lock = threading.Lock()
-# Clients whose sync must restart in a forked child.
+# Clients whose source must restart in a forked child.
 _syncing: weakref.WeakSet[FlagClient] = weakref.WeakSet()
-
-
-class _Counts(dict[str, list[int]]):
-    """Per-flag ``[off, on]`` evaluation counters of one client (weak-referenceable)."""
-
-    __slots__ = ("__weakref__",)
-    __hash__ = object.__hash__  # identity, so live counters can sit in a WeakSet
-    __eq__ = object.__eq__
-
-
-def _retire(counts: _Counts) -> None:
-    with _retired_lock:
-        for key, (off, on) in list(counts.items()):
-            slot = _retired_counts.setdefault(key, [0, 0])
-            slot[0] += off
-            slot[1] += on
-        counts.clear()
-
-
-def evaluation_counts() -> dict[str, tuple[int, int]]:
-    """Process-wide ``{flag key: (off, on)}`` over every FlagClient, live or closed.
-
-    Counts are approximate under heavy multi-threaded use (increments are not atomic).
-    """
-    with _retired_lock:
-        total = {k: [off, on] for k, (off, on) in _retired_counts.items()}
-        live = list(_live_counts)
-    for counts in live:
-        for key, (off, on) in list(counts.items()):
-            slot = total.setdefault(key, [0, 0])
-            slot[0] += off
-            slot[1] += on
-    return {k: (v[0], v[1]) for k, v in total.items() if v[0] or v[1]}
 
 
 def _after_fork_in_child() -> None:
@@ -118,16 +73,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class FlagClient:
+class FlagClient(CompiledChecks):
     """Evaluate flags of one environment in process.
 
     Thread-safe: checks read one attribute holding an immutable compiled
     snapshot; updates build a new one and swap it in. Safe to call from asyncio
     code: no check blocks. ``close()`` blocks for at most a few seconds (a last
     report); from async code run it with ``asyncio.to_thread``.
-
-    ``channel_prefix`` names the Redis channels (default ``flagrail:``, the
-    server's ``FLAGRAIL_REDIS_PREFIX``).
     """
 
     def __init__(
@@ -136,13 +88,35 @@ class FlagClient:
         token: str | None,
         environment: str,
         *,
+        source: SnapshotSource | None = None,
         redis_url: str | None = None,
         backup_path: str | Path | None = None,
         poll_interval: float = 5.0,
         metrics_interval: float = 10.0,
         app_name: str | None = None,
-        channel_prefix: str = "flagrail:",
+        channel_prefix: str = DEFAULT_PREFIX,
     ) -> None:
+        """Configure the client; no I/O here.
+
+        With ``url`` (a flagrail server; ``token`` its client token), the
+        constructor starts a ``ServerSource`` right away: daemon threads
+        ``flagrail-poll`` and ``flagrail-report``, the SSE consumer's thread, and
+        with ``redis_url`` a Redis subscriber thread. Those threads open the HTTP
+        and Redis connections; the constructor itself opens none and never
+        blocks, so a client may be built in a request handler or at import of
+        an app module. ``redis_url``, ``backup_path``, ``poll_interval``,
+        ``metrics_interval``, ``app_name`` and ``channel_prefix`` (the Redis
+        channels' prefix, the server's ``FLAGRAIL_REDIS_PREFIX``) configure it.
+
+        With ``source`` instead, nothing starts until ``start()``, which starts
+        that source (see its own docstring for what it opens and whether it
+        blocks). With neither, the client never syncs (load snapshots yourself).
+
+        Raises ``ValidationError`` (field ``source``) when both ``url`` and
+        ``source`` are given.
+        """
+        if url and source is not None:
+            raise ValidationError("give a server url or a source, not both", field="source")
         self.url = url.rstrip("/") if url else None
         self.token = token
         self.environment = environment
@@ -152,25 +126,41 @@ class FlagClient:
         self.metrics_interval = max(0.05, float(metrics_interval))
         self.app_name = app_name
         self.channel_prefix = channel_prefix
-        self.host = socket.gethostname()
         self.instance_id = uuid.uuid4().hex
-        self._counts = _Counts()
-        _live_counts.add(self._counts)
-        self._finalizer = weakref.finalize(self, _retire, self._counts)
+        # CompiledChecks state: the table a check reads, counters and errors.
+        self._table: Mapping[str, CompiledFlag] = _EMPTY
+        self._loaded = False
+        self._counts = EvaluationCounts()
+        self._errors = 0
+        self._finalizer = weakref.finalize(self, retire, self._counts)
         # {flag: {name: [amount]}}: app-named counters (count()); grown, never shrunk.
         self._app_counts: dict[str, dict[str, list[float]]] = {}
         self._compiled: CompiledSnapshot | None = None
-        self._table: Mapping[str, CompiledFlag] = _EMPTY
-        self._source = "none"
+        self._origin = "none"
         self._last_update_at: float | None = None
-        self._errors = 0
         self._resyncs = 0
         self._resync_logged = False
         self._callbacks: list[ChangeCallback] = []
         self._update_lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._ready = threading.Event()
         self._closed = False
-        self._sync: _Sync | None = None
+        self._running = False
+        if self.url is not None:
+            source = ServerSource(
+                ServerOptions(
+                    url=self.url,
+                    token=token,
+                    environment=environment,
+                    redis_url=redis_url,
+                    backup_path=self.backup_path,
+                    poll_interval=self.poll_interval,
+                    metrics_interval=self.metrics_interval,
+                    app_name=app_name,
+                    channel_prefix=channel_prefix,
+                )
+            )
+        self._source = source
         if self.url is not None:
             self.start()
 
@@ -196,95 +186,20 @@ class FlagClient:
     def from_unleash(
         cls, url: str, token: str, app_name: str, environment: str = "default", **options: Any
     ) -> FlagClient:
-        """A started client backed by an Unleash server (``url`` ends in ``/api``) through
-        UnleashClient; see ``flags.unleash.client.UnleashFlagClient`` for ``options``."""
-        from flags.unleash.client import UnleashFlagClient
+        """A started client fed by an Unleash server (``url`` ends in ``/api``) through
+        UnleashClient; ``options`` are ``flags.unleash.source.UnleashSource``'s.
 
-        return UnleashFlagClient(url, token, app_name, environment=environment, **options).start()
+        Blocks while it registers and fetches once (see ``UnleashSource.start``).
+        Raises ``ValidationError`` naming a bad argument.
+        """
+        # Imported here: UnleashClient is an optional dependency.
+        from flags.unleash.source import UnleashSource
 
-    # ----------------------------------------------------------------- checks
-    def is_enabled(self, key: str, tenant: str | None = None, default: bool = False) -> bool:
-        """True when ``key`` is on for ``tenant``. Never raises; bad arguments give ``default``."""
-        try:
-            c = self._table.get(key)
-            if c is None:
-                if self._compiled is None or type(key) is not str:
-                    self._errors += type(key) is not str
-                    return default is True
-                slot = self._counts.get(key)
-                if slot is None:
-                    slot = self._counts[key] = [0, 0]
-                slot[default is True] += 1
-                return default is True
-            r = c.fixed
-            if r is None:
-                if tenant is None:
-                    r = c.no_tenant
-                elif (
-                    tenant.__class__ is not str
-                    or not 0 < len(tenant) <= 200
-                    or (not tenant.isprintable() and not _valid_unprintable(tenant))
-                ):
-                    self._errors += 1
-                    return default is True
-                elif c.open_all:
-                    r = True
-                elif tenant in c.tenants_off:
-                    r = False
-                elif tenant in c.tenants_on:
-                    r = True
-                else:
-                    r = _hash(c.prefix + tenant, 0, False) % 100 < c.rollout
-            c.counts[r] += 1
-            return r
-        except Exception:
-            self._errors += 1
-            return default is True
+        source = UnleashSource(url, token, app_name, environment=environment, **options)
+        client = cls(None, None, environment, source=source, app_name=app_name)
+        return client.start()
 
-    def evaluate(self, key: str, tenant: str | None = None, default: bool = False) -> Evaluation:
-        """Like ``is_enabled`` with the reason and the state version. Never raises."""
-        try:
-            c = self._table.get(key)
-            if c is None:
-                if self._compiled is None:
-                    return _NO_STATE[default is True]
-                if type(key) is not str:
-                    self._errors += 1
-                    return _ERROR[default is True]
-                slot = self._counts.get(key)
-                if slot is None:
-                    slot = self._counts[key] = [0, 0]
-                slot[default is True] += 1
-                return _MISSING[default is True]
-            ev = c.ev_fixed
-            if ev is None:
-                if tenant is None:
-                    ev = c.ev_no_tenant
-                elif (
-                    tenant.__class__ is not str
-                    or not 0 < len(tenant) <= 200
-                    or (not tenant.isprintable() and not _valid_unprintable(tenant))
-                ):
-                    self._errors += 1
-                    return Evaluation(default is True, Reason.ERROR, c.version, "invalid tenant")
-                elif tenant in c.tenants_off:
-                    ev = c.ev_tenant_off
-                elif tenant in c.tenants_on:
-                    ev = c.ev_tenant_on
-                elif _hash(c.prefix + tenant, 0, False) % 100 < c.rollout:
-                    ev = c.ev_rollout_on
-                else:
-                    ev = c.ev_rollout_off
-            c.counts[ev.enabled] += 1
-            return ev
-        except Exception:
-            # The one broad except of the SDK: a check must never take the caller
-            # down (unhashable key, a tenant whose __eq__ raises, ...). Logged with
-            # traceback at debug level to keep a hot loop of bad calls cheap.
-            self._errors += 1
-            log.debug("flag check failed; serving the default", exc_info=True)
-            return _ERROR[default is True]
-
+    # ----------------------------------------------------------------- reads
     def state(self, key: str) -> FlagState | None:
         """The current state of ``key``, or None if this client does not know it."""
         c = self._table.get(key)
@@ -327,8 +242,7 @@ class FlagClient:
         ``source`` is what ``stats()["source"]`` reports. Thread-safe.
         """
         with self._update_lock:
-            compiled = compile_snapshot(snapshot, self._counts)
-            self._install(compiled, source)
+            self._install(compile_snapshot(snapshot, self._counts), source)
         self._notify(snapshot)
 
     def apply_change(
@@ -349,15 +263,16 @@ class FlagClient:
         self._notify(compiled.snapshot)
         return True
 
-    def _install(self, compiled: CompiledSnapshot, source: str) -> None:
+    def _install(self, compiled: CompiledSnapshot, origin: str) -> None:
+        """Under the update lock: make ``compiled`` what checks read."""
         self._compiled = compiled
         self._table = compiled.table
-        self._source = source
+        self._loaded = True
+        self._origin = origin
         self._last_update_at = time.time()
         self._ready.set()
-        sync = self._sync
-        if sync is not None:
-            sync.applied(source)
+        if self._source is not None:
+            self._source.applied()
 
     def _notify(self, snapshot: Snapshot) -> None:
         for callback in list(self._callbacks):
@@ -368,7 +283,7 @@ class FlagClient:
 
     def on_change(self, callback: ChangeCallback) -> Callable[[], None]:
         """Call ``callback(client, snapshot)`` after every applied update (on the
-        sync thread). Returns a function that unregisters it."""
+        source's thread). Returns a function that unregisters it."""
         self._callbacks.append(callback)
 
         def remove() -> None:
@@ -377,7 +292,7 @@ class FlagClient:
 
         return remove
 
-    # ----------------------------------------------------------------- sync sink
+    # ----------------------------------------------------------------- SnapshotSink
     def receive_snapshot(self, snapshot: Snapshot, source: str) -> None:
         """Sync path: install ``snapshot`` unless it is older than what is applied
         (a late answer racing a newer change). A snapshot replaces a backup whatever
@@ -387,12 +302,11 @@ class FlagClient:
             return
         with self._update_lock:
             current = self._compiled
-            from_backup = self._source in ("backup", "none", "snapshot")
-            if current is not None and not from_backup:
+            if current is not None and self._origin not in _NOT_FROM_SOURCE:
                 if snapshot.version < current.version:
                     return
                 if snapshot.version == current.version:
-                    self._source = source
+                    self._origin = source
                     self._ready.set()
                     return
             self._install(compile_snapshot(snapshot, self._counts), source)
@@ -405,7 +319,7 @@ class FlagClient:
             return
         with self._update_lock:
             current = self._compiled
-            if current is None or self._source in ("backup", "none", "snapshot"):
+            if current is None or self._origin in _NOT_FROM_SOURCE:
                 gap = True
             elif event.version <= current.version:
                 return
@@ -421,17 +335,40 @@ class FlagClient:
             return
         self._notify(compiled.snapshot)
 
+    def receive_backup(self, snapshot: Snapshot) -> bool:
+        """Serve ``snapshot`` (read from a backup) unless something was applied
+        meanwhile; True if installed. Never raises."""
+        with self._update_lock:
+            if self._ready.is_set():
+                return False
+            self._install(compile_snapshot(snapshot, self._counts), "backup")
+        self._notify(snapshot)
+        return True
+
+    def confirm(self, source: str) -> None:
+        """The applied snapshot is still current, as ``source`` says (a 304)."""
+        with self._update_lock:
+            if self._compiled is not None and self._origin not in _NOT_FROM_SOURCE:
+                self._origin = source
+
+    def served(self) -> Snapshot | None:
+        """The applied snapshot if a source delivered it (not a backup or an offline one)."""
+        compiled = self._compiled
+        if compiled is None or self._origin in _NOT_FROM_SOURCE:
+            return None
+        return compiled.snapshot
+
     def request_resync(self, why: str) -> None:
-        """Fetch the whole snapshot soon (on the sync thread). Counted; logged once."""
+        """Ask the source for the whole snapshot soon. Counted; logged once."""
         self._resyncs += 1
         if not self._resync_logged:
             self._resync_logged = True
             log.warning("flagrail %s: resyncing from a full snapshot (%s)", self.environment, why)
         else:
             log.debug("flagrail %s: resync (%s)", self.environment, why)
-        sync = self._sync
-        if sync is not None:
-            sync.resync()
+        source = self._source
+        if source is not None and self._running:
+            source.resync()
 
     # ----------------------------------------------------------------- status
     @property
@@ -456,15 +393,14 @@ class FlagClient:
 
     def stats(self) -> dict[str, Any]:
         """``source`` (``redis`` or ``stream`` while one is live, else where the served
-        snapshot came from: ``poll``, ``backup``, ``snapshot``, ``none``, or the
-        ``source`` given to ``load_snapshot``), ``version``,
+        snapshot came from: ``poll``, ``backup``, ``snapshot``, ``unleash``, ``none``,
+        or the ``source`` given to ``load_snapshot``), ``version``,
         ``last_update_at`` (epoch seconds of the last applied update), ``errors`` (bad
         arguments), ``resyncs``, ``flags``, ``live``, ``instance_id``."""
-        sync = self._sync
-        live = sync.live_source() if sync is not None else None
-        source = live or self._source
+        source = self._source
+        live = source.live() if source is not None and self._running else None
         return {
-            "source": source,
+            "source": live or self._origin,
             "environment": self.environment,
             "version": self.version,
             "last_update_at": self._last_update_at,
@@ -488,38 +424,47 @@ class FlagClient:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> FlagClient:
-        """Start the background sync (threads; no I/O here). Idempotent; a no-op for a
-        client without ``url`` or one already closed. Returns the client."""
-        if self.url is None or self._closed or self._sync is not None:
-            return self
-        self._sync = _Sync(self)
-        _syncing.add(self)
-        self._sync.start()
+        """Start the source (see the constructor). Idempotent; a no-op for a client
+        without a source or one already closed. Returns the client.
+
+        Raises what the source's ``start`` raises (then nothing runs and a later
+        ``start()`` tries again).
+        """
+        with self._start_lock:
+            source = self._source
+            if source is None or self._closed or self._running:
+                return self
+            source.start(self)
+            self._running = True
+            _syncing.add(self)
         return self
 
     def close(self) -> None:
-        """Stop syncing; send a last metrics report and instance report (closed), write
-        the backup. Idempotent. Blocks for at most a few seconds."""
-        if self._closed:
-            return
-        self._closed = True
-        sync, self._sync = self._sync, None
-        _syncing.discard(self)
-        if sync is not None:
-            sync.close()
+        """Stop the source (a ``ServerSource`` sends a last metrics and instance
+        report and writes the backup). Checks keep answering from the last
+        snapshot. Idempotent. Blocks for at most a few seconds."""
+        with self._start_lock:
+            if self._closed:
+                return
+            self._closed = True
+            running, self._running = self._running, False
+            _syncing.discard(self)
+        if running and self._source is not None:
+            self._source.close()
 
     def _restart_after_fork(self) -> None:
-        """In a forked child: fresh locks, a new instance id, and a sync of its own.
+        """In a forked child: fresh locks, a new instance id, and a source of its own.
         Evaluations inherited from the parent are not reported again."""
         self._update_lock = threading.Lock()
+        self._start_lock = threading.Lock()
         ready = self._ready.is_set()
         self._ready = threading.Event()
         if ready:
             self._ready.set()
         self.instance_id = uuid.uuid4().hex
-        sync, self._sync = self._sync, None
-        if sync is not None:
-            sync.abandon()  # the parent's threads do not exist here; drop their objects
+        source, self._running = self._source, False
+        _syncing.discard(self)
+        self._source = source.after_fork() if source is not None else None
         if not self._closed:
             self.start()
 
@@ -528,392 +473,6 @@ class FlagClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _Sync:
-    """The background sync of one ``FlagClient``: its threads, HTTP client and Redis links.
-
-    Threads (all daemons): ``flagrail-poll`` (snapshot fetches: first load, resyncs,
-    ETag polling, backup at start), ``flagrail-report`` (backup writes, instance
-    reports after each applied update, metrics every ``metrics_interval``), the
-    Redis subscriber (when ``redis_url``) and the SSE consumer (while Redis is not
-    live). Holds the client strongly: a client must be closed to stop syncing.
-    """
-
-    def __init__(self, client: FlagClient) -> None:
-        import httpx
-
-        from flags.sync import Backoff, InstanceReport
-        from flags.sync.poll import SnapshotFetcher
-        from flags.sync.sse import SseConsumer
-
-        assert client.url is not None
-        self.client = client
-        self._InstanceReport = InstanceReport
-        self._Backoff = Backoff
-        self.http = httpx.Client(
-            timeout=httpx.Timeout(5.0, connect=2.0),
-            headers={"User-Agent": "flagrail-python-sdk"},
-        )
-        self.fetcher = SnapshotFetcher(self.http, client.url, client.token, client.environment)
-        self.redis_sub: Any = None
-        if client.redis_url:
-            from flags.sync import channel_name
-            from flags.sync.redis_pubsub import RedisSubscriber
-
-            self.redis_sub = RedisSubscriber(
-                client.redis_url,
-                self._on_redis_message,
-                self._on_redis_state,
-                channels=[channel_name(client.channel_prefix, "changes", client.environment)],
-                name="flagrail-redis-sdk",
-            )
-        self.sse = SseConsumer(
-            self.http,
-            client.url,
-            client.token,
-            client.environment,
-            client,
-            last_event_id=self._last_event_id,
-            wanted=self._sse_wanted,
-            on_live=self._on_sse_live,
-        )
-        self._redis_pub: Any = None
-        self._stop = threading.Event()
-        self._poll_wake = threading.Event()
-        self._report_wake = threading.Event()
-        self._resync_flag = False
-        self._ack_needed = False
-        self._backup_dirty = False
-        self._logged: set[str] = set()
-        # Baselines: what was already reported (a forked child starts from the parent's).
-        self._reported = {k: (v[0], v[1]) for k, v in list(client._counts.items())}
-        self._reported_app = {
-            (flag, name): slot[0]
-            for flag, named in list(client._app_counts.items())
-            for name, slot in list(named.items())
-        }
-        self._threads: list[threading.Thread] = []
-
-    # ---------------------------------------------------------------- control
-    def start(self) -> None:
-        for target, name in (
-            (self._poll_loop, "flagrail-poll"),
-            (self._report_loop, "flagrail-report"),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            self._threads.append(thread)
-            thread.start()
-        if self.redis_sub is not None:
-            self.redis_sub.start()
-        self.sse.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._poll_wake.set()
-        self._report_wake.set()
-        self.sse.close()
-        if self.redis_sub is not None:
-            self.redis_sub.close()
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout=3.0)
-        try:
-            self._write_backup()
-            self._send_metrics(closed=True)
-        finally:
-            self.http.close()
-            if self._redis_pub is not None:
-                self._redis_pub.close()
-
-    def abandon(self) -> None:
-        """In a forked child: this object's threads are gone; leave its sockets alone
-        (they are the parent's) and let it be collected."""
-        self._threads = []
-
-    def redis_live(self) -> bool:
-        """Subscribed, and the server says it publishes on this prefix (a server without
-        Redis would leave a subscribed SDK deaf; then the stream stays on)."""
-        return (
-            self.redis_sub is not None
-            and self.redis_sub.live
-            and self.fetcher.publishes == f"redis {self.client.channel_prefix}"
-        )
-
-    def live_source(self) -> str | None:
-        if self.redis_live():
-            return "redis"
-        if self.sse.live:
-            return "stream"
-        return None
-
-    def applied(self, source: str) -> None:
-        """Called under the client's update lock after each install: cheap flags only."""
-        self._ack_needed = True
-        self._backup_dirty = True
-        self._report_wake.set()
-
-    def resync(self) -> None:
-        self._resync_flag = True
-        self._poll_wake.set()
-
-    def _log_once(self, key: str, message: str, *args: object) -> None:
-        if key in self._logged:
-            log.debug(message, *args)
-        else:
-            self._logged.add(key)
-            log.warning(message, *args)
-
-    # ---------------------------------------------------------------- feeds
-    def _server_data(self) -> bool:
-        return self.client._compiled is not None and self.client._source not in (
-            "backup",
-            "none",
-            "snapshot",
-        )
-
-    def _last_event_id(self) -> int | None:
-        return self.client.version if self._server_data() else None
-
-    def _sse_wanted(self) -> bool:
-        return not self._stop.is_set() and not self.redis_live()
-
-    def _on_sse_live(self, live: bool) -> None:
-        self._poll_wake.set()
-
-    def _on_redis_state(self, live: bool) -> None:
-        if live:
-            # Catch up on whatever was published while we were away (a 304 usually).
-            self._resync_flag = True
-        self.sse.wake()
-        self._poll_wake.set()
-        self._report_wake.set()
-
-    def _on_redis_message(self, channel: str, data: bytes) -> None:
-        from flags.sync.redis_pubsub import decode_change
-
-        try:
-            event = decode_change(data)
-        except ValueError as exc:  # ValidationError and JSONDecodeError are ValueErrors
-            self.client.request_resync(f"unreadable message on {channel}: {exc}")
-            return
-        self.client.receive_change(event, "redis")
-
-    # ---------------------------------------------------------------- poll thread
-    def _poll_loop(self) -> None:
-        from flags.errors import FlagrailError
-
-        client = self.client
-        backoff = self._Backoff(0.2, max(1.0, client.poll_interval))
-        next_at = 0.0
-        backup_tried = False
-        while not self._stop.is_set():
-            if self._resync_flag or time.monotonic() >= next_at:
-                self._resync_flag = False
-                try:
-                    self._fetch()
-                    backoff.reset()
-                    live = self.live_source() is not None
-                    pause = max(SAFETY_POLL, client.poll_interval) if live else client.poll_interval
-                    next_at = time.monotonic() + pause
-                except (FlagrailError, OSError, ValueError) as exc:
-                    self._log_once(
-                        "fetch", "flagrail %s: snapshot fetch failed: %s", client.environment, exc
-                    )
-                    if not backup_tried and not client.ready:
-                        backup_tried = True
-                        self._load_backup()
-                    next_at = time.monotonic() + min(backoff.next(), client.poll_interval)
-                except Exception:  # keep the sync alive whatever happens
-                    log.exception("flagrail %s: snapshot fetch crashed", client.environment)
-                    next_at = time.monotonic() + client.poll_interval
-            self._poll_wake.wait(max(0.0, next_at - time.monotonic()))
-            self._poll_wake.clear()
-            if self.live_source() is None:
-                next_at = min(next_at, time.monotonic() + client.poll_interval)
-
-    def _fetch(self) -> None:
-        client = self.client
-        known = client.version if self._server_data() else None
-        snapshot = self.fetcher.fetch(known)
-        if snapshot is None:
-            if self.live_source() is None:
-                client._source = "poll"
-            return
-        client.receive_snapshot(snapshot, "poll")
-
-    def _load_backup(self) -> None:
-        from flags.sync.backup import read_backup
-
-        client = self.client
-        if client.backup_path is None:
-            return
-        try:
-            snapshot = read_backup(client.backup_path)
-        except (OSError, ValueError) as exc:
-            self._log_once(
-                "backup",
-                "flagrail %s: no usable backup at %s: %s",
-                client.environment,
-                client.backup_path,
-                exc,
-            )
-            return
-        if snapshot.environment != client.environment:
-            self._log_once(
-                "backup-env",
-                "flagrail: backup %s is of environment %r, not %r",
-                client.backup_path,
-                snapshot.environment,
-                client.environment,
-            )
-            return
-        with client._update_lock:
-            if client.ready:
-                return  # the server answered meanwhile
-            client._install(compile_snapshot(snapshot, client._counts), "backup")
-        self._backup_dirty = False
-        log.warning(
-            "flagrail %s: server unreachable; serving the backup at version %s",
-            client.environment,
-            snapshot.version,
-        )
-        client._notify(snapshot)
-
-    # ---------------------------------------------------------------- report thread
-    def _report_loop(self) -> None:
-        client = self.client
-        next_metrics = time.monotonic() + client.metrics_interval
-        while not self._stop.is_set():
-            self._report_wake.wait(max(0.0, next_metrics - time.monotonic()))
-            self._report_wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                if self._backup_dirty:
-                    self._write_backup()
-                if self._ack_needed:
-                    self._ack_needed = False
-                    self._send_instance_report()
-                if time.monotonic() >= next_metrics:
-                    next_metrics = time.monotonic() + client.metrics_interval
-                    self._send_metrics()
-            except Exception:  # keep reporting alive whatever happens
-                log.exception("flagrail %s: report failed", client.environment)
-
-    def _write_backup(self) -> None:
-        from flags.sync.backup import write_backup
-
-        client = self.client
-        if client.backup_path is None or not self._backup_dirty:
-            return
-        snapshot = client.snapshot
-        if snapshot is None or client._source in ("backup", "none"):
-            return
-        self._backup_dirty = False
-        try:
-            write_backup(client.backup_path, snapshot)
-        except OSError as exc:
-            self._log_once(
-                "backup-write", "flagrail: cannot write backup %s: %s", client.backup_path, exc
-            )
-
-    def _instance_report(self, closed: bool = False) -> Any:
-        client = self.client
-        return self._InstanceReport(
-            instance_id=client.instance_id,
-            environment=client.environment,
-            host=client.host[:255] or "unknown",
-            pid=os.getpid(),
-            app=client.app_name[:200] if client.app_name else None,
-            applied_version=client.version if self._server_data() else 0,
-            interval=min(3600.0, client.metrics_interval),
-            closed=closed,
-        )
-
-    def _post(self, path: str, body: dict[str, Any], timeout: float = 5.0) -> bool:
-        import httpx
-
-        from flags.sync.poll import auth_headers
-
-        client = self.client
-        try:
-            response = self.http.post(
-                f"{client.url}{path}",
-                json=body,
-                headers=auth_headers(client.token),
-                timeout=timeout,
-            )
-        except httpx.HTTPError as exc:
-            self._log_once(path, "flagrail %s: POST %s failed: %s", client.environment, path, exc)
-            return False
-        if response.status_code >= 300:
-            self._log_once(
-                path + "status",
-                "flagrail %s: POST %s answered %s: %s",
-                client.environment,
-                path,
-                response.status_code,
-                response.text[:200],
-            )
-            return False
-        return True
-
-    def _send_instance_report(self) -> None:
-        report = self._instance_report()
-        if self.redis_live():
-            from flags.sync import channel_name
-            from flags.sync.redis_pubsub import connect
-
-            try:
-                if self._redis_pub is None:
-                    self._redis_pub = connect(self.client.redis_url or "")
-                channel = channel_name(self.client.channel_prefix, "instances", report.environment)
-                self._redis_pub.publish(channel, json.dumps(report.to_dict()))
-                return
-            except Exception as exc:  # redis-py raises many types; HTTP is the fallback
-                self._log_once(
-                    "redis-report", "flagrail: instance report over redis failed: %s", exc
-                )
-                self._redis_pub = None
-        self._post("/sdk/v1/instances", report.to_dict())
-
-    def _send_metrics(self, closed: bool = False) -> None:
-        client = self.client
-        if not self._server_data() and not closed:
-            return
-        current = {k: (v[0], v[1]) for k, v in list(client._counts.items())}
-        flags: dict[str, dict[str, int]] = {}
-        for key, (off, on) in current.items():
-            was_off, was_on = self._reported.get(key, (0, 0))
-            if off - was_off > 0 or on - was_on > 0:
-                flags[key] = {"on": max(0, on - was_on), "off": max(0, off - was_off)}
-        app_now = {
-            (flag, name): slot[0]
-            for flag, named in list(client._app_counts.items())
-            for name, slot in list(named.items())
-        }
-        counters: dict[str, dict[str, float]] = {}
-        for (flag, name), value in app_now.items():
-            delta = value - self._reported_app.get((flag, name), 0.0)
-            if delta:
-                counters.setdefault(flag, {})[name] = delta
-        body = {
-            "environment": client.environment,
-            "instance": self._instance_report(closed).to_dict(),
-            "flags": flags,
-            "counters": counters,
-        }
-        if self._post("/sdk/v1/metrics", body, timeout=2.0 if closed else 5.0):
-            self._reported = current
-            self._reported_app = app_now
-
-
-def _valid_unprintable(tenant: str) -> bool:
-    """Slow path of tenant validation: unprintable but without control characters."""
-    import unicodedata
-
-    return not any(unicodedata.category(ch) == "Cc" for ch in tenant)
 
 
 _default_client: FlagClient | None = None

@@ -15,12 +15,19 @@ step  condition                            result      reason
 ====  ===================================  ==========  ===========
 
 Without a tenant, steps 4-6 collapse to "on only when rollout is 100".
+
+The rule is implemented once, by the SDK's compiled checks
+(``flags.compiled.CompiledChecks.evaluate``); this function runs them on a
+snapshot of one flag, so ``evaluate`` and every ``FlagClient`` agree by
+construction (a property test holds both to this table).
 """
 
 from __future__ import annotations
 
-from flags.bucketing import in_rollout
-from flags.model import Evaluation, FlagState, Reason, is_valid_tenant
+from flags.compiled import evaluate_one
+from flags.model import Evaluation, FlagState, Reason
+
+__all__ = ["evaluate"]
 
 
 def evaluate(
@@ -35,21 +42,10 @@ def evaluate(
 
     ``state`` is ``None`` when the flag is unknown in that environment. An invalid
     tenant (not a non-empty string of at most 200 characters without control
-    characters) gives ``default`` with reason ``error``. Never raises for
-    well-typed arguments.
+    characters) gives ``default`` with reason ``error``. Pure (no I/O, no clock);
+    never raises.
     """
-    if state is not None and state.killed:
-        return Evaluation(False, Reason.KILLED, state.version)
-    if state is None or archived:
-        return Evaluation(default, Reason.MISSING, state.version if state else 0)
-    if not state.enabled:
-        return Evaluation(False, Reason.DISABLED, state.version)
-    if tenant is None:
-        return Evaluation(state.rollout >= 100, Reason.ROLLOUT, state.version)
-    if not is_valid_tenant(tenant):
-        return Evaluation(default, Reason.ERROR, state.version, "invalid tenant")
-    if tenant in state.tenants_off:
-        return Evaluation(False, Reason.TENANT_OFF, state.version)
-    if tenant in state.tenants_on:
-        return Evaluation(True, Reason.TENANT_ON, state.version)
-    return Evaluation(in_rollout(flag_key, tenant, state.rollout), Reason.ROLLOUT, state.version)
+    if archived and state is not None and not state.killed:
+        # An archived flag is absent from snapshots; a kill still wins (step 1).
+        return Evaluation(default is True, Reason.MISSING, state.version)
+    return evaluate_one(flag_key, state, tenant, default)

@@ -46,9 +46,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from flags.errors import FlagrailError, StoreUnavailableError
+from flags.model import InstanceReport
 from flags.store import tables as core
 from flags.store.tables import metadata
-from flags.model import InstanceReport
 
 __all__ = [
     "EVALUATIONS_OFF",

@@ -16,6 +16,11 @@ disk for a start without the server.
 
 SDK instances report the version they applied (``InstanceReport``) over Redis
 when they have it, else over HTTP; that is how a kill is confirmed.
+
+A ``FlagClient`` is fed by one ``SnapshotSource`` (``server.ServerSource`` for a
+flagrail server; ``flags.unleash.source.UnleashSource`` for an Unleash server)
+and is, to that source, nothing but a ``SnapshotSink``: the source never
+touches the client's internals, and nothing here imports ``flags.client``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,15 @@ from typing import Protocol
 
 from flags.model import FlagChanged, InstanceReport, Snapshot
 
-__all__ = ["Backoff", "ChangeFeed", "ChangeSink", "InstanceReport", "channel_name"]
+__all__ = [
+    "Backoff",
+    "ChangeFeed",
+    "ChangeSink",
+    "InstanceReport",
+    "SnapshotSink",
+    "SnapshotSource",
+    "channel_name",
+]
 
 DEFAULT_PREFIX = "flagrail:"
 
@@ -83,3 +96,66 @@ class ChangeFeed(Protocol):
 
     def close(self) -> None:
         """Stop; returns within about a second. Idempotent."""
+
+
+class SnapshotSink(ChangeSink, Protocol):
+    """What a ``SnapshotSource`` sees of the client it feeds (a ``FlagClient``).
+
+    Every method is thread-safe, never raises and never blocks on I/O.
+    ``receive_snapshot`` installs a snapshot unless it is older than the one
+    applied; ``receive_change`` applies the next version, ignores an old one and
+    calls ``request_resync`` on a gap; ``request_resync`` asks the source (its
+    ``resync()``) for a whole snapshot.
+    """
+
+    @property
+    def environment(self) -> str:
+        """The environment the client serves; snapshots of another are refused."""
+
+    @property
+    def instance_id(self) -> str:
+        """This client's id in instance reports (a forked child gets a new one)."""
+
+    def served(self) -> Snapshot | None:
+        """The applied snapshot if a source delivered it, else None (nothing yet, a
+        backup, or an offline snapshot)."""
+
+    def confirm(self, source: str) -> None:
+        """The applied snapshot is still current, as ``source`` says (a 304)."""
+
+    def receive_backup(self, snapshot: Snapshot) -> bool:
+        """Serve ``snapshot``, read from a backup, unless something was applied
+        meanwhile. True if it was installed."""
+
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """``{flag: (off, on)}`` evaluations since the client was created."""
+
+    def counters(self) -> dict[str, dict[str, float]]:
+        """App-named counters (``FlagClient.count``) since the client was created."""
+
+
+class SnapshotSource(Protocol):
+    """Where a ``FlagClient``'s snapshots come from. One source feeds one client.
+
+    ``start`` is called once, with the client as the sink. A source starts its
+    own threads and connections there and documents whether ``start`` blocks.
+    """
+
+    def start(self, sink: SnapshotSink) -> None:
+        """Begin feeding ``sink``."""
+
+    def close(self) -> None:
+        """Stop feeding; may send last reports. Idempotent; blocks a few seconds at most."""
+
+    def resync(self) -> None:
+        """Fetch a whole snapshot soon (the sink saw a gap or an unreadable message)."""
+
+    def applied(self) -> None:
+        """Called by the sink, under its update lock, after each applied update: cheap."""
+
+    def live(self) -> str | None:
+        """The push channel currently delivering (``"redis"``, ``"stream"``), else None."""
+
+    def after_fork(self) -> SnapshotSource | None:
+        """In a forked child: let go of the parent's threads and sockets, and return a
+        new, unstarted source with the same settings (None: the child does not sync)."""

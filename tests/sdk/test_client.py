@@ -36,6 +36,13 @@ def client() -> FlagClient:
     return FlagClient.from_snapshot(SNAPSHOT)
 
 
+def streamed() -> FlagClient:
+    """A client whose snapshot arrived through the sync path (as a stream delivers it)."""
+    c = FlagClient(None, None, "production")
+    c.receive_snapshot(Snapshot.from_dict(SNAPSHOT), "stream")
+    return c
+
+
 class TestReasons:
     def test_evaluate__each_shape__names_its_reason(self) -> None:
         """Every reason of the contract comes out of the matching state."""
@@ -152,8 +159,7 @@ class TestCounters:
 class TestUpdates:
     def test_receive_change__next_version__applied(self) -> None:
         """The next version is applied; only that flag changes."""
-        c = client()
-        c._source = "stream"
+        c = streamed()
         c.receive_change(FlagChanged("production", 8, "plain", FlagState(killed=True)), "stream")
         assert c.version == 8 and not c.is_enabled("plain")
         assert c.evaluate("plain").reason is Reason.KILLED
@@ -161,30 +167,26 @@ class TestUpdates:
 
     def test_receive_change__old_version__ignored(self) -> None:
         """A duplicate or older change changes nothing and is no resync."""
-        c = client()
-        c._source = "stream"
+        c = streamed()
         c.receive_change(FlagChanged("production", 7, "plain", FlagState(killed=True)), "redis")
         assert c.is_enabled("plain") and c.stats()["resyncs"] == 0
 
     def test_receive_change__gap__resync_counted(self) -> None:
         """A version gap is not applied; it asks for a resync (counted)."""
-        c = client()
-        c._source = "stream"
+        c = streamed()
         c.receive_change(FlagChanged("production", 9, "plain", FlagState(killed=True)), "redis")
         assert c.version == 7 and c.is_enabled("plain")
         assert c.stats()["resyncs"] == 1
 
     def test_receive_change__archived__flag_missing(self) -> None:
         """A change with no state removes the flag: it becomes missing."""
-        c = client()
-        c._source = "stream"
+        c = streamed()
         c.receive_change(FlagChanged("production", 8, "plain", None), "stream")
         assert c.evaluate("plain", default=True).reason is Reason.MISSING
 
     def test_receive_snapshot__older_than_applied__ignored(self) -> None:
         """A late snapshot older than what is applied does not roll the client back."""
-        c = client()
-        c._source = "stream"
+        c = streamed()
         c.receive_snapshot(Snapshot("production", 3, {}), "poll")
         assert c.version == 7 and c.is_enabled("plain")
 
@@ -260,7 +262,6 @@ def test_client__eight_threads_during_updates__only_whole_snapshots() -> None:
             c.load_snapshot(snapshot_at(version), source="snapshot")
         else:
             # A whole-snapshot swap through the sync path too.
-            c._source = "stream"
             c.receive_snapshot(snapshot_at(version), "stream")
     stop.set()
     for t in threads:

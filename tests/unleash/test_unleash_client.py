@@ -1,4 +1,4 @@
-"""flags.unleash.client: the flagrail SDK reading an Unleash server.
+"""flags.unleash: the flagrail SDK fed by an Unleash server (``UnleashSource``).
 
 No Unleash server runs on this machine; the flagrail server's ``/api/client``
 endpoints are one (the Unleash client API), so UnleashClient reads them here.
@@ -29,7 +29,7 @@ from flags.unleash.client import UnleashFlagClient
 
 
 @pytest.fixture
-def reader(sqlite_server: FlagrailServer) -> Iterator[UnleashFlagClient]:
+def reader(sqlite_server: FlagrailServer) -> Iterator[FlagClient]:
     """An UnleashFlagClient on the production token, polling every second."""
     populate(sqlite_server.store)
     client = UnleashFlagClient(
@@ -47,7 +47,7 @@ def reader(sqlite_server: FlagrailServer) -> Iterator[UnleashFlagClient]:
 
 class TestAnswers:
     def test_evaluate__every_shape__same_answers_as_flagrail(
-        self, sqlite_server: FlagrailServer, reader: UnleashFlagClient
+        self, sqlite_server: FlagrailServer, reader: FlagClient
     ) -> None:
         """Backed by Unleash, the SDK answers what the flagrail snapshot answers."""
         flags = FlagClient.from_snapshot(sqlite_server.sdk_snapshot())
@@ -62,7 +62,7 @@ class TestAnswers:
         assert mismatches == []
 
     def test_evaluate__flagrail_shaped_features__reasons_as_flagrail_gives_them(
-        self, reader: UnleashFlagClient
+        self, reader: FlagClient
     ) -> None:
         """Reasons are exact for flagrail-shaped features (a kill reads as disabled)."""
         on, off = sorted(ON - {"tënant-ü"})[0], sorted(OFF - {"ACME Corp"})[0]
@@ -76,7 +76,7 @@ class TestAnswers:
         assert reader.evaluate("killed", "tenant-5").reason is Reason.DISABLED
 
     def test_evaluate__unknown_or_archived_flag__default_with_reason_missing(
-        self, reader: UnleashFlagClient
+        self, reader: FlagClient
     ) -> None:
         for key in ("never-defined", "archived"):
             for default in (False, True):
@@ -84,7 +84,7 @@ class TestAnswers:
                 assert (ev.enabled, ev.reason) == (default, Reason.MISSING)
 
     def test_evaluate__bad_argument__default_with_reason_error_never_raises(
-        self, reader: UnleashFlagClient
+        self, reader: FlagClient
     ) -> None:
         """Bad tenants (empty, too long, not a str, control characters) and bad keys."""
         bad: list[tuple[object, object]] = [
@@ -103,7 +103,7 @@ class TestAnswers:
             assert reader.stats()["errors"] == errors + 2
 
     def test_snapshot__flagrail_shaped_features__states_and_keys(
-        self, sqlite_server: FlagrailServer, reader: UnleashFlagClient
+        self, sqlite_server: FlagrailServer, reader: FlagClient
     ) -> None:
         """The client's snapshot holds the features as flagrail states."""
         assert reader.ready
@@ -115,7 +115,7 @@ class TestAnswers:
         assert stats["source"] == "unleash"
         assert stats["flags"] == len(SHAPES) + 1
 
-    def test_counts__checks__counted_per_flag(self, reader: UnleashFlagClient) -> None:
+    def test_counts__checks__counted_per_flag(self, reader: FlagClient) -> None:
         """Evaluations count like any FlagClient's (the pytest plugin's coverage reads them)."""
         for tenant in TENANTS[:10]:
             reader.is_enabled("plain-on", tenant)
@@ -127,7 +127,7 @@ class TestAnswers:
 
 class TestUpdates:
     def test_on_change__flag_killed__callback_runs_and_answers_flip(
-        self, sqlite_server: FlagrailServer, reader: UnleashFlagClient
+        self, sqlite_server: FlagrailServer, reader: FlagClient
     ) -> None:
         """A kill arrives with the next poll; on_change runs once the answer changed."""
         seen: list[tuple[bool, Snapshot]] = []
@@ -161,7 +161,7 @@ class TestLifecycle:
                 ev = client.evaluate("anything", "tenant-1", default)
                 assert (ev.enabled, ev.reason) == (default, Reason.DEFAULT)
                 assert client.is_enabled("anything", None, default) is default
-            assert client.stats()["source"] == "unleash"
+            assert client.stats()["source"] == "none"  # nothing served yet
         finally:
             client.close()
 
@@ -194,7 +194,7 @@ class TestLifecycle:
         assert info.value.field == field
 
     def test_close__twice__idempotent_and_last_state_still_answers(
-        self, reader: UnleashFlagClient
+        self, reader: FlagClient
     ) -> None:
         assert reader.is_enabled("plain-on", "tenant-1") is True
         reader.close()

@@ -1,0 +1,443 @@
+"""The flagrail server as a ``SnapshotSource``: Redis, SSE, ETag polling, backup, reports.
+
+``ServerSource`` is what a ``FlagClient`` built with a ``url`` syncs through. It
+talks to its client only through ``flags.sync.SnapshotSink``.
+
+Sync, in order of preference: the Redis channel ``<prefix>changes:<env>`` when
+``redis_url`` is given and Redis answers (and the server says it publishes
+there); else the SSE stream ``/sdk/v1/stream``; ETag polling of
+``/sdk/v1/snapshot`` every ``poll_interval`` seconds whenever neither is live
+(and every ``SAFETY_POLL`` seconds as a safety net while one is). At start,
+while the server cannot be reached, the backup at ``backup_path`` is served;
+every applied snapshot is written there.
+
+Threads (all daemons, started by ``start``, none by the constructor):
+``flagrail-poll`` (snapshot fetches: first load, resyncs, polling, the backup at
+start), ``flagrail-report`` (backup writes, an instance report after each
+applied update, metrics every ``metrics_interval``), the Redis subscriber (when
+``redis_url``) and the SSE consumer (while Redis is not live). Connections are
+opened by those threads, never by ``start`` itself, so ``start`` never blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flags.errors import FlagrailError
+from flags.model import InstanceReport
+from flags.sync import DEFAULT_PREFIX, Backoff, SnapshotSink, channel_name
+from flags.sync.backup import read_backup, write_backup
+from flags.sync.poll import SnapshotFetcher, auth_headers
+from flags.sync.sse import SseConsumer
+
+__all__ = ["SAFETY_POLL", "ServerOptions", "ServerSource"]
+
+log = logging.getLogger("flagrail.client")
+
+# Seconds between safety polls while Redis or the stream is live.
+SAFETY_POLL = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Where and how a ``ServerSource`` syncs (``FlagClient``'s constructor arguments).
+
+    ``channel_prefix`` names the Redis channels (the server's ``FLAGRAIL_REDIS_PREFIX``).
+    Intervals are seconds; the constructor of ``FlagClient`` clamps them to >= 0.05.
+    """
+
+    url: str
+    token: str | None
+    environment: str
+    redis_url: str | None = None
+    backup_path: Path | None = None
+    poll_interval: float = 5.0
+    metrics_interval: float = 10.0
+    app_name: str | None = None
+    channel_prefix: str = DEFAULT_PREFIX
+
+
+class ServerSource:
+    """Feed one client from a flagrail server. See the module docstring for the threads.
+
+    Constructing does nothing but store ``options``. Holds its sink strongly
+    once started: a client must be closed to stop syncing.
+    """
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.host = socket.gethostname()
+        self._sink: SnapshotSink | None = None
+        self._http: httpx.Client | None = None
+        self._fetcher: SnapshotFetcher | None = None
+        self._redis_sub: Any = None
+        self._sse: SseConsumer | None = None
+        self._redis_pub: Any = None
+        self._stop = threading.Event()
+        self._poll_wake = threading.Event()
+        self._report_wake = threading.Event()
+        self._resync_flag = False
+        self._ack_needed = False
+        self._backup_dirty = False
+        self._logged: set[str] = set()
+        self._reported: dict[str, tuple[int, int]] = {}
+        self._reported_app: dict[tuple[str, str], float] = {}
+        self._threads: list[threading.Thread] = []
+
+    # ---------------------------------------------------------------- control
+    def start(self, sink: SnapshotSink) -> None:
+        """Start the threads; returns at once (no I/O here). Call once."""
+        opts = self.options
+        self._sink = sink
+        # Baselines: what was already counted is not ours to report (a forked
+        # child starts from its parent's counts).
+        self._reported = dict(sink.counts())
+        self._reported_app = _flatten(sink.counters())
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(5.0, connect=2.0),
+            headers={"User-Agent": "flagrail-python-sdk"},
+        )
+        self._fetcher = SnapshotFetcher(self._http, opts.url, opts.token, opts.environment)
+        if opts.redis_url:
+            from flags.sync.redis_pubsub import RedisSubscriber
+
+            self._redis_sub = RedisSubscriber(
+                opts.redis_url,
+                self._on_redis_message,
+                self._on_redis_state,
+                channels=[channel_name(opts.channel_prefix, "changes", opts.environment)],
+                name="flagrail-redis-sdk",
+            )
+        self._sse = SseConsumer(
+            self._http,
+            opts.url,
+            opts.token,
+            opts.environment,
+            sink,
+            last_event_id=self._last_event_id,
+            wanted=self._sse_wanted,
+            on_live=self._on_sse_live,
+        )
+        for target, name in (
+            (self._poll_loop, "flagrail-poll"),
+            (self._report_loop, "flagrail-report"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        if self._redis_sub is not None:
+            self._redis_sub.start()
+        self._sse.start()
+
+    def close(self) -> None:
+        """Stop the threads, write the backup and send a last (closed) metrics report.
+
+        Blocks for at most a few seconds. Idempotent.
+        """
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._poll_wake.set()
+        self._report_wake.set()
+        if self._sse is not None:
+            self._sse.close()
+        if self._redis_sub is not None:
+            self._redis_sub.close()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=3.0)
+        if self._sink is None:
+            return
+        try:
+            self._write_backup()
+            self._send_metrics(closed=True)
+        finally:
+            if self._http is not None:
+                self._http.close()
+            if self._redis_pub is not None:
+                self._redis_pub.close()
+
+    def after_fork(self) -> ServerSource:
+        """In a forked child: this object's threads are gone and its sockets are the
+        parent's; leave them alone and return a fresh source with the same options."""
+        self._threads = []
+        return ServerSource(self.options)
+
+    def redis_live(self) -> bool:
+        """Subscribed, and the server says it publishes on this prefix (a server without
+        Redis would leave a subscribed SDK deaf; then the stream stays on)."""
+        return (
+            self._redis_sub is not None
+            and self._redis_sub.live
+            and self._fetcher is not None
+            and self._fetcher.publishes == f"redis {self.options.channel_prefix}"
+        )
+
+    def live(self) -> str | None:
+        if self.redis_live():
+            return "redis"
+        if self._sse is not None and self._sse.live:
+            return "stream"
+        return None
+
+    def applied(self) -> None:
+        """Called under the client's update lock after each install: cheap flags only."""
+        self._ack_needed = True
+        self._backup_dirty = True
+        self._report_wake.set()
+
+    def resync(self) -> None:
+        self._resync_flag = True
+        self._poll_wake.set()
+
+    def _log_once(self, key: str, message: str, *args: object) -> None:
+        if key in self._logged:
+            log.debug(message, *args)
+        else:
+            self._logged.add(key)
+            log.warning(message, *args)
+
+    @property
+    def sink(self) -> SnapshotSink:
+        assert self._sink is not None, "ServerSource used before start()"
+        return self._sink
+
+    # ---------------------------------------------------------------- feeds
+    def _served_version(self) -> int | None:
+        served = self.sink.served()
+        return served.version if served is not None else None
+
+    def _last_event_id(self) -> int | None:
+        return self._served_version()
+
+    def _sse_wanted(self) -> bool:
+        return not self._stop.is_set() and not self.redis_live()
+
+    def _on_sse_live(self, live: bool) -> None:
+        self._poll_wake.set()
+
+    def _on_redis_state(self, live: bool) -> None:
+        if live:
+            # Catch up on whatever was published while we were away (a 304 usually).
+            self._resync_flag = True
+        if self._sse is not None:
+            self._sse.wake()
+        self._poll_wake.set()
+        self._report_wake.set()
+
+    def _on_redis_message(self, channel: str, data: bytes) -> None:
+        from flags.sync.redis_pubsub import decode_change
+
+        try:
+            event = decode_change(data)
+        except ValueError as exc:  # ValidationError and JSONDecodeError are ValueErrors
+            self.sink.request_resync(f"unreadable message on {channel}: {exc}")
+            return
+        self.sink.receive_change(event, "redis")
+
+    # ---------------------------------------------------------------- poll thread
+    def _poll_loop(self) -> None:
+        opts = self.options
+        backoff = Backoff(0.2, max(1.0, opts.poll_interval))
+        next_at = 0.0
+        backup_tried = False
+        while not self._stop.is_set():
+            if self._resync_flag or time.monotonic() >= next_at:
+                self._resync_flag = False
+                try:
+                    self._fetch()
+                    backoff.reset()
+                    pause = opts.poll_interval
+                    if self.live() is not None:
+                        pause = max(SAFETY_POLL, opts.poll_interval)
+                    next_at = time.monotonic() + pause
+                except (FlagrailError, OSError, ValueError) as exc:
+                    self._log_once(
+                        "fetch", "flagrail %s: snapshot fetch failed: %s", opts.environment, exc
+                    )
+                    if not backup_tried and self.sink.served() is None:
+                        backup_tried = True
+                        self._load_backup()
+                    next_at = time.monotonic() + min(backoff.next(), opts.poll_interval)
+                except Exception:  # keep the sync alive whatever happens
+                    log.exception("flagrail %s: snapshot fetch crashed", opts.environment)
+                    next_at = time.monotonic() + opts.poll_interval
+            self._poll_wake.wait(max(0.0, next_at - time.monotonic()))
+            self._poll_wake.clear()
+            if self.live() is None:
+                next_at = min(next_at, time.monotonic() + opts.poll_interval)
+
+    def _fetch(self) -> None:
+        assert self._fetcher is not None
+        snapshot = self._fetcher.fetch(self._served_version())
+        if snapshot is None:
+            if self.live() is None:
+                self.sink.confirm("poll")
+            return
+        self.sink.receive_snapshot(snapshot, "poll")
+
+    def _load_backup(self) -> None:
+        opts = self.options
+        if opts.backup_path is None:
+            return
+        try:
+            snapshot = read_backup(opts.backup_path)
+        except (OSError, ValueError) as exc:
+            self._log_once(
+                "backup",
+                "flagrail %s: no usable backup at %s: %s",
+                opts.environment,
+                opts.backup_path,
+                exc,
+            )
+            return
+        if snapshot.environment != opts.environment:
+            self._log_once(
+                "backup-env",
+                "flagrail: backup %s is of environment %r, not %r",
+                opts.backup_path,
+                snapshot.environment,
+                opts.environment,
+            )
+            return
+        if not self.sink.receive_backup(snapshot):
+            return  # the server answered meanwhile
+        self._backup_dirty = False
+        log.warning(
+            "flagrail %s: server unreachable; serving the backup at version %s",
+            opts.environment,
+            snapshot.version,
+        )
+
+    # ---------------------------------------------------------------- report thread
+    def _report_loop(self) -> None:
+        opts = self.options
+        next_metrics = time.monotonic() + opts.metrics_interval
+        while not self._stop.is_set():
+            self._report_wake.wait(max(0.0, next_metrics - time.monotonic()))
+            self._report_wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                if self._backup_dirty:
+                    self._write_backup()
+                if self._ack_needed:
+                    self._ack_needed = False
+                    self._send_instance_report()
+                if time.monotonic() >= next_metrics:
+                    next_metrics = time.monotonic() + opts.metrics_interval
+                    self._send_metrics()
+            except Exception:  # keep reporting alive whatever happens
+                log.exception("flagrail %s: report failed", opts.environment)
+
+    def _write_backup(self) -> None:
+        path = self.options.backup_path
+        if path is None or not self._backup_dirty:
+            return
+        snapshot = self.sink.served()
+        if snapshot is None:
+            return
+        self._backup_dirty = False
+        try:
+            write_backup(path, snapshot)
+        except OSError as exc:
+            self._log_once("backup-write", "flagrail: cannot write backup %s: %s", path, exc)
+
+    def _instance_report(self, closed: bool = False) -> InstanceReport:
+        opts = self.options
+        return InstanceReport(
+            instance_id=self.sink.instance_id,
+            environment=opts.environment,
+            host=self.host[:255] or "unknown",
+            pid=os.getpid(),
+            app=opts.app_name[:200] if opts.app_name else None,
+            applied_version=self._served_version() or 0,
+            interval=min(3600.0, opts.metrics_interval),
+            closed=closed,
+        )
+
+    def _post(self, path: str, body: dict[str, Any], timeout: float = 5.0) -> bool:
+        opts = self.options
+        assert self._http is not None
+        try:
+            response = self._http.post(
+                f"{opts.url}{path}",
+                json=body,
+                headers=auth_headers(opts.token),
+                timeout=timeout,
+            )
+        except httpx.HTTPError as exc:
+            self._log_once(path, "flagrail %s: POST %s failed: %s", opts.environment, path, exc)
+            return False
+        if response.status_code >= 300:
+            self._log_once(
+                path + "status",
+                "flagrail %s: POST %s answered %s: %s",
+                opts.environment,
+                path,
+                response.status_code,
+                response.text[:200],
+            )
+            return False
+        return True
+
+    def _send_instance_report(self) -> None:
+        report = self._instance_report()
+        if self.redis_live():
+            from flags.sync.redis_pubsub import connect
+
+            opts = self.options
+            try:
+                if self._redis_pub is None:
+                    self._redis_pub = connect(opts.redis_url or "")
+                channel = channel_name(opts.channel_prefix, "instances", report.environment)
+                self._redis_pub.publish(channel, json.dumps(report.to_dict()))
+                return
+            except Exception as exc:  # redis-py raises many types; HTTP is the fallback
+                self._log_once(
+                    "redis-report", "flagrail: instance report over redis failed: %s", exc
+                )
+                self._redis_pub = None
+        self._post("/sdk/v1/instances", report.to_dict())
+
+    def _send_metrics(self, closed: bool = False) -> None:
+        sink = self.sink
+        if sink.served() is None and not closed:
+            return
+        current = sink.counts()
+        flags: dict[str, dict[str, int]] = {}
+        for key, (off, on) in current.items():
+            was_off, was_on = self._reported.get(key, (0, 0))
+            if off - was_off > 0 or on - was_on > 0:
+                flags[key] = {"on": max(0, on - was_on), "off": max(0, off - was_off)}
+        app_now = _flatten(sink.counters())
+        counters: dict[str, dict[str, float]] = {}
+        for (flag, name), value in app_now.items():
+            delta = value - self._reported_app.get((flag, name), 0.0)
+            if delta:
+                counters.setdefault(flag, {})[name] = delta
+        body = {
+            "environment": self.options.environment,
+            "instance": self._instance_report(closed).to_dict(),
+            "flags": flags,
+            "counters": counters,
+        }
+        if self._post("/sdk/v1/metrics", body, timeout=2.0 if closed else 5.0):
+            self._reported = current
+            self._reported_app = app_now
+
+
+def _flatten(counters: dict[str, dict[str, float]]) -> dict[tuple[str, str], float]:
+    return {
+        (flag, name): value for flag, named in counters.items() for name, value in named.items()
+    }

@@ -1,0 +1,279 @@
+"""UnleashSource: an Unleash server as a ``FlagClient``'s snapshot source, through UnleashClient.
+
+The official Python SDK (PyPI ``UnleashClient`` 6.x) registers, fetches and
+polls the client API (``/api/client/features``); each new payload is mapped to
+flagrail states (``flags.unleash.mapping.state_from_feature``) and handed to the
+client as one snapshot. The client then evaluates as every ``FlagClient`` does
+(``flags.compiled``), and for every feature in flagrail's shape that is exactly
+what every Unleash SDK answers (the mapping's contract, held by the agreement
+tests).
+
+* A feature in another shape (other strategies, other context fields,
+  segments, dependencies) has no flagrail state: it is left out of the
+  snapshot, so a check answers the caller's default with reason ``missing``.
+  The source logs the names of such features once per payload that changes them.
+* Unleash has no kill switch: a killed flagrail flag reads as ``disabled``.
+* Before the first successful fetch every check gives the default with reason
+  ``default``.
+
+Requires ``pip install 'flagrail[unleash]'`` (the ``UnleashClient`` package; the
+PyPI name ``unleash-client`` is an unrelated placeholder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from typing import Any
+
+from UnleashClient import UnleashClient
+from UnleashClient.cache import BaseCache
+from UnleashClient.constants import FEATURES_URL
+from UnleashClient.events import BaseEvent, UnleashEventType
+from UnleashClient.utils import InstanceAllowType
+
+from flags.errors import ValidationError
+from flags.model import FlagState, Snapshot
+from flags.sync import SnapshotSink
+from flags.unleash.mapping import state_from_feature
+
+__all__ = ["MemoryCache", "UnleashSource"]
+
+log = logging.getLogger("flagrail.unleash")
+
+SOURCE = "unleash"
+
+
+class MemoryCache(BaseCache):
+    """An in-process UnleashClient cache: no files, nothing shared between clients.
+
+    (UnleashClient's default ``FileCache`` writes to a per-app-name directory on
+    disk, which two clients of one app name would share.) Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, Any] = {}
+
+    def set(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+
+    def mset(self, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._data.update(data)
+
+    def get(self, key: str, default: Any | None = None) -> Any:
+        with self._lock:
+            return self._data.get(key, default)
+
+    def exists(self, key: str) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def destroy(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+def _check_text(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 2000:
+        raise ValidationError(f"{field} must be a non-empty string, got {value!r:.80}", field=field)
+    return value
+
+
+def parse_features(raw: str, environment: str, version: int) -> tuple[Snapshot, list[str]]:
+    """The snapshot a client API v2 payload expresses, at ``version``, and the names of
+    its features that are not in flagrail's shape (left out of the snapshot).
+
+    Pure. Raises ``ValidationError`` (field ``features``) for a payload that is not
+    JSON of the v2 shape.
+    """
+    try:
+        payload = json.loads(raw)
+        features = payload.get("features", [])
+        if not isinstance(features, list):
+            raise TypeError("features is not a list")
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValidationError(
+            f"Unleash features payload is not JSON of the v2 shape: {exc}", field="features"
+        ) from exc
+    states: dict[str, FlagState] = {}
+    foreign: list[str] = []
+    for feature in features:
+        if isinstance(feature, dict) and isinstance(feature.get("name"), str):
+            state = state_from_feature(feature)
+            if state is None:
+                foreign.append(feature["name"])
+            else:
+                states[feature["name"]] = state
+    return Snapshot(environment, version, states), sorted(foreign)
+
+
+class UnleashSource:
+    """Feed one ``FlagClient`` from an Unleash server (a ``flags.sync.SnapshotSource``).
+
+    ``url`` is what UnleashClient takes (the server's API root, ending in
+    ``/api``); ``token`` goes in ``Authorization`` as is. Constructing validates
+    the arguments and does no I/O; ``start()`` registers, fetches once and
+    starts UnleashClient's polling every ``refresh_interval`` seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        app_name: str,
+        *,
+        environment: str = "default",
+        refresh_interval: int = 15,
+        metrics_interval: int = 60,
+        send_metrics: bool = True,
+        register: bool = True,
+        request_timeout: int = 5,
+        request_retries: int = 0,
+    ) -> None:
+        """Configure; no I/O (see ``start()``).
+
+        Args:
+            environment: the client's environment, also UnleashClient's
+                ``environment`` context field (which flags are served is decided on
+                the server, by the token).
+            refresh_interval: seconds between polls (an integer, UnleashClient's unit).
+            metrics_interval: seconds between UnleashClient's metrics reports.
+            send_metrics / register: UnleashClient's metrics and registration calls.
+            request_timeout / request_retries: per request to the server.
+
+        Raises ``ValidationError`` naming the bad argument (``url`` must be http(s)).
+        """
+        _check_text(url, "url")
+        if not url.startswith(("http://", "https://")):
+            raise ValidationError(
+                f"url must start with http:// or https://, got {url!r}", field="url"
+            )
+        _check_text(token, "token")
+        _check_text(app_name, "app_name")
+        _check_text(environment, "environment")
+        for name, value in (
+            ("refresh_interval", refresh_interval),
+            ("metrics_interval", metrics_interval),
+            ("request_timeout", request_timeout),
+        ):
+            if type(value) is not int or value < 1:
+                raise ValidationError(f"{name} must be a positive integer of seconds", field=name)
+        if type(request_retries) is not int or request_retries < 0:
+            raise ValidationError(
+                "request_retries must be a non-negative integer", field="request_retries"
+            )
+        self.url = url.rstrip("/")
+        self.token = token
+        self.app_name = app_name
+        self.environment = environment
+        self.refresh_interval = refresh_interval
+        self.metrics_interval = metrics_interval
+        self.send_metrics = send_metrics
+        self.register = register
+        self.request_timeout = request_timeout
+        self.request_retries = request_retries
+        self._sink: SnapshotSink | None = None
+        self._unleash: UnleashClient | None = None
+        self._cache = MemoryCache()
+        self._raw: str | None = None
+        self._foreign: list[str] = []
+        self._revision = 0
+        self._adopt_lock = threading.Lock()
+
+    def start(self, sink: SnapshotSink) -> None:
+        """Register and fetch the features once (two requests, each waiting at most
+        ``request_timeout`` seconds: this blocks), then poll from UnleashClient's
+        scheduler thread.
+
+        An unreachable server does not raise: checks give defaults (reason
+        ``default``) until a fetch succeeds. Raises ``ValidationError`` (field
+        ``url``) if UnleashClient rejects the URL as malformed.
+        """
+        client = UnleashClient(
+            url=self.url,
+            app_name=self.app_name,
+            environment=self.environment,
+            instance_id=f"flagrail-{uuid.uuid4().hex[:12]}",
+            refresh_interval=self.refresh_interval,
+            metrics_interval=self.metrics_interval,
+            disable_metrics=not self.send_metrics,
+            disable_registration=not self.register,
+            custom_headers={"Authorization": self.token},
+            request_timeout=self.request_timeout,
+            request_retries=self.request_retries,
+            cache=self._cache,
+            multiple_instance_mode=InstanceAllowType.SILENTLY_ALLOW,
+            event_callback=self._on_event,
+            sdk_flavor="flagrail",
+        )
+        self._sink = sink
+        try:
+            client.initialize_client()
+        except Exception as exc:  # UnleashClient raises bare exceptions for bad URLs
+            client.destroy()
+            self._sink = None
+            raise ValidationError(f"UnleashClient refused url: {exc}", field="url") from exc
+        self._unleash = client
+        # The first fetch ran inside initialize_client: take it now rather than
+        # when its event arrives.
+        self._adopt(self._cache.get(FEATURES_URL))
+
+    def close(self) -> None:
+        """Stop polling (UnleashClient sends its last metrics). Idempotent."""
+        client, self._unleash = self._unleash, None
+        if client is not None:
+            try:
+                client.destroy()
+            except Exception:  # shutting down: a failing flush must not fail close()
+                log.warning("closing UnleashClient failed", exc_info=True)
+
+    def resync(self) -> None:
+        """Nothing to do: every poll fetches the whole payload."""
+
+    def applied(self) -> None:
+        """Nothing to do: UnleashClient reports on its own schedule."""
+
+    def live(self) -> str | None:
+        """Always None: UnleashClient polls; nothing is pushed."""
+        return None
+
+    def after_fork(self) -> None:
+        """UnleashClient's scheduler does not survive a fork: the child keeps serving
+        the last snapshot and does not poll."""
+        return None
+
+    def _on_event(self, event: BaseEvent) -> None:
+        # Runs on UnleashClient's event thread, after its engine took the payload.
+        if event.event_type is UnleashEventType.FETCHED:
+            self._adopt(getattr(event, "raw_features", None))
+
+    def _adopt(self, raw: object) -> None:
+        """Hand a fetched payload to the sink as the next snapshot (once per payload)."""
+        sink = self._sink
+        if not isinstance(raw, str) or sink is None:
+            return
+        with self._adopt_lock:
+            if raw == self._raw:
+                return
+            try:
+                snapshot, foreign = parse_features(raw, self.environment, self._revision + 1)
+            except ValidationError as exc:
+                log.warning("%s", exc)
+                return
+            self._raw = raw
+            self._revision += 1
+            if foreign and foreign != self._foreign:
+                log.warning(
+                    "Unleash features not in flagrail's shape answer the default "
+                    "(reason missing): %s",
+                    ", ".join(foreign[:20]) + (" ..." if len(foreign) > 20 else ""),
+                )
+            self._foreign = foreign
+        # Outside the lock: on_change callbacks run in here. A late, older payload
+        # cannot win: the sink drops snapshots older than the applied one.
+        sink.receive_snapshot(snapshot, SOURCE)
