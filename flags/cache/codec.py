@@ -19,8 +19,10 @@ verify. ``decode`` never returns a value it could not verify: it raises
 and the caller treats that as a miss.
 
 What a checksum cannot catch is a writer that encodes a well-formed but wrong
-value (the incident's broken writer): shadow reads and sampled verification in
-``flags.cache.layered`` are there for that.
+value (the incident's broken writer). ``check`` reads an envelope back before it
+is stored and compares it with the value itself (a broken serializer or codec
+fails there); shadow reads and sampled verification in ``flags.cache.layered``
+catch the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from flags.cache.canonical import same
 from flags.errors import CacheError, CorruptEntryError, ValidationError
 
 __all__ = [
@@ -272,6 +275,28 @@ class Codec:
                 f"verified payload does not load: {exc}", field=Rejection.PAYLOAD
             ) from exc
         return epoch, written_at, False, value
+
+    def check(self, key: bytes, data: bytes, value: Any, *, negative: bool = False) -> None:
+        """Raise ``CorruptEntryError`` (``Rejection.WRITE``) unless ``data``, about to be
+        stored under ``key``, decodes to ``value``.
+
+        Judged with ``flags.cache.canonical.same`` against the value itself, never
+        through the serializer twice: a serializer whose ``dumps`` or ``loads``
+        changes records (the seed incident) fails here, on the write.
+        """
+        try:
+            back = self.decode(key, data)
+        except CorruptEntryError as exc:
+            raise CorruptEntryError(
+                f"the envelope to write does not read back ({exc.field}: {exc}); not stored",
+                field=Rejection.WRITE,
+            ) from exc
+        if back.negative != negative or not same(back.value, value):
+            raise CorruptEntryError(
+                f"the envelope to write reads back as another value "
+                f"({back.value!r:.80} for {value!r:.80}); not stored",
+                field=Rejection.WRITE,
+            )
 
     def schema_of(self, data: bytes) -> int | None:
         """The schema byte of ``data``, or None if it is not an envelope at all."""

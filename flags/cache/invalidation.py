@@ -14,6 +14,10 @@ lost message can cost:
 * positive entries carry a maximum age regardless.
 
 Unknown message kinds are ignored, so newer releases can add some.
+
+``Invalidator`` is the sending side of a ``LayeredCache`` (delete everywhere,
+tombstone, publish, re-delete, retry); ``Generations`` tells a read in flight
+that its key was invalidated meanwhile, so it does not store what it loaded.
 """
 
 from __future__ import annotations
@@ -24,15 +28,28 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from flags.errors import CacheError
 from flags.sync import Backoff
 
-__all__ = ["InvalidationListener", "decode_message", "encode_key"]
+if TYPE_CHECKING:
+    from flags.cache import Layer
+    from flags.cache.metrics import CacheStats, LayerStats
+    from flags.cache.worker import Worker
+
+__all__ = [
+    "Generations",
+    "InvalidationListener",
+    "Invalidator",
+    "decode_message",
+    "encode_key",
+]
 
 log = logging.getLogger("flagrail.cache.invalidation")
 
@@ -180,3 +197,170 @@ def _call(callback: Callable[..., None], *args: object) -> None:
         callback(*args)
     except Exception:  # the cache's callback: log it, keep the channel alive
         log.exception("invalidation callback %r failed", callback)
+
+
+class Generations:
+    """Invalidation generations: ``gen`` grows with every invalidation this process
+    hears of; ``since(key, gen)`` is True when ``key`` (or everything) was
+    invalidated after ``gen`` was read. ``layer`` grows whenever a layer goes dead
+    (the cache bumps it). ``note`` takes ``lock``, the lock fills hold while they
+    check and store, so a fill never lands after a racing invalidation."""
+
+    _MAX_KEYS = 4096
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock
+        self.gen = 0
+        self.layer = 0
+        self._floor = 0
+        self._keys: dict[str, int] = {}
+
+    def note(self, key: str | None) -> None:
+        """Make in-flight reads of ``key`` (of every key, for None) skip their fills."""
+        with self.lock:
+            self.gen += 1
+            if key is None or len(self._keys) >= self._MAX_KEYS:
+                self._keys.clear()
+                self._floor = self.gen
+            else:
+                self._keys[key] = self.gen
+
+    def since(self, key: str, gen: int) -> bool:
+        return self._keys.get(key, self._floor) > gen
+
+
+class Invalidator:
+    """The sending side of invalidation for one cache (see ``LayeredCache.invalidate``).
+
+    Remote layers are invalidated with their tombstone (``invalidate(key, hold)``)
+    whatever their flag; the key is published on ``channel`` through the first
+    remote layer on ``channel_url`` (else a client of its own); and 250 ms later
+    all of it is done once more. Failures are retried on ``worker`` for
+    ``max_age`` seconds. Never raises.
+    """
+
+    def __init__(
+        self,
+        *,
+        layers: list[Layer],
+        remote: list[bool],
+        stats: list[LayerStats],
+        generations: Generations,
+        worker: Worker,
+        metrics: CacheStats,
+        channel_url: str | None,
+        channel: str,
+        hold: float,
+        max_age: float,
+    ) -> None:
+        self.layers = layers
+        self.remote = remote
+        self.stats = stats
+        self.memory = [layer for i, layer in enumerate(layers) if not remote[i]]
+        self.generations = generations
+        self.worker = worker
+        self.metrics = metrics
+        self.channel_url = channel_url
+        self.channel = channel
+        self.hold = hold
+        self.max_age = max_age
+        self._publisher: redis.Redis | None = None
+        self._publish_layer: Any = next(
+            (
+                lay
+                for i, lay in enumerate(layers)
+                if remote[i] and getattr(lay, "url", None) == channel_url
+            ),
+            None,
+        )
+
+    def invalidate(self, key: str) -> bool:
+        """Forget ``key`` everywhere; True when every remote delete and the publish
+        succeeded. On a failure, retried in the background. Never raises."""
+        self.forget(key)
+        ok = self._remote(key)
+        if ok:
+            self.metrics.invalidations_ok += 1
+        else:
+            self.metrics.invalidations_failed += 1
+            log.warning("invalidation of %r did not reach everything; retrying", key)
+            self.worker.submit(self._retry, key, time.monotonic() + self.max_age, delay=0.2)
+        self.worker.submit(self._redelete, key, delay=0.25)
+        return ok
+
+    def forget(self, key: str) -> None:
+        """Drop ``key`` from this process: fills in flight and memory layers (a message
+        heard on the channel, or a wrong value found)."""
+        self.generations.note(key)
+        for memory in self.memory:
+            memory.delete(key)
+
+    def forget_all(self) -> None:
+        """(Re)subscribed: whatever was published meanwhile is lost, so forget it all."""
+        self.generations.note(None)
+        for memory in self.memory:
+            memory.clear()
+
+    def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+
+    def _remote(self, key: str) -> bool:
+        ok = True
+        for i, layer in enumerate(self.layers):
+            if not self.remote[i]:
+                continue
+            if not layer.available():  # type: ignore[attr-defined]
+                ok = False
+                continue
+            try:
+                invalidate = getattr(layer, "invalidate", None)
+                if invalidate is not None:
+                    invalidate(key, self.hold)
+                else:
+                    layer.delete(key)
+            except CacheError:
+                self.stats[i].errors += 1
+                ok = False
+        if self.channel_url:
+            ok = self._publish(encode_key(key)) and ok
+        return ok
+
+    def _publish(self, message: bytes) -> bool:
+        layer = self._publish_layer
+        try:
+            if layer is not None:
+                if not layer.available():
+                    return False
+                layer.publish(self.channel, message)
+                return True
+            return self._own_publish(message)
+        except CacheError:
+            return False
+
+    def _own_publish(self, message: bytes) -> bool:
+        if self._publisher is None:
+            self._publisher = redis.Redis.from_url(
+                str(self.channel_url),
+                socket_timeout=0.05,
+                socket_connect_timeout=0.05,
+                retry=Retry(NoBackoff(), 0),
+            )
+        try:
+            self._publisher.publish(self.channel, message)
+        except (RedisError, OSError):
+            return False
+        return True
+
+    def _redelete(self, key: str) -> None:
+        """Invalidate once more: drops a value a racing reader wrote back or copied."""
+        self.forget(key)
+        self._remote(key)
+
+    def _retry(self, key: str, deadline: float) -> None:
+        if self._remote(key):
+            self.metrics.invalidations_ok += 1
+            return
+        if time.monotonic() < deadline:
+            self.worker.submit(self._retry, key, deadline, delay=0.5)

@@ -122,6 +122,21 @@ class LayerStats:
         self.latency_sum += seconds
         self.latency_count += 1
 
+    def counters(self) -> dict[str, int]:
+        """What rollout-plan guards read, per layer flag: ``reads`` (answered reads),
+        ``hits``, ``corrupt_reads``, ``mismatches`` and ``errors`` (failed or skipped
+        calls)."""
+        return {
+            "reads": self.hits + self.misses,
+            "hits": self.hits,
+            "corrupt_reads": self.corrupt_format
+            + self.corrupt_checksum
+            + self.corrupt_payload
+            + self.corrupt_bookkeeping,
+            "mismatches": self.mismatch_verify + self.mismatch_shadow + self.mismatch_write,
+            "errors": self.errors + self.bypass_circuit,
+        }
+
     def count(self, kind: str, reason: str) -> int:
         """One reasoned counter, e.g. ``count("corrupt", "checksum")``."""
         prefix = {

@@ -66,98 +66,16 @@ from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from flags.cache.breaker import CircuitBreaker
-from flags.cache.canonical import same
 from flags.cache.codec import SCHEMA_VERSION, Codec, Entry, Rejection, Serializer
 from flags.cache.direct import AsyncDirectReader, DirectReader
+from flags.cache.scripts import Scripts
 from flags.errors import CacheError, CorruptEntryError, ValidationError
 
 __all__ = ["DEFAULT_PREFIX", "RedisLayer"]
 
 DEFAULT_PREFIX = "flagrail:cache:"
 
-# The epoch, healed and bumped. KEYS[1]: the epoch hash. ARGV[1]: a marker to bump for
-# ('' only reads), ARGV[2]: the caller's epoch (the floor). Returns {epoch, state}: state
-# 0 when the hash was sound, 1 when it held garbage (wrong type, `n` missing or not a
-# non-negative integer) and 2 when it did not exist. In both cases the hash is started
-# afresh at the Redis server's clock in microseconds (above every counted epoch, which
-# grows by one per bump) and above the caller's epoch: strictly newer than any entry
-# written before, so none of them is served again.
-_EPOCH = """
-local key = KEYS[1]
-local state = 0
-local cur = nil
-local kind = redis.call('TYPE', key)['ok']
-if kind == 'hash' then
-  local raw = redis.call('HGET', key, 'n')
-  cur = tonumber(raw)
-  if not raw or not cur or cur < 0 or cur ~= math.floor(cur) or cur >= 2^53 then
-    cur = nil
-    state = 1
-  end
-elseif kind == 'none' then
-  state = 2
-else
-  state = 1
-end
-local floor = tonumber(ARGV[2])
-if cur == nil then
-  local now = redis.call('TIME')
-  cur = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  if floor + 1 > cur then cur = floor + 1 end
-  redis.call('DEL', key)
-elseif floor > cur then
-  cur = floor
-end
-if ARGV[1] ~= '' and redis.call('HSETNX', key, 'm:' .. ARGV[1], '1') == 1 then
-  cur = cur + 1
-end
-redis.call('HSET', key, 'n', string.format('%.0f', cur))
-return {cur, state}
-"""
-# Delete the key if it still holds the bytes we judged bad (a fresh write survives),
-# or if it holds anything but a string (garbage of another type in an entry's place).
-_DISCARD = """
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'string' then return redis.call('DEL', KEYS[1]) end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# Write the entry unless the key was invalidated a moment ago (its tombstone lives). A
-# tombstone is the string '1' with an expiry of at most ARGV[3] ms; anything else in its
-# place is garbage: deleted, the write refused this once, and 2 returned (corruption).
-_WRITE = """
-local tomb = redis.call('TYPE', KEYS[2])['ok']
-if tomb ~= 'none' then
-  if tomb == 'string' and redis.call('GET', KEYS[2]) == '1' then
-    local ttl = redis.call('PTTL', KEYS[2])
-    if ttl > 0 and ttl <= tonumber(ARGV[3]) then return 0 end
-  end
-  redis.call('DEL', KEYS[2])
-  return 2
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-# Invalidate: delete the entry and keep writers of values loaded before off it for a while.
-_INVALIDATE = """
-redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
-return 1
-"""
-
 _DRIVER_ERRORS = (RedisError, OSError)
-
-
-class _Scripts:
-    """The layer's Lua scripts, registered on one client."""
-
-    __slots__ = ("discard", "epoch", "invalidate", "write")
-
-    def __init__(self, client: Any) -> None:
-        self.epoch = client.register_script(_EPOCH)
-        self.discard = client.register_script(_DISCARD)
-        self.write = client.register_script(_WRITE)
-        self.invalidate = client.register_script(_INVALIDATE)
 
 
 class _LoopSide:
@@ -167,7 +85,7 @@ class _LoopSide:
     __slots__ = ("client", "fetch", "reader", "scripts")
 
     def __init__(
-        self, client: redis.asyncio.Redis, scripts: _Scripts, reader: AsyncDirectReader | None
+        self, client: redis.asyncio.Redis, scripts: Scripts, reader: AsyncDirectReader | None
     ) -> None:
         self.client = client
         self.scripts = scripts
@@ -244,7 +162,7 @@ class RedisLayer:
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSide] = (
             weakref.WeakKeyDictionary()
         )
-        self._scripts: _Scripts | None = None
+        self._scripts: Scripts | None = None
         self._client_lock = threading.Lock()
         self._epoch: int | None = None
         self._pending: list[str] = []
@@ -320,10 +238,10 @@ class RedisLayer:
                 c = self._client
         return c
 
-    def _sync_scripts(self) -> _Scripts:
+    def _sync_scripts(self) -> Scripts:
         scripts = self._scripts
         if scripts is None:
-            scripts = self._scripts = _Scripts(self.client())
+            scripts = self._scripts = Scripts(self.client())
         return scripts
 
     def _aclient(self) -> _LoopSide:
@@ -348,7 +266,7 @@ class RedisLayer:
                     socket_timeout=self.socket_timeout,
                     connect_timeout=self.connect_timeout,
                 )
-            side = _LoopSide(c, _Scripts(c), reader)
+            side = _LoopSide(c, Scripts(c), reader)
             self._async_clients[loop] = side
         return side
 
@@ -532,36 +450,14 @@ class RedisLayer:
             self.breaker.failure()
 
     def _encode(self, rkey: bytes, entry: Entry, epoch: int) -> bytes:
-        """The envelope to store, checked: it must decode (with this layer's codec) to a
-        value ``same`` as the one given, or nothing is stored (see ``check_writes``)."""
+        """The envelope to store; with ``check_writes`` read back first (``Codec.check``),
+        so a serializer or codec that changes values is caught before Redis is called."""
         data = self.codec.encode(
             rkey, entry.value, epoch=epoch, written_at=entry.written_at, negative=entry.negative
         )
         if self.check_writes:
-            self._check_write(rkey, data, entry)
+            self.codec.check(rkey, data, entry.value, negative=entry.negative)
         return data
-
-    def _check_write(self, rkey: bytes, data: bytes, entry: Entry) -> None:
-        """Raise ``CorruptEntryError`` (``WRITE``) unless ``data`` reads back as ``entry``.
-
-        Judged with ``flags.cache.canonical.same`` against the value itself, never
-        through the serializer twice: a serializer whose ``dumps`` or ``loads``
-        changes records (the seed incident) fails here, on the write, before Redis
-        is called."""
-        try:
-            back = self.codec.decode(rkey, data)
-        except CorruptEntryError as exc:
-            raise CorruptEntryError(
-                f"redis layer {self.name!r}: the envelope written does not read back "
-                f"({exc.field}: {exc}); not stored",
-                field=Rejection.WRITE,
-            ) from exc
-        if back.negative != entry.negative or not same(back.value, entry.value):
-            raise CorruptEntryError(
-                f"redis layer {self.name!r}: the envelope written reads back as another "
-                f"value ({back.value!r:.80} for {entry.value!r:.80}); not stored",
-                field=Rejection.WRITE,
-            )
 
     def _px(self, ttl: float | None) -> int:
         life = self.ttl if ttl is None else min(ttl, self.ttl)

@@ -91,7 +91,7 @@ def test_verify__key_invalidated_since_the_hit__no_mismatch(
         return  # no layer: nothing is served from a cache, nothing to verify
     assert cache.get("key-a") == record  # a hit: its verification starts in the background
     assert checking.wait(5.0)
-    cache._note_invalidated("key-a")  # the revocation's invalidation lands first
+    cache._gens.note("key-a")  # the revocation's invalidation lands first
     revoked.set()
     assert cache.wait_idle(5.0)
     assert all(cache.stats()[layer]["mismatch_verify"] == 0 for layer in ("l1", "l2"))

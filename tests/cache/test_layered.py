@@ -345,7 +345,7 @@ class TestSingleFlight:
         threads = [threading.Thread(target=reader) for _ in range(4)]
         for t in threads:
             t.start()
-        assert wait_until(lambda: len(cache._flights) == 1)
+        assert wait_until(lambda: len(cache._flights.pending) == 1)
         gate.set()
         for t in threads:
             t.join()
