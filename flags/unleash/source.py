@@ -15,6 +15,9 @@ tests).
 * Unleash has no kill switch: a killed flagrail flag reads as ``disabled``.
 * Before the first successful fetch every check gives the default with reason
   ``default``.
+* Evaluation counts go to the server's ``/api/client/metrics`` every
+  ``metrics_interval`` seconds and on ``close()``, from the client's own
+  counters (UnleashClient evaluates nothing here, so its own metrics are off).
 
 Requires ``pip install 'flagrail[unleash]'`` (the ``UnleashClient`` package; the
 PyPI name ``unleash-client`` is an unrelated placeholder).
@@ -26,8 +29,10 @@ import json
 import logging
 import threading
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 from UnleashClient import UnleashClient
 from UnleashClient.cache import BaseCache
 from UnleashClient.constants import FEATURES_URL
@@ -177,8 +182,14 @@ class UnleashSource:
         self.register = register
         self.request_timeout = request_timeout
         self.request_retries = request_retries
+        self.instance_id = f"flagrail-{uuid.uuid4().hex[:12]}"
         self._sink: SnapshotSink | None = None
         self._unleash: UnleashClient | None = None
+        self._stop = threading.Event()
+        self._metrics_thread: threading.Thread | None = None
+        self._reported: dict[str, tuple[int, int]] = {}
+        self._bucket_start = datetime.now(UTC)
+        self._metrics_failed = False
         self._cache = MemoryCache()
         self._raw: str | None = None
         self._foreign: list[str] = []
@@ -188,7 +199,8 @@ class UnleashSource:
     def start(self, sink: SnapshotSink) -> None:
         """Register and fetch the features once (two requests, each waiting at most
         ``request_timeout`` seconds: this blocks), then poll from UnleashClient's
-        scheduler thread.
+        scheduler thread; with ``send_metrics``, a daemon thread
+        ``flagrail-unleash-metrics`` reports evaluation counts.
 
         An unreachable server does not raise: checks give defaults (reason
         ``default``) until a fetch succeeds. Raises ``ValidationError`` (field
@@ -198,10 +210,10 @@ class UnleashSource:
             url=self.url,
             app_name=self.app_name,
             environment=self.environment,
-            instance_id=f"flagrail-{uuid.uuid4().hex[:12]}",
+            instance_id=self.instance_id,
             refresh_interval=self.refresh_interval,
             metrics_interval=self.metrics_interval,
-            disable_metrics=not self.send_metrics,
+            disable_metrics=True,  # it evaluates nothing here; see _send_metrics
             disable_registration=not self.register,
             custom_headers={"Authorization": self.token},
             request_timeout=self.request_timeout,
@@ -219,18 +231,94 @@ class UnleashSource:
             self._sink = None
             raise ValidationError(f"UnleashClient refused url: {exc}", field="url") from exc
         self._unleash = client
+        self._reported = dict(sink.counts())
+        if self.send_metrics:
+            self._metrics_thread = threading.Thread(
+                target=self._metrics_loop, name="flagrail-unleash-metrics", daemon=True
+            )
+            self._metrics_thread.start()
         # The first fetch ran inside initialize_client: take it now rather than
         # when its event arrives.
         self._adopt(self._cache.get(FEATURES_URL))
 
     def close(self) -> None:
-        """Stop polling (UnleashClient sends its last metrics). Idempotent."""
+        """Stop polling and send the last evaluation counts (at most
+        ``request_timeout`` seconds). Idempotent."""
         client, self._unleash = self._unleash, None
-        if client is not None:
+        if client is None:
+            return
+        self._stop.set()
+        thread = self._metrics_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.request_timeout + 1.0)
+        try:
+            client.destroy()
+        except Exception:  # shutting down: a failing UnleashClient must not fail close()
+            log.warning("closing UnleashClient failed", exc_info=True)
+        if self.send_metrics:
+            self._send_metrics()
+
+    def _metrics_loop(self) -> None:
+        while not self._stop.wait(self.metrics_interval):
             try:
-                client.destroy()
-            except Exception:  # shutting down: a failing flush must not fail close()
-                log.warning("closing UnleashClient failed", exc_info=True)
+                self._send_metrics()
+            except Exception:  # keep reporting alive whatever happens
+                log.exception("Unleash metrics report failed")
+
+    def metrics_payload(self, counts: dict[str, tuple[int, int]]) -> dict[str, Any] | None:
+        """The ``/api/client/metrics`` body for ``counts`` (the client's evaluation counts)
+        less what the last accepted report held, or None when nothing is new. Pure."""
+        toggles: dict[str, dict[str, Any]] = {}
+        for name, (off, on) in counts.items():
+            was_off, was_on = self._reported.get(name, (0, 0))
+            if off > was_off or on > was_on:
+                toggles[name] = {"yes": on - was_on, "no": off - was_off, "variants": {}}
+        if not toggles:
+            return None
+        return {
+            "appName": self.app_name,
+            "instanceId": self.instance_id,
+            "environment": self.environment,
+            "bucket": {
+                "start": self._bucket_start.isoformat(),
+                "stop": datetime.now(UTC).isoformat(),
+                "toggles": toggles,
+            },
+        }
+
+    def _send_metrics(self) -> None:
+        if self._sink is None:
+            return
+        counts = self._sink.counts()
+        payload = self.metrics_payload(counts)
+        if payload is None:
+            return
+        try:
+            response = httpx.post(
+                f"{self.url}/client/metrics",
+                json=payload,
+                headers={
+                    "Authorization": self.token,
+                    "UNLEASH-APPNAME": self.app_name,
+                    "UNLEASH-INSTANCEID": self.instance_id,
+                },
+                timeout=self.request_timeout,
+            )
+        except httpx.HTTPError as exc:
+            self._metrics_warning(f"{type(exc).__name__}: {exc}")
+            return
+        if response.status_code >= 300:
+            self._metrics_warning(f"answered {response.status_code}")
+            return
+        self._reported = counts
+        self._bucket_start = datetime.now(UTC)
+        self._metrics_failed = False
+
+    def _metrics_warning(self, what: str) -> None:
+        """Logged once per run of failures; the counts wait for the next report."""
+        if not self._metrics_failed:
+            self._metrics_failed = True
+            log.warning("Unleash metrics report to %s failed: %s", self.url, what)
 
     def resync(self) -> None:
         """Nothing to do: every poll fetches the whole payload."""
