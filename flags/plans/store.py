@@ -82,7 +82,7 @@ plans = Table(
     Column("created_by", String(200), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     # Grows by one with every change of this row: the compare-and-set of every step.
-    Column("version", BigInteger, nullable=False, default=0),
+    Column("version", BigInteger, nullable=False, default=0, server_default="0"),
 )
 Index("ix_plans_status", plans.c.status)
 Index("ix_plans_flag_key_environment", plans.c.flag_key, plans.c.environment)

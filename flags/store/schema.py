@@ -47,10 +47,9 @@ __all__ = [
 ]
 
 # How the models are compared with a database, here and by `alembic check` (migrations/env.py):
-# tables, columns, types, nullability, indexes, unique and foreign-key constraints. Server
-# defaults are not compared: the models give Python-side defaults, the migrations the
-# database's, and reflected default expressions differ per dialect in spelling only.
-COMPARE_OPTIONS: dict[str, Any] = {"compare_type": True, "compare_server_default": False}
+# tables, columns, types, nullability, server defaults, indexes, unique and foreign-key
+# constraints. (Triggers, such as history's append-only ones, are not compared.)
+COMPARE_OPTIONS: dict[str, Any] = {"compare_type": True, "compare_server_default": True}
 
 _PACKAGED = Path(__file__).resolve().parent / "migrations"
 _CHECKOUT = Path(__file__).resolve().parent.parent.parent / "migrations"
@@ -190,11 +189,21 @@ def describe_difference(diff: tuple[Any, ...] | Sequence[tuple[Any, ...]]) -> st
     if kind.startswith("modify_"):
         _kind, _schema, table, column, _existing, in_database, in_models = diff
         what = kind.removeprefix("modify_")
+        if what == "default":
+            in_database, in_models = _default_text(in_database), _default_text(in_models)
         return (
             f"column {table}.{column} {what}: database has {in_database!s}, "
             f"models say {in_models!s}"
         )
     return " ".join(str(part) for part in diff)
+
+
+def _default_text(default: Any) -> str:
+    """A server default as SQL text ("none" for no default)."""
+    if default is None:
+        return "none"
+    argument = getattr(default, "arg", default)
+    return argument if isinstance(argument, str) else str(argument)
 
 
 def _reason(exc: SQLAlchemyError) -> str:

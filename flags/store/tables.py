@@ -23,6 +23,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
+    text,
 )
 
 NAMING = {
@@ -44,19 +46,19 @@ environments = Table(
     Column("name", String(40), primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     # Grows by one with every committed flag-state change in this environment.
-    Column("version", BigInteger, nullable=False, default=0),
+    Column("version", BigInteger, nullable=False, default=0, server_default="0"),
 )
 
 flags = Table(
     "flags",
     metadata,
     Column("key", String(100), primary_key=True),
-    Column("description", Text, nullable=False, default=""),
+    Column("description", Text, nullable=False, default="", server_default=text("''")),
     Column("kind", String(20), nullable=False),
     Column("owner", String(200), nullable=True),
     Column("tags", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("archived", Boolean, nullable=False, default=False),
+    Column("archived", Boolean, nullable=False, default=False, server_default=false()),
     Column("archived_at", DateTime(timezone=True), nullable=True),
 )
 
@@ -65,15 +67,15 @@ flag_states = Table(
     metadata,
     Column("flag_key", String(100), ForeignKey("flags.key"), primary_key=True),
     Column("environment", String(40), ForeignKey("environments.name"), primary_key=True),
-    Column("enabled", Boolean, nullable=False, default=False),
-    Column("rollout", Integer, nullable=False, default=0),
+    Column("enabled", Boolean, nullable=False, default=False, server_default=false()),
+    Column("rollout", Integer, nullable=False, default=0, server_default="0"),
     Column("tenants_on", JSON, nullable=False),
     Column("tenants_off", JSON, nullable=False),
-    Column("killed", Boolean, nullable=False, default=False),
+    Column("killed", Boolean, nullable=False, default=False, server_default=false()),
     Column("kill_reason", Text, nullable=True),
     Column("killed_at", DateTime(timezone=True), nullable=True),
     Column("killed_by", String(200), nullable=True),
-    Column("version", BigInteger, nullable=False, default=0),
+    Column("version", BigInteger, nullable=False, default=0, server_default="0"),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

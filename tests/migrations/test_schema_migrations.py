@@ -179,6 +179,18 @@ class TestDbCheck:
             "column tokens.name type: database has VARCHAR(50), models say VARCHAR(200)"
         ]
 
+    def test_db_check__server_default_changed_by_hand__listed(self, postgres_url: str) -> None:
+        """Server defaults are compared too: one set by hand is listed with both values."""
+        _execute(
+            postgres_url,
+            "ALTER TABLE flags ALTER COLUMN archived SET DEFAULT true",
+            "ALTER TABLE plans ALTER COLUMN version DROP DEFAULT",
+        )
+        assert sorted(schema_drift(postgres_url)) == [
+            "column flags.archived default: database has true, models say false",
+            "column plans.version default: database has none, models say 0",
+        ]
+
     def test_db_check__unreachable_database__one_line_error(
         self, capsys: pytest.CaptureFixture[str]
     ) -> None:
