@@ -40,7 +40,6 @@ from flags.counts import EvaluationCounts, evaluation_counts, retire
 from flags.errors import ValidationError
 from flags.model import FlagChanged, FlagState, Snapshot
 from flags.sync import DEFAULT_PREFIX, SnapshotSource
-from flags.sync.server import ServerOptions, ServerSource
 
 __all__ = ["FlagClient", "evaluation_counts", "get_default_client", "set_default_client"]
 
@@ -147,6 +146,9 @@ class FlagClient(CompiledChecks):
         self._closed = False
         self._running = False
         if self.url is not None:
+            # Imported here: ``import flags`` stays free of httpx until a client syncs.
+            from flags.sync.server import ServerOptions, ServerSource
+
             source = ServerSource(
                 ServerOptions(
                     url=self.url,

@@ -30,3 +30,17 @@ def test_evaluate__fresh_interpreter__imports_no_database_cache_or_web_stack() -
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_flags__fresh_interpreter__imports_no_network_database_or_web_stack() -> None:
+    """``import flags`` (FlagClient included) loads no HTTP, Redis, database or web
+    package: the sync imports them when a client with a server url is built."""
+    code = (
+        "import sys, flags\n"
+        "print(','.join(m for m in ('httpx', 'redis', 'sqlalchemy', 'fastapi', 'UnleashClient')"
+        " if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == ""
