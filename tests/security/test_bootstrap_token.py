@@ -57,8 +57,11 @@ def _token_count(url: str) -> int:
 
 
 def _waiting_on_lock(engine: Engine) -> int:
-    """How many sessions wait for an advisory lock (the bootstrap lock in these tests)."""
-    query = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    """How many sessions wait for an advisory lock on this test's own database."""
+    query = text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
 
