@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from sqlalchemy import Connection, create_engine, func, select
+from sqlalchemy.engine import make_url
 
 from api.cli.output import CliError
 from flags.errors import ConflictError
@@ -65,8 +66,6 @@ def db_check(database_url_opt: str | None = DatabaseUrl) -> None:
 
 
 def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
@@ -123,8 +122,6 @@ def default_token_file(url: str) -> Path:
     """Where the first admin token goes unless ``FLAGRAIL_BOOTSTRAP_TOKEN_FILE`` says:
     beside a SQLite database file (``flagrail.db`` -> ``flagrail.db.admin-token``), else
     ``flagrail-admin-token`` in the current directory."""
-    from sqlalchemy.engine import make_url
-
     database = make_url(url).database if url.startswith("sqlite") else None
     if database and database != ":memory:" and not database.startswith("file:"):
         return Path(database + ".admin-token").resolve()
@@ -156,25 +153,34 @@ def bootstrap_token(url: str, token_file: Path) -> Path | None:
                 f"cannot write the first admin token to {token_file}: {exc.strerror} "
                 "(set FLAGRAIL_BOOTSTRAP_TOKEN_FILE to a writable path)"
             ) from exc
+        minted = False
         try:
             try:
                 _info, secret = store.create_token(
                     BOOTSTRAP_TOKEN_NAME, Role.ADMIN, None, actor=cli_actor()
                 )
-            except _TokensExistError:
-                os.close(handle)
-                os.unlink(temporary)
+            except _TokensExistError:  # another server minted it between the two checks
                 return None
+            minted = True
             with os.fdopen(handle, "w", encoding="ascii") as file:
+                handle = -1  # the file object owns the descriptor now
                 file.write(secret + "\n")
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, token_file)
         except OSError as exc:
+            if not minted:
+                raise
             raise CliError(
-                f"the first admin token was created but could not be moved to {token_file} "
-                f"({exc.strerror}); it is in {temporary}"
+                f"the first admin token was created but not written to {token_file} "
+                f"({exc.strerror}): if {temporary} holds it, move it there; else create an "
+                "admin token with `flagrail token create --role admin --database-url URL`"
             ) from exc
+        finally:
+            if handle != -1:
+                os.close(handle)
+            if not minted:
+                os.unlink(temporary)
         return token_file
     finally:
         store.close()

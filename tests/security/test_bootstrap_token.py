@@ -277,5 +277,5 @@ class TestBootstrapToken:
         finally:
             engine.dispose()
         assert results == [None]
-        assert not (token_dir / "t").exists()
+        assert list(token_dir.iterdir()) == []  # neither the file nor its temporary
         assert _token_count(postgres_url) == 1
