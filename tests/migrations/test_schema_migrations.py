@@ -130,6 +130,22 @@ class TestUpgrade:
         finally:
             engine.dispose()
 
+    def test_downgrade__to_base_and_up_again__no_drift(self, empty_database_url: str) -> None:
+        """Every revision can be undone (through the merge), and redone to a clean schema."""
+        upgrade(empty_database_url)
+        engine = create_engine(empty_database_url)
+        try:
+            with engine.begin() as conn:
+                config = alembic_config(empty_database_url)
+                config.attributes["connection"] = conn
+                command.downgrade(config, "base")
+            assert database_revisions(engine) == set()
+        finally:
+            engine.dispose()
+        assert _table_names(empty_database_url) == set()
+        upgrade(empty_database_url)
+        assert schema_drift(empty_database_url) == []
+
     def test_schema_drift__database_behind__names_db_upgrade(self, empty_database_url: str) -> None:
         """Drift is only judged at the head: an old schema is told to upgrade first."""
         engine = create_engine(empty_database_url)
