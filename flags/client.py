@@ -38,7 +38,7 @@ from typing import Any
 from flags.compiled import CompiledChecks, CompiledFlag, CompiledSnapshot, compile_snapshot
 from flags.counts import EvaluationCounts, evaluation_counts, retire
 from flags.errors import ValidationError
-from flags.model import FlagChanged, FlagState, Snapshot
+from flags.model import Evaluation, FlagChanged, FlagState, Snapshot
 from flags.sync import DEFAULT_PREFIX, SnapshotSource
 
 __all__ = ["FlagClient", "evaluation_counts", "get_default_client", "set_default_client"]
@@ -359,6 +359,11 @@ class FlagClient(CompiledChecks):
         if compiled is None or self._origin in _NOT_FROM_SOURCE:
             return None
         return compiled.snapshot
+
+    def _foreign(self, key: str, tenant: object, default: bool) -> Evaluation | None:
+        """A flag not in the snapshot: the source may know it in a shape of its own."""
+        source = self._source
+        return source.evaluate_foreign(key, tenant, default) if source is not None else None
 
     def request_resync(self, why: str) -> None:
         """Ask the source for the whole snapshot soon. Counted; logged once."""

@@ -135,7 +135,7 @@ class CompiledChecks:
         try:
             c = self._table.get(key)
             if c is None:
-                return self._unknown(key, default).enabled
+                return self._unknown(key, tenant, default).enabled
             r = c.fixed
             if r is None:
                 if tenant is None:
@@ -183,7 +183,7 @@ class CompiledChecks:
         try:
             c = self._table.get(key)
             if c is None:
-                return self._unknown(key, default)
+                return self._unknown(key, tenant, default)
             ev = c.ev_fixed
             if ev is None:
                 if tenant is None:
@@ -219,19 +219,31 @@ class CompiledChecks:
             log.debug("flag check failed; serving the default", exc_info=True)
             return _ERROR[default is True]
 
-    def _unknown(self, key: object, default: object) -> Evaluation:
-        """A key not in the table: a bad key (error), no snapshot yet (default), else missing."""
+    def _unknown(self, key: object, tenant: object, default: object) -> Evaluation:
+        """A key not in the table: a bad key (error), no snapshot yet (default), a flag
+        the source answers itself (``_foreign``), else missing. Counted per key."""
         on = default is True
         if type(key) is not str:
             self._errors += 1
             return _ERROR[on]
         if not self._loaded:
             return _NO_STATE[on]
+        ev = self._foreign(key, tenant, on)
+        if ev is None:
+            ev = _MISSING[on]
+        elif ev.reason is Reason.ERROR:
+            self._errors += 1
+            return ev
         slot = self._counts.get(key)
         if slot is None:
             slot = self._counts[key] = [0, 0]
-        slot[1 if on else 0] += 1
-        return _MISSING[on]
+        slot[1 if ev.enabled else 0] += 1
+        return ev
+
+    def _foreign(self, key: str, tenant: object, default: bool) -> Evaluation | None:
+        """The answer for ``key`` when the snapshot does not hold it, from elsewhere
+        (None: the flag is missing). Here: always None."""
+        return None
 
 
 class _OneFlag(CompiledChecks):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 from typing import Protocol
 
-from flags.model import FlagChanged, InstanceReport, Snapshot
+from flags.model import Evaluation, FlagChanged, InstanceReport, Snapshot
 
 __all__ = [
     "Backoff",
@@ -155,6 +155,11 @@ class SnapshotSource(Protocol):
 
     def live(self) -> str | None:
         """The push channel currently delivering (``"redis"``, ``"stream"``), else None."""
+
+    def evaluate_foreign(self, key: str, tenant: object, default: bool) -> Evaluation | None:
+        """Answer ``key``, which the snapshot does not hold, if this source knows it in a
+        shape flagrail cannot express (an Unleash strategy of its own); else None (the
+        flag is missing). In process only: never blocks, never does I/O."""
 
     def after_fork(self) -> SnapshotSource | None:
         """In a forked child: let go of the parent's threads and sockets, and return a

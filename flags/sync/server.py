@@ -167,6 +167,10 @@ class ServerSource:
             if self._redis_pub is not None:
                 self._redis_pub.close()
 
+    def evaluate_foreign(self, key: str, tenant: object, default: bool) -> None:
+        """None: a flagrail server's snapshot holds every flag it serves."""
+        return None
+
     def after_fork(self) -> ServerSource:
         """In a forked child: this object's threads are gone and its sockets are the
         parent's; leave them alone and return a fresh source with the same options."""

@@ -9,9 +9,11 @@ what every Unleash SDK answers (the mapping's contract, held by the agreement
 tests).
 
 * A feature in another shape (other strategies, other context fields,
-  segments, dependencies) has no flagrail state: it is left out of the
-  snapshot, so a check answers the caller's default with reason ``missing``.
-  The source logs the names of such features once per payload that changes them.
+  segments, dependencies) has no flagrail state and is not in the snapshot:
+  UnleashClient's engine answers it, in process, with the context
+  ``{"tenantId": tenant}``; its reason is best effort (``disabled`` for a
+  disabled feature, else ``rollout``). The source logs the names of such
+  features when they change.
 * Unleash has no kill switch: a killed flagrail flag reads as ``disabled``.
 * Before the first successful fetch every check gives the default with reason
   ``default``.
@@ -29,6 +31,7 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,9 +43,9 @@ from UnleashClient.events import BaseEvent, UnleashEventType
 from UnleashClient.utils import InstanceAllowType
 
 from flags.errors import ValidationError
-from flags.model import FlagState, Snapshot
+from flags.model import Evaluation, FlagState, Reason, Snapshot, is_valid_tenant
 from flags.sync import SnapshotSink
-from flags.unleash.mapping import state_from_feature
+from flags.unleash.mapping import TENANT_FIELD, state_from_feature
 
 __all__ = ["MemoryCache", "UnleashSource"]
 
@@ -89,9 +92,9 @@ def _check_text(value: object, field: str) -> str:
     return value
 
 
-def parse_features(raw: str, environment: str, version: int) -> tuple[Snapshot, list[str]]:
-    """The snapshot a client API v2 payload expresses, at ``version``, and the names of
-    its features that are not in flagrail's shape (left out of the snapshot).
+def parse_features(raw: str, environment: str, version: int) -> tuple[Snapshot, dict[str, bool]]:
+    """The snapshot a client API v2 payload expresses, at ``version``, and the features
+    not in flagrail's shape (left out of the snapshot), name -> ``enabled``.
 
     Pure. Raises ``ValidationError`` (field ``features``) for a payload that is not
     JSON of the v2 shape.
@@ -106,15 +109,15 @@ def parse_features(raw: str, environment: str, version: int) -> tuple[Snapshot, 
             f"Unleash features payload is not JSON of the v2 shape: {exc}", field="features"
         ) from exc
     states: dict[str, FlagState] = {}
-    foreign: list[str] = []
+    foreign: dict[str, bool] = {}
     for feature in features:
         if isinstance(feature, dict) and isinstance(feature.get("name"), str):
             state = state_from_feature(feature)
             if state is None:
-                foreign.append(feature["name"])
+                foreign[feature["name"]] = feature.get("enabled") is True
             else:
                 states[feature["name"]] = state
-    return Snapshot(environment, version, states), sorted(foreign)
+    return Snapshot(environment, version, states), foreign
 
 
 class UnleashSource:
@@ -185,6 +188,9 @@ class UnleashSource:
         self.instance_id = f"flagrail-{uuid.uuid4().hex[:12]}"
         self._sink: SnapshotSink | None = None
         self._unleash: UnleashClient | None = None
+        # UnleashClient answering foreign features; kept after close (its engine still
+        # answers from the last payload, as the snapshot does).
+        self._engine: UnleashClient | None = None
         self._stop = threading.Event()
         self._metrics_thread: threading.Thread | None = None
         self._reported: dict[str, tuple[int, int]] = {}
@@ -192,7 +198,7 @@ class UnleashSource:
         self._metrics_failed = False
         self._cache = MemoryCache()
         self._raw: str | None = None
-        self._foreign: list[str] = []
+        self._foreign: Mapping[str, bool] = {}
         self._revision = 0
         self._adopt_lock = threading.Lock()
 
@@ -230,7 +236,7 @@ class UnleashSource:
             client.destroy()
             self._sink = None
             raise ValidationError(f"UnleashClient refused url: {exc}", field="url") from exc
-        self._unleash = client
+        self._unleash = self._engine = client
         self._reported = dict(sink.counts())
         if self.send_metrics:
             self._metrics_thread = threading.Thread(
@@ -330,6 +336,29 @@ class UnleashSource:
         """Always None: UnleashClient polls; nothing is pushed."""
         return None
 
+    def evaluate_foreign(self, key: str, tenant: object, default: bool) -> Evaluation | None:
+        """UnleashClient's answer for a feature not in flagrail's shape, with the context
+        ``{"tenantId": tenant}``; None for any other key. In process (its engine holds
+        the last payload); an invalid tenant gives ``default`` with reason ``error``."""
+        enabled = self._foreign.get(key)
+        client = self._engine
+        if enabled is None or client is None:
+            return None
+        if tenant is not None and not is_valid_tenant(tenant):
+            return Evaluation(default, Reason.ERROR, 0, "invalid tenant")
+        found = True
+
+        def fallback(_name: str, _context: dict[str, Any]) -> bool:
+            nonlocal found
+            found = False
+            return default
+
+        context = {TENANT_FIELD: tenant} if tenant is not None else {}
+        on = client.is_enabled(key, context, fallback_function=fallback) is True
+        if not found:
+            return None
+        return Evaluation(on, Reason.ROLLOUT if enabled else Reason.DISABLED)
+
     def after_fork(self) -> None:
         """UnleashClient's scheduler does not survive a fork: the child keeps serving
         the last snapshot and does not poll."""
@@ -355,11 +384,11 @@ class UnleashSource:
                 return
             self._raw = raw
             self._revision += 1
-            if foreign and foreign != self._foreign:
+            if foreign and foreign.keys() != self._foreign.keys():
+                names = sorted(foreign)
                 log.warning(
-                    "Unleash features not in flagrail's shape answer the default "
-                    "(reason missing): %s",
-                    ", ".join(foreign[:20]) + (" ..." if len(foreign) > 20 else ""),
+                    "Unleash features not in flagrail's shape, answered by UnleashClient: %s",
+                    ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""),
                 )
             self._foreign = foreign
         # Outside the lock: on_change callbacks run in here. A late, older payload

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from flags.client import FlagClient
-from flags.model import FlagChanged, FlagState, Reason, Snapshot
+from flags.model import Evaluation, FlagChanged, FlagState, Reason, Snapshot
 from flags.sync import SnapshotSink
 from flags.sync.backup import write_backup
 from flags.sync.server import ServerOptions, ServerSource
@@ -45,6 +45,9 @@ class RecordingSource:
     def live(self) -> str | None:
         return self.live_channel
 
+    def evaluate_foreign(self, key: str, tenant: object, default: bool) -> Evaluation | None:
+        return Evaluation(True, Reason.ROLLOUT) if key == "foreign" else None
+
     def after_fork(self) -> RecordingSource:
         self.calls.append("after_fork")
         return RecordingSource(self.live_channel)
@@ -73,6 +76,16 @@ class TestClientWithSource:
         assert client.stats()["resyncs"] == 1 and client.version == 3
         source.sink.receive_change(FlagChanged(ENV, 4, "checkout", FlagState(killed=True)), "poll")
         assert client.evaluate("checkout", "acme").reason is Reason.KILLED
+
+    def test_checks__flag_outside_the_snapshot__the_source_answers_it_counted(self) -> None:
+        """A key the snapshot lacks goes to the source's evaluate_foreign; None is missing."""
+        source = RecordingSource()
+        client = FlagClient(None, None, ENV, source=source).start()
+        client.load_snapshot(SNAPSHOT, source="test")
+        assert client.evaluate("foreign", "acme") == Evaluation(True, Reason.ROLLOUT)
+        assert client.is_enabled("foreign", "acme") is True
+        assert client.evaluate("other", "acme", default=True).reason is Reason.MISSING
+        assert client.counts()["foreign"] == (0, 2)
 
     def test_stats__live_channel__reported_as_the_source(self) -> None:
         source = RecordingSource(live="stream")

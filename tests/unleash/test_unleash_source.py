@@ -8,11 +8,14 @@ endpoints stand in for an Unleash server.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from unleash_server import SHAPES, TENANTS, FlagrailServer, populate
 
+from flags.bucketing import in_rollout
 from flags.client import FlagClient
 from flags.errors import ValidationError
 from flags.evaluate import evaluate
@@ -27,6 +30,62 @@ FOREIGN = {
     "enabled": True,
     "strategies": [{"name": "userWithId", "parameters": {"userIds": "a,b"}}],
 }
+
+
+# Flagrail cannot express a rollout hashed on a groupId other than the flag key:
+# UnleashClient answers it.
+OTHER_GROUP = {
+    "name": "other-group",
+    "enabled": True,
+    "strategies": [
+        {
+            "name": "flexibleRollout",
+            "parameters": {"rollout": "50", "stickiness": "tenantId", "groupId": "shared"},
+            "constraints": [],
+        }
+    ],
+}
+DISABLED_FOREIGN = {**FOREIGN, "name": "by-user-off", "enabled": False}
+
+
+class _UnleashHandler(BaseHTTPRequestHandler):
+    """The three client API endpoints, serving a fixed payload."""
+
+    payload: bytes = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def foreign_server() -> Iterator[str]:
+    """A minimal Unleash client API serving foreign features and one flagrail-shaped one."""
+    plain = feature_from_state("plain", FlagState(enabled=True, rollout=100))
+    features = [OTHER_GROUP, DISABLED_FOREIGN, plain]
+    handler = type("Handler", (_UnleashHandler,), {})
+    handler.payload = json.dumps({"version": 2, "features": features}).encode()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 @pytest.fixture
@@ -54,7 +113,7 @@ class TestParseFeatures:
         state = FlagState(enabled=True, rollout=30, tenants_on=frozenset({"acme"}))
         raw = json.dumps({"version": 2, "features": [feature_from_state("f.x", state)]})
         snapshot, foreign = parse_features(raw, "production", 7)
-        assert (snapshot.environment, snapshot.version, foreign) == ("production", 7, [])
+        assert (snapshot.environment, snapshot.version, foreign) == ("production", 7, {})
         got = snapshot.flags["f.x"]
         assert (got.enabled, got.rollout, got.tenants_on) == (True, 30, frozenset({"acme"}))
 
@@ -64,7 +123,7 @@ class TestParseFeatures:
         raw = json.dumps({"version": 2, "features": [FOREIGN, on, {"no": "name"}]})
         snapshot, foreign = parse_features(raw, "production", 1)
         assert set(snapshot.flags) == {"plain"}
-        assert foreign == ["by-user"]
+        assert foreign == {"by-user": True}
 
     @pytest.mark.parametrize("raw", ["not json", "[]", '{"features": {}}'])
     def test_parse_features__not_the_v2_shape__validation_error_naming_features(
@@ -74,8 +133,8 @@ class TestParseFeatures:
             parse_features(raw, "production", 1)
         assert info.value.field == "features"
 
-    def test_client__foreign_feature__default_with_reason_missing(self) -> None:
-        """Fed such a snapshot, a client answers other shapes with the caller's default."""
+    def test_client__snapshot_without_the_feature__default_with_reason_missing(self) -> None:
+        """Without the source that knows it, a foreign feature is just missing."""
         raw = json.dumps({"version": 2, "features": [FOREIGN]})
         client = FlagClient(None, None, "production")
         client.receive_snapshot(parse_features(raw, "production", 1)[0], "unleash")
@@ -120,3 +179,26 @@ class TestSourceClient:
         with pytest.raises(ValidationError) as info:
             FlagClient("http://127.0.0.1:1", "t", "production", source=source)
         assert info.value.field == "source"
+
+
+def test_from_unleash__foreign_features__answered_by_unleash_client(foreign_server: str) -> None:
+    """Features flagrail cannot express are answered by UnleashClient's engine (here a
+    rollout hashed on another group), counted; the rest by the compiled rule."""
+    client = FlagClient.from_unleash(foreign_server, "token", "foreign-test", send_metrics=False)
+    try:
+        # A disabled feature is off whatever its strategies: flagrail reads it.
+        assert client.ready and client.flag_keys() == ["by-user-off", "plain"]
+        tenants = [f"tenant-{i}" for i in range(300)]
+        answers = [client.is_enabled("other-group", t) for t in tenants]
+        assert answers == [in_rollout("shared", t, 50) for t in tenants]
+        assert client.evaluate("other-group", tenants[0]).reason is Reason.ROLLOUT
+        off = client.evaluate("by-user-off", "a", default=True)
+        assert (off.enabled, off.reason) == (False, Reason.DISABLED)
+        bad = client.evaluate("other-group", "", default=True)
+        assert (bad.enabled, bad.reason) == (True, Reason.ERROR)
+        assert client.evaluate("plain", "x").reason is Reason.ROLLOUT
+        assert client.evaluate("never-defined", "x").reason is Reason.MISSING
+        on = sum(answers) + answers[0]  # evaluate(tenants[0]) counts too; the error does not
+        assert client.counts()["other-group"] == (301 - on, on)
+    finally:
+        client.close()
