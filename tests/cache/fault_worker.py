@@ -87,15 +87,18 @@ class Cell:
     verify_share: float = 1.0
     guard_window: float = 1.0
     guard_min_samples: int = 5
-    guard_max_mismatch_rate: float = 0.005
+    guard_max_mismatch_rate: float = 0.002
     guard_max_corrupt_rate: float = 0.01
 
 
 # ----------------------------------------------------------------------------- the truth
 def truth(key: str, version: int) -> dict[str, Any]:
-    """The record of ``key`` as the test knows it: JSON-shaped (lists, str keys)."""
+    """The record of ``key`` as the test knows it: JSON-shaped (lists, str keys).
+    ``version`` 2 is the hot keys' records after the change of the truth (``foreign-replay``
+    cells: a scope taken away); fresh keys never change."""
     tenant = f"tenant-{zlib.crc32(key.encode()) % 7}"
-    return {"key": key, "tenant": tenant, "scopes": list(SCOPES[version]), "active": True}
+    scopes = SCOPES[version if key.startswith("hot-") else 1]
+    return {"key": key, "tenant": tenant, "scopes": list(scopes), "active": True}
 
 
 def plain(value: Any) -> Any:
@@ -218,13 +221,16 @@ class SetFaultLayer(RedisLayer):
 
 
 class ColdLoadFault:
-    """A wrapper around the loader (an application's memo in front of its database)
-    that, while the fault is on, answers a key's first lookup, the one that fills the
-    cache, with the scopes emptied, and every later lookup right.
+    """A wrapper around the loader that the request path's lookups go through (an
+    application's request-scoped memo, or a lagging replica it reads from while a
+    request is being served): while the fault is on, it answers a key's first lookup
+    on the request path, the one whose answer fills the cache, with the scopes
+    emptied. Lookups off the request path (the cache's verifications, on its worker
+    thread or in tasks of their own) and later lookups reach the truth.
 
     The caller of that first lookup gets the wrong record from the loader itself, not
     from the cache: ``said_wrong`` keeps when each such answer was given, so that the
-    judge does not blame the cache for it. Thread-safe enough for one writer per key.
+    judge does not blame the cache for it.
     """
 
     def __init__(self, load: Callable[[str], Any], clock: Clock) -> None:
@@ -232,16 +238,27 @@ class ColdLoadFault:
         self.clock = clock
         self.seen: set[str] = set()
         self.said_wrong: dict[str, float] = {}
+        self.request_thread: int | None = None  # the thread serving requests
+        self.request_task: asyncio.Task[Any] | None = None  # ... and its task, under aget
+
+    def on_request_path(self) -> bool:
+        if threading.get_ident() != self.request_thread:
+            return False
+        if self.request_task is None:
+            return True
+        try:
+            return asyncio.current_task() is self.request_task
+        except RuntimeError:  # no event loop running here
+            return False
 
     def __call__(self, key: str) -> Any:
         record = self.load(key)
-        first = key not in self.seen
+        if not self.clock.faulty or not self.on_request_path() or key in self.seen:
+            return record
         self.seen.add(key)
-        if first and self.clock.faulty:
-            self.clock.hit()
-            self.said_wrong[key] = time.time()
-            return wrong(record)
-        return record
+        self.clock.hit()
+        self.said_wrong[key] = time.time()
+        return wrong(record)
 
 
 def loader_for(clock: Clock, injection: str) -> Callable[[str], Any]:
@@ -266,7 +283,6 @@ class Tally:
     checks_fault: int = 0
     wrong_fault: int = 0
     wrong_before: int = 0
-    unjudged: int = 0  # between a change of the truth and the fault: either version is right
     loader_wrong: int = 0  # wrong answers the (faulty) loader gave itself
     first_wrong_at: float | None = None
     wrong_samples: list[str] = field(default_factory=list)
@@ -286,9 +302,6 @@ class Tally:
         cache's: counted apart."""
         ended = time.time()
         self.checks += 1
-        if clock.change_at - 0.05 <= started and ended < clock.fault_at:
-            self.unjudged += 1  # the truth changed meanwhile: either version is right
-            return
         right = plain(answer) == truth(key, clock.version(started))
         if ended >= clock.fault_at:
             self.checks_fault += 1
@@ -348,7 +361,8 @@ class CacheWorker:
             max_corrupt_rate=cell.guard_max_corrupt_rate,
         )
         load = loader_for(self.clock, cell.injection)
-        self.said_wrong = load.said_wrong if isinstance(load, ColdLoadFault) else None
+        self.wrapper = load if isinstance(load, ColdLoadFault) else None
+        self.said_wrong = self.wrapper.said_wrong if self.wrapper is not None else None
         loader: Any = load
         if cell.driver == "aget":
 
@@ -375,18 +389,23 @@ class CacheWorker:
     def _due(self, i: int, start_at: float) -> float:
         return start_at + i / self.cell.rate
 
-    def _between(self, i: int, start_at: float, changed: bool) -> bool:
-        """Per-check housekeeping; returns whether the truth change was applied."""
-        clean_until = min(self.clock.fault_at, self.clock.change_at) - 0.05
-        if self.tally.stats_at_fault is None and time.time() >= clean_until:
-            # Just before the fault (or the change of the truth, whose own race with
-            # verification is not the cache's to win).
+    def _snapshot(self) -> None:
+        """Keep the layer's counters as they are just before the fault."""
+        if self.tally.stats_at_fault is None and time.time() >= self.clock.fault_at - 0.05:
             self.tally.stats_at_fault = self.cache.stats()["l2"]
-        if not changed and time.time() >= self.clock.change_at:
-            for key in hot_keys():  # the application invalidates what changed
-                self.cache.invalidate(key)
-            return True
-        return changed
+
+    def _change_due(self, changed: bool) -> bool:
+        """Is the change of the truth 50 ms away (and not applied yet)?"""
+        return not changed and time.time() >= self.clock.change_at - 0.05
+
+    def _change(self) -> None:
+        """The application changes the hot keys' records (at ``change_at``: the loader
+        answers the new version from then on) and invalidates them. Its traffic waits
+        meanwhile, with no verification in flight, so no check or verification
+        straddles the change: a check after it must get the new record."""
+        _sleep_until(self.clock.change_at)
+        for key in hot_keys():
+            self.cache.invalidate(key)
 
     def run_sync(self, start_at: float, end_at: float) -> None:
         get, judge, clock, said_wrong = (
@@ -395,6 +414,8 @@ class CacheWorker:
             self.clock,
             self.said_wrong,
         )
+        if self.wrapper is not None:
+            self.wrapper.request_thread = threading.get_ident()
         i, changed = 0, False
         while True:
             due = self._due(i, start_at)
@@ -403,7 +424,11 @@ class CacheWorker:
             wait = due - time.time()
             if wait > 0:
                 time.sleep(wait)
-            changed = self._between(i, start_at, changed)
+            self._snapshot()
+            if self._change_due(changed):
+                self.cache.wait_idle(2.0)
+                self._change()
+                changed = True
             key = key_of(i)
             at = time.time()
             judge(key, get(key, truth(key, 1)["tenant"]), at, clock, said_wrong)
@@ -416,6 +441,9 @@ class CacheWorker:
             self.clock,
             self.said_wrong,
         )
+        if self.wrapper is not None:
+            self.wrapper.request_thread = threading.get_ident()
+            self.wrapper.request_task = asyncio.current_task()
         i, changed = 0, False
         while True:
             due = self._due(i, start_at)
@@ -424,7 +452,12 @@ class CacheWorker:
             wait = due - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            changed = self._between(i, start_at, changed)
+            self._snapshot()
+            if self._change_due(changed):
+                # Verification tasks of the last hits finish while the loop waits.
+                await asyncio.sleep(max(0.0, self.clock.change_at - time.time()))
+                self._change()
+                changed = True
             key = key_of(i)
             at = time.time()
             judge(key, await aget(key, truth(key, 1)["tenant"]), at, clock, said_wrong)

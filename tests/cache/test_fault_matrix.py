@@ -11,9 +11,11 @@ Every injection point x {shadow, live with verification} x {``get``, ``aget``} x
 ``layer-set``
     a ``RedisLayer`` subclass whose ``set``/``aset`` store the wrong record;
 ``loader-wrapper``
-    the loader wrapped in a memo that answers each key's first lookup (the one that
-    fills the layers) wrong and later ones right; the caller of that first lookup got
-    the loader's own answer, counted apart, not as the cache's wrong answer;
+    the loader wrapped in what the request path's lookups go through (a request-scoped
+    memo, a lagging replica): each key's first lookup there, the one that fills the
+    layers, answers wrong; lookups off the request path (verification) and later ones
+    answer right. The caller of that first lookup got the loader's own answer: counted
+    apart, not as the cache's wrong answer;
 ``foreign-wrong`` / ``foreign-copy`` / ``foreign-replay``
     another OS process with the right secret writing wrong records through its own
     ``RedisLayer``, copying each entry to another key, or replaying entries it
@@ -34,8 +36,10 @@ it holds (never through the cache's code). A cell asserts:
 
 The cache is configured like the demo's service: memory layer off (the Redis
 layer is the one under test), L2 TTL 3 s, ``verify_share=1.0``, a guard over 1 s
-with ``min_samples=5`` and ``max_mismatch_rate=0.005`` (over 1 s of 800 checks/s,
-a few mismatches cross it; the demo's 0.1 would let through 5% of wrong answers).
+with ``min_samples=5`` and ``max_mismatch_rate=0.002`` (over 1 s of 800 checks/s,
+three mismatches cross it; the demo's 0.1 would let through 5% of wrong answers).
+``foreign-replay`` cells change the hot keys' truth (a scope taken away) 0.4 s
+before the fault; the application invalidates them, its traffic waiting meanwhile.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ ENV = "production"
 SECRET = "6d61747269782d7365637265742d303132333435363738396162"  # hex
 RATE = 800.0  # checks/s per process
 WARM_SECONDS = 1.0  # before the fault
-FAULT_SECONDS = 2.5
+FAULT_SECONDS = 3.0
 WRONG_SHARE = 0.005  # of a process's checks during the fault
 KILL_WITHIN = 1.0  # seconds after the first wrong answer
 
@@ -258,6 +262,22 @@ class CellRun:
         """The sum over the processes of the l2 counters whose names start with ``prefix``."""
         return sum(int(v) for c in self.caches for k, v in c["l2"].items() if k.startswith(prefix))
 
+    def headline(self) -> str:
+        """One line: wrong answers (worst process), detections, drops, kill delay."""
+        worst = max(c["wrong_fault"] / max(1, c["checks_fault"]) for c in self.caches)
+        first_wrong = min(
+            (c["first_wrong_at"] for c in self.caches if c["first_wrong_at"] is not None),
+            default=self.fault_at,
+        )
+        kill = min((_unix(k["at"]) for k in self.kills), default=None)
+        delay = f"{kill - first_wrong:+.3f}s" if kill is not None else "none"
+        return (
+            f"wrong {sum(c['wrong_fault'] for c in self.caches)} "
+            f"(worst process {worst:.2%}), mismatches {self.total('mismatch_')}, "
+            f"corrupt {self.total('corrupt_')}, drops {self.drops}, "
+            f"kill after first wrong {delay}, pace {min(c['pace'] for c in self.caches)}/s"
+        )
+
     def describe(self) -> str:
         keep = (
             "checks_fault",
@@ -270,6 +290,7 @@ class CellRun:
             "guard_results",
             "l2_mode_end",
             "background_dropped",
+            "pace",
         )
         lines = [f"fault at {self.fault_at:.3f}, drops {self.drops}, foreign {self.foreign}"]
         for c in self.caches:
@@ -352,6 +373,8 @@ def run_cell(
     finally:
         deletes.close()
     caches = [r for r in results if r["role"] == "cache"]
+    for c in caches:  # checks/s this process kept up over the whole run
+        c["pace"] = round(c["checks"] / (max(c["finished_at"], go["end_at"]) - start_at), 1)
     foreign = next((r for r in results if r["role"] == "foreign"), None)
     return CellRun(
         fault_at, caches, foreign, _history_kills(admin, f"{name}.l2"), deletes.since(fault_at)
@@ -377,6 +400,7 @@ def test_fault_matrix__fault_in_the_write_path__detected_dropped_and_killed(
     a shadow layer never serves one."""
     run = run_cell(pool, matrix_redis, matrix_admin, injection, mode, driver, processes)
     text = run.describe()
+    print(run.headline())  # shown with -rP: the cell's figures
     # When Then: the fault really happened, and nothing was wrong before it.
     if run.foreign is not None:
         assert run.foreign["writes"] > 0, text
@@ -385,10 +409,11 @@ def test_fault_matrix__fault_in_the_write_path__detected_dropped_and_killed(
     for c in run.caches:
         before = c["stats_at_fault"]
         assert before is not None, text
-        assert before["mismatch_verify"] == before["mismatch_shadow"] == 0, text
-        assert before["corrupt_checksum"] == before["corrupt_payload"] == 0, text
+        flagged = {k: v for k, v in before.items() if k.startswith(("mismatch_", "corrupt_"))}
+        assert not any(flagged.values()), text  # no false mismatch, no false corruption
+        assert before["bypass_guard"] == 0, text  # the guard had not tripped
         assert c["wrong_before"] == 0, text
-        assert c["checks_fault"] >= 0.95 * RATE * FAULT_SECONDS, text
+        assert c["pace"] >= 0.9 * RATE, text  # it kept up with 800 checks/s
     # Detected: counted where the check happens (reads, shadow reads, or a check of the
     # write itself), and every wrong entry found in Redis dropped from it.
     found = run.total("mismatch_verify") + run.total("mismatch_shadow") + run.total("corrupt_")
