@@ -19,17 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
     Connection,
-    DateTime,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
     insert,
     select,
     update,
@@ -55,7 +45,7 @@ from flags.plans.model import (
     Wait,
 )
 from flags.store.sql import SqlFlagStore
-from flags.store.tables import BigId, metadata
+from flags.store.tables import plans
 
 __all__ = ["Clock", "PlanStore", "StepHook", "plans", "utc_now"]
 
@@ -63,29 +53,6 @@ Clock = Callable[[], datetime]
 # Called inside a step's transaction, after its writes and before the commit.
 StepHook = Callable[[Plan, Step], None]
 
-plans = Table(
-    "plans",
-    metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("kind", String(20), nullable=False),
-    Column("flag_key", String(100), ForeignKey("flags.key"), nullable=False),
-    Column("environment", String(40), ForeignKey("environments.name"), nullable=False),
-    # The body as parse_plan / parse_schedule read it back (spec_to_dict).
-    Column("spec", JSON, nullable=False),
-    Column("status", String(20), nullable=False),
-    # Index of the last applied stage; null before the first.
-    Column("stage", Integer, nullable=True),
-    Column("stage_started_at", DateTime(timezone=True), nullable=True),
-    Column("start_at", DateTime(timezone=True), nullable=True),
-    Column("reason", Text, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("created_by", String(200), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    # Grows by one with every change of this row: the compare-and-set of every step.
-    Column("version", BigInteger, nullable=False, default=0, server_default="0"),
-)
-Index("ix_plans_status", plans.c.status)
-Index("ix_plans_flag_key_environment", plans.c.flag_key, plans.c.environment)
 
 _BLOCKING = (PlanStatus.PENDING.value, PlanStatus.RUNNING.value, PlanStatus.PAUSED.value)
 

@@ -6,10 +6,10 @@ the repository root; an installed wheel ships the same files as ``flags/store/mi
 (mapped by ``pyproject.toml``), so no top-level ``migrations`` package is installed.
 :func:`migrations_directory` finds whichever is there.
 
-:data:`metadata` is the one ``MetaData`` every table model belongs to: the core tables of
-``flags.store.tables``, the SDK telemetry tables of ``flags.store.telemetry`` and the
-plans table of ``flags.plans.store``. This module imports those modules so that the
-metadata is complete wherever it is read (``migrations/env.py``, :func:`schema_drift`).
+:data:`metadata` (``flags.store.tables.metadata``) is the one ``MetaData`` every table
+model belongs to: the core tables, the SDK telemetry tables and the plans table are all
+defined in ``flags.store.tables``, so the metadata is complete wherever it is read
+(``migrations/env.py``, :func:`schema_drift`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
-# Imported for their tables: plans, and the sdk_* telemetry tables, on the shared metadata.
-import flags.plans.store
-import flags.store.telemetry  # noqa: F401
 from flags.errors import SchemaOutdatedError, StoreUnavailableError
 from flags.store.tables import metadata
 

@@ -1,11 +1,11 @@
 """SQLAlchemy 2 table definitions: the schema that Alembic migrations create.
 
 The schema is made only by ``migrations/``. :data:`metadata` is the one
-``MetaData`` of every table: the core tables here, the SDK telemetry tables in
-``flags.store.telemetry`` and the plans table in ``flags.plans.store``;
-``flags.store.schema.metadata`` imports all three, and that is what
-``migrations/env.py`` and ``flagrail db check`` compare with a database. JSON
-columns hold tenant lists, tags, token scopes and history before/after states.
+``MetaData`` of every table, and every table is defined here: the core tables,
+the SDK telemetry tables (read and written by ``flags.store.telemetry``) and the
+plans table (``flags.plans.store``). It is what ``migrations/env.py`` and
+``flagrail db check`` compare with a database. JSON columns hold tenant lists,
+tags, token scopes and history before/after states.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -113,3 +114,72 @@ tokens = Table(
     Column("created_by", String(200), nullable=False),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
+
+# ------------------------------------------------------------ SDK telemetry
+# What SDKs report back (flags.store.telemetry reads and writes them).
+sdk_instances = Table(
+    "sdk_instances",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("environment", String(40), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("app", String(200), nullable=True),
+    Column("applied_version", BigInteger, nullable=False),
+    Column("report_interval", Float, nullable=False),
+    Column("closed", Boolean, nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+)
+Index(
+    "ix_sdk_instances_environment_seen", sdk_instances.c.environment, sdk_instances.c.last_seen_at
+)
+
+sdk_flag_evaluations = Table(
+    "sdk_flag_evaluations",
+    metadata,
+    Column("flag_key", String(100), primary_key=True),
+    Column("environment", String(40), primary_key=True),
+    Column("evaluations_on", BigInteger, nullable=False),
+    Column("evaluations_off", BigInteger, nullable=False),
+    Column("seen_on", Boolean, nullable=False),
+    Column("seen_off", Boolean, nullable=False),
+    Column("first_evaluated_at", DateTime(timezone=True), nullable=False),
+    Column("last_evaluated_at", DateTime(timezone=True), nullable=False),
+)
+
+sdk_counters = Table(
+    "sdk_counters",
+    metadata,
+    Column("flag_key", String(100), primary_key=True),
+    Column("environment", String(40), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("bucket_at", DateTime(timezone=True), primary_key=True),
+    Column("value", Float, nullable=False),
+)
+Index("ix_sdk_counters_bucket_at", sdk_counters.c.bucket_at)
+
+# ------------------------------------------------------------ rollout plans
+# Plans and scheduled changes (flags.plans.store reads and writes them).
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(20), nullable=False),
+    Column("flag_key", String(100), ForeignKey("flags.key"), nullable=False),
+    Column("environment", String(40), ForeignKey("environments.name"), nullable=False),
+    # The body as parse_plan / parse_schedule read it back (spec_to_dict).
+    Column("spec", JSON, nullable=False),
+    Column("status", String(20), nullable=False),
+    # Index of the last applied stage; null before the first.
+    Column("stage", Integer, nullable=True),
+    Column("stage_started_at", DateTime(timezone=True), nullable=True),
+    Column("start_at", DateTime(timezone=True), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Grows by one with every change of this row: the compare-and-set of every step.
+    Column("version", BigInteger, nullable=False, default=0, server_default="0"),
+)
+Index("ix_plans_status", plans.c.status)
+Index("ix_plans_flag_key_environment", plans.c.flag_key, plans.c.environment)

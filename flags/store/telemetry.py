@@ -1,6 +1,6 @@
 """What SDKs report back: live instances, evaluation counts, app-named counters.
 
-Three tables (created by ``migrations/versions/0002_sdk.py``):
+Three tables (defined in ``flags.store.tables``, created by ``migrations/versions/0002_sdk.py``):
 
 * ``sdk_instances``: one row per SDK instance (``instance_id``), with the
   environment version it applied and when it was last heard from. The base of
@@ -26,16 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
     Connection,
-    DateTime,
     Engine,
-    Float,
-    Index,
-    Integer,
-    String,
     Table,
     and_,
     delete,
@@ -48,7 +40,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from flags.errors import FlagrailError, StoreUnavailableError
 from flags.model import InstanceReport
 from flags.store import tables as core
-from flags.store.tables import metadata
+from flags.store.tables import sdk_counters, sdk_flag_evaluations, sdk_instances
 
 __all__ = [
     "EVALUATIONS_OFF",
@@ -61,47 +53,6 @@ __all__ = [
 
 EVALUATIONS_ON = "evaluations_on"
 EVALUATIONS_OFF = "evaluations_off"
-
-sdk_instances = Table(
-    "sdk_instances",
-    metadata,
-    Column("instance_id", String(64), primary_key=True),
-    Column("environment", String(40), nullable=False),
-    Column("host", String(255), nullable=False),
-    Column("pid", Integer, nullable=False),
-    Column("app", String(200), nullable=True),
-    Column("applied_version", BigInteger, nullable=False),
-    Column("report_interval", Float, nullable=False),
-    Column("closed", Boolean, nullable=False),
-    Column("last_seen_at", DateTime(timezone=True), nullable=False),
-)
-Index(
-    "ix_sdk_instances_environment_seen", sdk_instances.c.environment, sdk_instances.c.last_seen_at
-)
-
-sdk_flag_evaluations = Table(
-    "sdk_flag_evaluations",
-    metadata,
-    Column("flag_key", String(100), primary_key=True),
-    Column("environment", String(40), primary_key=True),
-    Column("evaluations_on", BigInteger, nullable=False),
-    Column("evaluations_off", BigInteger, nullable=False),
-    Column("seen_on", Boolean, nullable=False),
-    Column("seen_off", Boolean, nullable=False),
-    Column("first_evaluated_at", DateTime(timezone=True), nullable=False),
-    Column("last_evaluated_at", DateTime(timezone=True), nullable=False),
-)
-
-sdk_counters = Table(
-    "sdk_counters",
-    metadata,
-    Column("flag_key", String(100), primary_key=True),
-    Column("environment", String(40), primary_key=True),
-    Column("name", String(100), primary_key=True),
-    Column("bucket_at", DateTime(timezone=True), primary_key=True),
-    Column("value", Float, nullable=False),
-)
-Index("ix_sdk_counters_bucket_at", sdk_counters.c.bucket_at)
 
 
 def _utc(value: datetime | None) -> datetime | None:
