@@ -321,6 +321,9 @@ class Tally:
 
 
 class CacheWorker:
+    """One cache process of a cell: the layers with the cell's fault, a guard that kills
+    through the real admin API, and the checks, judged as they are answered."""
+
     def __init__(self, cell: Cell) -> None:
         self.cell = cell
         self.clock = Clock()

@@ -387,6 +387,14 @@ def test_demo_cli__json_and_plot__summary_only_on_stdout_and_a_png(
     assert redis_server.running and not redis_server.paused
 
 
+def test_demo_cli__fault_names__every_demo_fault_and_nothing_else() -> None:
+    """``--fault`` offers exactly the faults the demo can inject (serializer included)."""
+    from api.cli.demo import FaultName
+
+    assert [f.value for f in FaultName] == [f.value for f in Fault]
+    assert "serializer" in {f.value for f in Fault}
+
+
 def test_demo_cli__plot_not_png__usage_error() -> None:
     """A --plot path that is not a .png is refused before anything starts."""
     proc = subprocess.run(
