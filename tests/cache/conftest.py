@@ -2,11 +2,13 @@
 
 Layer flags come from the flagrail pytest plugin: ``@pytest.mark.flag_matrix(L1, L2)``
 runs a test once per on/off combination and sets it on ``flag_client``;
-``layer_flags`` is that client under the name the cache tests use.
+``layer_flags`` is that client under the name the cache tests use. ``read`` runs a
+test once through ``LayeredCache.get`` and once through ``aget``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -84,3 +86,60 @@ def make_cache(
     yield factory
     for cache in made:
         cache.close()
+
+
+async def _aclose(cache: LayeredCache) -> None:
+    """Close what ``cache``'s remote layers opened on the running loop."""
+    for layer in cache.layers:
+        aclose = getattr(layer, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class Reader:
+    """Reads through a cache with ``get`` or with ``aget`` (on one event loop kept for
+    the test, whose async clients are closed at the end)."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self._runner = asyncio.Runner() if how == "aget" else None
+        self._caches: list[LayeredCache] = []
+
+    def __call__(self, cache: LayeredCache, key: str, tenant: str | None = None) -> Any:
+        if self._runner is None:
+            return cache.get(key, tenant)
+        if cache not in self._caches:
+            self._caches.append(cache)
+        return self._runner.run(cache.aget(key, tenant))
+
+    def run(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the test's event loop (``aget`` only)."""
+        assert self._runner is not None, "run() is for the aget reader"
+        return self._runner.run(coroutine)
+
+    def in_thread(self, cache: LayeredCache, key: str) -> Callable[[], Any]:
+        """A thread target reading ``key`` (``aget`` on a loop of that thread's own)."""
+        if self._runner is None:
+            return lambda: cache.get(key)
+
+        async def once() -> Any:
+            try:
+                return await cache.aget(key)
+            finally:
+                await _aclose(cache)
+
+        return lambda: asyncio.run(once())
+
+    def close(self) -> None:
+        if self._runner is not None:
+            for cache in self._caches:
+                self._runner.run(_aclose(cache))
+            self._runner.close()
+
+
+@pytest.fixture(params=["get", "aget"])
+def read(request: pytest.FixtureRequest) -> Iterator[Reader]:
+    """The read path under test: ``get`` or ``aget``."""
+    reader = Reader(request.param)
+    yield reader
+    reader.close()
