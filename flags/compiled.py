@@ -196,10 +196,12 @@ class CompiledChecks:
                     self._errors += 1
                     return Evaluation(default is True, Reason.ERROR, c.version, "invalid tenant")
                 elif c.plain:
+                    # Counted here, as in is_enabled: the hot rollout path, kept short.
                     if bucket_of(c.prefix + tenant) <= c.rollout:
-                        ev = c.ev_rollout_on
-                    else:
-                        ev = c.ev_rollout_off
+                        c.counts[1] += 1
+                        return c.ev_rollout_on
+                    c.counts[0] += 1
+                    return c.ev_rollout_off
                 elif tenant in c.tenants_off:
                     ev = c.ev_tenant_off
                 elif tenant in c.tenants_on:
