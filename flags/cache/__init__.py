@@ -17,8 +17,11 @@
 The seams are protocols: ``Layer`` (what a layer offers), ``RemoteLayer`` (a
 layer in another process, with envelopes, an epoch and a breaker), ``Cache``
 (what callers depend on) and ``FlagSource`` (what the cache needs of a
-``FlagClient``). Module map: ``codec`` (envelope), ``memory``, ``redis``,
-``breaker``, ``layered``, ``guard``, ``invalidation``, ``metrics``.
+``FlagClient``). Module map: ``codec`` (envelope), ``canonical`` (values compared
+without a serializer), ``memory``, ``redis`` and ``scripts`` (its Lua), ``direct``,
+``breaker``, ``layered`` (the cache), ``core`` (its I/O-free read decisions),
+``drivers`` (blocking and asyncio), ``flight`` (single-flight), ``worker``
+(background jobs), ``guard``, ``invalidation``, ``metrics``.
 """
 
 from __future__ import annotations

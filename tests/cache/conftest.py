@@ -41,6 +41,7 @@ def raw_redis(redis_url: str) -> Iterator[redis.Redis]:
 
 
 CacheFactory = Callable[..., LayeredCache]
+PATIENT = 0.5  # seconds: Redis timeouts of tests that do not drill timeouts
 
 
 @pytest.fixture
@@ -51,7 +52,8 @@ def make_cache(
 
     Keyword arguments go to ``LayeredCache``, except ``url``, ``redis_ttl``,
     ``memory_ttl``, ``breaker``, ``socket_timeout``, ``loader``, ``flags`` and
-    ``start`` (default True: listener and worker running, channel heard).
+    ``start`` (default True: listener and worker running, channel heard). Without
+    ``socket_timeout`` the layer's timeouts are ``PATIENT`` (fault drills give theirs).
     """
     made: list[LayeredCache] = []
 
@@ -66,6 +68,8 @@ def make_cache(
         }
         if "socket_timeout" in kwargs:
             layer_kwargs["socket_timeout"] = kwargs.pop("socket_timeout")
+        else:  # not a timeout test: patient enough for a loaded CI box
+            layer_kwargs["socket_timeout"] = layer_kwargs["connect_timeout"] = PATIENT
         layers = [
             MemoryLayer(ttl=kwargs.pop("memory_ttl", 60.0)),
             RedisLayer(url, **layer_kwargs),

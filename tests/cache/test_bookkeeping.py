@@ -18,6 +18,7 @@ from flags.errors import CacheError, CorruptEntryError
 from flags.testing import wait_for
 from flags.testing.client import TestFlagClient
 
+from .conftest import PATIENT
 from .support import CACHE, L1, L2, SECRET, Source, default_data
 
 pytestmark = pytest.mark.redis
@@ -77,7 +78,13 @@ def build(
     made: list[LayeredCache] = []
 
     def factory(**kwargs: Any) -> LayeredCache:
-        layer = RedisLayer(redis_url, secret=SECRET, prefix=key_prefix)
+        layer = RedisLayer(
+            redis_url,
+            secret=SECRET,
+            prefix=key_prefix,
+            socket_timeout=PATIENT,
+            connect_timeout=PATIENT,
+        )
         cache = LayeredCache(
             CACHE, [MemoryLayer(), layer], Source(DATA), flag_client, verify_share=0.0, **kwargs
         ).start(wait=5.0)

@@ -23,6 +23,7 @@ from flags.cache.codec import Rejection
 from flags.errors import CorruptEntryError
 from flags.testing.client import TestFlagClient
 
+from .conftest import PATIENT
 from .support import CACHE, L1, L2, SECRET, Source, default_data
 
 pytestmark = pytest.mark.redis
@@ -139,7 +140,17 @@ def build(flags: TestFlagClient, redis_url: str, key_prefix: str) -> Iterator[Bu
     ) -> LayeredCache:
         cache = LayeredCache(
             CACHE,
-            [MemoryLayer(), layer(redis_url, secret=SECRET, prefix=key_prefix, **layer_kwargs)],
+            [
+                MemoryLayer(),
+                layer(
+                    redis_url,
+                    secret=SECRET,
+                    prefix=key_prefix,
+                    socket_timeout=PATIENT,
+                    connect_timeout=PATIENT,
+                    **layer_kwargs,
+                ),
+            ],
             loader if loader is not None else Source(default_data()),
             flags,
             verify_share=1.0,
