@@ -117,7 +117,12 @@ class CompiledChecks:
     read once per check, so a check sees one whole snapshot), ``_loaded`` (False
     until a first snapshot: checks then answer the caller's default with reason
     ``default``), ``_counts`` (flag key -> ``[off, on]``, for flags not in the
-    table) and ``_errors`` (bad arguments seen).
+    table) and ``_errors`` (bad arguments seen); it may override ``_foreign`` to
+    answer keys the table lacks.
+
+    ``is_enabled(k, t, d)`` is ``evaluate(k, t, d).enabled`` in every case; the two
+    are written out separately only so that the bool check allocates nothing and
+    makes no extra call (a property test holds them together).
 
     Checks never raise, never block and take no lock. Counters are incremented
     without a lock: under heavy multi-threaded use a count may rarely be lost.
