@@ -65,6 +65,24 @@ def db_check(database_url_opt: str | None = DatabaseUrl) -> None:
     typer.echo(f"no drift: the database at {_redact(url)} matches the models", err=True)
 
 
+@db_app.command("grant")
+def db_grant(
+    role: str = typer.Argument(..., help="The PostgreSQL role `flagrail serve` connects as."),
+    database_url_opt: str | None = DatabaseUrl,
+) -> None:
+    """Grant an application role least privilege (PostgreSQL; run as the tables' owner).
+
+    The role may read and write what the server maintains, only read and append history,
+    and owns nothing: run migrations as the owner, the server as this role.
+    """
+    from flags.store.schema import grant_app_role
+
+    url = database_url(database_url_opt)
+    for statement in grant_app_role(url, role):
+        typer.echo(statement)
+    typer.echo(f"granted {role!r} least privilege on {_redact(url)}", err=True)
+
+
 def _redact(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)

@@ -26,7 +26,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from flags.errors import SchemaOutdatedError, StoreUnavailableError
+from flags.errors import SchemaOutdatedError, StoreUnavailableError, ValidationError
 from flags.store.tables import metadata
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "check_schema",
     "database_revisions",
     "describe_difference",
+    "grant_app_role",
     "head_revision",
     "head_revisions",
     "metadata",
@@ -158,6 +159,61 @@ def schema_drift(url: str) -> list[str]:
     finally:
         engine.dispose()
     return [describe_difference(diff) for diff in differences]
+
+
+# Tables the application only appends to and reads: no UPDATE, DELETE or TRUNCATE for it.
+APPEND_ONLY_TABLES = frozenset({"history"})
+# Read by the application to check the schema version, written only by migrations.
+READ_ONLY_TABLES = frozenset({"alembic_version"})
+
+
+def grant_app_role(url: str, role: str) -> list[str]:
+    """Give the PostgreSQL ``role`` exactly what ``flagrail serve`` needs; returns the statements.
+
+    Run as the tables' owner (the role that ran the migrations), after ``upgrade``. The
+    application role gets SELECT, INSERT, UPDATE and DELETE on the tables it maintains,
+    SELECT and INSERT only on history (append-only by privilege, so not even a dropped
+    trigger lets it rewrite or TRUNCATE the log), SELECT on ``alembic_version``, and the
+    sequences its inserts draw from. It owns nothing and can change no schema.
+
+    Raises ``ValidationError`` for a malformed role name or a non-PostgreSQL URL, and
+    ``StoreUnavailableError`` when the database refuses (e.g. the role does not exist).
+    """
+    from sqlalchemy import inspect
+
+    if not role.replace("_", "").isalnum() or not role[:1].isalpha() or len(role) > 63:
+        raise ValidationError(
+            f"role must be a PostgreSQL identifier (letters, digits, _), got {role!r}",
+            field="role",
+        )
+    engine = create_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            raise ValidationError(
+                f"grants are for PostgreSQL; {engine.dialect.name} has no roles",
+                field="database_url",
+            )
+        with engine.begin() as conn:
+            check_schema(engine)
+            tables = sorted(inspect(conn).get_table_names())
+            statements = [f'GRANT USAGE ON SCHEMA public TO "{role}"']
+            for table in tables:
+                if table in APPEND_ONLY_TABLES:
+                    rights = "SELECT, INSERT"
+                elif table in READ_ONLY_TABLES:
+                    rights = "SELECT"
+                else:
+                    rights = "SELECT, INSERT, UPDATE, DELETE"
+                statements.append(f'REVOKE ALL ON TABLE "{table}" FROM "{role}"')
+                statements.append(f'GRANT {rights} ON TABLE "{table}" TO "{role}"')
+            statements.append(f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{role}"')
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    except SQLAlchemyError as exc:
+        raise StoreUnavailableError(f"cannot grant to {role!r}: {_reason(exc)}") from exc
+    finally:
+        engine.dispose()
+    return statements
 
 
 def describe_difference(diff: tuple[Any, ...] | Sequence[tuple[Any, ...]]) -> str:
