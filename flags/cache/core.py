@@ -86,6 +86,7 @@ _MISS_OFF = Miss(_OFF)
 _MISS_LIVE = Miss(_LIVE)
 _MISS_SHADOW = Miss(_SHADOW)
 _UNAVAILABLE = object()  # a layer call failed or was skipped by its circuit
+_SKIP = -1  # in a plan: a remote layer live for the call whose circuit is open
 
 
 class NullWatch:
@@ -270,11 +271,34 @@ class ReadCore:
         return _MISS_LIVE
 
     # ----------------------------------------------------------------- a read
-    def _resolve(self, key: str, tenant: str | None, first: int | None, started: float) -> Steps:
-        """Read the layers in order, each in its mode for ``tenant`` (decided when the
-        call reaches it; the first layer's is ``first`` when not None), up to the first
-        live answer; load on a miss; judge shadows; fill the layers that missed.
-        Returns the answer ``Entry``."""
+    def _plan(self, tenant: str | None, first: int | None) -> list[int] | None:
+        """Each layer's mode for a read that the fast path did not answer, evaluated for
+        ``tenant`` (the first layer's is ``first`` when not None), a live remote layer
+        whose circuit is open marked ``_SKIP`` (its breaker is asked once per call).
+        None when no layer can take part: the open circuits are counted, and the read
+        is a load and nothing else (``LOAD`` without a generator: the common dead-Redis
+        path pays for no request machinery)."""
+        plan: list[int] = []
+        reads = False
+        for i in self._range:
+            mode = first if i == 0 and first is not None else self._mode(i, tenant)
+            if mode:
+                if self._remote[i] and not self.layers[i].available():  # type: ignore[attr-defined]
+                    mode = _SKIP
+                else:
+                    reads = True
+            plan.append(mode)
+        if reads:
+            return plan
+        for i, mode in enumerate(plan):
+            if mode == _SKIP:
+                self._circuit_open(i)
+        return None
+
+    def _resolve(self, key: str, plan: list[int], started: float) -> Steps:
+        """Read the layers in order, each in its mode of ``plan``, up to the first live
+        answer; load on a miss; judge shadows; fill the layers that missed. Returns the
+        answer ``Entry``."""
         gens = self._gens
         gen, layer_gen = gens.gen, gens.layer
         shadows: list[tuple[int, Entry]] | None = None
@@ -282,15 +306,25 @@ class ReadCore:
         answer: Entry | None = None
         served_by = -1
         for i in self._range:
-            mode = first if i == 0 and first is not None else self._mode(i, tenant)
+            mode = plan[i]
             if not mode:
                 continue
-            if not self._remote[i]:
-                got: Any = self._read_memory(i, self.layers[i], key)
-            elif not self.layers[i].available():  # type: ignore[attr-defined]
-                got = self._circuit_open(i)
+            if mode == _SKIP:
+                got: Any = self._circuit_open(i)
+            elif not self._remote[i]:
+                got = self._read_memory(i, self.layers[i], key)
             else:
-                got = self._read_outcome(i, (yield (READ, i, key)))
+                got, elapsed = yield (READ, i, key)
+                st = self._stats[i]
+                st.buckets[_bisect(LATENCY_BUCKETS, elapsed)] += 1
+                st.latency_sum += elapsed
+                st.latency_count += 1
+                if got.__class__ is Entry:  # the common case inline: a hit
+                    st.hits += 1
+                    if self.guard is not None:
+                        self._watches[i].read()
+                else:
+                    got = self._read_outcome(i, got)
             if got is None:
                 missed.append(i)
             elif got is _UNAVAILABLE:
@@ -315,14 +349,9 @@ class ReadCore:
             self._maybe_verify(served_by, key, answer)
         return answer
 
-    def _read_outcome(self, i: int, result: tuple[Any, float]) -> Any:
+    def _read_outcome(self, i: int, got: Any) -> Any:
         """What remote layer ``i``'s answer to a read means: an entry, None (a miss,
-        including a rejected entry) or ``_UNAVAILABLE``; counted."""
-        got, elapsed = result
-        st = self._stats[i]
-        st.buckets[_bisect(LATENCY_BUCKETS, elapsed)] += 1
-        st.latency_sum += elapsed
-        st.latency_count += 1
+        including a rejected entry) or ``_UNAVAILABLE``; counted (latency aside)."""
         if got is None or got.__class__ is Entry:
             return self._answered(i, got)
         if isinstance(got, CorruptEntryError):

@@ -89,6 +89,13 @@ class BlockingDriver(ReadCore):
             if lead is not None:
                 self._flights.land(key, lead)
 
+    def _load_only(self, key: str, started: float) -> Entry:
+        """A read the core planned as a load and nothing else (``_plan`` returned None)."""
+        answer, _, lead = self._flights.load(key, [], started, self._load)
+        if lead is not None:
+            self._flights.land(key, lead)
+        return answer
+
     def _load(self, key: str) -> Entry:
         """One loader call for a fill (blocking)."""
         self.metrics.loads += 1
@@ -155,6 +162,13 @@ class AsyncioDriver(ReadCore):
         finally:
             if lead is not None:
                 self._aflights.land(key, lead, answer, filled)
+
+    async def _aload_only(self, key: str, started: float) -> Entry:
+        """``_load_only`` on the event loop."""
+        answer, _, lead = await self._aflights.load(key, [], started, self._aload)
+        if lead is not None:
+            self._aflights.land(key, lead, answer, frozenset())
+        return answer
 
     async def _aload(self, key: str) -> Entry:
         """One loader call for a fill, off the event loop when the loader is sync."""

@@ -336,7 +336,10 @@ class LayeredCache(BlockingDriver, AsyncioDriver):
         found = self._hit(key, tenant, t0)
         if found.__class__ is not Miss:
             return found
-        return self._run(self._resolve(key, tenant, found.mode, t0)).value
+        plan = self._plan(tenant, found.mode)
+        if plan is None:
+            return self._load_only(key, t0).value
+        return self._run(self._resolve(key, plan, t0)).value
 
     # ----------------------------------------------------------------- the async driver
     async def aget(self, key: str, tenant: str | None = None) -> Any:
@@ -347,7 +350,10 @@ class LayeredCache(BlockingDriver, AsyncioDriver):
         found = self._hit(key, tenant, t0)
         if found.__class__ is not Miss:
             return found
-        return (await self._arun(self._resolve(key, tenant, found.mode, t0))).value
+        plan = self._plan(tenant, found.mode)
+        if plan is None:
+            return (await self._aload_only(key, t0)).value
+        return (await self._arun(self._resolve(key, plan, t0))).value
 
     # ----------------------------------------------------------------- verification
     def _schedule_verify(self, i: int, key: str, entry: Entry) -> None:
