@@ -36,6 +36,7 @@ __all__ = ["AsyncioDriver", "BlockingDriver"]
 log = logging.getLogger("flagrail.cache")
 
 _perf = time.perf_counter
+_NO_LAYERS: list[int] = []  # never mutated: a load that fills nothing
 
 
 class BlockingDriver(ReadCore):
@@ -64,7 +65,7 @@ class BlockingDriver(ReadCore):
                 elif op == LOAD:
                     key = request[1]
                     answer, missed, lead = self._flights.load(
-                        key, request[2], request[3], self._load
+                        key, request[2], request[3], self._blocking_loader
                     )
                     if request[4]:  # the core has nothing left to do with it
                         steps.close()
@@ -91,18 +92,16 @@ class BlockingDriver(ReadCore):
 
     def _load_only(self, key: str, started: float) -> Entry:
         """A read the core planned as a load and nothing else (``_plan`` returned None)."""
-        answer, _, lead = self._flights.load(key, [], started, self._load)
+        answer, _, lead = self._flights.load(key, _NO_LAYERS, started, self._blocking_loader)
         if lead is not None:
             self._flights.land(key, lead)
         return answer
 
-    def _load(self, key: str) -> Entry:
-        """One loader call for a fill (blocking)."""
-        self.metrics.loads += 1
-        value = self._loader(key)
-        if self._async_loader:  # an async loader behind a sync get: run it to completion
-            value = asyncio.run(_awaited(value))
-        return Entry(value, time.time(), value is None, None)
+    def _blocking_loader(self, key: str) -> Any:
+        """The loader as a blocking call: an async loader behind a sync ``get`` runs to
+        completion on a loop of its own (``LayeredCache`` binds the plain loader
+        instead when it is sync)."""
+        return asyncio.run(_awaited(self._loader(key)))
 
     def _verify(self, i: int, key: str, entry: Entry, gen: int) -> None:
         try:

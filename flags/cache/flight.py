@@ -24,6 +24,7 @@ from flags.cache.codec import Entry
 
 if TYPE_CHECKING:
     from flags.cache.invalidation import Generations
+    from flags.cache.metrics import CacheStats
 
 __all__ = ["AsyncFlights", "Flight", "Flights", "Landed"]
 
@@ -79,18 +80,19 @@ class Flight:
 
 
 class Flights:
-    """Single-flight for threads. Thread-safe."""
+    """Single-flight for threads, counting loader calls in ``metrics.loads``. Thread-safe."""
 
-    def __init__(self, landed: Landed) -> None:
+    def __init__(self, landed: Landed, metrics: CacheStats) -> None:
         self.landed = landed
+        self.metrics = metrics
         self.pending: dict[str, Flight] = {}
 
     def load(
-        self, key: str, missed: list[int], started: float, call: Callable[[str], Entry]
+        self, key: str, missed: list[int], started: float, loader: Callable[[str], Any]
     ) -> tuple[Entry, list[int], Flight | None]:
-        """``call(key)`` once per key however many threads miss it together: the answer,
-        the layers left to fill, and the flight to ``land`` (None for a follower).
-        Raises what ``call`` raises, in every caller of the flight."""
+        """``loader(key)`` (blocking) once per key however many threads miss it together:
+        the answer, the layers left to fill, and the flight to ``land`` (None for a
+        follower). Raises what ``loader`` raises, in every caller of the flight."""
         mine = Flight()
         flight = self.pending.setdefault(key, mine)  # atomic: one leader per key
         if flight is not mine:
@@ -107,14 +109,17 @@ class Flights:
                 del self.pending[key]
             mine.done.release()
             return recalled[0], recalled[1], None
+        self.metrics.loads += 1
         try:
-            mine.value = call(key)
+            value = loader(key)
         except BaseException as exc:
             mine.error = exc
             self.land(key, mine)
             raise
-        mine.filled = frozenset(missed)
-        return mine.value, missed, mine
+        mine.value = answer = Entry(value, time.time(), value is None, None)
+        if missed:
+            mine.filled = frozenset(missed)
+        return answer, missed, mine
 
     def land(self, key: str, flight: Flight) -> None:
         """Publish the leader's answer (after its fills) and release its followers."""

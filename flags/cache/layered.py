@@ -231,7 +231,9 @@ class LayeredCache(BlockingDriver, AsyncioDriver):
             max_age=self.max_age,
         )
         landed = Landed(self._gens)
-        self._flights = Flights(landed)
+        self._flights = Flights(landed, self.metrics)
+        if not self._async_loader:  # the blocking driver calls it as it is
+            self._blocking_loader = loader  # type: ignore[method-assign,assignment]
         self._aflights = AsyncFlights(landed)
         self._verify_acc = 0.0
         self._reported: list[dict[str, int]] = [{} for _ in layers]
