@@ -39,6 +39,7 @@ import redis
 
 from flags.cache import Codec, Guard, JsonSerializer, LayeredCache, MemoryLayer, RedisLayer
 from flags.cache.codec import Entry
+from flags.cache.guard import Breach, LayerWatch
 from flags.testing.client import TestFlagClient
 
 HOT_KEYS = 40  # keys every process reads over and over (cached before the fault)
@@ -275,6 +276,17 @@ def loader_for(clock: Clock, injection: str) -> Callable[[str], Any]:
 
 
 # ----------------------------------------------------------------------------- a cache worker
+class TimedGuard(Guard):
+    """``Guard`` that notes when it first breached (the local bypass), for the report."""
+
+    breached_at: float | None = None
+
+    def breached(self, watch: LayerWatch, breach: Breach) -> None:
+        if self.breached_at is None:
+            self.breached_at = time.time()
+        super().breached(watch, breach)
+
+
 @dataclass
 class Tally:
     """Checks and wrong answers, judged against ``truth`` by the worker itself."""
@@ -354,7 +366,7 @@ class CacheWorker:
             },
             environment=cell.environment,
         )
-        self.guard = Guard(
+        self.guard = TimedGuard(
             cell.admin_url,
             cell.token,
             environment=cell.environment,
@@ -490,6 +502,7 @@ class CacheWorker:
             "background_dropped": stats["cache"]["background_dropped"],
             "l2_mode_end": int(self.cache.modes()["l2"]),
             "guard_results": [r.outcome for r in self.guard.results],
+            "breached_at": self.guard.breached_at,
             "guard_breaches": dict(self.guard.stats.breaches),
         }
 
@@ -558,7 +571,7 @@ class ForeignWorker:
         _sleep_until(go["fault_at"])
         while time.time() < go["end_at"]:
             self._round()
-            time.sleep(0.02)
+            time.sleep(0.05)
         return {"writes": self.writes, "saved": len(self.saved)}
 
     def close(self) -> None:
