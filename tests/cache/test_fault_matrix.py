@@ -118,6 +118,8 @@ def matrix_redis() -> Iterator[RedisServer]:
 
 @dataclass(frozen=True)
 class Admin:
+    """The admin API a cell's guards kill through, and its store (to create flags)."""
+
     url: str
     token: str
     store: SqlFlagStore
@@ -146,6 +148,7 @@ def matrix_admin(
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+        store.close()
 
 
 class Worker:
@@ -186,14 +189,17 @@ class Worker:
             raise AssertionError(f"worker {self.proc.pid} failed:\n{event['detail']}")
         return event
 
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
                 self.send({"cmd": "exit"})
                 self.proc.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+                self.kill()
 
 
 class Pool:
@@ -381,7 +387,12 @@ def run_cell(
         cells.append(Cell(**{**asdict(base), "role": "foreign", "index": processes}))
     workers = pool.take(len(cells))
     with exclusive(lock) if processes > 1 else _nothing():
-        return _run(workers, cells, server, admin, name, prefix)
+        try:
+            return _run(workers, cells, server, admin, name, prefix)
+        except BaseException:
+            for worker in workers:  # mid-cell: the next cell gets fresh processes
+                worker.kill()
+            raise
 
 
 @contextmanager
