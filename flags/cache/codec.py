@@ -233,10 +233,16 @@ class Codec:
     def decode(self, key: bytes, data: bytes) -> Envelope:
         """Verify and decode ``data`` read from ``key``.
 
+        The keyed checksum is checked first, before any header field is read:
+        anything that fails it (garbage, damage, a forgery, a copy from another
+        key, whatever its schema byte says) is ``checksum`` corruption.
+
         Raises ``CorruptEntryError`` with ``field`` set to a ``Rejection`` value:
-        ``format`` or ``checksum`` or ``payload`` for corrupt bytes, ``schema``
-        for an envelope of another schema version. Epoch and age are checked by
-        the layer, which knows its current epoch.
+        ``format`` (too short, or verified bytes that are no envelope), ``checksum``
+        or ``payload`` for corrupt bytes, ``schema`` for a verified envelope of
+        another schema version (every schema keeps the checksum last, over all the
+        bytes before it). Epoch and age are checked by the layer, which knows its
+        current epoch.
         """
         epoch, written_at, negative, value = self.open(key, data)
         return Envelope(SCHEMA_VERSION, epoch, written_at, negative, value)
@@ -246,26 +252,29 @@ class Codec:
         remote layer's hot path. Same checks, same errors."""
         if not isinstance(data, bytes) or len(data) < _MIN_SIZE:
             raise CorruptEntryError("entry too short for an envelope", field=Rejection.FORMAT)
+        # The checksum first, over everything before it, before any header field is
+        # believed: whatever fails it is corruption (forged, damaged, copied), never a
+        # stale entry of another schema that the guard would not count.
+        body = len(data) - _MAC_SIZE
+        mac = self._mac.copy()
+        mac.update(_KEY_LEN.pack(len(key)) + key)
+        mac.update(data[:body])
+        # compare_digest: no timing oracle on how much of a forged checksum matched.
+        if not compare_digest(mac.digest(), data[body:]):
+            raise CorruptEntryError("checksum does not verify", field=Rejection.CHECKSUM)
         magic, schema, flags, epoch, written_at, length = _HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise CorruptEntryError("entry does not start with the magic", field=Rejection.FORMAT)
-        if schema != SCHEMA_VERSION:
+        if schema != SCHEMA_VERSION:  # written by us, by another release
             raise CorruptEntryError(
                 f"envelope schema {schema}, this code reads {SCHEMA_VERSION}",
                 field=Rejection.SCHEMA,
             )
         end = _HEADER_SIZE + length
-        if end + _MAC_SIZE != len(data):
+        if magic != MAGIC or end != body:  # verified, so our own writer got it wrong
             raise CorruptEntryError(
-                f"payload length {length} does not match the entry size {len(data)}",
+                f"verified entry of {len(data)} bytes is no envelope (magic {magic!r}, "
+                f"payload length {length})",
                 field=Rejection.FORMAT,
             )
-        mac = self._mac.copy()
-        mac.update(_KEY_LEN.pack(len(key)) + key)
-        mac.update(data[:end])
-        # compare_digest: no timing oracle on how much of a forged checksum matched.
-        if not compare_digest(mac.digest(), data[end:]):
-            raise CorruptEntryError("checksum does not verify", field=Rejection.CHECKSUM)
         if flags & _NEGATIVE:
             return epoch, written_at, True, None
         try:

@@ -109,11 +109,12 @@ class TestRoundTrip:
 
 
 class TestRejections:
-    def test_decode__garbage_bytes__is_format_error(self) -> None:
-        """Bytes that are not an envelope at all are rejected as format."""
+    def test_decode__garbage_bytes__fail_the_checksum(self) -> None:
+        """Bytes that are not an envelope at all fail the checksum, checked first."""
         with pytest.raises(CorruptEntryError) as info:
             Codec(SECRET).decode(KEY, b"\x00garbage written by a broken writer" * 3)
-        assert info.value.field == Rejection.FORMAT
+        assert info.value.field == Rejection.CHECKSUM
+        assert info.value.field in {r for r in Rejection if r.corrupt}
 
     @pytest.mark.parametrize("data", [b"", b"\xfa", MAGIC + b"\x01"])
     def test_decode__too_short__is_format_error(self, data: bytes) -> None:
@@ -177,14 +178,34 @@ class TestRejections:
             Codec(SECRET, JsonSerializer()).decode(KEY, data)
         assert info.value.field == Rejection.PAYLOAD
 
-    def test_decode__forged_length_field__is_rejected(self) -> None:
-        """A header claiming more payload than there is does not read past the end."""
+    def test_decode__forged_length_field__fails_the_checksum(self) -> None:
+        """A header claiming more payload than there is is never believed."""
         codec = Codec(SECRET)
         data = bytearray(encode(codec))
         struct.pack_into(">I", data, 20, 10_000)
         with pytest.raises(CorruptEntryError) as info:
             codec.decode(KEY, bytes(data))
-        assert info.value.field == Rejection.FORMAT
+        assert info.value.field == Rejection.CHECKSUM
+
+    @pytest.mark.parametrize("schema", [0, SCHEMA_VERSION + 1, 255])
+    def test_decode__forged_schema_byte__is_corruption_not_a_stale_entry(self, schema: int) -> None:
+        """The checksum comes first: a forged entry claiming another schema is corrupt
+        (counted, guard-visible), not an old entry quietly missed."""
+        codec = Codec(SECRET)
+        data = bytearray(encode(codec))
+        data[2] = schema
+        with pytest.raises(CorruptEntryError) as info:
+            codec.decode(KEY, bytes(data))
+        assert info.value.field == Rejection.CHECKSUM
+        assert Rejection(info.value.field).corrupt
+
+    def test_decode__verified_entry_of_another_schema__is_stale(self) -> None:
+        """Our own writer of another release (checksum verified) is a schema miss."""
+        codec = Codec(SECRET)
+        with pytest.raises(CorruptEntryError) as info:
+            codec.decode(KEY, encode(codec, schema=SCHEMA_VERSION + 1))
+        assert info.value.field == Rejection.SCHEMA
+        assert not Rejection(info.value.field).corrupt
 
     def test_rejection__corrupt_kinds__are_the_guard_s_business(self) -> None:
         """Format, checksum, payload and broken bookkeeping count as corruption."""

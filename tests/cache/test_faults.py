@@ -126,12 +126,13 @@ class TestBadEntries:
     def test_garbage_bytes_in_a_key__miss_counted_and_deleted(
         self, drill_cache: Callable[..., LayeredCache], admin: redis.Redis, layer_flags: Any
     ) -> None:
-        """Bytes from a broken writer are a counted miss, never a verdict."""
+        """Bytes from a broken writer are a counted miss (corruption: they fail the
+        checksum, which is checked first), never a verdict."""
         cache = drill_cache()
         admin.set(l2_key(cache, "key-1"), b"\x00\x01garbage from a broken writer\xff" * 4)
         assert cache.get("key-1") == DATA["key-1"]
         stats = cache.stats()["l2"]
-        assert stats["corrupt_format"] == (1 if l2(layer_flags) else 0)
+        assert stats["corrupt_checksum"] == (1 if l2(layer_flags) else 0)
         if l2(layer_flags):
             assert (
                 admin.get(l2_key(cache, "key-1")) != b"\x00\x01garbage from a broken writer\xff" * 4

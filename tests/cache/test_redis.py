@@ -72,12 +72,12 @@ def test_redis__ttl__is_the_smaller_of_layer_and_entry(
 def test_redis__garbage_bytes__rejected_and_deleted(
     make_layer: LayerFactory, raw: redis.Redis
 ) -> None:
-    """Bytes that are no envelope raise CorruptEntryError(format) and are removed."""
+    """Bytes that are no envelope fail the checksum (checked first) and are removed."""
     layer = make_layer()
     raw.set(layer.storage_key("key-a"), b"\x00\xffnot an envelope at all, a broken writer")
     with pytest.raises(CorruptEntryError) as info:
         layer.get("key-a")
-    assert info.value.field == Rejection.FORMAT
+    assert info.value.field == Rejection.CHECKSUM
     assert raw.exists(layer.storage_key("key-a")) == 0
 
 

@@ -14,12 +14,21 @@ import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
-from flags.cache import Codec, Entry, JsonSerializer, LayeredCache, MemoryLayer, RedisLayer
+from flags.cache import (
+    Codec,
+    Entry,
+    Guard,
+    JsonSerializer,
+    LayeredCache,
+    MemoryLayer,
+    RedisLayer,
+)
 from flags.cache.canonical import same
-from flags.cache.codec import Rejection
+from flags.cache.codec import SCHEMA_VERSION, Rejection
 from flags.errors import CorruptEntryError
 from flags.testing.client import TestFlagClient
 
@@ -331,6 +340,44 @@ class TestForeignWriter:
             assert read(cache, "key-a") == source.data["key-a"]
         finally:
             raw.close()
+
+
+class TestForgery:
+    @pytest.mark.parametrize("schema", [0, SCHEMA_VERSION + 1])
+    def test_forged_entry_claiming_another_schema__corruption_the_guard_sees(
+        self, flags: TestFlagClient, redis_url: str, key_prefix: str, read: Read, schema: int
+    ) -> None:
+        """Without the secret, a forger rewrites a real entry's schema byte: the checksum
+        is checked first, so it is counted as corruption, the guard breaches, and the
+        entry is deleted (a "newer schema" would otherwise be kept and never counted)."""
+        guard = Guard(
+            "http://admin.invalid",
+            "token",
+            environment="test",
+            transport=httpx.MockTransport(lambda request: httpx.Response(503)),
+            attempts=1,
+            min_samples=1,
+            max_corrupt_rate=0.0,
+        )
+        layer = RedisLayer(redis_url, secret=SECRET, prefix=key_prefix, socket_timeout=PATIENT)
+        cache = LayeredCache(
+            CACHE, [MemoryLayer(), layer], Source(default_data()), flags, guard=guard
+        )
+        raw = redis.Redis.from_url(redis_url)
+        try:
+            cache.get("key-a")
+            rkey = layer.storage_key("key-a")
+            forged = bytearray(raw.get(rkey) or b"")
+            forged[2] = schema
+            raw.set(rkey, bytes(forged))
+            assert read(cache, "key-a") == TRUTH
+            assert cache.stats()["l2"]["corrupt_checksum"] == 1
+            assert guard.wait_idle()
+            assert guard.stats.breaches == {L2: 1}
+            assert not raw.exists(rkey)
+        finally:
+            raw.close()
+            cache.close()
 
 
 def test_write_check__names_the_rejection() -> None:
