@@ -36,7 +36,15 @@ import httpx
 from flags import errors
 from flags.model import validate_environment_name, validate_flag_key
 
-__all__ = ["AdminApi", "AdminClient", "environment_list", "error_from_answer"]
+__all__ = [
+    "AdminApi",
+    "AdminClient",
+    "error_from_answer",
+    "flag_body",
+    "kill_body",
+    "state_body",
+    "token_body",
+]
 
 USER_AGENT = "flagrail-admin-client"
 
@@ -144,12 +152,43 @@ def error_from_answer(status: int, body: object, fallback: str) -> errors.Flagra
     return cls(text, field=field)
 
 
-def environment_list(env: str | Sequence[str] | None) -> list[str] | None:
-    """A kill's ``environments``: one name or several, validated; None stays None."""
+# ------------------------------------------------------------ request bodies
+# The JSON bodies of the admin API, built once: ``AdminClient`` sends them and
+# ``DatabaseAdmin`` parses them with the server's own request models.
+def flag_body(
+    key: str, *, description: str, kind: str, owner: str | None, tags: Sequence[str]
+) -> dict[str, Any]:
+    """``POST /admin/flags``."""
+    body: dict[str, Any] = {"key": key, "description": description, "kind": kind}
+    body["tags"] = list(tags)
+    if owner is not None:
+        body["owner"] = owner
+    return body
+
+
+def state_body(change: Mapping[str, Any], reason: str | None) -> dict[str, Any]:
+    """``PATCH /admin/flags/{key}/environments/{env}``."""
+    body = dict(change)
+    if reason is not None:
+        body["reason"] = reason
+    return body
+
+
+def kill_body(env: str | Sequence[str] | None, reason: str) -> dict[str, Any]:
+    """``POST .../kill`` and ``.../unkill``: ``env`` is one environment name, several,
+    or None (every environment of the token); names are validated here."""
     if env is None:
-        return None
-    names = [env] if isinstance(env, str) else list(env)
-    return [validate_environment_name(name, "environments") for name in names]
+        envs = None
+    else:
+        names = [env] if isinstance(env, str) else list(env)
+        envs = [validate_environment_name(name, "environments") for name in names]
+    return {"reason": reason, "environments": envs}
+
+
+def token_body(name: str, role: str, environments: Sequence[str] | None) -> dict[str, Any]:
+    """``POST /admin/tokens``."""
+    envs = None if environments is None else list(environments)
+    return {"name": name, "role": role, "environments": envs}
 
 
 def _flag_path(key: str, *rest: str) -> str:
@@ -263,10 +302,7 @@ class AdminClient:
         owner: str | None = None,
         tags: Sequence[str] = (),
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"key": key, "description": description, "kind": kind}
-        body["tags"] = list(tags)
-        if owner is not None:
-            body["owner"] = owner
+        body = flag_body(key, description=description, kind=kind, owner=owner, tags=tags)
         return self.request("POST", "/admin/flags", json=body)
 
     def get_flag(self, key: str) -> dict[str, Any]:
@@ -292,12 +328,9 @@ class AdminClient:
         """Change ``flag`` in ``env``: ``change`` holds the body fields of
         ``PATCH .../environments/{env}`` (``enabled``, ``rollout``, ``tenants_on``,
         ``tenants_on_add``, ...). ``if_version`` makes it conditional."""
-        body = dict(change)
-        if reason is not None:
-            body["reason"] = reason
         headers = {"If-Match": f'"{if_version}"'} if if_version is not None else None
         path = _flag_path(flag, "environments", validate_environment_name(env, "env"))
-        return self.request("PATCH", path, json=body, headers=headers)
+        return self.request("PATCH", path, json=state_body(change, reason), headers=headers)
 
     def kill(
         self,
@@ -309,13 +342,12 @@ class AdminClient:
     ) -> dict[str, Any]:
         """Kill ``flag`` in ``env`` (one name, several, or None: every environment of
         the token). ``wait`` (like ``"2s"``) waits for SDKs to confirm."""
-        body = {"reason": reason, "environments": environment_list(env)}
+        body = kill_body(env, reason)
         return self.request("POST", _flag_path(flag, "kill"), json=body, params={"wait": wait})
 
     def unkill(self, env: str | Sequence[str] | None, flag: str, *, reason: str) -> dict[str, Any]:
         """Lift a kill; the mirror of ``kill``."""
-        body = {"reason": reason, "environments": environment_list(env)}
-        return self.request("POST", _flag_path(flag, "unkill"), json=body)
+        return self.request("POST", _flag_path(flag, "unkill"), json=kill_body(env, reason))
 
     def history(self, **filters: Any) -> dict[str, Any]:
         """One page of history: ``flag`` (an unknown flag is an error), ``environment``,
@@ -330,8 +362,7 @@ class AdminClient:
         self, name: str, role: str, environments: Sequence[str] | None = None
     ) -> dict[str, Any]:
         """A new token; the answer's ``token`` is its value, shown this once."""
-        envs = None if environments is None else list(environments)
-        body = {"name": name, "role": role, "environments": envs}
+        body = token_body(name, role, environments)
         return self.request("POST", "/admin/tokens", json=body)
 
     def list_tokens(self) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Query
 from api.deps import Principal, Reader, get_service
 from api.schemas import NO_NUL, history_json
 from api.service import AdminService
-from api.service.commands import HistoryFilter, history_filter
-from flags.history import MAX_PAGE
+from api.service.commands import history_filter
+from flags.history import MAX_PAGE, HistoryQuery
 
 router = APIRouter(tags=["history"])
 
@@ -26,7 +26,7 @@ def history_filters(
     until: str | None = Query(default=None, max_length=64),
     limit: int = Query(default=100, ge=1, le=MAX_PAGE),
     cursor: str | None = Query(default=None, max_length=64),
-) -> HistoryFilter:
+) -> HistoryQuery:
     """The query parameters both history routes take."""
     return history_filter(
         flag=flag,
@@ -40,7 +40,7 @@ def history_filters(
     )
 
 
-Filters = Annotated[HistoryFilter, Depends(history_filters)]
+Filters = Annotated[HistoryQuery, Depends(history_filters)]
 Service = Annotated[AdminService, Depends(get_service)]
 
 

@@ -13,7 +13,7 @@ Thread-safe as its stores are: it holds no state of its own.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -21,7 +21,6 @@ from api.service.commands import (
     CreateFlag,
     CreateToken,
     FlagFilter,
-    HistoryFilter,
     Kill,
     MovePlan,
     PlanMove,
@@ -250,46 +249,22 @@ class AdminService:
         return instances.wait_applied(targets, seconds).to_dict()
 
     # ------------------------------------------------------------ history
-    def history(self, principal: Principal, query: HistoryFilter) -> HistoryPage:
-        """Changes newest first, limited to the principal's environments; token rows
-        only for admins. Raises ``ValidationError`` for a bad limit or cursor."""
+    def history(self, principal: Principal, query: HistoryQuery) -> HistoryPage:
+        """Changes newest first, limited to the principal's environments whatever
+        ``query.scope`` says; token rows only for admins. Raises ``ValidationError`` for
+        a bad limit or cursor."""
         principal.allow(Operation.READ)
         if query.environment is not None:
             principal.check_env(query.environment)
         hidden = () if principal.may(Operation.READ_TOKEN_HISTORY) else TOKEN_ACTIONS
-        return self.store.list_history(
-            HistoryQuery(
-                flag=query.flag,
-                environment=query.environment,
-                actor=query.actor,
-                action=query.action,
-                since=query.since,
-                until=query.until,
-                limit=query.limit,
-                cursor=query.cursor,
-                scope=principal.scope,
-                hidden_actions=hidden,
-            )
-        )
+        return self.store.list_history(replace(query, scope=principal.scope, hidden_actions=hidden))
 
-    def flag_history(self, principal: Principal, key: str, query: HistoryFilter) -> HistoryPage:
+    def flag_history(self, principal: Principal, key: str, query: HistoryQuery) -> HistoryPage:
         """``history`` of one flag. Raises ``FlagNotFoundError`` for an unknown flag."""
         principal.allow(Operation.READ)
         validate_flag_key(key)
         self.store.get_flag(key)
-        return self.history(
-            principal,
-            HistoryFilter(
-                flag=key,
-                environment=query.environment,
-                actor=query.actor,
-                action=query.action,
-                since=query.since,
-                until=query.until,
-                limit=query.limit,
-                cursor=query.cursor,
-            ),
-        )
+        return self.history(principal, replace(query, flag=key))
 
     # ------------------------------------------------------------ tokens
     def create_token(

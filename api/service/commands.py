@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from flags.durations import parse_instant
+from flags.history import HistoryQuery
 from flags.model import FlagKind, Role, StateChange, validate_environment_name
 
 __all__ = [
     "CreateFlag",
     "CreateToken",
     "FlagFilter",
-    "HistoryFilter",
     "Kill",
     "MovePlan",
     "PlanMove",
@@ -107,20 +106,6 @@ class MovePlan:
     reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryFilter:
-    """History filters; ``flag`` here filters without checking the flag exists."""
-
-    flag: str | None = None
-    environment: str | None = None
-    actor: str | None = None
-    action: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    limit: int = 100
-    cursor: str | None = None
-
-
 def history_filter(
     *,
     flag: str | None = None,
@@ -131,10 +116,11 @@ def history_filter(
     until: str | None = None,
     limit: int | None = None,
     cursor: str | None = None,
-) -> HistoryFilter:
-    """A ``HistoryFilter`` from query-string values: ``since``/``until`` are ISO-8601
-    times or durations ago. Raises ``ValidationError`` naming ``since`` or ``until``."""
-    return HistoryFilter(
+) -> HistoryQuery:
+    """History filters from query-string values: ``since``/``until`` are ISO-8601 times
+    or durations ago. The service sets the query's ``scope`` and ``hidden_actions``
+    from the principal. Raises ``ValidationError`` naming ``since`` or ``until``."""
+    return HistoryQuery(
         flag=flag,
         environment=environment,
         actor=actor,

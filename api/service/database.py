@@ -41,7 +41,7 @@ from api.schemas import (
 from api.service.admin import AdminService
 from api.service.commands import FlagFilter, MovePlan, PlanMove, history_filter
 from api.service.principal import Principal
-from flags.admin_client import environment_list
+from flags.admin_client import flag_body, kill_body, state_body, token_body
 from flags.durations import parse_instant
 from flags.model import validate_environment_name
 from flags.plans.store import PlanStore
@@ -111,10 +111,7 @@ class DatabaseAdmin:
         owner: str | None = None,
         tags: Sequence[str] = (),
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"key": key, "description": description, "kind": kind}
-        body["tags"] = list(tags)
-        if owner is not None:
-            body["owner"] = owner
+        body = flag_body(key, description=description, kind=kind, owner=owner, tags=tags)
         command = parse_body(FlagCreate, body).to_command()
         return flag_json(self._ready().create_flag(self.principal, command))
 
@@ -139,9 +136,7 @@ class DatabaseAdmin:
         **change: Any,
     ) -> dict[str, Any]:
         validate_environment_name(env, "env")
-        body = dict(change)
-        if reason is not None:
-            body["reason"] = reason
+        body = state_body(change, reason)
         command = parse_body(StateUpdate, body).to_command(flag, env, if_version)
         state = self._ready().set_state(self.principal, command)
         return flag_state_json(flag, env, state)
@@ -155,13 +150,11 @@ class DatabaseAdmin:
         wait: str | None = None,
     ) -> dict[str, Any]:
         """``wait`` is ignored: with no server there are no SDK acknowledgements."""
-        body = {"reason": reason, "environments": environment_list(env)}
-        command = parse_body(KillRequest, body).to_command(flag)
+        command = parse_body(KillRequest, kill_body(env, reason)).to_command(flag)
         return kill_json(self._ready().kill(self.principal, command))
 
     def unkill(self, env: str | Sequence[str] | None, flag: str, *, reason: str) -> dict[str, Any]:
-        body = {"reason": reason, "environments": environment_list(env)}
-        command = parse_body(KillRequest, body).to_command(flag)
+        command = parse_body(KillRequest, kill_body(env, reason)).to_command(flag)
         return kill_json(self._ready().unkill(self.principal, command))
 
     def history(self, **filters: Any) -> dict[str, Any]:
@@ -176,9 +169,7 @@ class DatabaseAdmin:
     def create_token(
         self, name: str, role: str, environments: Sequence[str] | None = None
     ) -> dict[str, Any]:
-        envs = None if environments is None else list(environments)
-        body = {"name": name, "role": role, "environments": envs}
-        command = parse_body(TokenCreate, body).to_command()
+        command = parse_body(TokenCreate, token_body(name, role, environments)).to_command()
         return new_token_json(*self._ready().create_token(self.principal, command))
 
     def list_tokens(self) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from api.service.commands import (
     CreateFlag,
     CreateToken,
     FlagFilter,
-    HistoryFilter,
     Kill,
     MovePlan,
     PlanMove,
@@ -55,8 +54,8 @@ CALLS: dict[str, tuple[Operation, Call]] = {
     ),
     "kill": (Operation.KILL, lambda s, p: s.kill(p, Kill(FLAG, "r", ("beta",)))),
     "unkill": (Operation.UNKILL, lambda s, p: s.unkill(p, Kill(FLAG, "r", ("beta",)))),
-    "history": (Operation.READ, lambda s, p: s.history(p, HistoryFilter())),
-    "flag_history": (Operation.READ, lambda s, p: s.flag_history(p, FLAG, HistoryFilter())),
+    "history": (Operation.READ, lambda s, p: s.history(p, HistoryQuery())),
+    "flag_history": (Operation.READ, lambda s, p: s.flag_history(p, FLAG, HistoryQuery())),
     "create_token": (
         Operation.MANAGE_TOKENS,
         lambda s, p: s.create_token(p, CreateToken("t", "reader", ("beta",))),
@@ -164,7 +163,7 @@ def test_kill__scoped_operator_without_environments__only_its_own(
     [
         lambda s, p: s.set_state(p, SetState(FLAG, "production", StateChange(enabled=True))),
         lambda s, p: s.kill(p, Kill(FLAG, "r", ("production",))),
-        lambda s, p: s.history(p, HistoryFilter(environment="production")),
+        lambda s, p: s.history(p, HistoryQuery(environment="production")),
         lambda s, p: s.archive_flag(p, FLAG),
         lambda s, p: s.create_environment(p, "qa"),
         lambda s, p: s.create_token(p, CreateToken("t", "reader", None)),
@@ -198,7 +197,7 @@ def test_claimed_actor__change__recorded_under_it(service: AdminService) -> None
 def test_history__below_admin__token_rows_hidden(service: AdminService) -> None:
     service.create_token(principal(Role.ADMIN), CreateToken("t", "reader"))
     seen = {
-        role: [e.action for e in service.history(principal(role), HistoryFilter()).items]
+        role: [e.action for e in service.history(principal(role), HistoryQuery()).items]
         for role in (Role.EDITOR, Role.ADMIN)
     }
     assert "token.create" not in seen[Role.EDITOR]
