@@ -28,6 +28,8 @@ STATUS: tuple[tuple[type[e.FlagrailError], int], ...] = (
     (e.UnauthenticatedError, 401),
     (e.ForbiddenError, 403),
     (e.StoreUnavailableError, 503),
+    # An upstream flagrail server (reached through flags.admin_client) did not answer.
+    (e.ServerUnavailableError, 502),
     (e.SchemaOutdatedError, 503),
     (e.FlagrailError, 400),
 )
@@ -43,6 +45,7 @@ HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
+    502: "bad_gateway",
     503: "unavailable",
 }
 
