@@ -8,9 +8,11 @@ never import it.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -35,3 +37,28 @@ class Settings(BaseSettings):
     # (mode 0600; the path is printed, the token never). Default: beside a SQLite database
     # file (`flagrail.db.admin-token`), else `./flagrail-admin-token`.
     bootstrap_token_file: Path | None = None
+    # How long SDK counters are kept (`90d`, `12h`; at least 1h). The server prunes older
+    # ones every `telemetry_prune_interval` seconds; counters older than
+    # `telemetry_rollup_after` are kept per hour instead of per second.
+    telemetry_retention: timedelta = timedelta(days=90)
+    telemetry_rollup_after: timedelta = timedelta(days=1)
+    telemetry_prune_interval: float = Field(default=3600.0, gt=0)
+
+    @field_validator("telemetry_retention", "telemetry_rollup_after", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from flags.durations import parse_duration
+
+            try:
+                return parse_duration(value, "telemetry_retention")
+            except ValueError as exc:  # pydantic reports it with the setting's name
+                raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("telemetry_retention")
+    @classmethod
+    def _retention_floor(cls, value: timedelta) -> timedelta:
+        if value < timedelta(hours=1):
+            raise ValueError(f"telemetry_retention must be at least 1h, got {value}")
+        return value

@@ -6,14 +6,26 @@
   then one ``change`` event per committed change, a heartbeat comment every
   ``settings.heartbeat_interval`` seconds; ``Last-Event-ID`` resumes from memory.
 * ``POST /sdk/v1/metrics``: evaluation counts and app-named counters since the
-  last report, with the instance's report (202).
-* ``POST /sdk/v1/instances``: an instance report alone (the applied version).
+  last report, with the instance's report (202). Every count is a non-negative
+  integer of at most ``MAX_COUNT``, a report's counts sum to at most
+  ``MAX_REPORT_TOTAL``; beyond either it is a 422 naming the field.
+* ``POST /sdk/v1/instances``: an instance report alone (the applied version). An
+  instance belongs to the token that first reported it (``InstanceRegistry.claim``):
+  another token gets a 403, a move to another environment a 422, a token beyond
+  ``max_instances_per_token`` live instances a 429.
 * ``GET /admin/environments/{env}/clients``: live SDK instances (reader).
 * ``GET /admin/reports/unused?since=30d``: flags no SDK evaluated since then (reader).
 
 SDK routes take any token whose scope covers the environment (``client`` tokens
 included); admin routes need ``reader`` or above. ``install`` wires the services
-(broadcaster, instance registry, Redis publisher and subscriber) into an app.
+(broadcaster, instance registry, telemetry retention, Redis publisher and
+subscriber) into an app.
+
+Redis is not trusted with state: a ``changes:<env>`` message from Redis is only a
+hint (``Broadcaster.hint``) that makes this replica read the environment's version
+from the database; ``instances:*`` messages are not read at all (reports reach
+other replicas through the database). See "What each channel trusts" in
+``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -21,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -44,9 +55,10 @@ from flags.model import FlagChanged, Snapshot, validate_environment_name, valida
 from flags.settings import Settings
 from flags.store import FlagStore
 from flags.store.sql import SqlFlagStore
-from flags.store.telemetry import TelemetryStore
+from flags.store.telemetry import TelemetryRetention, TelemetryStore
 from flags.sync import InstanceReport
-from flags.sync.broadcast import Broadcaster, InstanceRegistry
+from flags.sync.broadcast import RESYNC, Broadcaster, InstanceRegistry
+from flags.sync.redis_pubsub import read_hint
 from flags.sync.sse import format_event
 
 __all__ = [
@@ -64,6 +76,14 @@ router = APIRouter(tags=["sdk"])
 Store = Annotated[FlagStore, Depends(get_store)]
 MAX_REPORTED_FLAGS = 10_000
 MAX_COUNTERS_PER_FLAG = 50
+# One count in one report (evaluations on/off, an app counter): a billion per
+# report interval is beyond any real process and far inside a BIGINT total.
+MAX_COUNT = 1_000_000_000
+# All counts of one report together.
+MAX_REPORT_TOTAL = 10**12
+# sdk_instances.pid is a 32-bit INTEGER; applied_version a BIGINT.
+MAX_PID = 2**31 - 1
+MAX_VERSION = 2**63 - 1
 
 
 class SdkServerSettings(BaseSettings):
@@ -75,6 +95,13 @@ class SdkServerSettings(BaseSettings):
     redis_prefix: str = "flagrail:"
     # Open SSE streams this replica accepts; beyond it a stream gets 503 (SDKs poll).
     max_streams: int = Field(default=10_000, ge=0)
+    # Open SSE streams one token may hold on this replica; beyond it a 429.
+    max_streams_per_token: int = Field(default=1_000, ge=0)
+    # Items one stream may have queued before it counts as fallen behind (then it is
+    # sent one snapshot instead of every change).
+    stream_queue: int = Field(default=256, ge=1, le=100_000)
+    # Live SDK instances one token may report on this replica; beyond it a 429.
+    max_instances_per_token: int = Field(default=10_000, ge=1)
     # Seconds between database polls of environment versions (the no-Redis backstop).
     version_poll_interval: float = Field(default=0.5, gt=0)
     # Longest ?wait= a kill may ask for, in seconds.
@@ -132,15 +159,17 @@ class SdkServices:
     telemetry: TelemetryStore
     broadcaster: Broadcaster
     registry: InstanceRegistry
+    retention: TelemetryRetention | None = None
     publisher: Any = None
     subscriber: Any = None
     snapshots: SnapshotCache = field(default_factory=SnapshotCache)
+    unreadable_hints: int = 0
 
-    def announce(self, report: InstanceReport) -> None:
-        """Record a report heard over HTTP and tell the other replicas (over Redis)."""
-        self.registry.report(report)
-        if self.publisher is not None:
-            self.publisher.publish_instance(report)
+    def announce(self, report: InstanceReport, owner: str) -> bool:
+        """Record a report heard over HTTP with the token ``owner``; other replicas
+        read it from the database. False: the token holds too many instances.
+        Raises ``ForbiddenError`` / ``ValidationError`` (see ``InstanceRegistry.claim``)."""
+        return self.registry.claim(report, owner)
 
 
 def install(
@@ -154,10 +183,16 @@ def install(
     sdk_settings = sdk_settings or SdkServerSettings()
     telemetry = TelemetryStore(store.engine)
     broadcaster = Broadcaster(store, db_poll_interval=sdk_settings.version_poll_interval)
-    registry = InstanceRegistry(telemetry)
-    services = SdkServices(sdk_settings, telemetry, broadcaster, registry)
+    registry = InstanceRegistry(telemetry, max_per_token=sdk_settings.max_instances_per_token)
+    retention = TelemetryRetention(
+        telemetry,
+        settings.telemetry_retention,
+        settings.telemetry_rollup_after,
+        interval=settings.telemetry_prune_interval,
+    )
+    services = SdkServices(sdk_settings, telemetry, broadcaster, registry, retention)
     store.listeners.append(broadcaster.publish)
-    app.state.services.extend([broadcaster, registry])
+    app.state.services.extend([broadcaster, registry, retention])
     if settings.redis_url:
         from flags.sync.redis_pubsub import RedisPublisher, RedisSubscriber
 
@@ -167,7 +202,7 @@ def install(
         services.subscriber = RedisSubscriber(
             settings.redis_url,
             _redis_handler(services),
-            patterns=[f"{prefix}changes:*", f"{prefix}instances:*"],
+            patterns=[f"{prefix}changes:*"],
             name="flagrail-redis-server",
         )
         app.state.services.extend([services.publisher, services.subscriber])
@@ -177,27 +212,20 @@ def install(
 
 
 def _redis_handler(services: SdkServices) -> Any:
-    prefix = services.settings.redis_prefix
-    changes, instances = f"{prefix}changes:", f"{prefix}instances:"
+    """Redis ``changes:<env>`` messages as hints only: whoever can PUBLISH to Redis
+    can make this replica read a version from its database, nothing more."""
+    changes = f"{services.settings.redis_prefix}changes:"
 
     def handle(channel: str, data: bytes) -> None:
-        if channel.startswith(changes):
-            env = channel[len(changes) :]
-            try:
-                event = FlagChanged.from_dict(json.loads(data))
-            except ValueError as exc:
-                log.warning("unreadable change on %s (%s): resyncing its streams", channel, exc)
-                services.broadcaster.request_resync(env)
-                return
-            if event.environment == env:
-                services.broadcaster.publish([event])
-        elif channel.startswith(instances):
-            try:
-                report = InstanceReport.from_dict(json.loads(data))
-            except ValueError as exc:
-                log.debug("unreadable instance report on %s: %s", channel, exc)
-                return
-            services.registry.report(report)
+        if not channel.startswith(changes):
+            return
+        env = channel[len(changes) :]
+        version = read_hint(data, env)
+        if version is None:
+            services.unreadable_hints += 1
+            log.debug("unreadable change hint on %s dropped", channel)
+            return
+        services.broadcaster.hint(env, version)
 
     return handle
 
@@ -308,6 +336,7 @@ async def stream(
     await run_in_threadpool(store.get_environment, env)  # 404 before the stream starts
     broadcaster = services.broadcaster
     limit = services.settings.max_streams
+    per_token = services.settings.max_streams_per_token
     if broadcaster.closing or broadcaster.stream_count() >= limit:
         response = error_response(
             503,
@@ -319,7 +348,24 @@ async def stream(
         return response
     _end_streams_on_signal(broadcaster)
     heartbeat = float(request.app.state.settings.heartbeat_interval)
-    sub = broadcaster.subscribe(env, asyncio.get_running_loop())
+    sub = broadcaster.subscribe(
+        env,
+        asyncio.get_running_loop(),
+        owner=principal.token_id or principal.name,
+        max_per_owner=per_token,
+        max_items=services.settings.stream_queue,
+    )
+    if sub is None:
+        response = error_response(
+            429,
+            "too_many_streams",
+            f"this token holds {per_token} streams on this replica already; close one "
+            "or poll /sdk/v1/snapshot",
+            "environment",
+            limit=per_token,
+        )
+        response.headers["Retry-After"] = "5"
+        return response
     resume = _parse_last_event_id(last_event_id)
 
     async def events() -> AsyncIterator[bytes]:
@@ -342,6 +388,11 @@ async def stream(
                     yield b": heartbeat\n\n"
                 elif item is None:
                     return
+                elif item is RESYNC:  # fell behind: one snapshot instead of the backlog
+                    snapshot = await run_in_threadpool(store.snapshot, env)
+                    if snapshot.version >= sent:
+                        yield _snapshot_frame(snapshot)
+                        sent = snapshot.version
                 elif isinstance(item, Snapshot):
                     if item.version >= sent:
                         yield _snapshot_frame(item)
@@ -377,9 +428,9 @@ class InstanceBody(Strict):
     instance_id: str = Field(min_length=1, max_length=64)
     environment: str = Field(min_length=1, max_length=40)
     host: str = Field(min_length=1, max_length=255)
-    pid: int = Field(ge=0)
+    pid: int = Field(ge=0, le=MAX_PID)
     app: str | None = Field(default=None, max_length=200)
-    applied_version: int = Field(ge=0)
+    applied_version: int = Field(ge=0, le=MAX_VERSION)
     interval: float = Field(default=10.0, gt=0, le=3600)
     closed: bool = False
 
@@ -396,21 +447,41 @@ class InstanceBody(Strict):
         )
 
 
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+
 class FlagCounts(Strict):
-    on: int = Field(default=0, ge=0)
-    off: int = Field(default=0, ge=0)
+    on: Count = 0
+    off: Count = 0
 
 
 class MetricsBody(Strict):
     environment: str = Field(min_length=1, max_length=40)
     instance: InstanceBody | None = None
     flags: dict[str, FlagCounts] = Field(default_factory=dict, max_length=MAX_REPORTED_FLAGS)
-    counters: dict[str, dict[str, float]] = Field(
+    # App-named counters: whole non-negative counts (an SDK sends whole increments).
+    counters: dict[str, dict[str, Count]] = Field(
         default_factory=dict, max_length=MAX_REPORTED_FLAGS
     )
 
 
-def _check_counters(counters: dict[str, dict[str, float]]) -> None:
+def _check_total(body: MetricsBody) -> None:
+    """Raises ``ValidationError`` when a report's counts sum beyond ``MAX_REPORT_TOTAL``."""
+    total = sum(c.on + c.off for c in body.flags.values())
+    if total > MAX_REPORT_TOTAL:
+        raise ValidationError(
+            f"flags counts sum to {total}; a report may hold at most {MAX_REPORT_TOTAL}",
+            field="flags",
+        )
+    total += sum(v for named in body.counters.values() for v in named.values())
+    if total > MAX_REPORT_TOTAL:
+        raise ValidationError(
+            f"flags and counters sum to {total}; a report may hold at most {MAX_REPORT_TOTAL}",
+            field="counters",
+        )
+
+
+def _check_counters(counters: dict[str, dict[str, int]]) -> None:
     for flag, named in counters.items():
         validate_flag_key(flag, "counters")
         if len(named) > MAX_COUNTERS_PER_FLAG:
@@ -418,23 +489,36 @@ def _check_counters(counters: dict[str, dict[str, float]]) -> None:
                 f"counters.{flag} holds {len(named)} names; at most {MAX_COUNTERS_PER_FLAG}",
                 field=f"counters.{flag}",
             )
-        for name, value in named.items():
+        for name in named:
             if not 0 < len(name) <= 100 or not name.isprintable():
                 raise ValidationError(
                     f"counter names must be 1 to 100 printable characters, got {name!r:.40}",
                     field=f"counters.{flag}",
                 )
-            if not math.isfinite(value):
-                raise ValidationError(
-                    f"counters.{flag}.{name} must be a finite number",
-                    field=f"counters.{flag}.{name}",
-                )
 
 
-@router.post("/sdk/v1/metrics", status_code=202)
+def _owner(principal: Any) -> str:
+    """The identity an instance belongs to: the token's id (its name for the CLI)."""
+    return str(principal.token_id or principal.name)
+
+
+def _too_many_instances(services: SdkServices) -> Response:
+    limit = services.settings.max_instances_per_token
+    response = error_response(
+        429,
+        "too_many_instances",
+        f"this token reports {limit} live instances already",
+        "instance_id",
+        limit=limit,
+    )
+    response.headers["Retry-After"] = "30"
+    return response
+
+
+@router.post("/sdk/v1/metrics", status_code=202, response_model=None)
 def post_metrics(
     body: MetricsBody, store: Store, services: Services, principal: Principal = SdkClient
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     """Add an SDK's evaluation counts and counters since its last report. Flags the
     environment does not hold (unknown or archived) are dropped, not stored."""
     env = _sdk_environment(principal, body.environment)
@@ -445,14 +529,17 @@ def post_metrics(
     for key in body.flags:
         validate_flag_key(key, "flags")
     _check_counters(body.counters)
+    _check_total(body)
+    if body.instance is not None and not services.announce(
+        body.instance.to_report(), _owner(principal)
+    ):
+        return _too_many_instances(services)
     known = services.snapshots.get(store, env).keys if body.flags or body.counters else frozenset()
     evaluations = {
         key: (c.off, c.on) for key, c in body.flags.items() if key in known and (c.on or c.off)
     }
     counters = {flag: named for flag, named in body.counters.items() if flag in known}
     services.telemetry.record_metrics(env, evaluations, counters)
-    if body.instance is not None:
-        services.announce(body.instance.to_report())
     return {
         "accepted": True,
         "flags": len(evaluations),
@@ -460,13 +547,14 @@ def post_metrics(
     }
 
 
-@router.post("/sdk/v1/instances", status_code=202)
+@router.post("/sdk/v1/instances", status_code=202, response_model=None)
 def post_instance(
     body: InstanceBody, services: Services, principal: Principal = SdkClient
-) -> dict[str, Any]:
+) -> dict[str, Any] | Response:
     """Record which version an instance applied (kill confirmation)."""
     _sdk_environment(principal, body.environment)
-    services.announce(body.to_report())
+    if not services.announce(body.to_report(), _owner(principal)):
+        return _too_many_instances(services)
     return {"accepted": True}
 
 

@@ -34,6 +34,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Principal, authenticate, get_store
+from api.routes.sdk import MAX_COUNT, MAX_REPORT_TOTAL, MAX_REPORTED_FLAGS
 from flags.errors import ValidationError
 from flags.model import TokenInfo, validate_environment_name
 from flags.store import FlagStore
@@ -50,6 +51,9 @@ def unleash_token(request: Request) -> TokenInfo:
 
 
 ClientToken = Annotated[TokenInfo, Depends(unleash_token)]
+
+# A day, in milliseconds: the longest report interval a registration may state.
+MAX_INTERVAL_MS = 86_400_000
 
 EVALUATIONS = Counter(
     "flagrail_unleash_evaluations",
@@ -222,18 +226,20 @@ class ClientRegistration(_UnleashBody):
     instance_id: str | None = Field(default=None, alias="instanceId", max_length=200)
     sdk_version: str | None = Field(default=None, alias="sdkVersion", max_length=200)
     strategies: list[str] = Field(default_factory=list, max_length=100)
-    interval: int | None = Field(default=None, ge=0)
+    # Milliseconds between an SDK's reports; not stored, bounded like any input.
+    interval: int | None = Field(default=None, ge=0, le=MAX_INTERVAL_MS)
 
 
 class ToggleCount(_UnleashBody):
-    yes: int = Field(default=0, ge=0)
-    no: int = Field(default=0, ge=0)
+    # Counts of one report: bounded as flagrail SDK reports are (a 422 naming the field).
+    yes: int = Field(default=0, ge=0, le=MAX_COUNT)
+    no: int = Field(default=0, ge=0, le=MAX_COUNT)
 
 
 class MetricsBucket(_UnleashBody):
     start: str | None = Field(default=None, max_length=64)
     stop: str | None = Field(default=None, max_length=64)
-    toggles: dict[str, ToggleCount] = Field(default_factory=dict)
+    toggles: dict[str, ToggleCount] = Field(default_factory=dict, max_length=MAX_REPORTED_FLAGS)
 
 
 class ClientMetrics(_UnleashBody):
@@ -260,6 +266,12 @@ def client_metrics(
     env = client_environment(token, environment)
     if body.bucket is None or not body.bucket.toggles:
         return Response(status_code=202)
+    total = sum(c.yes + c.no for c in body.bucket.toggles.values())
+    if total > MAX_REPORT_TOTAL:
+        raise ValidationError(
+            f"bucket.toggles counts sum to {total}; a report may hold at most {MAX_REPORT_TOTAL}",
+            field="bucket.toggles",
+        )
     known = current_features(request, store, env).flags
     # Unknown names are dropped: they must not grow the metric's label set or the table.
     evaluations = {

@@ -14,15 +14,24 @@ Three tables (defined in ``flags.store.tables``, created by ``migrations/version
   same second add up in one row). ``evaluations_on`` / ``evaluations_off`` are
   recorded here as well, so ``counter_totals`` answers for a time window.
 
+Retention (``apply_retention``, run on a schedule by ``TelemetryRetention``):
+counter buckets older than the retention are deleted, buckets older than the
+roll-up age are merged into one bucket per hour (so a steady report rate yields
+a bounded table: per-second rows for the roll-up age, hourly rows for the rest),
+and instance rows not heard from for a day are deleted.
+
 Every method runs in its own transaction; driver errors become
 ``StoreUnavailableError``. Thread-safe (each call takes a pooled connection).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -45,6 +54,9 @@ from flags.store.tables import sdk_counters, sdk_flag_evaluations, sdk_instances
 __all__ = [
     "EVALUATIONS_OFF",
     "EVALUATIONS_ON",
+    "INSTANCE_ROW_RETENTION",
+    "RetentionResult",
+    "TelemetryRetention",
     "TelemetryStore",
     "sdk_counters",
     "sdk_flag_evaluations",
@@ -53,6 +65,23 @@ __all__ = [
 
 EVALUATIONS_ON = "evaluations_on"
 EVALUATIONS_OFF = "evaluations_off"
+# Instance rows not heard from for this long are deleted (they are long dead).
+INSTANCE_ROW_RETENTION = timedelta(days=1)
+
+log = logging.getLogger("flagrail.telemetry")
+
+
+def _hour(value: datetime) -> datetime:
+    return value.replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    """What one ``apply_retention`` run did (row counts)."""
+
+    pruned: int
+    rolled_up: int
+    instances_pruned: int
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -74,8 +103,12 @@ def live_window(interval: float) -> float:
 class TelemetryStore:
     """SDK telemetry on the flag store's database (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         self.engine = engine
+        # When a report without ``at`` is recorded (injectable for retention tests).
+        self.clock = clock
         self._dialect = engine.dialect.name
 
     # ---------------------------------------------------------------- plumbing
@@ -125,7 +158,7 @@ class TelemetryStore:
 
         Raises ``StoreUnavailableError``.
         """
-        at = _utc(at) or datetime.now(UTC)
+        at = _utc(at) or self.clock()
         bucket = at.replace(microsecond=0)
         eval_rows = []
         counter_rows: dict[tuple[str, str], float] = {}
@@ -205,17 +238,18 @@ class TelemetryStore:
         with self._write() as conn:
             stmt = self._insert(sdk_instances)
             ex, t = stmt.excluded, sdk_instances.c
+            # An instance keeps the environment of its first row: a later report for
+            # another environment (another replica's, a forged one) does not move it.
             stmt = stmt.on_conflict_do_update(
                 index_elements=[t.instance_id],
                 set_={
-                    "environment": ex.environment,
                     "applied_version": ex.applied_version,
                     "report_interval": ex.report_interval,
                     "closed": ex.closed,
                     "last_seen_at": ex.last_seen_at,
                     "app": ex.app,
                 },
-                where=t.last_seen_at <= ex.last_seen_at,
+                where=and_(t.last_seen_at <= ex.last_seen_at, t.environment == ex.environment),
             )
             for instance_id in sorted(latest):
                 report, seen = latest[instance_id]
@@ -241,6 +275,83 @@ class TelemetryStore:
             a = conn.execute(delete(sdk_counters).where(sdk_counters.c.bucket_at < before))
             b = conn.execute(delete(sdk_instances).where(sdk_instances.c.last_seen_at < before))
         return int(a.rowcount or 0) + int(b.rowcount or 0)
+
+    def rollup(self, before: datetime, *, after: datetime | None = None) -> int:
+        """Merge the counter buckets of each whole hour before ``before`` (truncated to
+        the hour), and from ``after`` on if given, into one bucket at the start of the
+        hour. Returns the rows removed (merged rows minus the hourly rows written).
+        Sums are unchanged; a window that starts inside a rolled-up hour counts that
+        hour only if the window starts at or before the hour's start.
+        """
+        cutoff = _hour(_utc(before) or datetime.now(UTC))
+        c = sdk_counters.c
+        stmt = select(c.flag_key, c.environment, c.name, c.bucket_at, c.value).where(
+            c.bucket_at < cutoff
+        )
+        if after is not None:
+            stmt = stmt.where(c.bucket_at >= _hour(_utc(after) or cutoff))
+        removed = 0
+        with self._write() as conn:
+            groups: dict[tuple[str, str, str, datetime], list[float]] = {}
+            aligned: set[tuple[str, str, str, datetime]] = set()
+            for r in conn.execute(stmt):
+                at = _utc(r.bucket_at)
+                assert at is not None
+                key = (r.flag_key, r.environment, r.name, _hour(at))
+                groups.setdefault(key, []).append(float(r.value))
+                if at == key[3]:
+                    aligned.add(key)
+            for key in sorted(groups):
+                values = groups[key]
+                if len(values) == 1 and key in aligned:
+                    continue  # already one hourly row
+                flag, env, name, hour = key
+                conn.execute(
+                    delete(sdk_counters).where(
+                        c.flag_key == flag,
+                        c.environment == env,
+                        c.name == name,
+                        c.bucket_at >= hour,
+                        c.bucket_at < hour + timedelta(hours=1),
+                    )
+                )
+                conn.execute(
+                    sdk_counters.insert().values(
+                        flag_key=flag, environment=env, name=name, bucket_at=hour, value=sum(values)
+                    )
+                )
+                removed += len(values) - 1
+        return removed
+
+    def apply_retention(
+        self,
+        now: datetime,
+        retention: timedelta,
+        rollup_after: timedelta,
+        *,
+        rolled_until: datetime | None = None,
+    ) -> RetentionResult:
+        """Delete counters older than ``retention``, roll up those older than
+        ``rollup_after`` per hour (only hours from ``rolled_until`` on, when given: an
+        earlier run's watermark), delete instance rows older than
+        ``INSTANCE_ROW_RETENTION``. Raises ``StoreUnavailableError``."""
+        now = _utc(now) or datetime.now(UTC)
+        before = now - retention
+        with self._write() as conn:
+            pruned = conn.execute(delete(sdk_counters).where(sdk_counters.c.bucket_at < before))
+            gone = conn.execute(
+                delete(sdk_instances).where(
+                    sdk_instances.c.last_seen_at < now - INSTANCE_ROW_RETENTION
+                )
+            )
+        after = rolled_until - timedelta(hours=1) if rolled_until is not None else None
+        rolled = self.rollup(now - rollup_after, after=after) if rollup_after < retention else 0
+        return RetentionResult(int(pruned.rowcount or 0), rolled, int(gone.rowcount or 0))
+
+    def counter_rows(self) -> int:
+        """Rows in ``sdk_counters`` (for operators and retention tests)."""
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(sdk_counters)).scalar_one())
 
     # ---------------------------------------------------------------- reads
     def instances(
@@ -345,3 +456,67 @@ class TelemetryStore:
             }
             for r in rows
         ]
+
+
+class TelemetryRetention:
+    """The server's schedule for ``TelemetryStore.apply_retention``: a daemon thread
+    ``flagrail-telemetry-retention`` runs it at start and every ``interval`` seconds.
+
+    ``clock`` is injectable (tests drive ``run_once`` with a fake one). The loop
+    survives any exception (logged, retried next interval). ``start``/``close`` follow
+    the app's service protocol; ``close`` returns within a few seconds.
+    """
+
+    def __init__(
+        self,
+        telemetry: TelemetryStore,
+        retention: timedelta,
+        rollup_after: timedelta,
+        *,
+        interval: float = 3600.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.telemetry = telemetry
+        self.retention = retention
+        self.rollup_after = rollup_after
+        self.interval = interval
+        self.clock = clock
+        self.runs = 0
+        self.failures = 0
+        self._rolled_until: datetime | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="flagrail-telemetry-retention", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def run_once(self) -> RetentionResult:
+        """Apply retention as of ``clock()`` now. Raises ``StoreUnavailableError``."""
+        now = self.clock()
+        result = self.telemetry.apply_retention(
+            now, self.retention, self.rollup_after, rolled_until=self._rolled_until
+        )
+        self._rolled_until = _hour(now - self.rollup_after)
+        self.runs += 1
+        return result
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                result = self.run_once()
+                log.debug("telemetry retention: %s", result)
+            except Exception:  # the schedule must outlive any one failed run: logged
+                self.failures += 1
+                log.exception("telemetry retention run failed; retrying next interval")
+            self._stop.wait(self.interval)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from flags.errors import FlagrailError
+from flags.errors import FlagrailError, ForbiddenError, ValidationError
 from flags.model import Environment, FlagChanged, Snapshot
 from flags.store.telemetry import TelemetryStore, live_window
 from flags.sync import InstanceReport
@@ -44,29 +44,80 @@ class SnapshotSource(Protocol):
     def list_environments(self) -> list[Environment]: ...
 
 
-# What a subscription's queue carries: a change, a whole snapshot, or None (closed).
-Item = FlagChanged | Snapshot | None
+class Resync:
+    """Queue marker: this stream fell behind and was dropped items; send it a snapshot."""
+
+    __slots__ = ()
+
+
+RESYNC = Resync()
+
+# What a subscription's queue carries: a change, a whole snapshot, RESYNC, or None (closed).
+Item = FlagChanged | Snapshot | Resync | None
+
+# Items a stream's queue holds before the stream counts as fallen behind.
+DEFAULT_STREAM_QUEUE = 256
 
 
 class Subscription:
-    """One open stream's queue, fed from any thread, read on the stream's event loop."""
+    """One open stream's queue, fed from any thread, read on the stream's event loop.
 
-    def __init__(self, environment: str, loop: asyncio.AbstractEventLoop) -> None:
+    The queue is bounded (``max_items``): a reader that falls behind (a client that
+    stops reading, so the stream's writes block) has its queue emptied and is given one
+    ``RESYNC`` marker instead, and every item pushed until it takes that marker is
+    dropped (the snapshot it is sent then covers them). Memory per stream stays bounded
+    whatever the change rate. ``None`` (closed) always gets through.
+    """
+
+    def __init__(
+        self,
+        environment: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        owner: str | None = None,
+        max_items: int = DEFAULT_STREAM_QUEUE,
+    ) -> None:
         self.environment = environment
         self.loop = loop
+        self.owner = owner
+        self.max_items = max(1, max_items)
+        self.overflows = 0
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self._behind = False
 
     def push(self, item: Item) -> None:
         """Thread-safe; a loop already closed (server stopping) is ignored."""
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item: Item) -> None:
+        """On the loop: enqueue, or fall back to one RESYNC marker when full."""
+        if item is None:
+            self.queue.put_nowait(None)
+            return
+        if self._behind:
+            return  # the pending RESYNC covers it
+        if self.queue.qsize() >= self.max_items:
+            self._behind = True
+            self.overflows += 1
+            while not self.queue.empty():
+                if self.queue.get_nowait() is None:  # keep a close that was queued
+                    self.queue.put_nowait(None)
+                    return
+            self.queue.put_nowait(RESYNC)
+            return
+        self.queue.put_nowait(item)
 
     async def get(self, timeout: float) -> Item | bool:
-        """The next item, or False after ``timeout`` seconds without one."""
+        """The next item, or False after ``timeout`` seconds without one. After a
+        ``RESYNC`` is returned, items are queued again."""
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            item = await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:
             return False
+        if item is RESYNC:
+            self._behind = False
+        return item
 
 
 @dataclass
@@ -78,6 +129,7 @@ class _Feed:
     db_ahead_since: float | None = None
     db_version: int | None = None
     resync_requested: bool = False
+    hinted: bool = False
     subscribers: set[Subscription] = field(default_factory=set)
 
 
@@ -102,10 +154,13 @@ class Broadcaster:
         self.hold = hold
         self.db_poll_interval = db_poll_interval
         self.resyncs = 0
+        self.hints = 0
+        self.hints_ignored = 0
         self.closing = False
         self._feeds: dict[str, _Feed] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -133,6 +188,7 @@ class Broadcaster:
     def close(self) -> None:
         self.shutdown_streams()
         self._stop.set()
+        self._wake.set()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=5)
@@ -154,6 +210,25 @@ class Broadcaster:
         message was seen for it)."""
         with self._lock:
             self._feeds.setdefault(environment, _Feed()).resync_requested = True
+
+    def hint(self, environment: str, version: int) -> bool:
+        """An unauthenticated report that ``environment`` reached ``version`` (a Redis
+        change message): never applied as state. When it is ahead of what this replica
+        delivered, the backstop reads the environment's version from the database at
+        once and, if the database is indeed ahead, sends its streams a snapshot read
+        from the database. A forged hint therefore costs one indexed read and changes
+        nothing; it cannot burn a version number. Hints for environments this replica
+        never saw in its database are ignored. True if the hint was taken up.
+        """
+        with self._lock:
+            feed = self._feeds.get(environment)
+            if feed is None or feed.latest is None or version <= feed.latest:
+                self.hints_ignored += 1
+                return False
+            self.hints += 1
+            feed.hinted = True
+        self._wake.set()
+        return True
 
     def _accept(self, feed: _Feed, event: FlagChanged) -> list[FlagChanged]:
         """Under the lock: the events now deliverable in order."""
@@ -182,10 +257,29 @@ class Broadcaster:
         return out
 
     # ---------------------------------------------------------------- streams
-    def subscribe(self, environment: str, loop: asyncio.AbstractEventLoop) -> Subscription:
-        """Register a stream; subscribe *before* reading the snapshot so nothing is missed."""
-        sub = Subscription(environment, loop)
+    def subscribe(
+        self,
+        environment: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        owner: str | None = None,
+        max_per_owner: int | None = None,
+        max_items: int = DEFAULT_STREAM_QUEUE,
+    ) -> Subscription | None:
+        """Register a stream; subscribe *before* reading the snapshot so nothing is missed.
+
+        ``owner`` (a token id) is counted: when it already holds ``max_per_owner``
+        streams on this replica, nothing is registered and None is returned (checked
+        and registered under one lock, so concurrent requests cannot overshoot).
+        """
+        sub = Subscription(environment, loop, owner=owner, max_items=max_items)
         with self._lock:
+            if owner is not None and max_per_owner is not None:
+                held = sum(
+                    1 for f in self._feeds.values() for s in f.subscribers if s.owner == owner
+                )
+                if held >= max_per_owner:
+                    return None
             self._feeds.setdefault(environment, _Feed()).subscribers.add(sub)
         if self.closing:
             sub.push(None)
@@ -197,9 +291,12 @@ class Broadcaster:
             if feed is not None:
                 feed.subscribers.discard(sub)
 
-    def stream_count(self) -> int:
+    def stream_count(self, owner: str | None = None) -> int:
+        """Open streams on this replica (of ``owner`` only, when given)."""
         with self._lock:
-            return sum(len(f.subscribers) for f in self._feeds.values())
+            if owner is None:
+                return sum(len(f.subscribers) for f in self._feeds.values())
+            return sum(1 for f in self._feeds.values() for s in f.subscribers if s.owner == owner)
 
     def latest(self, environment: str) -> int | None:
         with self._lock:
@@ -222,16 +319,47 @@ class Broadcaster:
     # ---------------------------------------------------------------- backstop
     def _run(self) -> None:
         next_poll = time.monotonic()
-        while not self._stop.wait(0.05):
+        while not self._stop.is_set():
+            self._wake.wait(0.05)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
-                if time.monotonic() >= next_poll:
+                hinted = self._hinted()
+                if hinted or time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.db_poll_interval
                     self._poll_database()
+                if hinted:
+                    self._resolve_hints(hinted)
                 self._resolve_stale()
             except FlagrailError as exc:
                 log.debug("broadcast backstop: %s", exc)
             except Exception:  # keep the backstop alive whatever happens
                 log.exception("broadcast backstop failed")
+
+    def _hinted(self) -> list[str]:
+        with self._lock:
+            return [name for name, feed in self._feeds.items() if feed.hinted]
+
+    def _resolve_hints(self, names: list[str]) -> None:
+        """After a fresh database poll: a hinted environment the database shows ahead is
+        resynced now (no ``hold``); a hint the database does not bear out is dropped."""
+        resync = []
+        with self._lock:
+            for name in names:
+                feed = self._feeds[name]
+                feed.hinted = False
+                ahead = feed.db_version is not None and feed.latest is not None
+                if not (ahead and feed.db_version > feed.latest):  # type: ignore[operator]
+                    continue
+                if feed.subscribers:
+                    resync.append(name)
+                else:
+                    feed.latest = feed.db_version
+                    feed.ring.clear()
+                    feed.db_ahead_since = None
+        for name in resync:
+            self._resync(name)
 
     def _poll_database(self) -> None:
         envs = self.store.list_environments()
@@ -311,14 +439,29 @@ class Confirmation:
 class _Seen:
     report: InstanceReport
     at: datetime
+    # The token that first reported the instance (None: known from the database only).
+    owner: str | None = None
+
+
+# Persisted rows older than this are not folded back in (they are long dead).
+MERGE_HORIZON = timedelta(hours=1)
+DEFAULT_MAX_INSTANCES_PER_TOKEN = 10_000
+DEFAULT_MAX_DIRTY = 10_000
 
 
 class InstanceRegistry:
     """SDK instances as their reports describe them, shared by every replica.
 
-    Reports land in memory at once (from HTTP or Redis) and reach the telemetry
-    store within ``flush_interval`` seconds from a background thread, where other
-    replicas read them. Thread-safe.
+    Reports land in memory at once (from HTTP, authenticated by a token) and reach
+    the telemetry store within ``flush_interval`` seconds from a background thread,
+    where other replicas read them. Thread-safe.
+
+    Trust: an instance belongs to the token that first reported it on this replica
+    (``claim``); another token cannot overwrite or close it, and no token can move it
+    to another environment. A token holds at most ``max_per_token`` live instances.
+    Instances not heard from within their live window are pruned from memory by the
+    flush loop, and pending writes are capped at ``max_dirty`` (newest kept), so
+    memory stays bounded whatever SDKs send. The flush loop survives any exception.
     """
 
     def __init__(
@@ -327,10 +470,15 @@ class InstanceRegistry:
         *,
         flush_interval: float = 1.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_per_token: int = DEFAULT_MAX_INSTANCES_PER_TOKEN,
+        max_dirty: int = DEFAULT_MAX_DIRTY,
     ) -> None:
         self.telemetry = telemetry
         self.flush_interval = flush_interval
         self.clock = clock
+        self.max_per_token = max_per_token
+        self.max_dirty = max_dirty
+        self.flush_failures = 0
         self._seen: dict[str, _Seen] = {}
         self._dirty: list[tuple[InstanceReport, datetime]] = []
         self._cond = threading.Condition()
@@ -353,15 +501,76 @@ class InstanceRegistry:
         self.flush()
 
     def report(self, report: InstanceReport, *, at: datetime | None = None) -> None:
-        """Record a report heard now (or ``at``). Never raises."""
+        """Record a report heard now (or ``at``) without an owner check (trusted
+        callers and tests). Never raises."""
         at = at or self.clock()
         with self._cond:
-            self._seen[report.instance_id] = _Seen(report, at)
-            self._dirty.append((report, at))
-            self._cond.notify_all()
+            held = self._seen.get(report.instance_id)
+            owner = held.owner if held is not None else None
+            self._record_locked(report, at, owner)
+
+    def claim(self, report: InstanceReport, owner: str, *, at: datetime | None = None) -> bool:
+        """Record a report sent with the token ``owner``.
+
+        Returns False (nothing recorded) when ``owner`` already holds ``max_per_token``
+        live instances and this one is new. Raises ``ForbiddenError`` (field
+        ``instance_id``) when the instance belongs to another token, and
+        ``ValidationError`` (field ``environment``) when it would move to another
+        environment.
+        """
+        at = at or self.clock()
+        with self._cond:
+            held = self._seen.get(report.instance_id)
+            if held is not None:
+                if held.owner is not None and held.owner != owner:
+                    raise ForbiddenError(
+                        f"instance {report.instance_id!r} belongs to another token",
+                        field="instance_id",
+                    )
+                if held.report.environment != report.environment:
+                    raise ValidationError(
+                        f"instance {report.instance_id!r} reports for environment "
+                        f"{held.report.environment!r}; it cannot move to "
+                        f"{report.environment!r}",
+                        field="environment",
+                    )
+            else:
+                self._prune_locked(at)
+                count = sum(1 for s in self._seen.values() if s.owner == owner)
+                if count >= self.max_per_token:
+                    return False
+            self._record_locked(report, at, owner)
+        return True
+
+    def _record_locked(self, report: InstanceReport, at: datetime, owner: str | None) -> None:
+        self._seen[report.instance_id] = _Seen(report, at, owner)
+        self._dirty.append((report, at))
+        if len(self._dirty) > self.max_dirty:
+            del self._dirty[: len(self._dirty) - self.max_dirty]
+        self._cond.notify_all()
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Forget instances not heard from within their live window; returns how many."""
+        with self._cond:
+            return self._prune_locked(now or self.clock())
+
+    def _prune_locked(self, now: datetime) -> int:
+        dead = [
+            key
+            for key, seen in self._seen.items()
+            if (now - seen.at).total_seconds() > live_window(seen.report.interval)
+        ]
+        for key in dead:
+            del self._seen[key]
+        return len(dead)
+
+    def instance_count(self) -> int:
+        with self._cond:
+            return len(self._seen)
 
     def flush(self) -> None:
-        """Write pending reports to the telemetry store (kept for a retry on failure)."""
+        """Write pending reports to the telemetry store (kept for a retry on failure,
+        at most ``max_dirty``). Raises nothing but what the store raises unexpectedly."""
         if self.telemetry is None:
             return
         with self._cond:
@@ -371,19 +580,25 @@ class InstanceRegistry:
         try:
             self.telemetry.record_instances(batch)
         except FlagrailError as exc:
+            self.flush_failures += 1
             log.warning("cannot persist %d instance reports: %s", len(batch), exc)
             with self._cond:
-                self._dirty = (batch + self._dirty)[-10_000:]
+                self._dirty = (batch + self._dirty)[-self.max_dirty :]
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval):
-            self.flush()
+            try:
+                self.flush()
+                self.prune()
+            except Exception:  # the loop must outlive any one bad batch: logged, dropped
+                self.flush_failures += 1
+                log.exception("instance flush failed; the batch is dropped")
 
     def _merge_persisted(self, environments: Sequence[str], now: datetime) -> None:
         """Fold in what other replicas persisted (newer reports win)."""
         if self.telemetry is None:
             return
-        since = now - timedelta(hours=1)
+        since = now - MERGE_HORIZON
         rows: list[dict[str, Any]] = []
         for env in environments:
             try:
@@ -398,6 +613,8 @@ class InstanceRegistry:
                 held = self._seen.get(r["instance_id"])
                 if held is not None and held.at >= r["last_seen_at"]:
                     continue
+                if (now - r["last_seen_at"]).total_seconds() > live_window(r["interval"]):
+                    continue  # dead: folding it in would only grow memory
                 report = InstanceReport(
                     r["instance_id"],
                     r["environment"],
@@ -408,7 +625,8 @@ class InstanceRegistry:
                     r["interval"],
                     r["closed"],
                 )
-                self._seen[r["instance_id"]] = _Seen(report, r["last_seen_at"])
+                owner = held.owner if held is not None else None
+                self._seen[r["instance_id"]] = _Seen(report, r["last_seen_at"], owner)
 
     def _live_locked(self, environment: str, now: datetime) -> list[_Seen]:
         out = []

@@ -4,12 +4,18 @@ Channels (``prefix`` defaults to ``flagrail:``):
 
 * ``<prefix>changes:<environment>``: one JSON ``FlagChanged`` per committed
   change, published by the server replica that committed it, after the commit.
-* ``<prefix>instances:<environment>``: one JSON ``InstanceReport`` per SDK
-  report (the applied version, for kill confirmation).
+
+Redis is not authenticated per message: whoever can PUBLISH to it can write any
+message. Receivers (SDKs and the other server replicas) therefore treat a change
+message only as a *hint* (``read_hint``): "this environment reached version N".
+A hint ahead of what the receiver holds makes it fetch the state over the
+authenticated path (an SDK: ``GET /sdk/v1/snapshot`` with its ETag; a replica:
+its database); the message's flag state is never applied. A forged message costs
+one conditional fetch and cannot set a state or burn a version number. Instance
+reports travel over HTTP only (each is tied to the token that sent it).
 
 Pub/sub is fire-and-forget: a message published while a subscriber is away is
-lost to it. Receivers therefore apply a change only at the next version and
-resync from a full snapshot otherwise, and resync after every (re)subscribe.
+lost to it; receivers resync after every (re)subscribe and poll as a backstop.
 
 ``RedisPublisher`` publishes from a background thread, so a dead or hung Redis
 never delays, let alone fails, the request that committed a change.
@@ -31,9 +37,9 @@ from typing import Any
 import redis
 
 from flags.model import FlagChanged
-from flags.sync import DEFAULT_PREFIX, Backoff, InstanceReport, channel_name
+from flags.sync import DEFAULT_PREFIX, Backoff, channel_name
 
-__all__ = ["RedisPublisher", "RedisSubscriber", "decode_change", "encode_change"]
+__all__ = ["RedisPublisher", "RedisSubscriber", "decode_change", "encode_change", "read_hint"]
 
 log = logging.getLogger("flagrail.sync.redis")
 
@@ -50,6 +56,30 @@ def encode_change(event: FlagChanged) -> bytes:
 def decode_change(data: bytes | str) -> FlagChanged:
     """Parse a change message. Raises ``ValueError`` (``ValidationError`` included)."""
     return FlagChanged.from_dict(json.loads(data))
+
+
+# Largest version a hint may carry (environment versions are BIGINTs).
+MAX_HINT_VERSION = 2**63 - 1
+MAX_HINT_BYTES = 64 * 1024
+
+
+def read_hint(data: bytes | str, environment: str) -> int | None:
+    """The version a change message on ``environment``'s channel announces, or None
+    when it is not a readable hint: not JSON, not an object, larger than 64 KiB, of
+    another environment, or without an integer ``version`` in 0..2**63-1. Nothing
+    else in the message is read. Never raises."""
+    if len(data) > MAX_HINT_BYTES:
+        return None
+    try:
+        message = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(message, dict) or message.get("environment") != environment:
+        return None
+    version = message.get("version")
+    if type(version) is not int or not 0 <= version <= MAX_HINT_VERSION:
+        return None
+    return version
 
 
 def connect(url: str) -> redis.Redis:
@@ -102,13 +132,7 @@ class RedisPublisher:
         for event in events:
             self._enqueue(channel_name(self.prefix, "changes", event.environment), event)
 
-    def publish_instance(self, report: InstanceReport) -> None:
-        self._enqueue(
-            channel_name(self.prefix, "instances", report.environment),
-            report,
-        )
-
-    def _enqueue(self, channel: str, item: FlagChanged | InstanceReport) -> None:
+    def _enqueue(self, channel: str, item: FlagChanged) -> None:
         try:
             data = json.dumps(item.to_dict(), separators=(",", ":")).encode("utf-8")
             self._queue.put_nowait((channel, data))
@@ -130,8 +154,10 @@ class RedisPublisher:
                 if self._broken:
                     log.warning("redis publish works again on %s", self.url)
                     self._broken = False
-            except (redis.RedisError, OSError) as exc:
+            except Exception as exc:  # the publisher must outlive any error: counted, logged
                 self.failures += 1
+                if not isinstance(exc, (redis.RedisError, OSError)):
+                    log.exception("redis publish on %s failed unexpectedly", channel)
                 if not self._broken:
                     log.warning(
                         "redis publish on %s failed (%s); changes stay committed and "
@@ -222,6 +248,9 @@ class RedisSubscriber:
                 if not failed_once:
                     log.warning("redis subscription on %s lost: %s; retrying", self.url, exc)
                     failed_once = True
+            except Exception:  # the subscriber must outlive anything: logged, reconnects
+                self._set_live(False)
+                log.exception("redis subscription on %s failed; reconnecting", self.url)
             finally:
                 self._set_live(False)
                 if client is not None:

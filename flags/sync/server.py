@@ -5,7 +5,9 @@ talks to its client only through ``flags.sync.SnapshotSink``.
 
 Sync, in order of preference: the Redis channel ``<prefix>changes:<env>`` when
 ``redis_url`` is given and Redis answers (and the server says it publishes
-there); else the SSE stream ``/sdk/v1/stream``; ETag polling of
+there), whose messages are hints only (a version ahead of the served one makes
+the poll thread fetch the snapshot; no state is ever taken from Redis); else
+the SSE stream ``/sdk/v1/stream``; ETag polling of
 ``/sdk/v1/snapshot`` every ``poll_interval`` seconds whenever neither is live
 (and every ``SAFETY_POLL`` seconds as a safety net while one is). At start,
 while the server cannot be reached, the backup at ``backup_path`` is served;
@@ -21,7 +23,6 @@ opened by those threads, never by ``start`` itself, so ``start`` never blocks.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -46,6 +47,8 @@ log = logging.getLogger("flagrail.client")
 
 # Seconds between safety polls while Redis or the stream is live.
 SAFETY_POLL = 30.0
+# The server's bound on one count in one report (api.routes.sdk.MAX_COUNT).
+MAX_REPORTED_COUNT = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,6 @@ class ServerSource:
         self._fetcher: SnapshotFetcher | None = None
         self._redis_sub: Any = None
         self._sse: SseConsumer | None = None
-        self._redis_pub: Any = None
         self._stop = threading.Event()
         self._poll_wake = threading.Event()
         self._report_wake = threading.Event()
@@ -93,6 +95,10 @@ class ServerSource:
         self._reported: dict[str, tuple[int, int]] = {}
         self._reported_app: dict[tuple[str, str], float] = {}
         self._threads: list[threading.Thread] = []
+        # Redis change hints taken up (a fetch followed) and unreadable ones dropped.
+        self.hints = 0
+        self.unreadable_hints = 0
+        self._hint_pending = False
 
     # ---------------------------------------------------------------- control
     def start(self, sink: SnapshotSink) -> None:
@@ -164,8 +170,6 @@ class ServerSource:
         finally:
             if self._http is not None:
                 self._http.close()
-            if self._redis_pub is not None:
-                self._redis_pub.close()
 
     def evaluate_foreign(self, key: str, tenant: object, default: bool) -> None:
         """None: a flagrail server's snapshot holds every flag it serves."""
@@ -240,14 +244,21 @@ class ServerSource:
         self._report_wake.set()
 
     def _on_redis_message(self, channel: str, data: bytes) -> None:
-        from flags.sync.redis_pubsub import decode_change
+        """A Redis message is a hint, never state (anyone who can PUBLISH could have
+        sent it): a version ahead of the served one makes the poll thread fetch the
+        snapshot (ETag'd) now; anything else is counted and dropped."""
+        from flags.sync.redis_pubsub import read_hint
 
-        try:
-            event = decode_change(data)
-        except ValueError as exc:  # ValidationError and JSONDecodeError are ValueErrors
-            self.sink.request_resync(f"unreadable message on {channel}: {exc}")
+        version = read_hint(data, self.options.environment)
+        if version is None:
+            self.unreadable_hints += 1
             return
-        self.sink.receive_change(event, "redis")
+        served = self._served_version()
+        if served is not None and version <= served:
+            return
+        self.hints += 1
+        self._hint_pending = True
+        self.resync()
 
     # ---------------------------------------------------------------- poll thread
     def _poll_loop(self) -> None:
@@ -283,12 +294,15 @@ class ServerSource:
 
     def _fetch(self) -> None:
         assert self._fetcher is not None
+        # A fetch a Redis hint asked for is the Redis path's delivery: named "redis".
+        source = "redis" if self._hint_pending else "poll"
+        self._hint_pending = False
         snapshot = self._fetcher.fetch(self._served_version())
         if snapshot is None:
             if self.live() is None:
                 self.sink.confirm("poll")
             return
-        self.sink.receive_snapshot(snapshot, "poll")
+        self.sink.receive_snapshot(snapshot, source)
 
     def _load_backup(self) -> None:
         opts = self.options
@@ -396,23 +410,8 @@ class ServerSource:
         return True
 
     def _send_instance_report(self) -> None:
-        report = self._instance_report()
-        if self.redis_live():
-            from flags.sync.redis_pubsub import connect
-
-            opts = self.options
-            try:
-                if self._redis_pub is None:
-                    self._redis_pub = connect(opts.redis_url or "")
-                channel = channel_name(opts.channel_prefix, "instances", report.environment)
-                self._redis_pub.publish(channel, json.dumps(report.to_dict()))
-                return
-            except Exception as exc:  # redis-py raises many types; HTTP is the fallback
-                self._log_once(
-                    "redis-report", "flagrail: instance report over redis failed: %s", exc
-                )
-                self._redis_pub = None
-        self._post("/sdk/v1/instances", report.to_dict())
+        """Over HTTP only: the server ties an instance to the token that reports it."""
+        self._post("/sdk/v1/instances", self._instance_report().to_dict())
 
     def _send_metrics(self, closed: bool = False) -> None:
         sink = self.sink
@@ -424,12 +423,16 @@ class ServerSource:
             was_off, was_on = self._reported.get(key, (0, 0))
             if off - was_off > 0 or on - was_on > 0:
                 flags[key] = {"on": max(0, on - was_on), "off": max(0, off - was_off)}
-        app_now = _flatten(sink.counters())
-        counters: dict[str, dict[str, float]] = {}
-        for (flag, name), value in app_now.items():
-            delta = value - self._reported_app.get((flag, name), 0.0)
-            if delta:
+        # The server takes whole, non-negative counts: send the whole part of each
+        # increase and keep the fraction (and any decrease) for a later report.
+        app_now = dict(self._reported_app)
+        counters: dict[str, dict[str, int]] = {}
+        for (flag, name), value in _flatten(sink.counters()).items():
+            was = self._reported_app.get((flag, name), 0.0)
+            delta = int(min(value - was, MAX_REPORTED_COUNT))
+            if delta > 0:
                 counters.setdefault(flag, {})[name] = delta
+                app_now[(flag, name)] = was + delta
         body = {
             "environment": self.options.environment,
             "instance": self._instance_report(closed).to_dict(),

@@ -72,7 +72,7 @@ def test_metrics__sdk_reports__flag_shows_last_evaluated_and_seen(
     [
         ({"environment": ENV, "flags": {"checkout": {"on": -1}}}, 422, "flags.checkout.on"),
         ({"environment": ENV, "flags": {"Bad Key": {"on": 1}}}, 422, "flags"),
-        ({"environment": ENV, "counters": {"checkout": {"": 1.0}}}, 422, "counters.checkout"),
+        ({"environment": ENV, "counters": {"checkout": {"": 1}}}, 422, "counters.checkout"),
         ({"environment": ENV, "extra": 1}, 422, "extra"),
         ({"environment": "staging"}, 403, "environment"),
         ({"environment": ENV, "instance": instance(environment="beta")}, 422, None),

@@ -72,16 +72,17 @@ def redis_setup(
     r.close()
 
 
-def test_redis__malformed_message__resync_and_still_in_sync(
+def test_redis__malformed_message__dropped_and_still_in_sync(
     deployment: Deployment, redis_setup: tuple[LiveServer, FlagClient, redis.Redis], key_prefix: str
 ) -> None:
-    """An unreadable pub/sub message is counted as a resync, never raised; the next kill
-    still arrives."""
+    """An unreadable pub/sub message is counted and dropped (Redis carries hints only),
+    never raised; the next kill still arrives."""
     server, client, r = redis_setup
     channel = f"{key_prefix}changes:{ENV}"
     r.publish(channel, b"\xff not json")
     r.publish(channel, json.dumps({"environment": ENV, "version": "x", "flag": 1}))
-    wait_for(lambda: client.stats()["resyncs"] >= 2, what="two resyncs")
+    source = client._source
+    wait_for(lambda: source.unreadable_hints >= 2, what="two dropped messages")
     assert client.version == deployment.store.environment_version(ENV)
     kill(deployment, server)
     wait_for(lambda: not client.is_enabled("checkout"), what="the kill")
@@ -90,13 +91,13 @@ def test_redis__malformed_message__resync_and_still_in_sync(
 def test_redis__version_gap__resync_from_snapshot(
     deployment: Deployment, redis_setup: tuple[LiveServer, FlagClient, redis.Redis], key_prefix: str
 ) -> None:
-    """A change several versions ahead is not applied: the client refetches the
-    snapshot and ends at the server's version and state."""
+    """A change several versions ahead is a hint, not state: the client refetches the
+    snapshot (a 304) and stays at the server's version and state."""
     _server, client, r = redis_setup
     current = client.version
     bogus = FlagChanged(ENV, current + 5, "checkout", FlagState(killed=True, version=99))
     r.publish(f"{key_prefix}changes:{ENV}", json.dumps(bogus.to_dict()))
-    wait_for(lambda: client.stats()["resyncs"] >= 1, what="a resync")
+    wait_for(lambda: client._source.hints >= 1, what="the hint taken up")
     wait_for(lambda: client.stats()["last_update_at"] is not None)
     assert client.version == deployment.store.environment_version(ENV) == current
     assert client.is_enabled("checkout") is True  # the bogus kill was never applied
