@@ -96,8 +96,12 @@ class Layer(Protocol):
 
 class RemoteLayer(Layer, Protocol):
     """A layer in another process. ``get``/``set``/``delete`` raise
-    ``flags.errors.CacheError`` when the remote fails, and ``get`` raises
-    ``CorruptEntryError`` for an entry it will not serve; ``available()`` is
+    ``flags.errors.CacheError`` when the remote fails; ``get`` raises
+    ``CorruptEntryError`` for an entry it will not serve, and ``set`` for a write
+    it refused (``Rejection.WRITE``: the envelope did not read back as the value)
+    or broken bookkeeping it repaired (``Rejection.BOOKKEEPING``); ``aget``,
+    ``aset`` and ``adelete``, when present, are the asyncio twins ``aget`` uses
+    (without them it runs the sync ones in a thread). ``available()`` is
     False while its circuit is open. ``bump(marker)`` grows its epoch once per
     marker before the next call (no I/O). ``invalidate(key, hold)`` deletes and
     refuses writes of ``key`` for ``hold`` seconds; ``set`` returns False when
