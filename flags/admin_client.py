@@ -12,14 +12,17 @@ Errors are ``flags.errors`` types, never httpx's:
   (``flag_not_found`` -> ``FlagNotFoundError``, ``version_conflict`` ->
   ``VersionConflictError`` with ``current``, ...), else the class of its status
   (404 ``NotFoundError``, 409 ``ConflictError``, 401 ``UnauthenticatedError``,
-  403 ``ForbiddenError``, other 4xx ``ValidationError``, 5xx
-  ``ServerUnavailableError``); the message reads ``"<status> <code>: <message>"``
-  and ``field`` is the server's;
+  403 ``ForbiddenError``, 429 and 5xx ``ServerUnavailableError``, other 4xx
+  ``ValidationError``); the message reads ``"<status> <code>: <message>"`` and
+  ``field`` is the server's;
 * a server that cannot be reached, does not answer in time or answers something
   that is not the API raises ``ServerUnavailableError`` (a kill may or may not
   have been applied after a timeout: it is idempotent, so send it again);
 * a malformed flag key or environment name raises ``ValidationError`` before
   anything is sent (no ``/`` or ``..`` ever reaches a URL).
+
+What is worth retrying is a ``ConnectionError``: ``ServerUnavailableError`` and
+``StoreUnavailableError`` (the server's database did not answer; nothing was written).
 
 Thread-safe as an ``httpx.Client`` is. ``close()`` releases its connections; the
 client is a context manager. Constructing it does no I/O.
@@ -129,6 +132,7 @@ BY_STATUS: Mapping[int, type[errors.FlagrailError]] = {
     403: errors.ForbiddenError,
     404: errors.NotFoundError,
     409: errors.ConflictError,
+    429: errors.ServerUnavailableError,  # too many requests: try again later
 }
 
 

@@ -102,6 +102,7 @@ class TestErrors:
             (503, "store_unavailable", errors.StoreUnavailableError),
             (405, "method_not_allowed", errors.ValidationError),
             (418, "teapot", errors.ValidationError),
+            (429, "error", errors.ServerUnavailableError),
             (500, "internal_error", errors.ServerUnavailableError),
         ],
     )
