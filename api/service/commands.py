@@ -7,14 +7,14 @@ hand the service identical values. Commands are frozen and hold no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from flags.durations import parse_instant
 from flags.history import HistoryQuery
-from flags.model import FlagKind, Role, StateChange, validate_environment_name
+from flags.model import FlagKind, Role, StateChange
 
 __all__ = [
     "CreateFlag",
@@ -26,7 +26,6 @@ __all__ = [
     "SetState",
     "UpdateFlag",
     "history_filter",
-    "target_environments",
 ]
 
 
@@ -130,10 +129,3 @@ def history_filter(
         limit=100 if limit is None else limit,
         cursor=cursor,
     )
-
-
-def target_environments(requested: Sequence[str] | None) -> tuple[str, ...] | None:
-    """Validate the names of a kill's ``environments`` (field ``environments``)."""
-    if requested is None:
-        return None
-    return tuple(validate_environment_name(env, "environments") for env in requested)
