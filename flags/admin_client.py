@@ -54,7 +54,7 @@ USER_AGENT = "flagrail-admin-client"
 
 class AdminApi(Protocol):
     """The admin operations, as ``AdminClient`` offers them over HTTP and
-    ``api.service.database.DatabaseAdmin`` directly on a database. Each returns the
+    ``api.cli.database.DatabaseAdmin`` directly on a database. Each returns the
     admin API's JSON answer."""
 
     def list_environments(self) -> dict[str, Any]: ...

@@ -1,7 +1,7 @@
 """Where the CLI's admin commands send their work: a running server, or the database.
 
 Both are ``flags.admin_client.AdminApi``: ``AdminClient`` talks to the admin API
-over HTTP (the normal path); ``api.service.database.DatabaseAdmin`` works directly
+over HTTP (the normal path); ``api.cli.database.DatabaseAdmin`` works directly
 on the database through the same ``AdminService`` (break-glass, when the server is
 down), recording history under ``cli:<os user>``. Both answer the admin API's JSON,
 so ``--json`` output does not depend on the path taken, and both raise
@@ -41,7 +41,7 @@ def open_admin(url: str | None, token: str | None, database_url: str | None) -> 
     Raises ``CliError`` (exit code 2) when the server path has no token.
     """
     if database_url:
-        from api.service.database import DatabaseAdmin
+        from api.cli.database import DatabaseAdmin
 
         return DatabaseAdmin(database_url)
     if not token:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import typer
 
+from api.cli.database import DatabaseAdmin
 from api.cli.output import print_json, print_table
 from api.cli.server import DatabaseUrl, database_url
-from api.service.database import DatabaseAdmin
 
 app = typer.Typer(help="API tokens (directly on the database).", no_args_is_help=True)
 

@@ -2,8 +2,8 @@
 
 ``AdminService`` holds the operations; ``Principal`` says who calls and
 ``PERMISSIONS`` what each role may do; ``api.service.commands`` holds the typed
-commands; ``DatabaseAdmin`` (``api.service.database``) is the CLI's break-glass
-front end on the same service. The HTTP routes in ``api/routes`` are the other.
+commands. Two front ends call it: the HTTP routes in ``api/routes``, and
+``DatabaseAdmin`` (``api.cli.database``), the CLI's break-glass mode.
 """
 
 from __future__ import annotations

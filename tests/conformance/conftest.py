@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from api.service.database import DatabaseAdmin
+from api.cli.database import DatabaseAdmin
 from flags.admin_client import AdminClient
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore, cli_actor
