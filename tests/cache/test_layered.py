@@ -1,4 +1,5 @@
-"""LayeredCache end to end on a real Redis, in every on/off combination of its layer flags.
+"""LayeredCache end to end on a real Redis, in every on/off combination of its layer flags,
+each through both drivers of the read core: ``get`` and ``aget`` (the ``read`` fixture).
 
 Each test asserts what must hold in its combination: a layer that is off is
 neither read nor written, and the answer is always the loader's.
