@@ -99,7 +99,7 @@ class SdkServerSettings(BaseSettings):
     max_streams_per_token: int = Field(default=1_000, ge=0)
     # Items one stream may have queued before it counts as fallen behind (then it is
     # sent one snapshot instead of every change).
-    stream_queue: int = Field(default=256, ge=1, le=100_000)
+    stream_queue: int = Field(default=128, ge=1, le=100_000)
     # Live SDK instances one token may report on this replica; beyond it a 429.
     max_instances_per_token: int = Field(default=10_000, ge=1)
     # Seconds between database polls of environment versions (the no-Redis backstop).

@@ -56,7 +56,7 @@ RESYNC = Resync()
 Item = FlagChanged | Snapshot | Resync | None
 
 # Items a stream's queue holds before the stream counts as fallen behind.
-DEFAULT_STREAM_QUEUE = 256
+DEFAULT_STREAM_QUEUE = 128
 
 
 class Subscription:

@@ -1,0 +1,120 @@
+"""Issue #14, finding 7: whoever can PUBLISH to Redis cannot set flag states.
+
+Change messages on Redis are hints only. A real Redis carries forged messages (a
+future version with a kill, a far-future version, an unkill, another environment's
+body, garbage) to a real server and a real SDK (``FlagClient`` syncing over Redis);
+neither the SDK nor the server's SSE stream changes state, and the next real change
+still arrives at the version it really has (a forged version burns nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from sdk.harness import ENV, Deployment, LiveServer, StreamReader
+
+from api.routes.sdk import SdkServerSettings
+from flags import FlagClient
+from flags.model import FlagChanged, FlagState, Snapshot
+from flags.testing import wait_for
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def deployment(sqlite_url: str) -> Iterator[Deployment]:
+    d = Deployment(sqlite_url)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def admin(d: Deployment, server: LiveServer, path: str) -> None:
+    r = d.admin_request(server, "POST", path, json={"reason": "t", "environments": [ENV]})
+    assert r.status_code == 200, r.text
+
+
+def forged(env_version: int, flag: str, **state: Any) -> bytes:
+    event = FlagChanged(ENV, env_version, flag, FlagState(**state))
+    return json.dumps(event.to_dict()).encode()
+
+
+def test_forged_messages__no_state_changes__real_change_still_arrives(
+    deployment: Deployment, redis_url: str, key_prefix: str
+) -> None:
+    """Forged kill/unkill/future/garbage messages change nothing anywhere; the real kill
+    that follows is applied at its true version by the SDK and the stream."""
+    deployment.create_flag("checkout")
+    deployment.create_flag("payments")
+    server = deployment.server(
+        redis_url=redis_url, sdk_settings=SdkServerSettings(redis_prefix=key_prefix)
+    )
+    admin(deployment, server, "/admin/flags/payments/kill")
+    wait_for(lambda: server.sdk.subscriber.live, what="the server's redis subscription")
+    start = deployment.store.environment_version(ENV)
+    seen: list[Snapshot] = []
+    lock = threading.Lock()
+    client = FlagClient(
+        server.url, deployment.client_token, ENV, redis_url=redis_url, channel_prefix=key_prefix
+    )
+    stream = StreamReader(server.url, deployment.client_token)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        wait_for(lambda: client.stats()["source"] == "redis", what="the SDK on redis")
+        wait_for(lambda: client.version == start, what="the SDK at the current version")
+        wait_for(lambda: len(stream.of("snapshot")) == 1, what="the stream's snapshot")
+
+        def changed(_c: FlagClient, snapshot: Snapshot) -> None:
+            with lock:
+                seen.append(snapshot)
+
+        client.on_change(changed)
+        source = client._source
+        channel = f"{key_prefix}changes:{ENV}"
+        messages = [
+            forged(start + 1, "checkout", killed=True, version=99),  # the next version
+            forged(start + 1000, "checkout", killed=True, version=99),  # far future
+            forged(start + 2, "payments", enabled=True, killed=False, version=99),  # unkill
+            forged(2**62, "checkout", killed=True, version=99),
+            json.dumps({"environment": "other", "version": start + 5}).encode(),
+            b"\xff garbage",
+            b"[]",
+            json.dumps({"environment": ENV, "version": 2**64}).encode(),
+            json.dumps({"environment": ENV, "version": True}).encode(),
+        ]
+        for message in messages:
+            r.publish(channel, message)
+        wait_for(lambda: source.hints + source.unreadable_hints >= 9, what="the SDK's hints")
+        broadcaster = server.sdk.broadcaster
+        wait_for(
+            lambda: (
+                broadcaster.hints + broadcaster.hints_ignored + server.sdk.unreadable_hints >= 9
+            ),
+            what="the server's hints",
+        )
+        assert source.hints == 4 and source.unreadable_hints == 5
+        assert broadcaster.hints == 4 and server.sdk.unreadable_hints == 5
+
+        admin(deployment, server, "/admin/flags/checkout/kill")
+        wait_for(lambda: not client.is_enabled("checkout"), what="the real kill at the SDK")
+        wait_for(lambda: len(stream.of("change")) >= 1, what="the real kill on the stream")
+
+        assert client.version == start + 1 == deployment.store.environment_version(ENV)
+        assert client.is_enabled("payments") is False  # the forged unkill was never applied
+        with lock:
+            applied = [(s.version, s.flags["checkout"].killed) for s in seen]
+        assert applied == [(start + 1, True)]  # nothing but the real change
+        changes = [json.loads(e.data) for e in stream.of("change")]
+        assert [(c["version"], c["flag"]) for c in changes] == [(start + 1, "checkout")]
+        assert len(stream.of("snapshot")) == 1  # no forged state, no resync snapshot
+        assert broadcaster.resyncs == 0
+    finally:
+        stream.close()
+        client.close()
+        r.close()

@@ -1,0 +1,153 @@
+"""Issue #14, finding 9: SSE streams cannot grow a server without bound.
+
+One token holds at most ``FLAGRAIL_MAX_STREAMS_PER_TOKEN`` streams (a 429 with a JSON
+body beyond it), and each stream's queue is bounded: a reader that falls behind is
+sent one snapshot (a resync) instead of every change. A ``flagrail serve`` process
+with a stream that never reads takes 10,000 changes and grows by under 20 MB of RSS
+(read from ``/proc``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sdk.harness import ENV, Deployment, StreamReader
+
+from api.routes.sdk import SdkServerSettings
+from flags.testing import wait_for
+from flags.testing.redis_server import free_port
+
+FLAGRAIL = str(Path(sys.executable).with_name("flagrail"))
+CHANGES = 10_000
+RSS_BUDGET = 20 * 1024 * 1024
+
+
+@pytest.fixture
+def deployment(sqlite_url: str) -> Iterator[Deployment]:
+    d = Deployment(sqlite_url)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def test_streams__over_the_per_token_cap__429_with_a_json_body(deployment: Deployment) -> None:
+    """The third stream of a token capped at two is refused; another token still gets one."""
+    deployment.create_flag("checkout")
+    server = deployment.server(sdk_settings=SdkServerSettings(max_streams_per_token=2))
+    readers = [StreamReader(server.url, deployment.client_token) for _ in range(2)]
+    try:
+        for reader in readers:
+            wait_for(lambda reader=reader: reader.of("snapshot"), what="an open stream")
+        r = httpx.get(
+            f"{server.url}/sdk/v1/stream",
+            params={"environment": ENV},
+            headers={"Authorization": f"Bearer {deployment.client_token}"},
+            timeout=10,
+        )
+        assert r.status_code == 429, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["error"]["code"] == "too_many_streams"
+        assert r.json()["limit"] == 2
+        _info, other = deployment.store.create_token("other", "client", [ENV], actor="test")
+        third = StreamReader(server.url, other)
+        readers.append(third)
+        wait_for(lambda: third.of("snapshot"), what="the other token's stream")
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+def _rss(pid: int) -> int:
+    """Resident set size of ``pid`` in bytes, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _stalled_stream(port: int, token: str) -> socket.socket:
+    """A stream request on a socket with a tiny receive buffer that is never read."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        (
+            f"GET /sdk/v1/stream?environment={ENV} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_stream_never_read__10000_changes__rss_grows_under_20mb(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A stream that never reads costs bounded memory, and when it reads at last it is
+    sent a snapshot, not the 10,000 changes it missed. Each change carries 200 tenants
+    (about 3 KB a frame), so the changes outgrow every kernel socket buffer."""
+    deployment.create_flag("checkout", tenants_on=[f"tenant-{i:04d}" for i in range(200)])
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGRAIL_")}
+    env.update(FLAGRAIL_SCHEDULER="false", FLAGRAIL_HEARTBEAT_INTERVAL="3600")
+    proc = subprocess.Popen(
+        [FLAGRAIL, "serve", "--database-url", deployment.database_url, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    sock = None
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, 60, "flagrail serve")
+        headers = {"Authorization": f"Bearer {deployment.admin}"}
+        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+            path = f"/admin/flags/checkout/environments/{ENV}"
+            # Warm up every code path, and fill the replay ring (1,024 changes, a fixed
+            # cost of the server whatever its streams), before the baseline.
+            for i in range(1100):
+                assert http.patch(path, json={"rollout": i % 100 + 1}).status_code == 200
+            sock = _stalled_stream(port, deployment.client_token)
+            wait_for(
+                lambda: http.get("/metrics").status_code == 200 and _rss(proc.pid) > 0,
+                what="the server",
+            )
+            before = _rss(proc.pid)
+            for i in range(CHANGES):
+                r = http.patch(path, json={"rollout": i % 100 + 1})
+                assert r.status_code == 200, r.text
+            grown = _rss(proc.pid) - before
+        assert grown < RSS_BUDGET, f"RSS grew by {grown / 1e6:.1f} MB"
+        # Reading now: the stream resynced with a snapshot instead of queueing every change.
+        sock.settimeout(10)
+        received = b""
+        while received.count(b"event: snapshot") < 2:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the stream ended"
+            received += chunk
+        assert received.count(b"event: change") < CHANGES // 2
+    finally:
+        if sock is not None:
+            sock.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
