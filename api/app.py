@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from api import errors
+from api import console, errors
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.routes import environments, flags, health, history, plans, sdk, tokens, unleash
 from api.service import AdminService
@@ -66,6 +66,10 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
         version="0.1.0",
         description="Feature flags with kill switches, staged rollouts and an audited history.",
         lifespan=lifespan,
+        # FLAGRAIL_DOCS=false: no /docs, /redoc or /openapi.json (each answers 404).
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
+        openapi_url="/openapi.json" if settings.docs else None,
     )
     app.state.settings = settings
     app.state.store = store
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    console.install(app)  # the web console at /console (its users store starts first)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

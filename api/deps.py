@@ -62,17 +62,13 @@ def bearer_secret(request: Request, *, allow_raw: bool = False) -> str:
     raise UnauthenticatedError("Authorization must be 'Bearer <token>'", field="Authorization")
 
 
-def _claimed_actor(request: Request) -> str | None:
-    claimed = request.headers.get(ACTOR_HEADER)
-    if claimed is None:
-        return None
-    # Automated actors name themselves (guard:<host>:<pid>); nothing else may be claimed.
+def _check_claimed_actor(claimed: str) -> None:
+    # A guard names itself (guard:<host>:<pid>); nothing else may be claimed.
     if not claimed.startswith("guard:") or len(claimed) > 200 or not claimed.isprintable():
         raise ValidationError(
             "X-Flagrail-Actor must be 'guard:<host>:<pid>' (at most 200 characters)",
             field="X-Flagrail-Actor",
         )
-    return claimed
 
 
 def authenticate(request: Request, *, allow_raw: bool = False) -> TokenInfo:
@@ -85,12 +81,17 @@ def authenticate(request: Request, *, allow_raw: bool = False) -> TokenInfo:
 
 def allowed(operation: Operation) -> Callable[[Request], Principal]:
     """A dependency: authenticate, and refuse (403) a principal whose role may not
-    perform ``operation``."""
+    perform ``operation``. ``X-Flagrail-Actor`` is refused (403 naming the header)
+    from any token but a ``guard``'s, and from a guard unless it is
+    ``guard:<host>:<pid>`` (422)."""
 
     def dependency(request: Request) -> Principal:
         token = authenticate(request)
         Principal.from_token(token).allow(operation)  # the role first, then the header
-        principal = Principal.from_token(token, claimed_actor=_claimed_actor(request))
+        claimed = request.headers.get(ACTOR_HEADER)
+        principal = Principal.from_token(token, claimed_actor=claimed)
+        if claimed is not None:
+            _check_claimed_actor(claimed)
         request.state.principal = principal
         return principal
 

@@ -33,7 +33,7 @@ from flags.store import KillResult
 from flags.store.sql import flag_to_dict
 
 Kind = Literal["release", "operational", "kill-switch", "permission"]
-RoleName = Literal["client", "reader", "operator", "editor", "admin"]
+RoleName = Literal["client", "reader", "operator", "editor", "admin", "guard"]
 TenantList = list[str]
 
 
@@ -130,10 +130,14 @@ class TokenCreate(Body):
     name: str = Field(min_length=1, max_length=200)
     role: RoleName
     environments: list[str] | None = Field(default=None, max_length=100)
+    # fnmatch patterns of the flag keys the token may act on (None: every flag); the
+    # service validates each (``flags.model.validate_flag_patterns``).
+    flags: list[str] | None = Field(default=None, min_length=1, max_length=50)
 
     def to_command(self) -> CreateToken:
         envs = None if self.environments is None else tuple(self.environments)
-        return CreateToken(self.name, self.role, envs)
+        patterns = None if self.flags is None else tuple(self.flags)
+        return CreateToken(self.name, self.role, envs, patterns)
 
 
 class PlanActionBody(Body):

@@ -101,7 +101,11 @@ class AdminApi(Protocol):
     ) -> dict[str, Any]: ...
     def history(self, **filters: Any) -> dict[str, Any]: ...
     def create_token(
-        self, name: str, role: str, environments: Sequence[str] | None = None
+        self,
+        name: str,
+        role: str,
+        environments: Sequence[str] | None = None,
+        flags: Sequence[str] | None = None,
     ) -> dict[str, Any]: ...
     def list_tokens(self) -> dict[str, Any]: ...
     def revoke_token(self, token_id: str) -> dict[str, Any]: ...
@@ -189,10 +193,18 @@ def kill_body(env: str | Sequence[str] | None, reason: str) -> dict[str, Any]:
     return {"reason": reason, "environments": envs}
 
 
-def token_body(name: str, role: str, environments: Sequence[str] | None) -> dict[str, Any]:
-    """``POST /admin/tokens``."""
+def token_body(
+    name: str,
+    role: str,
+    environments: Sequence[str] | None,
+    flags: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """``POST /admin/tokens`` (``flags`` only when given: fnmatch patterns of flag keys)."""
     envs = None if environments is None else list(environments)
-    return {"name": name, "role": role, "environments": envs}
+    body: dict[str, Any] = {"name": name, "role": role, "environments": envs}
+    if flags is not None:
+        body["flags"] = list(flags)
+    return body
 
 
 def _flag_path(key: str, *rest: str) -> str:
@@ -363,10 +375,15 @@ class AdminClient:
 
     # ------------------------------------------------------------ tokens
     def create_token(
-        self, name: str, role: str, environments: Sequence[str] | None = None
+        self,
+        name: str,
+        role: str,
+        environments: Sequence[str] | None = None,
+        flags: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """A new token; the answer's ``token`` is its value, shown this once."""
-        body = token_body(name, role, environments)
+        """A new token; the answer's ``token`` is its value, shown this once. ``flags``
+        limits it to flag keys matching those fnmatch patterns."""
+        body = token_body(name, role, environments, flags)
         return self.request("POST", "/admin/tokens", json=body)
 
     def list_tokens(self) -> dict[str, Any]:

@@ -1,25 +1,31 @@
-"""The append-only flag history: write rows, read pages. Nothing here updates or deletes.
+"""The append-only flag history's pure half: who acted (``Actor``), what a reader asks
+for (``HistoryQuery``), what it gets (``HistoryPage``), and the page cursor.
 
-``record_change`` (one row) and ``record_changes`` (several, one statement) must be
-called inside the transaction of the change they record, so the change and its rows
-commit or roll back together.
+The SQL half (writing rows inside a change's transaction, reading pages) is
+``flags.store.history``; nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select
-
 from flags.errors import ValidationError
 from flags.model import HistoryEntry
-from flags.store.tables import history
 
-__all__ = ["HistoryPage", "HistoryQuery", "list_changes", "record_change", "record_changes"]
+__all__ = [
+    "AT_SKEW",
+    "MAX_PAGE",
+    "Actor",
+    "HistoryPage",
+    "HistoryQuery",
+    "actor_columns",
+    "decode_cursor",
+    "encode_cursor",
+    "utc",
+]
 
 MAX_PAGE = 500
 # The most that ``at`` order and insertion (id) order of two rows may disagree by.
@@ -27,9 +33,44 @@ AT_SKEW = timedelta(minutes=10)
 
 
 @dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made a change, as its history row records it.
+
+    ``name`` is the row's ``actor``: the actor a ``guard`` token claimed
+    (``X-Flagrail-Actor``) if any, else the token's name (or ``cli:<user>``,
+    ``plan:<id>``, ``system``, with no token). ``token_id``/``token_name`` name the
+    API token that made the change, whatever was claimed; ``claimed`` keeps the
+    claimed actor in a field of its own. ``str(actor)`` is ``name``.
+    """
+
+    name: str
+    token_id: str | None = None
+    token_name: str | None = None
+    claimed: str | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def actor_columns(actor: str | Actor) -> dict[str, str | None]:
+    """The history columns ``actor``, ``token_id``, ``token_name`` and ``claimed_actor``
+    of a change made by ``actor`` (a plain string: no token)."""
+    if isinstance(actor, Actor):
+        return {
+            "actor": actor.name,
+            "token_id": actor.token_id,
+            "token_name": actor.token_name,
+            "claimed_actor": actor.claimed,
+        }
+    return {"actor": str(actor), "token_id": None, "token_name": None, "claimed_actor": None}
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryQuery:
-    """Filters for ``list_changes``. ``scope`` limits rows to those environments (plus
-    flag-level rows with no environment); None means every environment."""
+    """Filters for a history page. ``scope`` limits rows to those environments (plus
+    flag-level rows with no environment); None means every environment.
+    ``hidden_actions`` are left out whatever the filters; of the ``token_actions``
+    rows, only those about a token in ``visible_tokens`` are listed (None: all)."""
 
     flag: str | None = None
     environment: str | None = None
@@ -40,8 +81,9 @@ class HistoryQuery:
     limit: int = 100
     cursor: str | None = None
     scope: tuple[str, ...] | None = None
-    # Actions left out whatever the filters (token changes, for callers below admin).
     hidden_actions: tuple[str, ...] = ()
+    token_actions: tuple[str, ...] = ()
+    visible_tokens: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,47 +93,6 @@ class HistoryPage:
 
     def to_dict(self) -> dict[str, Any]:
         return {"items": [e.to_dict() for e in self.items], "next_cursor": self.next_cursor}
-
-
-def record_change(
-    conn: Connection,
-    *,
-    actor: str,
-    action: str,
-    flag: str | None = None,
-    environment: str | None = None,
-    before: Any = None,
-    after: Any = None,
-    reason: str | None = None,
-    request_id: str | None = None,
-    env_version: int | None = None,
-    at: datetime | None = None,
-) -> None:
-    """Append one history row on ``conn`` (inside the caller's transaction)."""
-    record_changes(
-        conn,
-        [
-            {
-                "at": at or datetime.now(UTC),
-                "actor": actor,
-                "action": action,
-                "flag": flag,
-                "environment": environment,
-                "before": before,
-                "after": after,
-                "reason": reason,
-                "request_id": request_id,
-                "env_version": env_version,
-            }
-        ],
-    )
-
-
-def record_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Append several history rows on ``conn`` in one statement (inside the caller's
-    transaction). Each row has ``record_change``'s keywords, all of them."""
-    if rows:
-        conn.execute(insert(history), [dict(row) for row in rows])
 
 
 def encode_cursor(last_id: int) -> str:
@@ -113,87 +114,6 @@ def decode_cursor(cursor: str) -> int:
         raise ValidationError("cursor is not a next_cursor of this API", field="cursor") from exc
 
 
-def list_changes(conn: Connection, query: HistoryQuery) -> HistoryPage:
-    """One page of history, newest first. Raises ``ValidationError`` for a bad limit or cursor."""
-    if not 1 <= query.limit <= MAX_PAGE:
-        raise ValidationError(f"limit must be from 1 to {MAX_PAGE}", field="limit")
-    conditions = []
-    if query.flag is not None:
-        conditions.append(history.c.flag == query.flag)
-    if query.environment is not None:
-        conditions.append(history.c.environment == query.environment)
-    if query.actor is not None:
-        conditions.append(history.c.actor == query.actor)
-    if query.action is not None:
-        conditions.append(history.c.action == query.action)
-    # Compare in UTC: SQLite stores the UTC wall-clock time and ignores a bound's offset.
-    if query.since is not None:
-        since = _utc(query.since)
-        conditions.append(history.c.at >= since)
-        probe = _id_near(conn, since, before=True)
-        if probe is not None:
-            conditions.append(history.c.id > probe)
-    if query.until is not None:
-        until = _utc(query.until)
-        conditions.append(history.c.at < until)
-        probe = _id_near(conn, until, before=False)
-        if probe is not None:
-            conditions.append(history.c.id < probe)
-    if query.cursor is not None:
-        conditions.append(history.c.id < decode_cursor(query.cursor))
-    if query.hidden_actions:
-        conditions.append(history.c.action.not_in(query.hidden_actions))
-    if query.scope is not None:
-        conditions.append(
-            or_(history.c.environment.is_(None), history.c.environment.in_(query.scope))
-        )
-    stmt = select(history).order_by(history.c.id.desc()).limit(query.limit + 1)
-    if conditions:
-        stmt = stmt.where(and_(*conditions))
-    rows = conn.execute(stmt).mappings().all()
-    items = [
-        HistoryEntry(
-            id=row["id"],
-            at=_utc(row["at"]),
-            actor=row["actor"],
-            action=row["action"],
-            flag=row["flag"],
-            environment=row["environment"],
-            before=row["before"],
-            after=row["after"],
-            reason=row["reason"],
-            request_id=row["request_id"],
-        )
-        for row in rows[: query.limit]
-    ]
-    next_cursor = encode_cursor(items[-1].id) if len(rows) > query.limit else None
-    return HistoryPage(items, next_cursor)
-
-
-def _id_near(conn: Connection, instant: datetime, *, before: bool) -> int | None:
-    """An id bound for a time filter, from one probe of the ``at`` index.
-
-    Pages run in id (insertion) order, and ``at`` is taken inside the writing
-    transaction, so the two orders disagree by at most a transaction's length, far
-    below ``AT_SKEW``. So every row at or after ``instant`` has an id above that of any
-    row stamped more than ``AT_SKEW`` before it (``before=True``), and every row before
-    ``instant`` an id below that of any row stamped ``AT_SKEW`` or more after it
-    (``before=False``). With that bound a filtered page reads about a page of rows
-    instead of every newer row. None when there is no such row.
-    """
-    try:
-        edge = instant - AT_SKEW if before else instant + AT_SKEW
-    except OverflowError:  # within AT_SKEW of year 1 or 9999: no bound needed
-        return None
-    stmt = select(history.c.id).limit(1)
-    if before:
-        stmt = stmt.where(history.c.at < edge).order_by(history.c.at.desc())
-    else:
-        stmt = stmt.where(history.c.at >= edge).order_by(history.c.at)
-    found = conn.execute(stmt).scalar()
-    return None if found is None else int(found)
-
-
-def _utc(value: datetime) -> datetime:
+def utc(value: datetime) -> datetime:
     """``value`` in UTC. SQLite hands back naive datetimes; every stored time is UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     heartbeat_interval: float = 15.0
     # Run the rollout-plan scheduler inside this server.
     scheduler: bool = True
+    # GET /metrics without a token (else it needs a reader token: its labels name flags).
+    metrics_public: bool = False
+    # Serve /docs, /redoc and /openapi.json (false turns all three off).
+    docs: bool = True
     # Where `flagrail serve` writes the first admin token of a database with no token
     # (mode 0600; the path is printed, the token never). Default: beside a SQLite database
     # file (`flagrail.db.admin-token`), else `./flagrail-admin-token`.

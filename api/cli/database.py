@@ -167,9 +167,14 @@ class DatabaseAdmin:
 
     # ------------------------------------------------------------ tokens
     def create_token(
-        self, name: str, role: str, environments: Sequence[str] | None = None
+        self,
+        name: str,
+        role: str,
+        environments: Sequence[str] | None = None,
+        flags: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        command = parse_body(TokenCreate, token_body(name, role, environments)).to_command()
+        body = token_body(name, role, environments, flags)
+        command = parse_body(TokenCreate, body).to_command()
         return new_token_json(*self._ready().create_token(self.principal, command))
 
     def list_tokens(self) -> dict[str, Any]:

@@ -19,13 +19,20 @@ def _admin(url: str | None) -> DatabaseAdmin:
 @app.command("create")
 def create(
     name: str = typer.Option(..., "--name", help="Token name: the actor in the history."),
-    role: str = typer.Option(..., "--role", help="client, reader, operator, editor or admin."),
+    role: str = typer.Option(
+        ..., "--role", help="client, reader, operator, editor, admin, or guard (kill only)."
+    ),
     env: list[str] = typer.Option(None, "--env", help="Scope to this environment (repeat)."),
+    flag_patterns: list[str] = typer.Option(
+        None,
+        "--flags",
+        help="Limit to flag keys matching this fnmatch pattern, e.g. 'auth.cache.*' (repeat).",
+    ),
     database_url_opt: str | None = DatabaseUrl,
 ) -> None:
     """Create a token and print only its value, so TOKEN=$(flagrail token create ...) works."""
     with _admin(database_url_opt) as admin:
-        created = admin.create_token(name, role, env or None)
+        created = admin.create_token(name, role, env or None, flag_patterns or None)
     typer.echo(created["token"])
 
 
@@ -39,13 +46,14 @@ def list_tokens(
         print_json({"items": items})
         return
     print_table(
-        ["id", "name", "role", "environments", "revoked", "created_at"],
+        ["id", "name", "role", "environments", "flags", "revoked", "created_at"],
         [
             [
                 t["id"],
                 t["name"],
                 t["role"],
                 ",".join(t["environments"] or ["*"]),
+                ",".join(t.get("flags") or ["*"]),
                 "yes" if t["revoked"] else "",
                 t["created_at"],
             ]

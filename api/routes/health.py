@@ -1,4 +1,6 @@
-"""Liveness and metrics: ``GET /healthz`` (no auth) and ``GET /metrics`` (Prometheus)."""
+"""Liveness and metrics: ``GET /healthz`` (no auth) and ``GET /metrics`` (Prometheus;
+a ``reader`` token or above, unless ``FLAGRAIL_METRICS_PUBLIC=true``: its labels name
+flags and environments)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api.deps import allowed
+from api.service import Operation
 from flags.errors import StoreUnavailableError
 
 router = APIRouter(tags=["health"])
@@ -27,7 +31,14 @@ def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+_reader = allowed(Operation.READ)
+
+
 @router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
-    """Prometheus metrics of this process (cache layers included)."""
+def metrics(request: Request) -> Response:
+    """Prometheus metrics of this process (cache layers included). Raises
+    ``UnauthenticatedError`` (401) / ``ForbiddenError`` (403) without a reader token,
+    unless the settings make it public."""
+    if not request.app.state.settings.metrics_public:
+        _reader(request)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -38,6 +38,7 @@ from flags.model import (
     TokenInfo,
     validate_environment_name,
     validate_flag_key,
+    validate_flag_patterns,
 )
 from flags.plans.model import Plan, PlanSpec, parse_plan, parse_schedule
 from flags.plans.store import PlanStore
@@ -157,10 +158,12 @@ class AdminService:
     def update_flag(
         self, principal: Principal, command: UpdateFlag, *, request_id: str | None = None
     ) -> FlagRecord:
-        """Change flag-level metadata. Raises ``FlagNotFoundError``."""
+        """Change flag-level metadata, which every environment shares: needs an
+        unscoped editor. Raises ``FlagNotFoundError``."""
         principal.allow(Operation.EDIT_FLAG)
         validate_flag_key(command.key)
         principal.check_flag(command.key)
+        principal.check_unscoped("changing a flag's metadata (shared by every environment)")
         self.store.update_flag(
             command.key, dict(command.changes), actor=principal.actor, request_id=request_id
         )
@@ -251,13 +254,22 @@ class AdminService:
     # ------------------------------------------------------------ history
     def history(self, principal: Principal, query: HistoryQuery) -> HistoryPage:
         """Changes newest first, limited to the principal's environments whatever
-        ``query.scope`` says; token rows only for admins. Raises ``ValidationError`` for
-        a bad limit or cursor."""
+        ``query.scope`` says; token rows only for admins, and for an admin scoped to
+        some environments only the rows of tokens within that scope (as
+        ``list_tokens``). Raises ``ValidationError`` for a bad limit or cursor."""
         principal.allow(Operation.READ)
         if query.environment is not None:
             principal.check_env(query.environment)
-        hidden = () if principal.may(Operation.READ_TOKEN_HISTORY) else TOKEN_ACTIONS
-        return self.store.list_history(replace(query, scope=principal.scope, hidden_actions=hidden))
+        visible: tuple[str, ...] | None = None
+        if not principal.may(Operation.READ_TOKEN_HISTORY):
+            query = replace(query, hidden_actions=TOKEN_ACTIONS)
+        elif principal.scope is not None or principal.flag_patterns is not None:
+            visible = tuple(t.id for t in self.store.list_tokens() if self._sees(principal, t))
+        return self.store.list_history(
+            replace(
+                query, scope=principal.scope, token_actions=TOKEN_ACTIONS, visible_tokens=visible
+            )
+        )
 
     def flag_history(self, principal: Principal, key: str, query: HistoryQuery) -> HistoryPage:
         """``history`` of one flag. Raises ``FlagNotFoundError`` for an unknown flag."""
@@ -271,8 +283,19 @@ class AdminService:
         self, principal: Principal, command: CreateToken, *, request_id: str | None = None
     ) -> tuple[TokenInfo, str]:
         """A new token and its value (shown once). A scoped admin may only hand out
-        tokens within its own environments."""
+        tokens within its own environments; an admin limited to flag patterns, only
+        tokens limited to some of the same patterns. Raises ``ValidationError`` for bad
+        ``flags`` patterns."""
         principal.allow(Operation.MANAGE_TOKENS)
+        patterns = None if command.flags is None else validate_flag_patterns(command.flags)
+        if principal.flag_patterns is not None and (
+            patterns is None or not set(patterns) <= set(principal.flag_patterns)
+        ):
+            raise ForbiddenError(
+                "a token limited to flag patterns can only create tokens limited to some of "
+                "the same patterns",
+                field="flags",
+            )
         if command.environments is not None:
             for env in command.environments:
                 validate_environment_name(env, "environments")
@@ -288,12 +311,13 @@ class AdminService:
             command.environments,
             actor=principal.actor,
             request_id=request_id,
+            flags=patterns,
         )
 
     def list_tokens(self, principal: Principal) -> list[TokenInfo]:
         """Tokens within the principal's scope, oldest first."""
         principal.allow(Operation.MANAGE_TOKENS)
-        return [t for t in self.store.list_tokens() if principal.within_scope(t.environments)]
+        return [t for t in self.store.list_tokens() if self._sees(principal, t)]
 
     def revoke_token(
         self, principal: Principal, token_id: str, *, request_id: str | None = None
@@ -301,9 +325,18 @@ class AdminService:
         """Revoke a token within the principal's scope. Raises ``TokenNotFoundError``."""
         principal.allow(Operation.MANAGE_TOKENS)
         target = next((t for t in self.store.list_tokens() if t.id == token_id), None)
-        if target is not None and not principal.within_scope(target.environments):
-            raise ForbiddenError("that token reaches beyond this token's environments")
+        if target is not None and not self._sees(principal, target):
+            raise ForbiddenError("that token reaches beyond this token's environments or flags")
         return self.store.revoke_token(token_id, actor=principal.actor, request_id=request_id)
+
+    @staticmethod
+    def _sees(principal: Principal, token: TokenInfo) -> bool:
+        """Whether ``token`` lies within the principal's environments and flag patterns."""
+        if not principal.within_scope(token.environments):
+            return False
+        if principal.flag_patterns is None:
+            return True
+        return token.flags is not None and set(token.flags) <= set(principal.flag_patterns)
 
     # ------------------------------------------------------------ plans
     def create_plan(

@@ -80,9 +80,13 @@ class Kill:
 
 @dataclass(frozen=True, slots=True)
 class CreateToken:
+    """A new token; ``flags`` (None: every flag) are fnmatch patterns of the flag keys
+    it may act on."""
+
     name: str
     role: Role | str
     environments: tuple[str, ...] | None = None
+    flags: tuple[str, ...] | None = None
 
 
 class PlanMove(StrEnum):

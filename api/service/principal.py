@@ -7,9 +7,16 @@ A ``Principal`` is made once per call: from the API token of an HTTP request
 without the role hears 403 before its body is judged.
 
 Roles: ``reader`` < ``operator`` < ``editor`` < ``admin``, each with the rights of
-the one before; a ``client`` token reaches no admin operation. A token scoped to
+the one before; a ``client`` token reaches no admin operation. A ``guard`` token
+(what an automated kill switch such as ``flags.cache.Guard`` holds) may kill and
+nothing else: no unkill, no state change, no plan, no read. A token scoped to
 some environments acts only within them (``check_env``); some operations need a
-token for every environment (``check_unscoped``).
+token for every environment (``check_unscoped``); a token with flag patterns acts
+only on matching flags (``check_flag``).
+
+Actors: every change records the token behind it (``Principal.actor``). Only a
+``guard`` token may name an actor of its own (``X-Flagrail-Actor: guard:<host>:<pid>``,
+``CLAIMS_ACTOR``); the history keeps that claim beside the token's id and name.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from flags.errors import ForbiddenError
+from flags.history import Actor
 from flags.model import Role, TokenInfo
 
-__all__ = ["PERMISSIONS", "Operation", "Principal", "at_least"]
+__all__ = ["CLAIMS_ACTOR", "PERMISSIONS", "Operation", "Principal", "at_least"]
 
 # The linear order of the admin roles; ``client`` stands apart (SDK endpoints only).
 LADDER = (Role.READER, Role.OPERATOR, Role.EDITOR, Role.ADMIN)
@@ -52,7 +60,7 @@ PERMISSIONS: Mapping[Operation, frozenset[Role]] = {
     Operation.READ: at_least(Role.READER),
     Operation.EDIT_FLAG: at_least(Role.EDITOR),
     Operation.SET_STATE: at_least(Role.EDITOR),
-    Operation.KILL: at_least(Role.OPERATOR),
+    Operation.KILL: at_least(Role.OPERATOR) | {Role.GUARD},
     Operation.UNKILL: at_least(Role.OPERATOR),
     Operation.PLAN: at_least(Role.EDITOR),
     Operation.STOP_PLAN: at_least(Role.OPERATOR),
@@ -62,10 +70,19 @@ PERMISSIONS: Mapping[Operation, frozenset[Role]] = {
 }
 """Which roles may perform each operation: the only place a role is compared."""
 
+CLAIMS_ACTOR: frozenset[Role] = frozenset({Role.GUARD})
+"""The roles whose tokens may name an actor of their own (``X-Flagrail-Actor``)."""
+
 
 def _least(roles: Iterable[Role]) -> Role:
     listed = [r for r in LADDER if r in set(roles)]
     return listed[0] if listed else Role.ADMIN
+
+
+def _needs(roles: frozenset[Role]) -> str:
+    """``'operator' or above`` (plus ``, or 'guard'`` when a guard may)."""
+    text = f"{_least(roles).value!r} or above"
+    return f"{text}, or {Role.GUARD.value!r}" if Role.GUARD in roles else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,9 +91,9 @@ class Principal:
 
     ``token_id`` is None only for the break-glass CLI. ``environments`` None means
     every environment; ``flag_patterns`` None means every flag (else fnmatch patterns
-    the token may act on). ``claimed_actor`` is the actor an automated caller named
-    itself (``X-Flagrail-Actor: guard:<host>:<pid>``); changes are recorded under
-    ``actor``.
+    the token may act on). ``claimed_actor`` is the actor a ``guard`` token named
+    itself (``X-Flagrail-Actor: guard:<host>:<pid>``; ``from_token`` refuses it from
+    any other role); changes are recorded under ``actor``.
     """
 
     token_id: str | None
@@ -88,17 +105,33 @@ class Principal:
 
     @classmethod
     def from_token(cls, token: TokenInfo, *, claimed_actor: str | None = None) -> Principal:
-        return cls(token.id, token.name, token.role, token.environments, None, claimed_actor)
+        """The principal of ``token``, with its environments and flag patterns.
+
+        Raises ``ForbiddenError`` (field ``X-Flagrail-Actor``) when ``claimed_actor`` is
+        given for a token whose role may not claim one (``CLAIMS_ACTOR``): refused
+        rather than ignored, so a caller never believes a name it sent was recorded.
+        """
+        if claimed_actor is not None and token.role not in CLAIMS_ACTOR:
+            raise ForbiddenError(
+                f"token {token.name!r} has role {token.role.value!r}; only a "
+                f"{Role.GUARD.value!r} token may send X-Flagrail-Actor",
+                field="X-Flagrail-Actor",
+            )
+        return cls(token.id, token.name, token.role, token.environments, token.flags, claimed_actor)
 
     @classmethod
     def break_glass(cls, actor: str) -> Principal:
-        """The CLI working directly on the database: an unscoped admin named ``actor``."""
+        """The CLI working directly on the database: an unscoped admin named ``actor``
+        (``cli:<user>``), with no token."""
         return cls(None, actor, Role.ADMIN)
 
     @property
-    def actor(self) -> str:
-        """The name the history records for this principal's changes."""
-        return self.claimed_actor or self.name
+    def actor(self) -> Actor:
+        """Who the history records for this principal's changes: the claimed actor (a
+        guard's) or the token's name, with the token's id and name beside it."""
+        if self.token_id is None:
+            return Actor(self.claimed_actor or self.name)
+        return Actor(self.claimed_actor or self.name, self.token_id, self.name, self.claimed_actor)
 
     @property
     def scope(self) -> tuple[str, ...] | None:
@@ -110,10 +143,9 @@ class Principal:
     def allow(self, operation: Operation) -> None:
         """Raise ``ForbiddenError`` unless this principal's role may perform ``operation``."""
         if not self.may(operation):
-            need = _least(PERMISSIONS[operation])
             raise ForbiddenError(
                 f"token {self.name!r} has role {self.role.value!r}; "
-                f"this needs {need.value!r} or above"
+                f"this needs {_needs(PERMISSIONS[operation])}"
             )
 
     def covers(self, environment: str) -> bool:

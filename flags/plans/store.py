@@ -25,9 +25,8 @@ from sqlalchemy import (
     update,
 )
 
-import flags.store  # noqa: F401  (loads before flags.history, which imports flags.store.tables)
-from flags import history as history_log
 from flags.errors import ConflictError, PlanNotFoundError, PlanStateError
+from flags.history import Actor
 from flags.model import Action, FlagChanged, FlagState
 from flags.plans import model as m
 from flags.plans.model import (
@@ -44,6 +43,7 @@ from flags.plans.model import (
     Stop,
     Wait,
 )
+from flags.store import history as history_log
 from flags.store.sql import SqlFlagStore
 from flags.store.tables import plans
 
@@ -145,7 +145,7 @@ class PlanStore:
         key: str,
         spec: PlanSpec,
         *,
-        actor: str,
+        actor: str | Actor,
         request_id: str | None = None,
         now: datetime | None = None,
     ) -> Plan:
@@ -183,7 +183,7 @@ class PlanStore:
                     start_at=spec.start_at,
                     reason=None,
                     created_at=now,
-                    created_by=actor,
+                    created_by=str(actor),
                     updated_at=now,
                     version=0,
                 )
@@ -200,7 +200,7 @@ class PlanStore:
                 stage_started_at=None,
                 start_at=spec.start_at,
                 created_at=now,
-                created_by=actor,
+                created_by=str(actor),
                 updated_at=now,
             )
             history_log.record_change(
@@ -244,7 +244,12 @@ class PlanStore:
         return after
 
     def pause(
-        self, plan_id: int, *, actor: str, reason: str | None = None, request_id: str | None = None
+        self,
+        plan_id: int,
+        *,
+        actor: str | Actor,
+        reason: str | None = None,
+        request_id: str | None = None,
     ) -> Plan:
         """Pause a pending or running plan. Raises ``PlanNotFoundError``, ``PlanStateError``."""
         return self._transition(
@@ -257,7 +262,12 @@ class PlanStore:
         )
 
     def resume(
-        self, plan_id: int, *, actor: str, reason: str | None = None, request_id: str | None = None
+        self,
+        plan_id: int,
+        *,
+        actor: str | Actor,
+        reason: str | None = None,
+        request_id: str | None = None,
     ) -> Plan:
         """Resume a paused or rolled-back plan; the current hold starts again.
 
@@ -282,7 +292,12 @@ class PlanStore:
         )
 
     def abort(
-        self, plan_id: int, *, actor: str, reason: str | None = None, request_id: str | None = None
+        self,
+        plan_id: int,
+        *,
+        actor: str | Actor,
+        reason: str | None = None,
+        request_id: str | None = None,
     ) -> Plan:
         """End a plan for good; the flag stays as it is. Raises ``PlanStateError`` when final."""
         text = reason or f"aborted by {actor}"
@@ -295,7 +310,7 @@ class PlanStore:
             request_id=request_id,
         )
 
-    def advance(self, plan_id: int, *, actor: str, request_id: str | None = None) -> Plan:
+    def advance(self, plan_id: int, *, actor: str | Actor, request_id: str | None = None) -> Plan:
         """Apply the next stage now (or complete after the last), skipping the hold.
 
         The stage's state change is recorded with actor ``plan:<id>`` and a reason
@@ -305,7 +320,7 @@ class PlanStore:
         now = self.clock()
         with self.flags.transaction() as conn:
             plan = self._lock(conn, plan_id)
-            step = m.advance(plan, actor)
+            step = m.advance(plan, str(actor))
             after = self._step(conn, plan, step, now, request_id, events)
         self.flags.publish(events)
         return after
@@ -364,7 +379,7 @@ class PlanStore:
         after: Plan,
         action: PlanAction,
         *,
-        actor: str,
+        actor: str | Actor,
         reason: str | None,
         request_id: str | None,
         extra: dict[str, Any] | None = None,
@@ -390,7 +405,7 @@ class PlanStore:
         plan: Plan,
         action: PlanAction,
         *,
-        actor: str,
+        actor: str | Actor,
         before: Plan | None,
         reason: str | None,
         request_id: str | None,
@@ -417,7 +432,7 @@ class PlanStore:
         action: PlanAction,
         transition: Callable[[Plan, datetime, Connection], Plan],
         *,
-        actor: str,
+        actor: str | Actor,
         reason: str | None,
         request_id: str | None,
     ) -> Plan:

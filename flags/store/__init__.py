@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from flags.history import Actor, HistoryPage, HistoryQuery
 from flags.model import (
     Environment,
     FlagKind,
@@ -16,9 +17,6 @@ from flags.model import (
     StateChange,
     TokenInfo,
 )
-
-if TYPE_CHECKING:  # flags.history imports flags.store.tables: a runtime import here is a cycle
-    from flags.history import HistoryPage, HistoryQuery
 
 __all__ = ["FlagStore", "KillResult"]
 
@@ -44,7 +42,7 @@ class FlagStore(Protocol):
     def list_environments(self) -> list[Environment]: ...
     def get_environment(self, name: str) -> Environment: ...
     def create_environment(
-        self, name: str, *, actor: str, request_id: str | None = None
+        self, name: str, *, actor: str | Actor, request_id: str | None = None
     ) -> Environment: ...
     def list_flags(
         self,
@@ -64,14 +62,19 @@ class FlagStore(Protocol):
         kind: FlagKind | str = ...,
         owner: str | None = None,
         tags: Sequence[str] = (),
-        actor: str,
+        actor: str | Actor,
         request_id: str | None = None,
     ) -> FlagRecord: ...
     def update_flag(
-        self, key: str, changes: dict[str, Any], *, actor: str, request_id: str | None = None
+        self,
+        key: str,
+        changes: dict[str, Any],
+        *,
+        actor: str | Actor,
+        request_id: str | None = None,
     ) -> FlagRecord: ...
     def archive_flag(
-        self, key: str, *, actor: str, request_id: str | None = None
+        self, key: str, *, actor: str | Actor, request_id: str | None = None
     ) -> FlagRecord: ...
     def update_state(
         self,
@@ -79,7 +82,7 @@ class FlagStore(Protocol):
         env: str,
         change: StateChange,
         *,
-        actor: str,
+        actor: str | Actor,
         expected_version: int | None = None,
         reason: str | None = None,
         request_id: str | None = None,
@@ -90,7 +93,7 @@ class FlagStore(Protocol):
         environments: Sequence[str] | None,
         *,
         reason: str,
-        actor: str,
+        actor: str | Actor,
         request_id: str | None = None,
     ) -> KillResult: ...
     def unkill(
@@ -99,7 +102,7 @@ class FlagStore(Protocol):
         environments: Sequence[str] | None,
         *,
         reason: str,
-        actor: str,
+        actor: str | Actor,
         request_id: str | None = None,
     ) -> KillResult: ...
     def snapshot(self, env: str) -> Snapshot: ...
@@ -110,11 +113,12 @@ class FlagStore(Protocol):
         role: Role | str,
         environments: Sequence[str] | None,
         *,
-        actor: str,
+        actor: str | Actor,
         request_id: str | None = None,
+        flags: Sequence[str] | None = None,
     ) -> tuple[TokenInfo, str]: ...
     def list_tokens(self) -> list[TokenInfo]: ...
     def revoke_token(
-        self, token_id: str, *, actor: str, request_id: str | None = None
+        self, token_id: str, *, actor: str | Actor, request_id: str | None = None
     ) -> TokenInfo: ...
     def authenticate(self, secret: str) -> TokenInfo | None: ...

@@ -1,6 +1,6 @@
 """SqlFlagStore: flags, states, environments and tokens on SQLAlchemy 2.
 
-Every mutation runs in one transaction with its history rows (``flags.history``)
+Every mutation runs in one transaction with its history rows (``flags.store.history``)
 and, for state changes, the environment version bump: all commit or none do.
 Driver errors are translated here, once: an unreachable database becomes
 ``StoreUnavailableError``. After a commit that changed what SDKs see, each
@@ -33,7 +33,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
-from flags import history as history_log
 from flags.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -45,7 +44,7 @@ from flags.errors import (
     ValidationError,
     VersionConflictError,
 )
-from flags.history import HistoryPage, HistoryQuery
+from flags.history import Actor, HistoryPage, HistoryQuery
 from flags.model import (
     Action,
     Environment,
@@ -60,8 +59,10 @@ from flags.model import (
     TokenInfo,
     validate_environment_name,
     validate_flag_key,
+    validate_flag_patterns,
 )
 from flags.store import KillResult
+from flags.store import history as history_log
 from flags.store import tables as t
 
 __all__ = ["KillResult", "SqlFlagStore", "cli_actor", "hash_token", "make_engine"]
@@ -282,7 +283,7 @@ class SqlFlagStore:
         return Environment(row.name, _utc(row.created_at), int(row.version))
 
     def create_environment(
-        self, name: str, *, actor: str, request_id: str | None = None
+        self, name: str, *, actor: str | Actor, request_id: str | None = None
     ) -> Environment:
         """Create an environment; every existing flag gets a disabled state in it."""
         validate_environment_name(name, "name")
@@ -398,7 +399,7 @@ class SqlFlagStore:
         kind: FlagKind | str = FlagKind.RELEASE,
         owner: str | None = None,
         tags: Sequence[str] = (),
-        actor: str,
+        actor: str | Actor,
         request_id: str | None = None,
     ) -> FlagRecord:
         """Create a flag, disabled in every environment. Raises ``AlreadyExistsError``."""
@@ -454,7 +455,7 @@ class SqlFlagStore:
         key: str,
         changes: dict[str, Any],
         *,
-        actor: str,
+        actor: str | Actor,
         request_id: str | None = None,
     ) -> FlagRecord:
         """Change description, owner, tags or kind. Raises ``FlagNotFoundError``."""
@@ -489,7 +490,9 @@ class SqlFlagStore:
                 )
         return after_record
 
-    def archive_flag(self, key: str, *, actor: str, request_id: str | None = None) -> FlagRecord:
+    def archive_flag(
+        self, key: str, *, actor: str | Actor, request_id: str | None = None
+    ) -> FlagRecord:
         """Archive a flag: SDKs then see it as missing. History is kept. Idempotent."""
         events: list[FlagChanged] = []
         with self.transaction() as conn:
@@ -547,7 +550,7 @@ class SqlFlagStore:
         after: FlagState,
         *,
         action: str,
-        actor: str,
+        actor: str | Actor,
         reason: str | None,
         request_id: str | None,
     ) -> FlagChanged:
@@ -587,7 +590,7 @@ class SqlFlagStore:
         env: str,
         change: StateChange,
         *,
-        actor: str,
+        actor: str | Actor,
         expected_version: int | None = None,
         reason: str | None = None,
         request_id: str | None = None,
@@ -645,7 +648,7 @@ class SqlFlagStore:
         environments: Sequence[str] | None,
         *,
         reason: str,
-        actor: str,
+        actor: str | Actor,
         request_id: str | None = None,
     ) -> KillResult:
         """Kill ``key`` in ``environments`` (None: all) in one transaction.
@@ -664,7 +667,7 @@ class SqlFlagStore:
         environments: Sequence[str] | None,
         *,
         reason: str,
-        actor: str,
+        actor: str | Actor,
         request_id: str | None = None,
     ) -> KillResult:
         """Lift a kill; the mirror of ``kill``."""
@@ -679,7 +682,7 @@ class SqlFlagStore:
         killed: bool,
         *,
         reason: str,
-        actor: str,
+        actor: str | Actor,
         request_id: str | None,
     ) -> KillResult:
         if not isinstance(reason, str) or not reason.strip():
@@ -697,7 +700,7 @@ class SqlFlagStore:
                     "killed": killed,
                     "kill_reason": reason if killed else None,
                     "killed_at": now if killed else None,
-                    "killed_by": actor if killed else None,
+                    "killed_by": str(actor) if killed else None,
                 }
                 conn.execute(
                     update(t.flag_states)
@@ -797,10 +800,14 @@ class SqlFlagStore:
         role: Role | str,
         environments: Sequence[str] | None,
         *,
-        actor: str,
+        actor: str | Actor,
         request_id: str | None = None,
+        flags: Sequence[str] | None = None,
     ) -> tuple[TokenInfo, str]:
-        """Create a token; returns its info and its value (shown once, stored hashed)."""
+        """Create a token; returns its info and its value (shown once, stored hashed).
+        ``flags`` (None: every flag) are fnmatch patterns of the flag keys it may act
+        on, checked by ``validate_flag_patterns``. Raises ``ValidationError``."""
+        patterns = None if flags is None else validate_flag_patterns(flags)
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ValidationError(
                 "name must be a non-empty string of at most 200 characters", field="name"
@@ -819,7 +826,12 @@ class SqlFlagStore:
                 self._check_environments(conn, environments)
                 environments = sorted(set(environments))
             info = TokenInfo(
-                token_id, name, role, tuple(environments) if environments is not None else None, now
+                token_id,
+                name,
+                role,
+                tuple(environments) if environments is not None else None,
+                now,
+                flags=patterns,
             )
             conn.execute(
                 insert(t.tokens).values(
@@ -827,9 +839,10 @@ class SqlFlagStore:
                     name=name,
                     role=role.value,
                     environments=list(environments) if environments is not None else None,
+                    flags=list(patterns) if patterns is not None else None,
                     token_hash=hash_token(secret),
                     created_at=now,
-                    created_by=actor,
+                    created_by=str(actor),
                 )
             )
             public = info.to_dict()
@@ -850,7 +863,7 @@ class SqlFlagStore:
 
     @staticmethod
     def _token_from_row(row: Any) -> TokenInfo:
-        envs = row.environments
+        envs, patterns = row.environments, row.flags
         return TokenInfo(
             row.id,
             row.name,
@@ -858,10 +871,11 @@ class SqlFlagStore:
             tuple(envs) if envs is not None else None,
             _utc(row.created_at),
             row.revoked_at is not None,
+            tuple(patterns) if patterns is not None else None,
         )
 
     def revoke_token(
-        self, token_id: str, *, actor: str, request_id: str | None = None
+        self, token_id: str, *, actor: str | Actor, request_id: str | None = None
     ) -> TokenInfo:
         """Revoke a token; it stops authenticating at once. Raises ``TokenNotFoundError``."""
         with self.transaction() as conn:
@@ -874,9 +888,7 @@ class SqlFlagStore:
             conn.execute(
                 update(t.tokens).where(t.tokens.c.id == token_id).values(revoked_at=_now())
             )
-            after = TokenInfo(
-                before.id, before.name, before.role, before.environments, before.created_at, True
-            )
+            after = replace(before, revoked=True)
             history_log.record_change(
                 conn,
                 actor=actor,

@@ -95,6 +95,11 @@ history = Table(
     Column("request_id", String(100), nullable=True),
     # Environment version produced by this change (state changes only).
     Column("env_version", BigInteger, nullable=True),
+    # The API token that made the change (null: a plan, the server, the break-glass
+    # CLI), and the actor a guard token claimed (X-Flagrail-Actor), kept apart.
+    Column("token_id", String(32), nullable=True),
+    Column("token_name", String(200), nullable=True),
+    Column("claimed_actor", String(200), nullable=True),
 )
 Index("ix_history_flag_id", history.c.flag, history.c.id)
 Index("ix_history_environment_id", history.c.environment, history.c.id)
@@ -109,6 +114,7 @@ tokens = Table(
     Column("name", String(200), nullable=False),
     Column("role", String(20), nullable=False),
     Column("environments", JSON, nullable=True),  # null = every environment
+    Column("flags", JSON, nullable=True),  # null = every flag, else fnmatch patterns
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("created_by", String(200), nullable=False),

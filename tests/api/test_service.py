@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -24,8 +25,8 @@ from api.service.commands import (
     UpdateFlag,
 )
 from flags.errors import FlagrailError, ForbiddenError
-from flags.history import HistoryQuery
-from flags.model import Role, StateChange
+from flags.history import Actor, HistoryQuery
+from flags.model import Role, StateChange, TokenInfo
 from flags.plans.store import PlanStore
 from flags.store.sql import SqlFlagStore
 from flags.store.telemetry import TelemetryStore
@@ -180,18 +181,62 @@ def test_scoped_principal__outside_its_environments__forbidden(
 
 def test_check_flag__patterns__only_matching_flags(service: AdminService) -> None:
     """A principal limited to flag patterns may act on those flags only."""
-    limited = Principal("id", "auth-guard", Role.OPERATOR, ("beta",), ("auth.cache.*",))
+    limited = Principal("id", "auth-guard", Role.GUARD, ("beta",), ("auth.cache.*",))
     with pytest.raises(ForbiddenError, match=r"may not act on flag 'a\.b'"):
         service.kill(limited, Kill(FLAG, "r"))
     limited.check_flag("auth.cache.l2")
 
 
-def test_claimed_actor__change__recorded_under_it(service: AdminService) -> None:
-    """A guard's claimed actor names its change in the history."""
-    guard = Principal("id", "ops", Role.OPERATOR, None, None, "guard:web-1:42")
+def test_claimed_actor__change__recorded_under_it_with_the_token(service: AdminService) -> None:
+    """A guard's claimed actor names its change; the token behind it is recorded too."""
+    guard = Principal("tok1", "auth-guard", Role.GUARD, None, None, "guard:web-1:42")
     service.kill(guard, Kill(FLAG, "corrupt reads", ("beta",)))
     (row,) = service.store.list_history(HistoryQuery(action="kill")).items
-    assert row.actor == "guard:web-1:42"
+    assert (row.actor, row.claimed_actor) == ("guard:web-1:42", "guard:web-1:42")
+    assert (row.token_id, row.token_name) == ("tok1", "auth-guard")
+
+
+def test_token__change__history_names_the_token(service: AdminService) -> None:
+    """Without a claim the actor is the token's name, and its id is recorded."""
+    editor = Principal("tok2", "deployer", Role.EDITOR)
+    service.kill(editor, Kill(FLAG, "r", ("beta",)))
+    (row,) = service.store.list_history(HistoryQuery(action="kill")).items
+    assert (row.actor, row.token_id, row.token_name, row.claimed_actor) == (
+        "deployer",
+        "tok2",
+        "deployer",
+        None,
+    )
+
+
+def test_from_token__claim_below_guard__refused() -> None:
+    """Only a guard token may claim an actor: any other role hears 403 naming the header."""
+    for role in (Role.READER, Role.OPERATOR, Role.EDITOR, Role.ADMIN):
+        info = TokenInfo("t", "n", role, None, datetime.now(UTC))
+        with pytest.raises(ForbiddenError) as caught:
+            Principal.from_token(info, claimed_actor="guard:x:1")
+        assert caught.value.field == "X-Flagrail-Actor"
+    guard = TokenInfo("t", "g", Role.GUARD, ("beta",), datetime.now(UTC), flags=("a.*",))
+    p = Principal.from_token(guard, claimed_actor="guard:x:1")
+    assert (p.flag_patterns, p.actor.claimed, p.actor.token_name) == (("a.*",), "guard:x:1", "g")
+
+
+def test_guard__every_operation_but_kill__refused(service: AdminService) -> None:
+    """A guard token may kill and do nothing else: no unkill, set, plan or read."""
+    guard = Principal("g", "guard", Role.GUARD)
+    assert {op for op in Operation if guard.may(op)} == {Operation.KILL}
+    service.kill(guard, Kill(FLAG, "r", ("beta",)))
+    with pytest.raises(ForbiddenError, match="needs 'operator' or above"):
+        service.unkill(guard, Kill(FLAG, "r", ("beta",)))
+    with pytest.raises(ForbiddenError):
+        service.history(guard, HistoryQuery())
+
+
+def test_update_flag__scoped_editor__refused(service: AdminService) -> None:
+    """Flag-level metadata is shared by every environment: a scoped editor may not change it."""
+    scoped = Principal("e", "beta-editor", Role.EDITOR, ("beta",))
+    with pytest.raises(ForbiddenError, match="every environment"):
+        service.update_flag(scoped, UpdateFlag(FLAG, {"description": "x"}))
 
 
 def test_history__below_admin__token_rows_hidden(service: AdminService) -> None:
@@ -206,4 +251,4 @@ def test_history__below_admin__token_rows_hidden(service: AdminService) -> None:
 
 def test_break_glass__principal__unscoped_admin_named_by_actor() -> None:
     p = Principal.break_glass("cli:alice")
-    assert (p.role, p.scope, p.actor, p.token_id) == (Role.ADMIN, None, "cli:alice", None)
+    assert (p.role, p.scope, p.actor, p.token_id) == (Role.ADMIN, None, Actor("cli:alice"), None)

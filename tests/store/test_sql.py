@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-import flags.history
+import flags.store.history
 from flags.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -147,7 +147,7 @@ def test_mutation__history_write_fails__nothing_written(
         raise RuntimeError("injected: history write failed")
 
     # Every history write goes through record_changes (record_change calls it).
-    monkeypatch.setattr(flags.history, "record_changes", broken_record_changes)
+    monkeypatch.setattr(flags.store.history, "record_changes", broken_record_changes)
     run, _expected = MUTATIONS[name]
     # When: the history write fails
     with pytest.raises(RuntimeError, match="injected"):
@@ -171,7 +171,7 @@ def test_kill__history_write_fails__every_environment_rolled_back(
         written.append([list(rows), killed])
         raise RuntimeError("injected after the state changes")
 
-    monkeypatch.setattr(flags.history, "record_changes", fail_after_changes)
+    monkeypatch.setattr(flags.store.history, "record_changes", fail_after_changes)
     with pytest.raises(RuntimeError, match="injected"):
         store.kill("auth.cache.l2", None, reason="storm", actor="alice")
     ((rows, killed_inside),) = written
@@ -218,7 +218,7 @@ def test_list_history__time_filters_with_skewed_rows__exact(store: SqlFlagStore)
     offsets = [-3600, -1200, 1, -2, 300, -30, 400, 0]  # insertion order; -2, -30, 0 skewed
     with store.engine.begin() as conn:
         for i, seconds in enumerate(offsets):
-            flags.history.record_change(
+            flags.store.history.record_change(
                 conn,
                 actor="t",
                 action="state.update",
