@@ -21,7 +21,7 @@ from api import console, errors
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.routes import environments, flags, health, history, plans, sdk, tokens, unleash
 from api.service import AdminService
-from flags.plans.scheduler import PlanScheduler, default_metrics
+from flags.plans.scheduler import PlanScheduler
 from flags.plans.store import PlanStore
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore
@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
         instances=services.registry,
     )
     if settings.scheduler:
-        app.state.services.append(PlanScheduler(app.state.plans, default_metrics(store.engine)))
+        app.state.services.append(PlanScheduler(app.state.plans, services.telemetry))
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -55,7 +55,7 @@ from flags.model import FlagChanged, Snapshot, validate_environment_name, valida
 from flags.settings import Settings
 from flags.store import FlagStore
 from flags.store.sql import SqlFlagStore
-from flags.store.telemetry import TelemetryRetention, TelemetryStore
+from flags.store.telemetry import Reporter, TelemetryRetention, TelemetryStore
 from flags.sync import InstanceReport
 from flags.sync.broadcast import RESYNC, Broadcaster, InstanceRegistry
 from flags.sync.redis_pubsub import read_hint
@@ -539,7 +539,11 @@ def post_metrics(
         key: (c.off, c.on) for key, c in body.flags.items() if key in known and (c.on or c.off)
     }
     counters = {flag: named for flag, named in body.counters.items() if flag in known}
-    services.telemetry.record_metrics(env, evaluations, counters)
+    reporter = Reporter(
+        f"{principal.name} ({principal.token_id})",
+        body.instance.instance_id if body.instance is not None else None,
+    )
+    services.telemetry.record_metrics(env, evaluations, counters, reporter=reporter)
     return {
         "accepted": True,
         "flags": len(evaluations),

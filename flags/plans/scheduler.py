@@ -22,7 +22,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -36,6 +36,7 @@ from flags.plans.model import (
     Plan,
     PlanKind,
     PlanStatus,
+    RollBack,
     Step,
     Wait,
     guard_since,
@@ -242,6 +243,35 @@ class PlanScheduler:
             archived=record.flag.archived,
         )
 
+    def attribute(self, plan: Plan, step: RollBack) -> RollBack:
+        """``step`` with its reason naming who reported the breaching counters: the
+        instances and tokens, largest first (``counter_sources`` of a metrics source
+        that has it, e.g. ``TelemetryStore``), e.g. ``; errors reported by instance
+        i-7 of token sdk (tok_1): 1000``. Unchanged when the source cannot tell."""
+        sources = getattr(self.metrics, "counter_sources", None)
+        if sources is None:
+            return step
+        parts = []
+        for reading in step.readings:
+            numerator, _denominator = reading.guard.counters
+            try:
+                who = sources(reading.guard.flag, plan.environment, numerator, reading.since)
+            except Exception:  # attribution is a courtesy: never let it stop a rollback
+                log.exception("plan %s: cannot attribute %s", plan.id, numerator)
+                continue
+            if who:
+                parts.append(
+                    f"{numerator} reported by "
+                    + ", ".join(
+                        f"instance {w['instance_id'] or '(none)'} of token {w['token']}: "
+                        f"{w['count']:g}"
+                        for w in who
+                    )
+                )
+        if not parts:
+            return step
+        return replace(step, reason=f"{step.reason}; {'; '.join(parts)}")
+
     def tick(self) -> list[tuple[Plan, Step]]:
         """One pass over the active plans; returns the (plan after, step) of each step taken.
 
@@ -263,6 +293,8 @@ class PlanScheduler:
                 step = next_action(plan, now, self.observe(plan, now))
                 if isinstance(step, Wait):
                     continue
+                if isinstance(step, RollBack) and step.readings:
+                    step = self.attribute(plan, step)
                 after = self.plans.execute(plan, step, now=now)
             except FlagrailError as exc:
                 log.warning("plan %s: step skipped: %s", plan.id, exc)

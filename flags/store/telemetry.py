@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ __all__ = [
     "EVALUATIONS_OFF",
     "EVALUATIONS_ON",
     "INSTANCE_ROW_RETENTION",
+    "Reporter",
     "RetentionResult",
     "TelemetryRetention",
     "TelemetryStore",
@@ -73,6 +75,20 @@ log = logging.getLogger("flagrail.telemetry")
 
 def _hour(value: datetime) -> datetime:
     return value.replace(minute=0, second=0, microsecond=0)
+
+
+# Attribution kept in memory per counter: the latest reports, for this long.
+SOURCE_HORIZON = timedelta(hours=6)
+MAX_SOURCES_PER_COUNTER = 1_000
+MAX_SOURCE_COUNTERS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Reporter:
+    """Who sent a report: the token (``"name (id)"``) and the instance, if it named one."""
+
+    token: str
+    instance_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +126,9 @@ class TelemetryStore:
         # When a report without ``at`` is recorded (injectable for retention tests).
         self.clock = clock
         self._dialect = engine.dialect.name
+        # (env, flag, name) -> recent (at, reporter, amount): who reported each counter.
+        self._sources: dict[tuple[str, str, str], deque[tuple[datetime, Reporter, float]]] = {}
+        self._sources_lock = threading.Lock()
 
     # ---------------------------------------------------------------- plumbing
     @contextmanager
@@ -152,11 +171,15 @@ class TelemetryStore:
         counters: Mapping[str, Mapping[str, float]] | None = None,
         *,
         at: datetime | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         """Add one SDK report: ``evaluations`` is ``{flag: (off, on)}`` since its last
         report, ``counters`` ``{flag: {name: amount}}``. Zero entries are skipped.
 
-        Raises ``StoreUnavailableError``.
+        With ``reporter``, the app-named counters are also attributed to it in this
+        process's memory (``counter_sources``; the latest ``MAX_SOURCES_PER_COUNTER``
+        reports of each counter within ``SOURCE_HORIZON``), so a guard that fires can
+        name who reported what. Raises ``StoreUnavailableError``.
         """
         at = _utc(at) or self.clock()
         bucket = at.replace(microsecond=0)
@@ -224,6 +247,45 @@ class TelemetryStore:
                             "value": amount,
                         },
                     )
+        if reporter is not None and counter_rows:
+            self._attribute(environment, counter_rows, at, reporter)
+
+    def _attribute(
+        self,
+        environment: str,
+        rows: Mapping[tuple[str, str], float],
+        at: datetime,
+        reporter: Reporter,
+    ) -> None:
+        with self._sources_lock:
+            for (flag, name), amount in rows.items():
+                key = (environment, flag, name)
+                held = self._sources.get(key)
+                if held is None:
+                    if len(self._sources) >= MAX_SOURCE_COUNTERS:
+                        continue
+                    held = self._sources[key] = deque(maxlen=MAX_SOURCES_PER_COUNTER)
+                held.append((at, reporter, amount))
+                while held and held[0][0] < at - SOURCE_HORIZON:
+                    held.popleft()
+
+    def counter_sources(
+        self, flag: str, environment: str, name: str, since: datetime, *, limit: int = 10
+    ) -> list[dict[str, Any]]:
+        """Who reported counter ``name`` of ``flag`` since ``since``, as far as this
+        process heard: ``[{"token", "instance_id", "count"}]``, largest first, at most
+        ``limit``. Reports another replica received are not in it. Never raises."""
+        since = _utc(since) or self.clock()
+        sums: dict[Reporter, float] = {}
+        with self._sources_lock:
+            for at, reporter, amount in self._sources.get((environment, flag, name), ()):
+                if at >= since:
+                    sums[reporter] = sums.get(reporter, 0.0) + amount
+        ranked = sorted(sums.items(), key=lambda kv: (-kv[1], kv[0].token, kv[0].instance_id or ""))
+        return [
+            {"token": r.token, "instance_id": r.instance_id, "count": count}
+            for r, count in ranked[:limit]
+        ]
 
     def record_instances(self, reports: Sequence[tuple[InstanceReport, datetime]]) -> None:
         """Upsert instance reports with the time each was heard. A later report of the
