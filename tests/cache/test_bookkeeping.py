@@ -231,7 +231,9 @@ def test_layer__wrong_type_entry__rejected_as_format_and_deleted(
     redis_url: str, key_prefix: str, raw: redis.Redis
 ) -> None:
     """An entry key holding a list is not a Redis failure: corrupt, deleted, breaker closed."""
-    layer = RedisLayer(redis_url, secret=SECRET, prefix=key_prefix)
+    layer = RedisLayer(
+        redis_url, secret=SECRET, prefix=key_prefix, socket_timeout=PATIENT, connect_timeout=PATIENT
+    )
     layer.bind(CACHE)
     try:
         layer.set("key-a", Entry(DATA["key-a"], 1.0))

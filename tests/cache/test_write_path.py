@@ -180,7 +180,13 @@ def stats(cache: LayeredCache) -> dict[str, Any]:
 def stored(cache: LayeredCache, key: str) -> Entry | None:
     """What the Redis layer holds for ``key``, read by a healthy layer with the secret."""
     layer = cache.layers[1]
-    healthy = RedisLayer(layer.url, secret=SECRET, prefix=layer.prefix)  # type: ignore[attr-defined]
+    healthy = RedisLayer(
+        layer.url,  # type: ignore[attr-defined]
+        secret=SECRET,
+        prefix=layer.prefix,  # type: ignore[attr-defined]
+        socket_timeout=PATIENT,
+        connect_timeout=PATIENT,
+    )
     healthy.bind(CACHE)
     try:
         return healthy.get(key)
@@ -359,7 +365,13 @@ class TestForgery:
             min_samples=1,
             max_corrupt_rate=0.0,
         )
-        layer = RedisLayer(redis_url, secret=SECRET, prefix=key_prefix, socket_timeout=PATIENT)
+        layer = RedisLayer(
+            redis_url,
+            secret=SECRET,
+            prefix=key_prefix,
+            socket_timeout=PATIENT,
+            connect_timeout=PATIENT,
+        )
         cache = LayeredCache(
             CACHE, [MemoryLayer(), layer], Source(default_data()), flags, guard=guard
         )
