@@ -1,0 +1,525 @@
+"""The webhook tables' SQL: subscriptions, the outbox fan-out, claiming deliveries
+with a lease, recording outcomes, the delivery log and redelivery.
+
+Ordering contract: ``fan_out`` turns outbox rows into deliveries in history-id
+order, one fan-out at a time (a PostgreSQL advisory lock; SQLite has one writer),
+and ``claim`` only ever hands out the lowest-sequence pending delivery of each
+subscription, never while another worker's lease on it is live. So a
+subscription's deliveries are sent one after another in ``sequence`` order; a
+worker that dies mid-send leaves a lease that expires, and the next claim takes
+the delivery over (at least once: the receiver may see it twice, same id).
+
+Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (replicas never wait on each
+other) and a compare-and-set update on SQLite (one writer at a time).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, text, update
+
+from api.webhooks import tables as t
+from api.webhooks.events import WebhookEvent, event_from_history, receives, standard_payload
+from api.webhooks.model import Format, Subscription, SubscriptionSpec
+from api.webhooks.signing import generate_secret
+from api.webhooks.slack import slack_message
+from flags.errors import NotFoundError, ValidationError
+from flags.history import utc
+from flags.store.tables import history, plans, tokens
+
+__all__ = [
+    "Claim",
+    "DeliveryRecord",
+    "Status",
+    "WebhookStore",
+    "enqueue",
+]
+
+# The advisory lock key that makes one fan-out run at a time on PostgreSQL.
+FANOUT_LOCK = 0x666C6167_77680001 & 0x7FFFFFFFFFFFFFFF
+# The first this many bytes of a response body are kept in the delivery log.
+BODY_KEEP = 1024
+MAX_LOG_PAGE = 500
+
+
+class Status:
+    """Delivery statuses (stored strings)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A delivery a worker holds the lease of, with what it needs to send it."""
+
+    id: int
+    subscription_id: str
+    sequence: int
+    url: str
+    secret: str
+    body: str
+    attempts: int
+    event_at: datetime
+    created_at: datetime
+    msg_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """One row of a subscription's delivery log."""
+
+    id: int
+    sequence: int
+    event_type: str
+    status: str
+    attempts: int
+    response_code: int | None
+    last_error: str | None
+    response_body: str | None
+    created_at: datetime
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sequence": self.sequence,
+            "event_type": self.event_type,
+            "status": self.status,
+            "attempts": self.attempts,
+            "response_code": self.response_code,
+            "last_error": self.last_error,
+            "response_body": self.response_body,
+            "created_at": self.created_at.isoformat(),
+            "next_attempt_at": self.next_attempt_at.isoformat(),
+            "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
+        }
+
+
+def msg_id(subscription_id: str, sequence: int) -> str:
+    """The ``webhook-id`` of a delivery: the same on every attempt and redelivery."""
+    return f"msg_{sequence}_{subscription_id}"
+
+
+def enqueue(conn: Connection, history_ids: Iterable[int]) -> None:
+    """Write the outbox rows of ``history_ids`` on ``conn``: call it inside the
+    transaction that writes those history rows, so both commit or neither does."""
+    rows = [{"history_id": int(i)} for i in history_ids]
+    if rows:
+        conn.execute(insert(t.webhook_outbox), rows)
+
+
+def _subscription(row: Any) -> Subscription:
+    spec = SubscriptionSpec(
+        url=row["url"],
+        events=tuple(row["events"]),
+        environments=tuple(row["environments"]) if row["environments"] is not None else None,
+        flags=tuple(row["flags"]) if row["flags"] is not None else None,
+        format=Format(row["format"]),
+        description=row["description"],
+    )
+    return Subscription(
+        id=row["id"],
+        spec=spec,
+        paused=bool(row["paused"]),
+        created_at=utc(row["created_at"]),
+        created_by=row["created_by"],
+        scope=tuple(row["scope"]) if row["scope"] is not None else None,
+        admin=bool(row["admin"]),
+        updated_at=utc(row["updated_at"]),
+    )
+
+
+def _spec_values(spec: SubscriptionSpec) -> dict[str, Any]:
+    return {
+        "url": spec.url,
+        "events": list(spec.events),
+        "environments": list(spec.environments) if spec.environments is not None else None,
+        "flags": list(spec.flags) if spec.flags is not None else None,
+        "format": spec.format.value,
+        "description": spec.description,
+    }
+
+
+class WebhookStore:
+    """Webhook persistence over one SQLAlchemy engine (the server's). Thread-safe:
+    every method runs its own transaction. Constructing it does no I/O."""
+
+    def __init__(self, engine: Engine, *, base_url: str | None = None) -> None:
+        self.engine = engine
+        self.base_url = base_url
+        self.postgres = engine.dialect.name == "postgresql"
+
+    # ------------------------------------------------------------ subscriptions
+    def create(
+        self,
+        spec: SubscriptionSpec,
+        *,
+        created_by: str,
+        scope: Sequence[str] | None,
+        admin: bool,
+        now: datetime | None = None,
+    ) -> tuple[Subscription, str]:
+        """Store a subscription; returns it and its signing secret (shown once)."""
+        now = now or datetime.now(UTC)
+        secret = generate_secret()
+        sub_id = "wh_" + secrets.token_hex(8)
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(t.webhook_subscriptions).values(
+                    id=sub_id,
+                    secret=secret,
+                    paused=False,
+                    scope=list(scope) if scope is not None else None,
+                    admin=admin,
+                    created_at=now,
+                    created_by=created_by,
+                    updated_at=now,
+                    **_spec_values(spec),
+                )
+            )
+        return self.get(sub_id), secret
+
+    def get(self, sub_id: str) -> Subscription:
+        """Raises ``NotFoundError`` (field ``id``) for an unknown id."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(t.webhook_subscriptions).where(t.webhook_subscriptions.c.id == sub_id)
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"webhook {sub_id!r} not found", field="id")
+        return _subscription(row)
+
+    def list(self) -> list[Subscription]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.webhook_subscriptions).order_by(t.webhook_subscriptions.c.created_at)
+            ).mappings()
+            return [_subscription(r) for r in rows]
+
+    def update(self, sub_id: str, spec: SubscriptionSpec) -> Subscription:
+        """Replace the subscription's filters, URL and format (deliveries already made
+        keep their body). Raises ``NotFoundError``."""
+        self._write(sub_id, _spec_values(spec))
+        return self.get(sub_id)
+
+    def set_paused(self, sub_id: str, paused: bool) -> Subscription:
+        """Pause or resume: a paused subscription keeps collecting deliveries and sends
+        them, in order, once resumed. Raises ``NotFoundError``."""
+        self._write(sub_id, {"paused": paused})
+        return self.get(sub_id)
+
+    def delete(self, sub_id: str) -> None:
+        """Delete the subscription and its deliveries. Raises ``NotFoundError``."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(t.webhook_deliveries).where(t.webhook_deliveries.c.subscription_id == sub_id)
+            )
+            gone = conn.execute(
+                delete(t.webhook_subscriptions).where(t.webhook_subscriptions.c.id == sub_id)
+            ).rowcount
+        if not gone:
+            raise NotFoundError(f"webhook {sub_id!r} not found", field="id")
+
+    def _write(self, sub_id: str, values: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(t.webhook_subscriptions)
+                .where(t.webhook_subscriptions.c.id == sub_id)
+                .values(updated_at=datetime.now(UTC), **values)
+            ).rowcount
+        if not done:
+            raise NotFoundError(f"webhook {sub_id!r} not found", field="id")
+
+    # ------------------------------------------------------------ fan-out
+    def fan_out(self, *, limit: int = 500, now: datetime | None = None) -> int:
+        """Turn up to ``limit`` outbox rows, oldest first, into deliveries for every
+        subscription that receives them, and delete them, in one transaction.
+        Returns how many outbox rows it consumed (0 when another fan-out holds the
+        lock). Rows whose history row is gone are dropped."""
+        now = now or datetime.now(UTC)
+        with self.engine.begin() as conn:
+            if (
+                self.postgres
+                and not conn.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": FANOUT_LOCK}
+                ).scalar()
+            ):
+                return 0
+            outbox = conn.execute(
+                select(t.webhook_outbox.c.id, t.webhook_outbox.c.history_id)
+                .order_by(t.webhook_outbox.c.id)
+                .limit(limit)
+            ).all()
+            if not outbox:
+                return 0
+            ids = [r.history_id for r in outbox]
+            rows = (
+                conn.execute(
+                    select(history, tokens.c.role.label("token_role"))
+                    .outerjoin(tokens, tokens.c.id == history.c.token_id)
+                    .where(history.c.id.in_(ids))
+                    .order_by(history.c.id)
+                )
+                .mappings()
+                .all()
+            )
+            subs = [
+                _subscription(r) for r in conn.execute(select(t.webhook_subscriptions)).mappings()
+            ]
+            deliveries: list[dict[str, Any]] = []
+            if subs:
+                kinds = self._plan_kinds(conn, rows)
+                for row in rows:
+                    plan_id = _plan_id(row)
+                    event = event_from_history(
+                        row, token_role=row["token_role"], plan_kind=kinds.get(plan_id)
+                    )
+                    for sub in subs:
+                        if receives(sub, event):
+                            deliveries.append(self._delivery(sub, event, now))
+            if deliveries:
+                conn.execute(insert(t.webhook_deliveries), deliveries)
+            conn.execute(
+                delete(t.webhook_outbox).where(t.webhook_outbox.c.id.in_([r.id for r in outbox]))
+            )
+            return len(outbox)
+
+    @staticmethod
+    def _plan_kinds(conn: Connection, rows: Sequence[Any]) -> dict[int, str]:
+        ids = {p for p in (_plan_id(r) for r in rows) if p is not None}
+        if not ids:
+            return {}
+        found = conn.execute(select(plans.c.id, plans.c.kind).where(plans.c.id.in_(ids)))
+        return {r.id: r.kind for r in found}
+
+    def _delivery(self, sub: Subscription, event: WebhookEvent, now: datetime) -> dict[str, Any]:
+        if sub.spec.format is Format.SLACK:
+            payload = slack_message(event, self.base_url)
+        else:
+            payload = standard_payload(event)
+        return {
+            "subscription_id": sub.id,
+            "sequence": event.sequence,
+            "event_type": event.type[:60],
+            "flag": event.flag,
+            "environment": event.environment,
+            "body": json.dumps(payload, separators=(",", ":"), default=str),
+            "status": Status.PENDING,
+            "attempts": 0,
+            "event_at": event.at,
+            "created_at": now,
+            "next_attempt_at": now,
+        }
+
+    # ------------------------------------------------------------ claims
+    def claim(
+        self, owner: str, *, lease: timedelta, limit: int = 20, now: datetime | None = None
+    ) -> list[Claim]:
+        """Lease up to ``limit`` due deliveries, each the lowest-sequence pending one of
+        its (unpaused) subscription, to ``owner`` until ``now + lease``."""
+        now = now or datetime.now(UTC)
+        d, s = t.webhook_deliveries, t.webhook_subscriptions
+        d2 = d.alias("d2")
+        head = (
+            select(func.min(d2.c.sequence))
+            .where(d2.c.subscription_id == d.c.subscription_id, d2.c.status == Status.PENDING)
+            .scalar_subquery()
+        )
+        stmt = (
+            select(
+                d.c.id,
+                d.c.subscription_id,
+                d.c.sequence,
+                d.c.body,
+                d.c.attempts,
+                d.c.event_at,
+                d.c.created_at,
+                s.c.url,
+                s.c.secret,
+            )
+            .join(s, s.c.id == d.c.subscription_id)
+            .where(
+                d.c.status == Status.PENDING,
+                s.c.paused == False,  # noqa: E712 (SQL expression)
+                d.c.next_attempt_at <= now,
+                or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at < now),
+                d.c.sequence == head,
+            )
+            .order_by(d.c.event_at, d.c.id)
+            .limit(limit)
+        )
+        if self.postgres:
+            stmt = stmt.with_for_update(of=d, skip_locked=True)
+        until = now + lease
+        claims: list[Claim] = []
+        with self.engine.begin() as conn:
+            for row in conn.execute(stmt).all():
+                taken = conn.execute(
+                    update(d)
+                    .where(
+                        d.c.id == row.id,
+                        d.c.status == Status.PENDING,
+                        or_(d.c.lease_expires_at.is_(None), d.c.lease_expires_at < now),
+                    )
+                    .values(lease_owner=owner, lease_expires_at=until)
+                ).rowcount
+                if taken:
+                    claims.append(
+                        Claim(
+                            id=row.id,
+                            subscription_id=row.subscription_id,
+                            sequence=row.sequence,
+                            url=row.url,
+                            secret=row.secret,
+                            body=row.body,
+                            attempts=row.attempts,
+                            event_at=utc(row.event_at),
+                            created_at=utc(row.created_at),
+                            msg_id=msg_id(row.subscription_id, row.sequence),
+                        )
+                    )
+        return claims
+
+    def record(
+        self,
+        claim: Claim,
+        owner: str,
+        *,
+        status: str,
+        response_code: int | None,
+        error: str | None,
+        response_body: str | None,
+        next_attempt_at: datetime | None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Record one attempt's outcome and release the lease. ``status`` is
+        ``delivered``, ``failed`` (given up) or ``pending`` (retry at
+        ``next_attempt_at``). Returns False, changing nothing, when ``owner`` no longer
+        holds the lease (it expired and another worker took the delivery over)."""
+        now = now or datetime.now(UTC)
+        d = t.webhook_deliveries
+        values: dict[str, Any] = {
+            "status": status,
+            "attempts": d.c.attempts + 1,
+            "response_code": response_code,
+            "last_error": error[:2000] if error else None,
+            "response_body": response_body[:BODY_KEEP] if response_body is not None else None,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        if status == Status.DELIVERED:
+            values["delivered_at"] = now
+        if next_attempt_at is not None:
+            values["next_attempt_at"] = next_attempt_at
+        with self.engine.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(d)
+                    .where(
+                        d.c.id == claim.id, d.c.lease_owner == owner, d.c.status == Status.PENDING
+                    )
+                    .values(**values)
+                ).rowcount
+            )
+
+    # ------------------------------------------------------------ log
+    def deliveries(
+        self,
+        sub_id: str,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> list[DeliveryRecord]:
+        """A subscription's delivery log, newest sequence first. Raises
+        ``NotFoundError`` for an unknown subscription, ``ValidationError`` for a bad
+        status or limit."""
+        if status is not None and status not in {Status.PENDING, Status.DELIVERED, Status.FAILED}:
+            raise ValidationError(
+                f"status must be pending, delivered or failed, got {status!r}", field="status"
+            )
+        if not 1 <= limit <= MAX_LOG_PAGE:
+            raise ValidationError(f"limit must be from 1 to {MAX_LOG_PAGE}", field="limit")
+        self.get(sub_id)
+        d = t.webhook_deliveries
+        conditions = [d.c.subscription_id == sub_id]
+        if status is not None:
+            conditions.append(d.c.status == status)
+        if before is not None:
+            conditions.append(d.c.sequence < before)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(d).where(and_(*conditions)).order_by(d.c.sequence.desc()).limit(limit)
+            ).mappings()
+            return [
+                DeliveryRecord(
+                    id=r["id"],
+                    sequence=r["sequence"],
+                    event_type=r["event_type"],
+                    status=r["status"],
+                    attempts=r["attempts"],
+                    response_code=r["response_code"],
+                    last_error=r["last_error"],
+                    response_body=r["response_body"],
+                    created_at=utc(r["created_at"]),
+                    next_attempt_at=utc(r["next_attempt_at"]),
+                    delivered_at=utc(r["delivered_at"]) if r["delivered_at"] else None,
+                )
+                for r in rows
+            ]
+
+    def redeliver(self, sub_id: str, delivery_id: int, *, now: datetime | None = None) -> None:
+        """Send a delivery again (same id and body) at the next claim, whatever its
+        status; it takes its turn in ``sequence`` order with the subscription's other
+        pending deliveries. Raises ``NotFoundError``."""
+        now = now or datetime.now(UTC)
+        d = t.webhook_deliveries
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(d)
+                .where(d.c.id == delivery_id, d.c.subscription_id == sub_id)
+                .values(
+                    status=Status.PENDING,
+                    created_at=now,
+                    next_attempt_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
+            ).rowcount
+        if not done:
+            raise NotFoundError(
+                f"delivery {delivery_id} of webhook {sub_id!r} not found", field="delivery"
+            )
+
+    def depth(self) -> int:
+        """Outbox rows not yet fanned out plus pending deliveries."""
+        with self.engine.connect() as conn:
+            outbox = conn.execute(select(func.count()).select_from(t.webhook_outbox)).scalar_one()
+            pending = conn.execute(
+                select(func.count())
+                .select_from(t.webhook_deliveries)
+                .where(t.webhook_deliveries.c.status == Status.PENDING)
+            ).scalar_one()
+        return int(outbox) + int(pending)
+
+
+def _plan_id(row: Any) -> int | None:
+    if not str(row["action"]).startswith("plan."):
+        return None
+    after = row["after"]
+    if isinstance(after, dict) and isinstance(after.get("plan"), int):
+        return int(after["plan"])
+    return None

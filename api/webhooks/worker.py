@@ -1,0 +1,227 @@
+"""The delivery worker: fans the outbox out, claims due deliveries, sends them
+signed, and records what happened.
+
+``DeliveryWorker`` is a service with ``start()`` / ``close()`` (``create_app``
+runs it); ``run_once()`` does one pass and may be called directly. A pass sends
+each claimed delivery on its own thread, so one slow receiver (at most
+``timeout`` seconds) never holds up another subscription; a subscription's own
+deliveries go one at a time, in ``sequence`` order (see ``api.webhooks.store``).
+
+Retry policy (``retry_delay``): exponential from ``backoff_base`` doubling per
+attempt, capped at ``backoff_cap``, with "equal jitter" (a uniform draw in the
+upper half); a delivery that has not succeeded within ``retry_window`` of being
+made is marked ``failed``. A 2xx answer is success; anything else (another
+status, a timeout, a refused connection) is an attempt that failed.
+
+The loop survives any exception: it logs it with its traceback, counts it and
+tries again after ``idle_interval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from api.webhooks import metrics
+from api.webhooks.signing import signed_headers
+from api.webhooks.store import Claim, Status, WebhookStore
+
+__all__ = ["DeliveryWorker", "WorkerSettings", "retry_delay"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How the worker paces itself. Defaults are the issue's contract: 5 s timeouts,
+    exponential backoff with jitter for up to 24 h."""
+
+    timeout: float = 5.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 3600.0
+    retry_window: timedelta = timedelta(hours=24)
+    # A claim is good for this long; a worker that died mid-send loses it after.
+    lease: timedelta = timedelta(seconds=30)
+    # Seconds between passes when there was nothing to do.
+    idle_interval: float = 0.05
+    batch: int = 32
+    concurrency: int = 8
+
+
+def retry_delay(
+    attempts: int, *, base: float, cap: float, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt (1, 2, ...):
+    ``min(cap, base * 2 ** (attempts - 1))`` scaled by a uniform factor in [0.5, 1).
+    Never more than ``cap``, never less than half the exponential step."""
+    step = min(cap, base * (2 ** min(max(attempts - 1, 0), 62)))
+    return step * (0.5 + rand() / 2)
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{id(object()) & 0xFFFF:x}"
+
+
+class DeliveryWorker:
+    """Delivers webhooks from one ``WebhookStore``. Constructing it does no I/O;
+    ``start()`` starts a daemon thread, ``close()`` stops it and waits.
+    ``transport`` replaces httpx's network transport (tests)."""
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        settings: WorkerSettings | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings or WorkerSettings()
+        self.owner = owner or _owner()
+        self._transport = transport
+        self._client: httpx.Client | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._depth_at = 0.0
+
+    # ------------------------------------------------------------ service
+    def start(self) -> None:
+        """Start delivering in a daemon thread. Idempotent."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="webhook-worker", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread (after its current pass) and close the HTTP client."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.timeout + 5)
+            self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def wake(self) -> None:
+        """Run the next pass now (a change was just committed)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            busy = False
+            try:
+                busy = self.run_once()
+            except Exception:  # the loop must outlive any failure: log, count, retry
+                log.exception("webhook worker pass failed")
+                metrics.WORKER_ERRORS.inc()
+            if not busy:
+                self._wake.wait(self.settings.idle_interval)
+                self._wake.clear()
+
+    # ------------------------------------------------------------ one pass
+    def run_once(self, now: datetime | None = None) -> bool:
+        """Fan out the outbox, then claim and send due deliveries. Returns whether it
+        found any work (the loop then goes again at once)."""
+        fanned = self.store.fan_out(now=now)
+        claims = self.store.claim(
+            self.owner, lease=self.settings.lease, limit=self.settings.batch, now=now
+        )
+        if claims:
+            pool = self._executor()
+            for done in pool.map(self.deliver, claims):
+                del done
+        self._sample_depth()
+        return bool(fanned or claims)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.settings.concurrency, thread_name_prefix="webhook-send"
+            )
+        return self._pool
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(
+                timeout=self.settings.timeout,
+                transport=self._transport,
+                follow_redirects=False,
+                headers={"user-agent": "flagrail-webhooks/1"},
+            )
+        return self._client
+
+    def _sample_depth(self) -> None:
+        if time.monotonic() - self._depth_at >= 1.0:
+            self._depth_at = time.monotonic()
+            metrics.OUTBOX_DEPTH.set(self.store.depth())
+
+    def deliver(self, claim: Claim) -> str:
+        """Send one claimed delivery and record the outcome; returns the status
+        recorded (``delivered``, ``pending`` for a retry, ``failed``)."""
+        body = claim.body.encode()
+        headers = {
+            **signed_headers(claim.secret, claim.msg_id, body),
+            "content-type": "application/json",
+        }
+        code: int | None = None
+        text: str | None = None
+        error: str | None = None
+        try:
+            response = self._http().post(claim.url, content=body, headers=headers)
+            code = response.status_code
+            text = response.content[:1024].decode("utf-8", "replace")
+            if not 200 <= code < 300:
+                error = f"HTTP {code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+        now = datetime.now(UTC)
+        if error is None:
+            status, next_at = Status.DELIVERED, None
+            metrics.LAG.observe(max(0.0, (now - claim.event_at).total_seconds()))
+        elif now - claim.created_at >= self.settings.retry_window:
+            status, next_at = Status.FAILED, None
+        else:
+            delay = retry_delay(
+                claim.attempts + 1,
+                base=self.settings.backoff_base,
+                cap=self.settings.backoff_cap,
+            )
+            status = Status.PENDING
+            next_at = min(
+                now + timedelta(seconds=delay),
+                claim.created_at + self.settings.retry_window,
+            )
+        kept = self.store.record(
+            claim,
+            self.owner,
+            status=status,
+            response_code=code,
+            error=error,
+            response_body=text,
+            next_attempt_at=next_at,
+            now=now,
+        )
+        result = {
+            Status.DELIVERED: "delivered",
+            Status.PENDING: "retry",
+            Status.FAILED: "failed",
+        }[status]
+        metrics.DELIVERIES.labels(result=result if kept else "lease_lost").inc()
+        return status
