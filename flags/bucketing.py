@@ -4,7 +4,10 @@ A tenant's bucket for a flag is ``murmur3_32("<flag key>:<tenant>", seed=0) % 10
 exactly what Unleash's ``flexibleRollout`` strategy computes with ``groupId`` set
 to the flag key, so a tenant sits in the same bucket in both systems.
 
-The formula is written once, in ``bucket_of``; ``assign_bucket``, ``in_rollout``
+A split over variants uses Unleash's variant hashing instead (``split_bucket_of``:
+seed 86028157, buckets 1..1000).
+
+The rollout formula is written once, in ``bucket_of``; ``assign_bucket``, ``in_rollout``
 and the SDK's compiled checks (``flags.compiled``, which keep the
 ``"<flag key>:"`` prefix of each flag) all go through it.
 """
@@ -13,9 +16,21 @@ from __future__ import annotations
 
 import mmh3
 
-__all__ = ["assign_bucket", "bucket_of", "hash_prefix", "in_rollout"]
+__all__ = [
+    "VARIANT_SEED",
+    "assign_bucket",
+    "assign_split_bucket",
+    "bucket_of",
+    "hash_prefix",
+    "in_rollout",
+    "split_bucket_of",
+]
 
 _hash = mmh3.hash
+
+# Unleash's variant hashing seed: a split's bucket is independent of the rollout's.
+VARIANT_SEED = 86028157
+SPLIT_BUCKETS = 1000
 
 
 def hash_prefix(flag_key: str) -> str:
@@ -30,6 +45,24 @@ def bucket_of(hash_input: str) -> int:
     is not a ``str``.
     """
     return _hash(hash_input, 0, False) % 100 + 1
+
+
+def split_bucket_of(hash_input: str) -> int:
+    """The split bucket, in 1..1000, of ``hash_prefix(flag) + tenant``.
+
+    Unleash's variant formula (``murmur3_32("<groupId>:<stickiness value>",
+    seed=86028157) % 1000 + 1``, the group id being the flag key): a tenant gets
+    the first split variant whose cumulative weight reaches its bucket, as every
+    Unleash SDK picks a variant with ``stickiness: tenantId``. The seed differs
+    from the rollout's, so a tenant's split bucket does not follow its rollout
+    bucket. Pure; raises ``TypeError`` if ``hash_input`` is not a ``str``.
+    """
+    return _hash(hash_input, VARIANT_SEED, False) % SPLIT_BUCKETS + 1
+
+
+def assign_split_bucket(flag_key: str, tenant: str) -> int:
+    """Return ``tenant``'s split bucket for ``flag_key``, in 1..1000 (see ``split_bucket_of``)."""
+    return split_bucket_of(hash_prefix(flag_key) + tenant)
 
 
 def assign_bucket(flag_key: str, tenant: str) -> int:

@@ -17,13 +17,49 @@ a reader sees a whole snapshot or the previous one, never a mix.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from flags.bucketing import bucket_of, hash_prefix
-from flags.model import MAX_TENANT_LENGTH, Evaluation, FlagState, Reason, Snapshot, is_valid_tenant
+from flags.bucketing import bucket_of, hash_prefix, split_bucket_of
+from flags.model import (
+    MAX_TENANT_LENGTH,
+    Evaluation,
+    FlagState,
+    FlagType,
+    Reason,
+    Snapshot,
+    is_valid_tenant,
+)
 
-__all__ = ["CompiledChecks", "CompiledFlag", "CompiledSnapshot", "compile_snapshot", "evaluate_one"]
+__all__ = [
+    "CompiledChecks",
+    "CompiledFlag",
+    "CompiledSnapshot",
+    "VariantResult",
+    "compile_snapshot",
+    "evaluate_one",
+]
+
+
+class VariantResult(NamedTuple):
+    """What ``variant()`` answers: the variant's name (None when none was served), its
+    value (None then) and the reason."""
+
+    name: str | None
+    value: Any
+    reason: Reason
+
+
+# The default's classes a flag of each type answers ``value()`` for (None: any type).
+_ACCEPTS: Mapping[FlagType, frozenset[type]] = {
+    FlagType.BOOLEAN: frozenset({bool, type(None)}),
+    FlagType.STRING: frozenset({str, type(None)}),
+    FlagType.NUMBER: frozenset({int, float, type(None)}),
+    FlagType.JSON: frozenset({dict, list, type(None)}),
+}
+_BOOL_VARIANTS = {True: ("on", True), False: ("off", False)}
 
 log = logging.getLogger("flagrail.client")
 
@@ -54,7 +90,9 @@ class CompiledFlag:
     """
 
     __slots__ = (
+        "accepts",
         "counts",
+        "cum",
         "ev_fixed",
         "ev_no_tenant",
         "ev_rollout_off",
@@ -65,13 +103,18 @@ class CompiledFlag:
         "key",
         "no_tenant",
         "open_all",
+        "pins",
         "plain",
         "prefix",
+        "refine",
         "rollout",
         "split",
+        "split_evs",
         "state",
         "tenants_off",
         "tenants_on",
+        "typed",
+        "variant_results",
         "version",
     )
 
@@ -108,6 +151,71 @@ class CompiledFlag:
         self.ev_tenant_off = _evaluation(False, Reason.TENANT_OFF, v)
         self.ev_rollout_on = _evaluation(True, Reason.ROLLOUT, v)
         self.ev_rollout_off = _evaluation(False, Reason.ROLLOUT, v)
+        self.accepts = _ACCEPTS.get(state.type, _ACCEPTS[FlagType.BOOLEAN])
+        # Typed flags: the same Evaluations carrying the variant served (off_variant
+        # on every off answer, on_variant on every on answer), then the pins and the
+        # split that refine an on answer for a tenant.
+        self.typed = state.type is not FlagType.BOOLEAN
+        self.pins: Mapping[str, Evaluation] = {}
+        self.cum: list[int] = []
+        self.split_evs: list[Evaluation] = []
+        if self.typed:
+            values = {variant.name: variant.value for variant in state.variants}
+
+            def typed(ev: Evaluation | None) -> Evaluation | None:
+                if ev is None:
+                    return None
+                name = state.on_variant if ev.enabled else state.off_variant
+                return Evaluation(ev.enabled, ev.reason, v, None, name, values.get(name))
+
+            self.ev_fixed = typed(self.ev_fixed)
+            self.ev_no_tenant = typed(self.ev_no_tenant)  # type: ignore[assignment]
+            self.ev_tenant_on = typed(self.ev_tenant_on)  # type: ignore[assignment]
+            self.ev_tenant_off = typed(self.ev_tenant_off)  # type: ignore[assignment]
+            self.ev_rollout_on = typed(self.ev_rollout_on)  # type: ignore[assignment]
+            self.ev_rollout_off = typed(self.ev_rollout_off)  # type: ignore[assignment]
+            self.pins = {
+                tenant: Evaluation(True, Reason.PINNED, v, None, name, values.get(name))
+                for tenant, name in state.tenant_variants
+            }
+            total = 0
+            for name, weight in state.split:
+                total += weight
+                self.cum.append(total)
+                self.split_evs.append(
+                    Evaluation(True, Reason.SPLIT, v, None, name, values.get(name))
+                )
+        # An on answer for a tenant may become a pinned or split variant.
+        self.refine = bool(self.pins or self.cum)
+        if self.refine:
+            self.plain = False
+        # variant(): the results of the Evaluations above, built once.
+        self.variant_results: dict[int, VariantResult] = {}
+
+    def variant_result(self, ev: Evaluation) -> VariantResult:
+        """``ev`` as ``variant()`` answers it (booleans: ``on``/``off``), memoised per object."""
+        result = self.variant_results.get(id(ev))
+        if result is None:
+            if self.typed:
+                result = VariantResult(ev.variant, ev.value, ev.reason)
+            else:
+                name, value = _BOOL_VARIANTS[ev.enabled]
+                result = VariantResult(name, value, ev.reason)
+            # Keyed by id(): every ev here is held by this CompiledFlag, so ids stay unique.
+            self.variant_results[id(ev)] = result
+        return result
+
+    def refined(self, tenant: str, ev: Evaluation) -> Evaluation:
+        """An on answer ``ev`` for ``tenant``: its pinned variant, else its split
+        variant (Unleash's variant bucket), else ``ev`` (the on_variant)."""
+        pinned = self.pins.get(tenant)
+        if pinned is not None:
+            return pinned
+        if self.cum:
+            index = bisect_left(self.cum, split_bucket_of(self.prefix + tenant))
+            if index < len(self.split_evs):
+                return self.split_evs[index]
+        return ev
 
 
 class CompiledChecks:
@@ -218,6 +326,8 @@ class CompiledChecks:
                         ev = c.ev_rollout_off
                 else:
                     ev = c.ev_no_tenant
+                if c.refine and ev.enabled and tenant is not None:
+                    ev = c.refined(tenant, ev)
             c.counts[1 if ev.enabled else 0] += 1
             return ev
         except Exception:
@@ -225,6 +335,85 @@ class CompiledChecks:
             self._errors += 1
             log.debug("flag check failed; serving the default", exc_info=True)
             return _ERROR[default is True]
+
+    def value(self, key: str, default: Any, tenant: str | None = None) -> Any:
+        """The value ``key`` serves ``tenant``; ``default`` when the flag is missing, of
+        another type than ``default`` (bool: boolean, str: string, int/float: number,
+        dict/list: json; None accepts any type), the tenant is invalid, or no variant
+        is served. A boolean flag's value is ``is_enabled``. Never raises.
+
+        The same rule as ``evaluate`` (a property test holds them together), written
+        out for speed.
+        """
+        try:
+            c = self._table.get(key)
+            if c is None:
+                self._unknown(key, tenant, False)
+                return default
+            if default.__class__ not in c.accepts:
+                return default
+            ev = c.ev_fixed
+            if ev is None:
+                if tenant is None:
+                    ev = c.ev_no_tenant
+                elif (
+                    tenant.__class__ is not str
+                    or not 0 < len(tenant) <= MAX_TENANT_LENGTH
+                    or (not tenant.isprintable() and not is_valid_tenant(tenant))
+                ):
+                    self._errors += 1
+                    return default
+                elif c.plain:
+                    ev = (
+                        c.ev_rollout_on
+                        if bucket_of(c.prefix + tenant) <= c.rollout
+                        else c.ev_rollout_off
+                    )
+                elif tenant in c.tenants_off:
+                    ev = c.ev_tenant_off
+                else:
+                    if tenant in c.tenants_on:
+                        ev = c.ev_tenant_on
+                    elif c.split:
+                        if bucket_of(c.prefix + tenant) <= c.rollout:
+                            ev = c.ev_rollout_on
+                        else:
+                            ev = c.ev_rollout_off
+                    else:
+                        ev = c.ev_no_tenant
+                    if c.refine and ev.enabled:
+                        ev = c.refined(tenant, ev)
+            if ev.enabled:
+                c.counts[1] += 1
+            else:
+                c.counts[0] += 1
+            if c.typed:
+                return default if ev.variant is None else ev.value
+            return ev.enabled
+        except Exception:
+            # As in is_enabled: the one broad except of a check.
+            self._errors += 1
+            log.debug("flag check failed; serving the default", exc_info=True)
+            return default
+
+    def variant(self, key: str, tenant: str | None = None) -> VariantResult:
+        """``(name, value, reason)`` of the variant ``key`` serves ``tenant``.
+
+        A boolean flag serves ``on``/``off`` (True/False). When no variant is served
+        (missing flag, invalid tenant, no snapshot yet) the name and value are None
+        and the reason says why. Never raises.
+        """
+        try:
+            c = self._table.get(key)
+            ev = self.evaluate(key, tenant)
+            if c is None or ev.reason is Reason.ERROR:
+                return VariantResult(None, None, ev.reason)
+            return c.variant_result(ev)
+        except Exception:
+            # As in is_enabled: the one broad except of a check.
+            self._errors += 1
+            log.debug("flag check failed; serving no variant", exc_info=True)
+            return VariantResult(None, None, Reason.ERROR)
 
     def _unknown(self, key: object, tenant: object, default: object) -> Evaluation:
         """A key not in the table: a bad key (error), no snapshot yet (default), a flag

@@ -16,6 +16,24 @@ step  condition                            result      reason
 
 Without a tenant, steps 4-6 collapse to "on only when rollout is 100".
 
+A string, number or json flag (``FlagState.type``) answers the same on/off, and
+the ``Evaluation`` carries the variant served (``variant``, ``value``):
+
+====  ===================================  ===================  ===========
+step  answer of the table above            variant              reason
+====  ===================================  ===================  ===========
+1     off (killed)                         ``off_variant``      killed
+2-7   off                                  ``off_variant``      unchanged
+8     on, tenant in ``tenant_variants``    the pinned variant   pinned
+9     on, the state has a ``split``        the split's variant  split
+10    on                                   ``on_variant``       unchanged
+====  ===================================  ===================  ===========
+
+A kill therefore always serves the declared safe value (``off_variant``). A
+split is sticky per tenant: Unleash's variant bucket (``flags.bucketing.
+split_bucket_of``), independent of the rollout bucket. Steps 8-9 need a tenant.
+A boolean flag's variants are ``on``/``off``; it takes no pins or split.
+
 The rule is implemented once, by the SDK's compiled checks
 (``flags.compiled.CompiledChecks.evaluate``); this function runs them on a
 snapshot of one flag, so ``evaluate`` and every ``FlagClient`` agree by
@@ -43,7 +61,8 @@ def evaluate(
     ``state`` is ``None`` when the flag is unknown in that environment. An invalid
     tenant (not a non-empty string of at most 200 characters without control
     characters) gives ``default`` with reason ``error``. Pure (no I/O, no clock);
-    never raises.
+    never raises. For a typed flag the result's ``variant``/``value`` follow the
+    second table above (None when the flag is missing or the tenant invalid).
     """
     if archived and state is not None and not state.killed:
         # An archived flag is absent from snapshots; a kill still wins (step 1).
