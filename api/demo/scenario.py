@@ -273,6 +273,15 @@ def _make_keys(config: ScenarioConfig, store: KeyStore) -> list[DemoKey]:
     return keys
 
 
+def guard_role() -> str:
+    """The role of the guards' token: ``guard`` (may kill, and alone may name its own
+    actor, ``guard:<host>:<pid>``) where the admin API has that role, else ``operator``
+    (an admin API from before the role)."""
+    from flags.model import Role
+
+    return "guard" if "guard" in {role.value for role in Role} else "operator"
+
+
 def _setup_admin_db(url: str) -> dict[str, str]:
     """Schema, flags and tokens of the admin API; returns the token secrets by role."""
     from flags.store.schema import upgrade
@@ -286,7 +295,7 @@ def _setup_admin_db(url: str) -> dict[str, str]:
             "exam-platform-sdk", "client", [ENVIRONMENT], actor="demo"
         )
         _info, guard = store.create_token(
-            "exam-platform-guard", "operator", [ENVIRONMENT], actor="demo"
+            "exam-platform-guard", guard_role(), [ENVIRONMENT], actor="demo"
         )
         store.create_flag(
             L1_FLAG,

@@ -405,8 +405,11 @@ class CacheWorker:
         return start_at + i / self.cell.rate
 
     def _snapshot(self) -> None:
-        """Keep the layer's counters as they are just before the fault."""
-        if self.tally.stats_at_fault is None and time.time() >= self.clock.fault_at - 0.05:
+        """Keep the layer's counters as they are just before the fault: the last look
+        taken before it (the fault cannot act before ``fault_at``; a look taken after it,
+        by a process the machine did not run for a while, would count its effects)."""
+        now = time.time()
+        if self.clock.fault_at - 0.5 <= now < self.clock.fault_at:
             self.tally.stats_at_fault = self.cache.stats()["l2"]
 
     def _change_due(self, changed: bool) -> bool:
