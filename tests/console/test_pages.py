@@ -1,0 +1,151 @@
+"""The console's pages over HTTP (no browser): sessions, CSRF, roles, protected
+environments, headers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+
+from .conftest import CSRF, PASSWORD, Clock
+
+
+def test_console__no_session__redirects_to_login(console_app: TestClient) -> None:
+    answer = console_app.get("/console/flags", follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"].startswith("/console/login?next=")
+
+
+def test_login__cookie_and_headers__strict(console_app: TestClient) -> None:
+    page = console_app.get("/console/login")
+    token = CSRF.search(page.text).group(1)  # type: ignore[union-attr]
+    answer = console_app.post(
+        "/console/login",
+        data={"username": "alice", "password": PASSWORD, "csrf": token},
+        follow_redirects=False,
+    )
+    cookie = answer.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+    assert "secure" not in cookie  # plain HTTP, no trusted proxy
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    assert answer.headers["x-frame-options"] == "DENY"
+
+
+def test_login__wrong_password__401_then_throttled(console_app: TestClient) -> None:
+    for _ in range(5):
+        page = console_app.get("/console/login")
+        token = CSRF.search(page.text).group(1)  # type: ignore[union-attr]
+        answer = console_app.post(
+            "/console/login", data={"username": "alice", "password": "wrong", "csrf": token}
+        )
+        assert answer.status_code == 401
+    page = console_app.get("/console/login")
+    token = CSRF.search(page.text).group(1)  # type: ignore[union-attr]
+    answer = console_app.post(
+        "/console/login", data={"username": "alice", "password": PASSWORD, "csrf": token}
+    )
+    assert answer.status_code == 429
+
+
+def test_login__without_form_token__refused(console_app: TestClient) -> None:
+    answer = console_app.post("/console/login", data={"username": "alice", "password": PASSWORD})
+    assert answer.status_code == 403
+
+
+def test_post__without_csrf__403(console_app: TestClient, logged_in: Callable[[str], str]) -> None:
+    logged_in("alice")
+    answer = console_app.post(
+        "/console/flags/checkout/environments/staging/kill", data={"reason": "x"}
+    )
+    assert answer.status_code == 403
+    assert "CSRF" in answer.text
+
+
+def test_reader__no_edit_controls__forged_post_403(
+    console_app: TestClient, logged_in: Callable[[str], str]
+) -> None:
+    csrf = logged_in("rita")
+    page = console_app.get("/console/flags/checkout")
+    assert page.status_code == 200
+    assert 'data-testid="kill-' not in page.text and "Preview change" not in page.text
+    answer = console_app.post(
+        "/console/flags/checkout/environments/staging/kill", data={"reason": "x", "csrf": csrf}
+    )
+    assert answer.status_code == 403
+
+
+def test_protected__change_needs_typed_name(
+    console_app: TestClient, logged_in: Callable[[str], str]
+) -> None:
+    csrf = logged_in("ed")
+    form = {"csrf": csrf, "enabled": "on", "rollout": "30", "version": "0"}
+    refused = console_app.post("/console/flags/checkout/environments/production", data=form)
+    assert refused.status_code == 422 and "confirm" in refused.text
+    done = console_app.post(
+        "/console/flags/checkout/environments/production",
+        data={**form, "confirm": "production"},
+        follow_redirects=False,
+    )
+    assert done.status_code == 303
+    history = console_app.get("/console/history?flag=checkout&environment=production")
+    assert "user:ed" in history.text and "rollout" in history.text
+
+
+def test_preview__shows_field_diff(
+    console_app: TestClient, logged_in: Callable[[str], str]
+) -> None:
+    csrf = logged_in("ed")
+    page = console_app.post(
+        "/console/flags/checkout/environments/staging/preview",
+        data={"csrf": csrf, "enabled": "on", "rollout": "50"},
+    )
+    assert page.status_code == 200
+    assert 'data-testid="diff"' in page.text
+    assert ">10<" in page.text and ">50<" in page.text
+    assert 'name="confirm"' not in page.text  # staging is not protected
+
+
+def test_session__idle_past_timeout__ends(
+    console_app: TestClient, logged_in: Callable[[str], str], clock: Clock
+) -> None:
+    logged_in("alice")
+    clock.advance(timedelta(hours=7, minutes=59))
+    assert console_app.get("/console/flags", follow_redirects=False).status_code == 200
+    clock.advance(timedelta(hours=8, seconds=1))
+    assert console_app.get("/console/flags", follow_redirects=False).status_code == 303
+
+
+def test_logout__session_revoked(console_app: TestClient, logged_in: Callable[[str], str]) -> None:
+    csrf = logged_in("alice")
+    cookie = console_app.cookies.get("flagrail_session")
+    assert console_app.post("/console/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    console_app.cookies.set("flagrail_session", cookie, path="/console")  # a stolen copy
+    assert console_app.get("/console/flags", follow_redirects=False).status_code == 303
+
+
+def test_pages__every_page_renders(
+    console_app: TestClient, logged_in: Callable[[str], str]
+) -> None:
+    logged_in("alice")
+    for path in (
+        "/console/flags?q=check&state=partial",
+        "/console/flags/checkout",
+        "/console/history",
+        "/console/health",
+        "/console/plans?flag=checkout",
+        "/console/admin",
+    ):
+        answer = console_app.get(path)
+        assert answer.status_code == 200, (path, answer.text[:500])
+
+
+def test_admin__create_token__value_shown_once(
+    console_app: TestClient, logged_in: Callable[[str], str]
+) -> None:
+    csrf = logged_in("alice")
+    answer = console_app.post(
+        "/console/admin/tokens", data={"csrf": csrf, "name": "ci", "role": "reader"}
+    )
+    assert answer.status_code == 201 and 'data-testid="new-token"' in answer.text
+    assert 'data-testid="new-token"' not in console_app.get("/console/admin").text
