@@ -88,7 +88,6 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
     for router in ROUTERS:
         app.include_router(router)
     console.install(app)  # the web console at /console (its users store starts first)
-    console.install(app)  # the web console at /console (its users store starts first)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
