@@ -149,6 +149,12 @@ class ReadCore:
     _live: list[bool | None]
     _bypass_version: list[int]
     _fast: Layer | None
+    _fast_ok: bool
+    _fast_get: Callable[[str], Any] | None
+    _fast_flag: str
+    _fast_shadow: str
+    _fast_stats: LayerStats
+    _is_enabled: Callable[..., bool]
     flags: Any
 
     # ----------------------------------------------------------------- modes
@@ -228,7 +234,7 @@ class ReadCore:
         if self._bypassed[i]:
             self._stats[i].bypass_guard += 1
             return _OFF
-        enabled = self._is_enabled  # type: ignore[attr-defined]
+        enabled = self._is_enabled
         if not enabled(self._flag_keys[i], tenant):
             return _OFF
         if enabled(self._shadow_keys[i], tenant):
@@ -238,18 +244,18 @@ class ReadCore:
     # ----------------------------------------------------------------- the fast path
     def _hit(self, key: str, tenant: str | None, t0: float) -> Any:
         """A live memory hit in the first layer (its value), or a ``Miss``."""
-        if self.flags.snapshot is not self._seen:  # type: ignore[attr-defined]
-            self._refresh()  # type: ignore[attr-defined]
-        if not self._fast_ok:  # type: ignore[attr-defined]
-            if self._fast is None:  # type: ignore[attr-defined]
+        if self.flags.snapshot is not self._seen:
+            self._refresh()
+        if not self._fast_ok:
+            if self._fast is None:
                 return MISS_NONE
-            self._fast_stats.bypass_guard += 1  # type: ignore[attr-defined]
+            self._fast_stats.bypass_guard += 1
             return _MISS_OFF
-        if not self._is_enabled(self._fast_flag, tenant):  # type: ignore[attr-defined]
+        if not self._is_enabled(self._fast_flag, tenant):
             return _MISS_OFF
-        if self._is_enabled(self._fast_shadow, tenant):  # type: ignore[attr-defined]
+        if self._is_enabled(self._fast_shadow, tenant):
             return _MISS_SHADOW
-        e = self._fast_get(key)  # type: ignore[attr-defined]
+        e = self._fast_get(key)  # type: ignore[misc]
         if e is None:
             return _MISS_LIVE
         now = _mono()
@@ -261,7 +267,7 @@ class ReadCore:
             )
             and (e.source is None or e.source not in self._dead)
         ):
-            st = self._fast_stats  # type: ignore[attr-defined]
+            st = self._fast_stats
             st.hits += 1
             if not st.hits & 15:
                 st.observe(_perf() - t0)
