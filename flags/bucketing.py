@@ -24,6 +24,7 @@ __all__ = [
     "hash_prefix",
     "in_rollout",
     "split_bucket_of",
+    "variant_bucket",
 ]
 
 _hash = mmh3.hash
@@ -58,6 +59,19 @@ def split_bucket_of(hash_input: str) -> int:
     bucket. Pure; raises ``TypeError`` if ``hash_input`` is not a ``str``.
     """
     return _hash(hash_input, VARIANT_SEED, False) % SPLIT_BUCKETS + 1
+
+
+def variant_bucket(group_id: str, stickiness: str, total: int) -> int:
+    """Unleash's variant bucket, in 1..``total``: ``murmur3_32("<group_id>:<stickiness>",
+    seed=86028157) % total + 1``, ``total`` being the sum of the variants' weights.
+
+    flagrail's splits always weigh 1000 (``split_bucket_of``); this general form
+    reads Unleash variant lists of any total (the client specification's cases).
+    Raises ``ValueError`` when ``total`` is not positive.
+    """
+    if total <= 0:
+        raise ValueError(f"total must be positive, got {total}")
+    return _hash(f"{group_id}:{stickiness}", VARIANT_SEED, False) % total + 1
 
 
 def assign_split_bucket(flag_key: str, tenant: str) -> int:

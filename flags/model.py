@@ -209,6 +209,12 @@ def validate_value(flag_type: FlagType, value: object, field_name: str = "value"
             raise ValidationError(
                 f"{field_name} is not a JSON value: {exc}", field=field_name
             ) from exc
+        if json.loads(text) != value:
+            # json.dumps turns int keys into strings and tuples into lists: not JSON as given.
+            raise ValidationError(
+                f"{field_name} is not a JSON value (object keys must be strings, arrays lists)",
+                field=field_name,
+            )
         if len(text.encode()) > MAX_JSON_VALUE:
             raise ValidationError(
                 f"{field_name} is longer than {MAX_JSON_VALUE} bytes serialised", field=field_name
