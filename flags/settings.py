@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # How long SDK counters are kept (`90d`, `12h`; at least 1h). The server prunes older
     # ones every `telemetry_prune_interval` seconds; counters older than
     # `telemetry_rollup_after` are kept per hour instead of per second.
+    # Secret (at least 16 characters) for signing Redis change messages. Replicas verify
+    # with keys derived from it; SDKs get their environment's key (never this secret) in
+    # the authenticated snapshot response. Unset: Redis messages are hints only.
+    signing_key: str | None = Field(default=None, min_length=16, repr=False)
     telemetry_retention: timedelta = timedelta(days=90)
     telemetry_rollup_after: timedelta = timedelta(days=1)
     telemetry_prune_interval: float = Field(default=3600.0, gt=0)

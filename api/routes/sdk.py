@@ -58,7 +58,7 @@ from flags.store.sql import SqlFlagStore
 from flags.store.telemetry import Reporter, TelemetryRetention, TelemetryStore
 from flags.sync import InstanceReport
 from flags.sync.broadcast import RESYNC, Broadcaster, InstanceRegistry
-from flags.sync.redis_pubsub import read_hint
+from flags.sync.redis_pubsub import environment_key, read_hint, verify_change
 from flags.sync.sse import format_event
 
 __all__ = [
@@ -164,6 +164,10 @@ class SdkServices:
     subscriber: Any = None
     snapshots: SnapshotCache = field(default_factory=SnapshotCache)
     unreadable_hints: int = 0
+    # FLAGRAIL_SIGNING_KEY: Redis change messages are signed and verified (else hints).
+    signing_secret: bytes | None = None
+    # Redis messages dropped for a missing or wrong signature.
+    rejected: int = 0
 
     def announce(self, report: InstanceReport, owner: str) -> bool:
         """Record a report heard over HTTP with the token ``owner``; other replicas
@@ -193,11 +197,15 @@ def install(
     services = SdkServices(sdk_settings, telemetry, broadcaster, registry, retention)
     store.listeners.append(broadcaster.publish)
     app.state.services.extend([broadcaster, registry, retention])
+    if settings.signing_key:
+        services.signing_secret = settings.signing_key.encode("utf-8")
     if settings.redis_url:
         from flags.sync.redis_pubsub import RedisPublisher, RedisSubscriber
 
         prefix = sdk_settings.redis_prefix
-        services.publisher = RedisPublisher(settings.redis_url, prefix)
+        services.publisher = RedisPublisher(
+            settings.redis_url, prefix, signing_secret=services.signing_secret
+        )
         store.listeners.append(services.publisher.publish_changes)
         services.subscriber = RedisSubscriber(
             settings.redis_url,
@@ -212,14 +220,25 @@ def install(
 
 
 def _redis_handler(services: SdkServices) -> Any:
-    """Redis ``changes:<env>`` messages as hints only: whoever can PUBLISH to Redis
-    can make this replica read a version from its database, nothing more."""
+    """Redis ``changes:<env>`` messages: with a signing key, only verified changes are
+    applied (others dropped and counted in ``rejected``); without one, hints only:
+    whoever can PUBLISH to Redis can make this replica read a version from its
+    database, nothing more."""
     changes = f"{services.settings.redis_prefix}changes:"
+    secret = services.signing_secret
 
     def handle(channel: str, data: bytes) -> None:
         if not channel.startswith(changes):
             return
         env = channel[len(changes) :]
+        if secret is not None:
+            event = verify_change(data, env, environment_key(secret, env))
+            if event is None:
+                services.rejected += 1
+                log.debug("unsigned or wrongly signed change on %s dropped", channel)
+                return
+            services.broadcaster.publish([event])
+            return
         version = read_hint(data, env)
         if version is None:
             services.unreadable_hints += 1
@@ -271,6 +290,9 @@ def get_snapshot(
     if services.publisher is not None:
         # SDKs with Redis trust the channel only when the server publishes on it.
         headers["X-Flagrail-Publishes"] = f"redis {services.settings.redis_prefix}"
+        if services.signing_secret is not None:
+            # This environment's verify key (not the secret), to this token only.
+            headers["X-Flagrail-Verify-Key"] = environment_key(services.signing_secret, env).hex()
     current = store.get_environment(env).version
     if if_none_match and _etag_matches(if_none_match, current):
         return Response(status_code=304, headers={**headers, "ETag": f'"{current}"'})

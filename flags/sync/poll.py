@@ -38,6 +38,9 @@ class SnapshotFetcher:
         # What the server said in X-Flagrail-Publishes on its last answer, e.g.
         # "redis flagrail:" (None: it publishes nowhere, or never answered).
         self.publishes: str | None = None
+        # The environment's change-message verify key from X-Flagrail-Verify-Key (hex),
+        # when the server signs its Redis messages (None: hint-only).
+        self.verify_key: bytes | None = None
 
     def fetch(self, known_version: int | None = None) -> Snapshot | None:
         """The snapshot, or None when it is still at ``known_version`` (304).
@@ -60,6 +63,7 @@ class SnapshotFetcher:
             ) from exc
         if response.status_code < 400:
             self.publishes = response.headers.get("x-flagrail-publishes")
+            self.verify_key = _hex_key(response.headers.get("x-flagrail-verify-key"))
         if response.status_code == 304:
             return None
         raise_for_status(response)
@@ -74,6 +78,16 @@ class SnapshotFetcher:
                 field="environment",
             )
         return snapshot
+
+
+def _hex_key(value: str | None) -> bytes | None:
+    if not value:
+        return None
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        return None
+    return key if len(key) >= 16 else None
 
 
 def raise_for_status(response: httpx.Response) -> None:

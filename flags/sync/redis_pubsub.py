@@ -6,13 +6,22 @@ Channels (``prefix`` defaults to ``flagrail:``):
   change, published by the server replica that committed it, after the commit.
 
 Redis is not authenticated per message: whoever can PUBLISH to it can write any
-message. Receivers (SDKs and the other server replicas) therefore treat a change
-message only as a *hint* (``read_hint``): "this environment reached version N".
-A hint ahead of what the receiver holds makes it fetch the state over the
-authenticated path (an SDK: ``GET /sdk/v1/snapshot`` with its ETag; a replica:
-its database); the message's flag state is never applied. A forged message costs
-one conditional fetch and cannot set a state or burn a version number. Instance
-reports travel over HTTP only (each is tied to the token that sent it).
+message. Two modes keep such a message from setting state:
+
+* **signed** (the server has ``FLAGRAIL_SIGNING_KEY``): a message is
+  ``{"environment", "version", "payload", "sig"}``, ``payload`` the change's JSON
+  and ``sig`` its HMAC-SHA256 under the environment's verify key
+  (``environment_key``: derived from the server's secret, so it opens one
+  environment only and never reveals the secret). Replicas derive the key;
+  SDKs receive it in the authenticated snapshot response
+  (``X-Flagrail-Verify-Key``). A message whose signature does not verify is
+  dropped and counted; a verified one is applied as a change (in order).
+* **hint-only** (no key): receivers take only "this environment reached version
+  N" (``read_hint``) and fetch the state over the authenticated path (an SDK:
+  ``GET /sdk/v1/snapshot`` with its ETag; a replica: its database).
+
+Either way a forged message cannot set a state or burn a version number.
+Instance reports travel over HTTP only (each is tied to the token that sent it).
 
 Pub/sub is fire-and-forget: a message published while a subscriber is away is
 lost to it; receivers resync after every (re)subscribe and poll as a backstop.
@@ -26,6 +35,8 @@ hung (paused) Redis is noticed within a few seconds.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import queue
@@ -39,7 +50,16 @@ import redis
 from flags.model import FlagChanged
 from flags.sync import DEFAULT_PREFIX, Backoff, channel_name
 
-__all__ = ["RedisPublisher", "RedisSubscriber", "decode_change", "encode_change", "read_hint"]
+__all__ = [
+    "RedisPublisher",
+    "RedisSubscriber",
+    "decode_change",
+    "encode_change",
+    "environment_key",
+    "read_hint",
+    "sign_change",
+    "verify_change",
+]
 
 log = logging.getLogger("flagrail.sync.redis")
 
@@ -82,6 +102,44 @@ def read_hint(data: bytes | str, environment: str) -> int | None:
     return version
 
 
+def environment_key(secret: bytes, environment: str) -> bytes:
+    """The verify key of ``environment``'s change messages: HMAC-SHA256 of the name
+    under the server's secret. Knowing it opens that environment's channel only."""
+    return hmac.new(secret, b"flagrail-changes:" + environment.encode(), hashlib.sha256).digest()
+
+
+def sign_change(event: FlagChanged, key: bytes) -> bytes:
+    """A signed change message (see the module docstring) under ``key``."""
+    payload = json.dumps(event.to_dict(), separators=(",", ":"))
+    sig = hmac.new(key, payload.encode("utf-8"), hashlib.sha256).hexdigest()
+    message = {
+        "environment": event.environment,
+        "version": event.version,
+        "payload": payload,
+        "sig": sig,
+    }
+    return json.dumps(message, separators=(",", ":")).encode("utf-8")
+
+
+def verify_change(data: bytes | str, environment: str, key: bytes) -> FlagChanged | None:
+    """The change a signed message carries, or None when it is unsigned, wrongly signed,
+    unreadable or of another environment. Never raises."""
+    if len(data) > MAX_HINT_BYTES:
+        return None
+    try:
+        message = json.loads(data)
+        payload, sig = message["payload"], message["sig"]
+        if not isinstance(payload, str) or not isinstance(sig, str):
+            return None
+        expected = hmac.new(key, payload.encode("utf-8"), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, sig):
+            return None
+        event = FlagChanged.from_dict(json.loads(payload))
+    except (ValueError, KeyError, TypeError, UnicodeError, RecursionError):
+        return None
+    return event if event.environment == environment else None
+
+
 def connect(url: str) -> redis.Redis:
     """A client with short timeouts: a sync path must notice a dead Redis quickly."""
     return redis.Redis.from_url(
@@ -102,9 +160,17 @@ class RedisPublisher:
     receivers catch up by version.
     """
 
-    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, max_queue: int = 10_000) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = DEFAULT_PREFIX,
+        max_queue: int = 10_000,
+        *,
+        signing_secret: bytes | None = None,
+    ) -> None:
         self.url = url
         self.prefix = prefix
+        self.signing_secret = signing_secret
         self.published = 0
         self.failures = 0
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(max_queue)
@@ -134,7 +200,10 @@ class RedisPublisher:
 
     def _enqueue(self, channel: str, item: FlagChanged) -> None:
         try:
-            data = json.dumps(item.to_dict(), separators=(",", ":")).encode("utf-8")
+            if self.signing_secret is not None:
+                data = sign_change(item, environment_key(self.signing_secret, item.environment))
+            else:
+                data = json.dumps(item.to_dict(), separators=(",", ":")).encode("utf-8")
             self._queue.put_nowait((channel, data))
         except queue.Full:
             self.failures += 1

@@ -98,6 +98,8 @@ class ServerSource:
         # Redis change hints taken up (a fetch followed) and unreadable ones dropped.
         self.hints = 0
         self.unreadable_hints = 0
+        # Redis messages dropped for a missing or wrong signature (signed mode).
+        self.rejected = 0
         self._hint_pending = False
 
     # ---------------------------------------------------------------- control
@@ -244,10 +246,21 @@ class ServerSource:
         self._report_wake.set()
 
     def _on_redis_message(self, channel: str, data: bytes) -> None:
-        """A Redis message is a hint, never state (anyone who can PUBLISH could have
-        sent it): a version ahead of the served one makes the poll thread fetch the
-        snapshot (ETag'd) now; anything else is counted and dropped."""
-        from flags.sync.redis_pubsub import read_hint
+        """Anyone who can PUBLISH could have sent it. With the verify key the server
+        gave in its snapshot response, only a correctly signed change is applied (in
+        order, as any change); others are counted in ``rejected`` and dropped.
+        Without one, the message is a hint: a version ahead of the served one makes
+        the poll thread fetch the snapshot (ETag'd) now; anything else is dropped."""
+        from flags.sync.redis_pubsub import read_hint, verify_change
+
+        key = self._fetcher.verify_key if self._fetcher is not None else None
+        if key is not None:
+            event = verify_change(data, self.options.environment, key)
+            if event is None:
+                self.rejected += 1
+                return
+            self.sink.receive_change(event, "redis")
+            return
 
         version = read_hint(data, self.options.environment)
         if version is None:

@@ -1,8 +1,10 @@
 """Issue #14, finding 7: whoever can PUBLISH to Redis cannot set flag states.
 
-Change messages on Redis are hints only. A real Redis carries forged messages (a
-future version with a kill, a far-future version, an unkill, another environment's
-body, garbage) to a real server and a real SDK (``FlagClient`` syncing over Redis);
+Change messages on Redis are either signed (``FLAGRAIL_SIGNING_KEY``: unsigned or
+wrongly signed messages are dropped and counted) or hints only (no key). In both
+modes a real Redis carries forged messages (a future version with a kill, a
+far-future version, an unkill, another environment's body, a wrong signature,
+garbage) to a real server and a real SDK (``FlagClient`` syncing over Redis);
 neither the SDK nor the server's SSE stream changes state, and the next real change
 still arrives at the version it really has (a forged version burns nothing).
 """
@@ -10,9 +12,11 @@ still arrives at the version it really has (a forged version burns nothing).
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 import redis
@@ -21,6 +25,7 @@ from sdk.harness import ENV, Deployment, LiveServer, StreamReader
 from api.routes.sdk import SdkServerSettings
 from flags import FlagClient
 from flags.model import FlagChanged, FlagState, Snapshot
+from flags.sync.redis_pubsub import environment_key, sign_change
 from flags.testing import wait_for
 
 pytestmark = pytest.mark.redis
@@ -45,16 +50,22 @@ def forged(env_version: int, flag: str, **state: Any) -> bytes:
     return json.dumps(event.to_dict()).encode()
 
 
+SECRET = "server-side-signing-secret-0123456789"
+
+
+@pytest.mark.parametrize("signing_key", [None, SECRET], ids=["hint-only", "signed"])
 def test_forged_messages__no_state_changes__real_change_still_arrives(
-    deployment: Deployment, redis_url: str, key_prefix: str
+    deployment: Deployment, redis_url: str, key_prefix: str, signing_key: str | None
 ) -> None:
     """Forged kill/unkill/future/garbage messages change nothing anywhere; the real kill
     that follows is applied at its true version by the SDK and the stream."""
     deployment.create_flag("checkout")
     deployment.create_flag("payments")
-    server = deployment.server(
-        redis_url=redis_url, sdk_settings=SdkServerSettings(redis_prefix=key_prefix)
-    )
+    env = {"FLAGRAIL_SIGNING_KEY": signing_key} if signing_key else {}
+    with mock.patch.dict(os.environ, env):
+        server = deployment.server(
+            redis_url=redis_url, sdk_settings=SdkServerSettings(redis_prefix=key_prefix)
+        )
     admin(deployment, server, "/admin/flags/payments/kill")
     wait_for(lambda: server.sdk.subscriber.live, what="the server's redis subscription")
     start = deployment.store.environment_version(ENV)
@@ -87,19 +98,32 @@ def test_forged_messages__no_state_changes__real_change_still_arrives(
             b"[]",
             json.dumps({"environment": ENV, "version": 2**64}).encode(),
             json.dumps({"environment": ENV, "version": True}).encode(),
+            # Signed, but with the key of another secret (a guess).
+            sign_change(
+                FlagChanged(ENV, start + 1, "checkout", FlagState(killed=True, version=99)),
+                environment_key(b"not-the-servers-secret", ENV),
+            ),
         ]
         for message in messages:
             r.publish(channel, message)
-        wait_for(lambda: source.hints + source.unreadable_hints >= 9, what="the SDK's hints")
         broadcaster = server.sdk.broadcaster
-        wait_for(
-            lambda: (
-                broadcaster.hints + broadcaster.hints_ignored + server.sdk.unreadable_hints >= 9
-            ),
-            what="the server's hints",
-        )
-        assert source.hints == 4 and source.unreadable_hints == 5
-        assert broadcaster.hints == 4 and server.sdk.unreadable_hints == 5
+        if signing_key is None:
+            wait_for(lambda: source.hints + source.unreadable_hints >= 10, what="SDK hints")
+            wait_for(
+                lambda: (
+                    broadcaster.hints + broadcaster.hints_ignored + server.sdk.unreadable_hints
+                    >= 10
+                ),
+                what="the server's hints",
+            )
+            # The wrongly signed one still reads as a hint of start + 1 (a 304).
+            assert source.hints == 5 and source.unreadable_hints == 5
+            assert broadcaster.hints == 5 and server.sdk.unreadable_hints == 5
+        else:
+            assert source._fetcher.verify_key == environment_key(SECRET.encode(), ENV)
+            wait_for(lambda: source.rejected >= 10, what="the SDK's rejections")
+            wait_for(lambda: server.sdk.rejected >= 10, what="the server's rejections")
+            assert source.hints == 0 and broadcaster.hints == 0
 
         admin(deployment, server, "/admin/flags/checkout/kill")
         wait_for(lambda: not client.is_enabled("checkout"), what="the real kill at the SDK")
