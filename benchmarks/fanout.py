@@ -543,6 +543,7 @@ def run(replicas: int, streams: int, args: argparse.Namespace, tmp: Path) -> dic
             "storm_live": live,
             "storm_low_version": low,
             "storm_target_version": target,
+            "load_average": os.getloadavg()[0],
         }
     finally:
         if http is not None:
@@ -565,7 +566,8 @@ def report(results: list[dict[str, Any]]) -> None:
         "server CPU seconds per second while idle (heartbeats), and server CPU ms per change, "
         "each per 1,000 streams. Storm: the last replica restarted with a change made while "
         "it was down; seconds from its start until every stream is back and has that change "
-        "(in brackets: until the restarted replica answered its health check)."
+        "(in brackets: until the restarted replica answered its health check). Load avg: the "
+        "machine's 1-minute load average at the end of the run (other work skews every figure)."
     )
     header = [
         "replicas",
@@ -578,6 +580,7 @@ def report(results: list[dict[str, Any]]) -> None:
         "CPU ms per change per 1,000",
         "connect s",
         "storm: back in s",
+        "load avg",
         "targets",
     ]
     print("| " + " | ".join(header) + " |")
@@ -610,6 +613,7 @@ def report(results: list[dict[str, Any]]) -> None:
             f"{r['kill_cpu_ms_per_change_per_1000']:,.1f}",
             f"{r['connect_s']:,.1f}",
             storm,
+            f"{r['load_average']:.1f}",
             verdict,
         ]
         print("| " + " | ".join(cells) + " |")
