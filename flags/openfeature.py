@@ -1,23 +1,28 @@
 """FlagrailProvider: flagrail as an OpenFeature provider (``openfeature-sdk``).
 
-Boolean flags resolve through a ``FlagClient``; the tenant is the evaluation
-context's targeting key, or its ``tenantId`` attribute when there is none.
-flagrail reasons map onto OpenFeature's:
+Flags resolve through a ``FlagClient``; the tenant is the evaluation context's
+targeting key, or its ``tenantId`` attribute when there is none. Each OpenFeature
+type reads one flagrail type: boolean a boolean flag, string a string flag,
+integer a number flag serving an integral value, float a number flag, object a
+json flag serving an object or array. Anything else (a string flag asked as a
+boolean, a json scalar asked as an object, 2.5 asked as an integer) resolves to
+the default with ``TYPE_MISMATCH``. flagrail reasons map onto OpenFeature's:
 
 ============================  ==================================================
 flagrail ``Reason``           OpenFeature resolution
 ============================  ==================================================
 killed, disabled              ``DISABLED``
 tenant_on, tenant_off         ``TARGETING_MATCH``
-rollout                       ``SPLIT``
+rollout, split                ``SPLIT``
+pinned                        ``TARGETING_MATCH``
 missing                       ``ERROR``, ``FLAG_NOT_FOUND``, the default value
 error (a bad tenant)          ``ERROR``, ``INVALID_CONTEXT``, the default value
 default (no flags loaded)     ``ERROR``, ``PROVIDER_NOT_READY``, the default value
 ============================  ==================================================
 
-Variants are ``"on"`` / ``"off"``; ``flag_metadata`` carries the flagrail reason
-and state version. String, integer, float and object flags do not exist in
-flagrail: they resolve to the default with ``TYPE_MISMATCH``.
+The variant is the served variant's name (a boolean flag's ``"on"`` / ``"off"``);
+a killed flag serves its ``off_variant``, the declared safe value, with reason
+``DISABLED``. ``flag_metadata`` carries the flagrail reason and state version.
 
 After the client applies a new snapshot the provider emits
 ``PROVIDER_CONFIGURATION_CHANGED`` naming the flags whose state changed (or
@@ -42,7 +47,7 @@ from openfeature.flag_evaluation import Reason as OFReason
 from openfeature.provider import AbstractProvider, Metadata
 
 from flags.client import FlagClient
-from flags.model import Reason, Snapshot
+from flags.model import Evaluation, FlagType, Reason, Snapshot
 
 __all__ = ["FlagrailProvider", "changed_flags"]
 
@@ -54,6 +59,8 @@ _REASONS: Mapping[Reason, OFReason] = {
     Reason.TENANT_ON: OFReason.TARGETING_MATCH,
     Reason.TENANT_OFF: OFReason.TARGETING_MATCH,
     Reason.ROLLOUT: OFReason.SPLIT,
+    Reason.SPLIT: OFReason.SPLIT,
+    Reason.PINNED: OFReason.TARGETING_MATCH,
 }
 _ERRORS: Mapping[Reason, tuple[ErrorCode, str]] = {
     Reason.MISSING: (ErrorCode.FLAG_NOT_FOUND, "flag is not defined in this environment"),
@@ -129,14 +136,15 @@ class FlagrailProvider(AbstractProvider):
             )
 
     # ----------------------------------------------------------------- resolution
-    def resolve_boolean_details(
+    def _resolve(
         self,
         flag_key: str,
-        default_value: bool,
-        evaluation_context: EvaluationContext | None = None,
-    ) -> FlagResolutionDetails[bool]:
-        """The flag's value for the context's tenant; errors give ``default_value``."""
-        ev = self.client.evaluate(flag_key, tenant_of(evaluation_context), default_value)
+        default_value: T,
+        evaluation_context: EvaluationContext | None,
+        kind: str,
+    ) -> FlagResolutionDetails[T]:
+        """One resolution: evaluate, then check the flag's type against ``kind``."""
+        ev = self.client.evaluate(flag_key, tenant_of(evaluation_context), default_value is True)
         metadata = {"reason": ev.reason.value, "version": ev.version}
         error = _ERRORS.get(ev.reason)
         if error is not None:
@@ -147,21 +155,41 @@ class FlagrailProvider(AbstractProvider):
                 reason=OFReason.ERROR,
                 flag_metadata=metadata,
             )
+        state = self.client.state(flag_key)
+        flag_type = state.type if state is not None else FlagType.BOOLEAN
+        served = _typed_value(flag_type, ev, kind)
+        if served is _MISMATCH:
+            return self._type_mismatch(flag_key, default_value, kind, flag_type, metadata)
         return FlagResolutionDetails(
-            value=ev.enabled,
+            value=served,  # type: ignore[arg-type]
             reason=_REASONS.get(ev.reason, OFReason.UNKNOWN),
-            variant="on" if ev.enabled else "off",
+            variant=ev.variant if flag_type is not FlagType.BOOLEAN else _on_off(ev.enabled),
             flag_metadata=metadata,
         )
 
+    def resolve_boolean_details(
+        self,
+        flag_key: str,
+        default_value: bool,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> FlagResolutionDetails[bool]:
+        """The flag's value for the context's tenant; errors give ``default_value``."""
+        return self._resolve(flag_key, default_value, evaluation_context, "boolean")
+
     def _type_mismatch(
-        self, flag_key: str, default_value: T, kind: str
+        self,
+        flag_key: str,
+        default_value: T,
+        kind: str,
+        flag_type: FlagType,
+        metadata: Mapping[str, Any],
     ) -> FlagResolutionDetails[T]:
         return FlagResolutionDetails(
             value=default_value,
             error_code=ErrorCode.TYPE_MISMATCH,
-            error_message=f"flagrail flags are boolean; {flag_key!r} was asked as {kind}",
+            error_message=f"{flag_key!r} is a {flag_type.value} flag, asked as {kind}",
             reason=OFReason.ERROR,
+            flag_metadata=dict(metadata),
         )
 
     def resolve_string_details(
@@ -170,7 +198,7 @@ class FlagrailProvider(AbstractProvider):
         default_value: str,
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[str]:
-        return self._type_mismatch(flag_key, default_value, "a string")
+        return self._resolve(flag_key, default_value, evaluation_context, "string")
 
     def resolve_integer_details(
         self,
@@ -178,7 +206,7 @@ class FlagrailProvider(AbstractProvider):
         default_value: int,
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[int]:
-        return self._type_mismatch(flag_key, default_value, "an integer")
+        return self._resolve(flag_key, default_value, evaluation_context, "integer")
 
     def resolve_float_details(
         self,
@@ -186,7 +214,7 @@ class FlagrailProvider(AbstractProvider):
         default_value: float,
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[float]:
-        return self._type_mismatch(flag_key, default_value, "a float")
+        return self._resolve(flag_key, default_value, evaluation_context, "float")
 
     def resolve_object_details(
         self,
@@ -194,4 +222,31 @@ class FlagrailProvider(AbstractProvider):
         default_value: Sequence[Any] | Mapping[str, Any],
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[Sequence[Any] | Mapping[str, Any]]:
-        return self._type_mismatch(flag_key, default_value, "an object")
+        return self._resolve(flag_key, default_value, evaluation_context, "object")
+
+
+_MISMATCH = object()
+
+
+def _on_off(enabled: bool) -> str:
+    return "on" if enabled else "off"
+
+
+def _typed_value(flag_type: FlagType, ev: Evaluation, kind: str) -> Any:
+    """The value ``ev`` serves as OpenFeature ``kind``, or ``_MISMATCH``."""
+    if flag_type is FlagType.BOOLEAN:
+        return ev.enabled if kind == "boolean" else _MISMATCH
+    value = ev.value
+    if ev.variant is None:
+        return _MISMATCH
+    if kind == "string" and flag_type is FlagType.STRING:
+        return value
+    if kind == "float" and flag_type is FlagType.NUMBER:
+        return float(value)
+    if kind == "integer" and flag_type is FlagType.NUMBER:
+        if type(value) is int:
+            return value
+        return int(value) if float(value).is_integer() else _MISMATCH
+    if kind == "object" and flag_type is FlagType.JSON and isinstance(value, (dict, list)):
+        return value
+    return _MISMATCH
