@@ -189,9 +189,10 @@ class ClientProcess:
         loop = asyncio.get_running_loop()
 
         def read_stdin() -> None:
-            for line in sys.stdin:
-                loop.call_soon_threadsafe(self.command, line)
-            loop.call_soon_threadsafe(self.command, "quit")
+            with contextlib.suppress(RuntimeError):  # the loop closed: we are done
+                for line in sys.stdin:
+                    loop.call_soon_threadsafe(self.command, line)
+                loop.call_soon_threadsafe(self.command, "quit")
 
         threading.Thread(target=read_stdin, daemon=True).start()
         tasks = [asyncio.create_task(self.run_stream(s)) for s in self.streams]
@@ -276,7 +277,7 @@ class Server:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
 
-    def wait_up(self, timeout: float = 30.0) -> None:
+    def wait_up(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
@@ -639,7 +640,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--database", choices=["postgres", "sqlite"], default=None)
     parser.add_argument("--idle", type=float, default=5.0, help="idle CPU window, s")
-    parser.add_argument("--storm-timeout", type=float, default=30.0)
+    parser.add_argument("--storm-timeout", type=float, default=60.0)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     if args.database is None:
