@@ -430,12 +430,16 @@ class ServerSource:
         sink = self.sink
         if sink.served() is None and not closed:
             return
-        current = sink.counts()
+        # Each count is capped at the server's bound; the rest goes in a later report.
+        current = dict(self._reported)
         flags: dict[str, dict[str, int]] = {}
-        for key, (off, on) in current.items():
+        for key, (off, on) in sink.counts().items():
             was_off, was_on = self._reported.get(key, (0, 0))
-            if off - was_off > 0 or on - was_on > 0:
-                flags[key] = {"on": max(0, on - was_on), "off": max(0, off - was_off)}
+            d_off = min(max(0, off - was_off), MAX_REPORTED_COUNT)
+            d_on = min(max(0, on - was_on), MAX_REPORTED_COUNT)
+            if d_off or d_on:
+                flags[key] = {"on": d_on, "off": d_off}
+                current[key] = (was_off + d_off, was_on + d_on)
         # The server takes whole, non-negative counts: send the whole part of each
         # increase and keep the fraction (and any decrease) for a later report.
         app_now = dict(self._reported_app)
