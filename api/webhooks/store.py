@@ -36,6 +36,7 @@ from flags.store.tables import history, plans, tokens
 __all__ = [
     "Claim",
     "DeliveryRecord",
+    "Outcome",
     "Status",
     "WebhookStore",
     "enqueue",
@@ -70,6 +71,18 @@ class Claim:
     event_at: datetime
     created_at: datetime
     msg_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt at a claimed delivery came to (see ``WebhookStore.record_all``)."""
+
+    claim: Claim
+    status: str
+    response_code: int | None
+    error: str | None
+    response_body: str | None
+    next_attempt_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,10 +339,19 @@ class WebhookStore:
 
     # ------------------------------------------------------------ claims
     def claim(
-        self, owner: str, *, lease: timedelta, limit: int = 20, now: datetime | None = None
+        self,
+        owner: str,
+        *,
+        lease: timedelta,
+        limit: int = 20,
+        run_length: int = 1,
+        now: datetime | None = None,
     ) -> list[Claim]:
-        """Lease up to ``limit`` due deliveries, each the lowest-sequence pending one of
-        its (unpaused) subscription, to ``owner`` until ``now + lease``."""
+        """Lease due deliveries to ``owner`` until ``now + lease``: the lowest-sequence
+        pending delivery of up to ``limit`` (unpaused) subscriptions, each followed by
+        up to ``run_length - 1`` due ones after it. The result is grouped by
+        subscription, in ``sequence`` order within each group; send a group in that
+        order and stop at its first failure."""
         now = now or datetime.now(UTC)
         d, s = t.webhook_deliveries, t.webhook_subscriptions
         d2 = d.alias("d2")
@@ -365,8 +387,32 @@ class WebhookStore:
             stmt = stmt.with_for_update(of=d, skip_locked=True)
         until = now + lease
         claims: list[Claim] = []
+        cols = [
+            d.c.id,
+            d.c.subscription_id,
+            d.c.sequence,
+            d.c.body,
+            d.c.attempts,
+            d.c.event_at,
+            d.c.created_at,
+        ]
         with self.engine.begin() as conn:
             for row in conn.execute(stmt).all():
+                # The head's lease guards its whole run: while it is live no other
+                # worker sees any of this subscription's deliveries as a head.
+                run = [row]
+                if run_length > 1:
+                    run += conn.execute(
+                        select(*cols)
+                        .where(
+                            d.c.subscription_id == row.subscription_id,
+                            d.c.status == Status.PENDING,
+                            d.c.sequence > row.sequence,
+                            d.c.next_attempt_at <= now,
+                        )
+                        .order_by(d.c.sequence)
+                        .limit(run_length - 1)
+                    ).all()
                 taken = conn.execute(
                     update(d)
                     .where(
@@ -376,21 +422,29 @@ class WebhookStore:
                     )
                     .values(lease_owner=owner, lease_expires_at=until)
                 ).rowcount
-                if taken:
-                    claims.append(
-                        Claim(
-                            id=row.id,
-                            subscription_id=row.subscription_id,
-                            sequence=row.sequence,
-                            url=row.url,
-                            secret=row.secret,
-                            body=row.body,
-                            attempts=row.attempts,
-                            event_at=utc(row.event_at),
-                            created_at=utc(row.created_at),
-                            msg_id=msg_id(row.subscription_id, row.sequence),
-                        )
+                if not taken:
+                    continue
+                if len(run) > 1:
+                    conn.execute(
+                        update(d)
+                        .where(d.c.id.in_([r.id for r in run[1:]]))
+                        .values(lease_owner=owner, lease_expires_at=until)
                     )
+                claims.extend(
+                    Claim(
+                        id=r.id,
+                        subscription_id=r.subscription_id,
+                        sequence=r.sequence,
+                        url=row.url,
+                        secret=row.secret,
+                        body=r.body,
+                        attempts=r.attempts,
+                        event_at=utc(r.event_at),
+                        created_at=utc(r.created_at),
+                        msg_id=msg_id(r.subscription_id, r.sequence),
+                    )
+                    for r in run
+                )
         return claims
 
     def record(
@@ -405,35 +459,60 @@ class WebhookStore:
         next_attempt_at: datetime | None,
         now: datetime | None = None,
     ) -> bool:
-        """Record one attempt's outcome and release the lease. ``status`` is
+        """Record one attempt's outcome and release its lease (``record_all`` of one)."""
+        outcome = Outcome(claim, status, response_code, error, response_body, next_attempt_at)
+        return self.record_all(owner, [outcome], now=now) == 1
+
+    def record_all(
+        self,
+        owner: str,
+        outcomes: Sequence[Outcome],
+        *,
+        release: Sequence[Claim] = (),
+        now: datetime | None = None,
+    ) -> int:
+        """Record attempts' outcomes and release their leases, in one transaction;
+        ``release`` are claims given back unattempted. Each ``status`` is
         ``delivered``, ``failed`` (given up) or ``pending`` (retry at
-        ``next_attempt_at``). Returns False, changing nothing, when ``owner`` no longer
-        holds the lease (it expired and another worker took the delivery over)."""
+        ``next_attempt_at``). A delivery whose lease ``owner`` no longer holds (it
+        expired and another worker took it over) is left as it is. Returns how many
+        outcomes were recorded."""
         now = now or datetime.now(UTC)
         d = t.webhook_deliveries
-        values: dict[str, Any] = {
-            "status": status,
-            "attempts": d.c.attempts + 1,
-            "response_code": response_code,
-            "last_error": error[:2000] if error else None,
-            "response_body": response_body[:BODY_KEEP] if response_body is not None else None,
-            "lease_owner": None,
-            "lease_expires_at": None,
-        }
-        if status == Status.DELIVERED:
-            values["delivered_at"] = now
-        if next_attempt_at is not None:
-            values["next_attempt_at"] = next_attempt_at
+        recorded = 0
         with self.engine.begin() as conn:
-            return bool(
-                conn.execute(
+            for o in outcomes:
+                values: dict[str, Any] = {
+                    "status": o.status,
+                    "attempts": d.c.attempts + 1,
+                    "response_code": o.response_code,
+                    "last_error": o.error[:2000] if o.error else None,
+                    "response_body": o.response_body[:BODY_KEEP]
+                    if o.response_body is not None
+                    else None,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                }
+                if o.status == Status.DELIVERED:
+                    values["delivered_at"] = now
+                if o.next_attempt_at is not None:
+                    values["next_attempt_at"] = o.next_attempt_at
+                recorded += conn.execute(
                     update(d)
                     .where(
-                        d.c.id == claim.id, d.c.lease_owner == owner, d.c.status == Status.PENDING
+                        d.c.id == o.claim.id,
+                        d.c.lease_owner == owner,
+                        d.c.status == Status.PENDING,
                     )
                     .values(**values)
                 ).rowcount
-            )
+            if release:
+                conn.execute(
+                    update(d)
+                    .where(d.c.id.in_([c.id for c in release]), d.c.lease_owner == owner)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+        return recorded
 
     # ------------------------------------------------------------ log
     def deliveries(

@@ -34,7 +34,7 @@ import httpx
 
 from api.webhooks import metrics
 from api.webhooks.signing import signed_headers
-from api.webhooks.store import Claim, Status, WebhookStore
+from api.webhooks.store import Claim, Outcome, Status, WebhookStore
 
 __all__ = ["DeliveryWorker", "WorkerSettings", "retry_delay"]
 
@@ -54,7 +54,9 @@ class WorkerSettings:
     lease: timedelta = timedelta(seconds=30)
     # Seconds between passes when there was nothing to do.
     idle_interval: float = 0.05
+    # Subscriptions claimed per pass, and deliveries per subscription sent in one run.
     batch: int = 32
+    run_length: int = 50
     concurrency: int = 8
 
 
@@ -95,6 +97,7 @@ class DeliveryWorker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._depth_at = 0.0
+        self._last_status = Status.PENDING
 
     # ------------------------------------------------------------ service
     def start(self) -> None:
@@ -141,12 +144,20 @@ class DeliveryWorker:
         found any work (the loop then goes again at once)."""
         fanned = self.store.fan_out(now=now)
         claims = self.store.claim(
-            self.owner, lease=self.settings.lease, limit=self.settings.batch, now=now
+            self.owner,
+            lease=self.settings.lease,
+            limit=self.settings.batch,
+            run_length=self.settings.run_length,
+            now=now,
         )
         if claims:
-            pool = self._executor()
-            for done in pool.map(self.deliver, claims):
-                del done
+            runs: dict[str, list[Claim]] = {}
+            for claim in claims:
+                runs.setdefault(claim.subscription_id, []).append(claim)
+            if len(runs) == 1:
+                self.deliver_run(claims)
+            else:
+                list(self._executor().map(self.deliver_run, runs.values()))
         self._sample_depth()
         return bool(fanned or claims)
 
@@ -172,9 +183,35 @@ class DeliveryWorker:
             self._depth_at = time.monotonic()
             metrics.OUTBOX_DEPTH.set(self.store.depth())
 
+    def deliver_run(self, run: list[Claim]) -> int:
+        """Send one subscription's claimed deliveries in order, stopping at the first
+        that fails (the rest are given back unattempted), and record the outcomes in
+        one transaction. Returns how many were delivered."""
+        outcomes: list[Outcome] = []
+        for claim in run:
+            outcome = self.attempt(claim)
+            outcomes.append(outcome)
+            if outcome.status != Status.DELIVERED:
+                break
+        kept = self.store.record_all(self.owner, outcomes, release=run[len(outcomes) :])
+        delivered = 0
+        for outcome in outcomes:
+            if outcome.status == Status.DELIVERED:
+                delivered += 1
+                lag = (datetime.now(UTC) - outcome.claim.event_at).total_seconds()
+                metrics.LAG.observe(max(0.0, lag))
+            result = _RESULTS[outcome.status] if kept == len(outcomes) else "lease_lost"
+            metrics.DELIVERIES.labels(result=result).inc()
+        return delivered
+
     def deliver(self, claim: Claim) -> str:
         """Send one claimed delivery and record the outcome; returns the status
         recorded (``delivered``, ``pending`` for a retry, ``failed``)."""
+        self.deliver_run([claim])
+        return self._last_status
+
+    def attempt(self, claim: Claim) -> Outcome:
+        """One signed POST of ``claim`` and what it came to (nothing recorded yet)."""
         body = claim.body.encode()
         headers = {
             **signed_headers(claim.secret, claim.msg_id, body),
@@ -190,38 +227,23 @@ class DeliveryWorker:
             if not 200 <= code < 300:
                 error = f"HTTP {code}"
         except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+            error = f"{type(exc).__name__}: {exc}"[:500]
         now = datetime.now(UTC)
+        next_at: datetime | None = None
         if error is None:
-            status, next_at = Status.DELIVERED, None
-            metrics.LAG.observe(max(0.0, (now - claim.event_at).total_seconds()))
+            status = Status.DELIVERED
         elif now - claim.created_at >= self.settings.retry_window:
-            status, next_at = Status.FAILED, None
+            status = Status.FAILED
         else:
-            delay = retry_delay(
-                claim.attempts + 1,
-                base=self.settings.backoff_base,
-                cap=self.settings.backoff_cap,
-            )
             status = Status.PENDING
-            next_at = min(
-                now + timedelta(seconds=delay),
-                claim.created_at + self.settings.retry_window,
+            delay = retry_delay(
+                claim.attempts + 1, base=self.settings.backoff_base, cap=self.settings.backoff_cap
             )
-        kept = self.store.record(
-            claim,
-            self.owner,
-            status=status,
-            response_code=code,
-            error=error,
-            response_body=text,
-            next_attempt_at=next_at,
-            now=now,
-        )
-        result = {
-            Status.DELIVERED: "delivered",
-            Status.PENDING: "retry",
-            Status.FAILED: "failed",
-        }[status]
-        metrics.DELIVERIES.labels(result=result if kept else "lease_lost").inc()
-        return status
+            next_at = min(
+                now + timedelta(seconds=delay), claim.created_at + self.settings.retry_window
+            )
+        self._last_status = status
+        return Outcome(claim, status, code, error, text, next_at)
+
+
+_RESULTS = {Status.DELIVERED: "delivered", Status.PENDING: "retry", Status.FAILED: "failed"}
