@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -225,14 +225,23 @@ class TestKillRequest:
 # --------------------------------------------------------------------- the real admin API
 
 
+class AdminApi(NamedTuple):
+    url: str
+    token: str  # a guard token: kills, nothing else
+    reader: str  # reads the history
+    store: SqlFlagStore
+
+
 @pytest.fixture
-def admin_api(sqlite_url: str) -> Iterator[tuple[str, str, SqlFlagStore]]:
-    """(url, operator token scoped to production, store) of the admin API in a thread."""
+def admin_api(sqlite_url: str) -> Iterator[AdminApi]:
+    """The admin API in a thread, with a guard and a reader token scoped to production.
+    The ``guard`` role may kill and alone may name its actor (``X-Flagrail-Actor``)."""
     store = SqlFlagStore(sqlite_url)
     for key in (L1, L2):
         store.create_flag(key, kind=FlagKind.OPERATIONAL, actor="test")
         store.update_state(key, ENV, StateChange(enabled=True, rollout=100), actor="test")
-    _info, token = store.create_token("guard", "operator", [ENV], actor="test")
+    _info, token = store.create_token("guard", "guard", [ENV], actor="test")
+    _info, reader = store.create_token("history", "reader", [ENV], actor="test")
     port = free_port()
     app = create_app(Settings(database_url=sqlite_url, scheduler=False), store=store)
     server = uvicorn.Server(
@@ -242,15 +251,16 @@ def admin_api(sqlite_url: str) -> Iterator[tuple[str, str, SqlFlagStore]]:
     thread.start()
     try:
         assert wait_until(lambda: server.started, timeout=20)
-        yield f"http://127.0.0.1:{port}", token, store
+        yield AdminApi(f"http://127.0.0.1:{port}", token, reader, store)
     finally:
         server.should_exit = True
         thread.join(timeout=20)
 
 
-def kills(url: str, token: str) -> list[dict[str, Any]]:
+def kills(api: AdminApi) -> list[dict[str, Any]]:
+    """The kills in L2's history, read with the reader token (a guard token only kills)."""
     response = httpx.get(
-        f"{url}/admin/flags/{L2}/history", headers={"Authorization": f"Bearer {token}"}
+        f"{api.url}/admin/flags/{L2}/history", headers={"Authorization": f"Bearer {api.reader}"}
     )
     response.raise_for_status()
     return [item for item in response.json()["items"] if item["action"] == "kill"]
@@ -273,13 +283,13 @@ def guard_for(url: str, token: str) -> Guard:
 class TestGuardAgainstTheAdminApi:
     def test_guard__shadow_mismatches__bypass_then_exactly_one_kill_with_guard_actor(
         self,
-        admin_api: tuple[str, str, SqlFlagStore],
+        admin_api: AdminApi,
         make_cache: CacheFactory,
         layer_flags: TestFlagClient,
     ) -> None:
         """A run of mismatches trips the local bypass and leaves one kill in the history,
         even when a second process breaches too; answers stay right throughout."""
-        url, token, _store = admin_api
+        url, token = admin_api.url, admin_api.token
         layer_flags.set(f"{L2}.shadow", True)
         data = {f"key-{n}": {"tenant": "acme", "n": n, "active": True} for n in range(12)}
         guards = [guard_for(url, token), guard_for(url, token)]
@@ -290,7 +300,7 @@ class TestGuardAgainstTheAdminApi:
                 assert cache.get(key) == value
         for guard in guards:
             assert guard.wait_idle(20)
-        history = kills(url, token)
+        history = kills(admin_api)
         if not on(layer_flags, L2):
             assert history == [] and all(g.results == [] for g in guards)
             return
@@ -305,13 +315,13 @@ class TestGuardAgainstTheAdminApi:
 
     def test_guard__live_layer_wrong_values__bypassed_before_the_next_call(
         self,
-        admin_api: tuple[str, str, SqlFlagStore],
+        admin_api: AdminApi,
         make_cache: CacheFactory,
         layer_flags: TestFlagClient,
     ) -> None:
         """Verification catches a live layer serving wrong values; once the guard trips,
         the very next call answers from below, and the flag is killed once."""
-        url, token, _store = admin_api
+        url, token = admin_api.url, admin_api.token
         data = {f"key-{n}": {"tenant": "acme", "n": n, "active": True} for n in range(12)}
         guard = guard_for(url, token)
         cache = make_cache(loader=data.get, guard=guard, verify_share=1.0)
@@ -327,7 +337,7 @@ class TestGuardAgainstTheAdminApi:
         for key in keys:  # every remaining call, right after the breach, is answered right
             assert cache.get(key) == data[key]
         assert guard.wait_idle(20)
-        assert len(kills(url, token)) == (1 if on(layer_flags, L2) else 0)
+        assert len(kills(admin_api)) == (1 if on(layer_flags, L2) else 0)
 
 
 def _pid() -> int:
