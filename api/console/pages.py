@@ -330,44 +330,59 @@ def applied_json(request: Request, key: str, env: str, version: str) -> Response
     return JSONResponse(body)
 
 
+def _preview(
+    request: Request,
+    session: Session,
+    principal: Principal,
+    key: str,
+    env: str,
+    form: dict[str, Any],
+    status: int = 200,
+    message: str | None = None,
+) -> Response:
+    """The diff of a state edit against the state as it is now, with the save form."""
+    principal.allow(Operation.SET_STATE)
+    principal.check_env(env)
+    record = _service(request).get_flag(principal, key).record
+    if env not in record.states:
+        raise ValidationError(f"environment {env!r} is not visible here", field="environment")
+    state = record.states[env]
+    after = applied(state, parse_state_form(form))
+    return _render(
+        request,
+        "preview.html",
+        session,
+        status,
+        key=key,
+        env=env,
+        changes=diff(state_fields(state), after),
+        after=after,
+        version=state.version,
+        protected=env in _users(request).protected([env]),
+        message=message,
+        reason=_text(form, "reason"),
+    )
+
+
 @router.post("/flags/{key}/environments/{env}/preview")
 async def preview_state(request: Request, key: str, env: str) -> Response:
     def act(session: Session, principal: Principal, form: dict[str, Any]) -> Response:
-        principal.allow(Operation.SET_STATE)
-        principal.check_env(env)
-        service = _service(request)
-        record = service.get_flag(principal, key).record
-        if env not in record.states:
-            raise ValidationError(f"environment {env!r} is not visible here", field="environment")
-        state = record.states[env]
-        change = parse_state_form(form)
-        before = state_fields(state)
-        after = applied(state, change)
-        return _render(
-            request,
-            "preview.html",
-            session,
-            key=key,
-            env=env,
-            changes=diff(before, after),
-            after=after,
-            version=state.version,
-            protected=env in _users(request).protected([env]),
-            form=form,
-        )
+        return _preview(request, session, principal, key, env, form)
 
     return await _post(request, act)
 
 
 @router.post("/flags/{key}/environments/{env}")
 async def apply_state(request: Request, key: str, env: str) -> Response:
+    """Save a previewed change; in a protected environment only with its name typed
+    into ``confirm`` (else the preview again, 422)."""
+
     def act(session: Session, principal: Principal, form: dict[str, Any]) -> Response:
         principal.allow(Operation.SET_STATE)
         change = parse_state_form(form)
         if env in _users(request).protected([env]) and form.get("confirm") != env:
-            raise ValidationError(
-                f"{env} is protected: type its name to confirm the change", field="confirm"
-            )
+            message = f"{env} is protected: type its name to confirm the change"
+            return _preview(request, session, principal, key, env, form, 422, message)
         command = SetState(
             key,
             env,

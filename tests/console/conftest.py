@@ -36,7 +36,8 @@ class Clock:
 def seed(users: UserStore, store: object) -> None:
     """Users alice (admin), ed (editor), olga (operator), rita (reader); flags in
     staging and production."""
-    for name, role in (("alice", "admin"), ("ed", "editor"), ("olga", "operator"), ("rita", "reader")):
+    people = (("alice", "admin"), ("ed", "editor"), ("olga", "operator"), ("rita", "reader"))
+    for name, role in people:
         users.create_user(name, PASSWORD, role)
     envs = {e.name for e in store.list_environments()}  # type: ignore[attr-defined]
     for env in ("staging", "production"):

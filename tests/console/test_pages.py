@@ -119,7 +119,8 @@ def test_session__idle_past_timeout__ends(
 def test_logout__session_revoked(console_app: TestClient, logged_in: Callable[[str], str]) -> None:
     csrf = logged_in("alice")
     cookie = console_app.cookies.get("flagrail_session")
-    assert console_app.post("/console/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    out = console_app.post("/console/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert out.status_code == 303
     console_app.cookies.set("flagrail_session", cookie, path="/console")  # a stolen copy
     assert console_app.get("/console/flags", follow_redirects=False).status_code == 303
 
