@@ -49,6 +49,7 @@ class Operation(StrEnum):
     CREATE_ENVIRONMENT = "create_environment"
     MANAGE_TOKENS = "manage_tokens"
     READ_TOKEN_HISTORY = "read_token_history"  # history rows of token changes
+    MANAGE_WEBHOOKS = "manage_webhooks"
 
 
 def at_least(role: Role) -> frozenset[Role]:
@@ -67,6 +68,7 @@ PERMISSIONS: Mapping[Operation, frozenset[Role]] = {
     Operation.CREATE_ENVIRONMENT: at_least(Role.ADMIN),
     Operation.MANAGE_TOKENS: at_least(Role.ADMIN),
     Operation.READ_TOKEN_HISTORY: at_least(Role.ADMIN),
+    Operation.MANAGE_WEBHOOKS: at_least(Role.ADMIN),
 }
 """Which roles may perform each operation: the only place a role is compared."""
 

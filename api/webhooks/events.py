@@ -42,6 +42,12 @@ _TYPES = {
     "user.create": "user.created",
     "user.update": "user.updated",
     "user.delete": "user.deleted",
+    "webhook.create": "webhook.created",
+    "webhook.update": "webhook.updated",
+    "webhook.delete": "webhook.deleted",
+    "webhook.pause": "webhook.paused",
+    "webhook.resume": "webhook.resumed",
+    "webhook.redeliver": "webhook.redelivered",
 }
 _PLAN_VERBS = {
     "create": "created",

@@ -75,8 +75,16 @@ EVENT_TYPES: tuple[str, ...] = (
     "user.created",
     "user.updated",
     "user.deleted",
+    "webhook.created",
+    "webhook.updated",
+    "webhook.deleted",
+    "webhook.paused",
+    "webhook.resumed",
+    "webhook.redelivered",
 )
-ADMIN_EVENT_TYPES = frozenset(t for t in EVENT_TYPES if t.split(".")[0] in {"token", "user"})
+ADMIN_EVENT_TYPES = frozenset(
+    t for t in EVENT_TYPES if t.split(".")[0] in {"token", "user", "webhook"}
+)
 
 _PATTERN = re.compile(r"^[a-z0-9_.*?\[\]-]+$")
 

@@ -30,7 +30,8 @@ from api.webhooks.model import Format, Subscription, SubscriptionSpec
 from api.webhooks.signing import generate_secret
 from api.webhooks.slack import slack_message
 from flags.errors import NotFoundError, ValidationError
-from flags.history import utc
+from flags.history import Actor, utc
+from flags.store.history import record_change
 from flags.store.tables import history, plans, tokens
 
 __all__ = [
@@ -179,9 +180,12 @@ class WebhookStore:
         created_by: str,
         scope: Sequence[str] | None,
         admin: bool,
+        actor: str | Actor | None = None,
+        request_id: str | None = None,
         now: datetime | None = None,
     ) -> tuple[Subscription, str]:
-        """Store a subscription; returns it and its signing secret (shown once)."""
+        """Store a subscription and its history row (``webhook.create``, without the
+        secret); returns it and its signing secret (shown once)."""
         now = now or datetime.now(UTC)
         secret = generate_secret()
         sub_id = "wh_" + secrets.token_hex(8)
@@ -199,18 +203,24 @@ class WebhookStore:
                     **_spec_values(spec),
                 )
             )
-        return self.get(sub_id), secret
+            sub = self._get(conn, sub_id)
+            _history(conn, actor or created_by, "webhook.create", None, sub, request_id)
+        return sub, secret
 
     def get(self, sub_id: str) -> Subscription:
         """Raises ``NotFoundError`` (field ``id``) for an unknown id."""
         with self.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    select(t.webhook_subscriptions).where(t.webhook_subscriptions.c.id == sub_id)
-                )
-                .mappings()
-                .first()
+            return self._get(conn, sub_id)
+
+    @staticmethod
+    def _get(conn: Connection, sub_id: str) -> Subscription:
+        row = (
+            conn.execute(
+                select(t.webhook_subscriptions).where(t.webhook_subscriptions.c.id == sub_id)
             )
+            .mappings()
+            .first()
+        )
         if row is None:
             raise NotFoundError(f"webhook {sub_id!r} not found", field="id")
         return _subscription(row)
@@ -222,39 +232,64 @@ class WebhookStore:
             ).mappings()
             return [_subscription(r) for r in rows]
 
-    def update(self, sub_id: str, spec: SubscriptionSpec) -> Subscription:
+    def update(
+        self,
+        sub_id: str,
+        spec: SubscriptionSpec,
+        *,
+        actor: str | Actor = "system",
+        request_id: str | None = None,
+    ) -> Subscription:
         """Replace the subscription's filters, URL and format (deliveries already made
-        keep their body). Raises ``NotFoundError``."""
-        self._write(sub_id, _spec_values(spec))
-        return self.get(sub_id)
+        keep their body), with its history row. Raises ``NotFoundError``."""
+        return self._write(sub_id, _spec_values(spec), "webhook.update", actor, request_id)
 
-    def set_paused(self, sub_id: str, paused: bool) -> Subscription:
+    def set_paused(
+        self,
+        sub_id: str,
+        paused: bool,
+        *,
+        actor: str | Actor = "system",
+        request_id: str | None = None,
+    ) -> Subscription:
         """Pause or resume: a paused subscription keeps collecting deliveries and sends
         them, in order, once resumed. Raises ``NotFoundError``."""
-        self._write(sub_id, {"paused": paused})
-        return self.get(sub_id)
+        action = "webhook.pause" if paused else "webhook.resume"
+        return self._write(sub_id, {"paused": paused}, action, actor, request_id)
 
-    def delete(self, sub_id: str) -> None:
-        """Delete the subscription and its deliveries. Raises ``NotFoundError``."""
+    def delete(
+        self, sub_id: str, *, actor: str | Actor = "system", request_id: str | None = None
+    ) -> None:
+        """Delete the subscription and its deliveries, with its history row. Raises
+        ``NotFoundError``."""
         with self.engine.begin() as conn:
+            before = self._get(conn, sub_id)
             conn.execute(
                 delete(t.webhook_deliveries).where(t.webhook_deliveries.c.subscription_id == sub_id)
             )
-            gone = conn.execute(
+            conn.execute(
                 delete(t.webhook_subscriptions).where(t.webhook_subscriptions.c.id == sub_id)
-            ).rowcount
-        if not gone:
-            raise NotFoundError(f"webhook {sub_id!r} not found", field="id")
+            )
+            _history(conn, actor, "webhook.delete", before, None, request_id)
 
-    def _write(self, sub_id: str, values: dict[str, Any]) -> None:
+    def _write(
+        self,
+        sub_id: str,
+        values: dict[str, Any],
+        action: str,
+        actor: str | Actor,
+        request_id: str | None,
+    ) -> Subscription:
         with self.engine.begin() as conn:
-            done = conn.execute(
+            before = self._get(conn, sub_id)
+            conn.execute(
                 update(t.webhook_subscriptions)
                 .where(t.webhook_subscriptions.c.id == sub_id)
                 .values(updated_at=datetime.now(UTC), **values)
-            ).rowcount
-        if not done:
-            raise NotFoundError(f"webhook {sub_id!r} not found", field="id")
+            )
+            after = self._get(conn, sub_id)
+            _history(conn, actor, action, before, after, request_id)
+        return after
 
     # ------------------------------------------------------------ fan-out
     def fan_out(self, *, limit: int = 500, now: datetime | None = None) -> int:
@@ -560,7 +595,15 @@ class WebhookStore:
                 for r in rows
             ]
 
-    def redeliver(self, sub_id: str, delivery_id: int, *, now: datetime | None = None) -> None:
+    def redeliver(
+        self,
+        sub_id: str,
+        delivery_id: int,
+        *,
+        actor: str | Actor = "system",
+        request_id: str | None = None,
+        now: datetime | None = None,
+    ) -> None:
         """Send a delivery again (same id and body) at the next claim, whatever its
         status; it takes its turn in ``sequence`` order with the subscription's other
         pending deliveries. Raises ``NotFoundError``."""
@@ -578,9 +621,16 @@ class WebhookStore:
                     lease_expires_at=None,
                 )
             ).rowcount
-        if not done:
-            raise NotFoundError(
-                f"delivery {delivery_id} of webhook {sub_id!r} not found", field="delivery"
+            if not done:
+                raise NotFoundError(
+                    f"delivery {delivery_id} of webhook {sub_id!r} not found", field="delivery"
+                )
+            record_change(
+                conn,
+                actor=actor,
+                action="webhook.redeliver",
+                after={"id": sub_id, "delivery": delivery_id},
+                request_id=request_id,
             )
 
     def depth(self) -> int:
@@ -593,6 +643,25 @@ class WebhookStore:
                 .where(t.webhook_deliveries.c.status == Status.PENDING)
             ).scalar_one()
         return int(outbox) + int(pending)
+
+
+def _history(
+    conn: Connection,
+    actor: str | Actor,
+    action: str,
+    before: Subscription | None,
+    after: Subscription | None,
+    request_id: str | None,
+) -> None:
+    """The history row of a subscription change (its public form: never the secret)."""
+    record_change(
+        conn,
+        actor=actor,
+        action=action,
+        before=before.to_dict() if before is not None else None,
+        after=after.to_dict() if after is not None else None,
+        request_id=request_id,
+    )
 
 
 def _plan_id(row: Any) -> int | None:

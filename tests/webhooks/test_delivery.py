@@ -28,7 +28,7 @@ FAST = WorkerSettings(
 
 def _subscribe(store: WebhookStore, receiver: Receiver, path: str = "/hook", **body: object):  # type: ignore[no-untyped-def]
     sub, secret = store.create(
-        parse_subscription({"url": receiver.url(path), "events": ["*"], **body}),
+        parse_subscription({"url": receiver.url(path), "events": ["state.*"], **body}),
         created_by="admin",
         scope=None,
         admin=True,
