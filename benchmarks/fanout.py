@@ -59,6 +59,7 @@ ENV = "production"
 FLAG = "checkout"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
+CONNECT_TIMEOUT = 5.0  # seconds for a client's connect plus the response's headers
 
 
 # ================================================================== client mode
@@ -145,7 +146,7 @@ class ClientProcess:
             try:
                 await self.connect_once(stream)
                 failures = 0
-            except (OSError, asyncio.IncompleteReadError, ValueError, EOFError):
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, EOFError):
                 failures += 1
             stream.live = False
             if self.stopping:
@@ -155,7 +156,11 @@ class ClientProcess:
 
     async def connect_once(self, stream: Stream) -> None:
         async with self.connect_gate:
-            reader, writer = await asyncio.open_connection(stream.host, stream.port)
+            # Bounded: a SYN the kernel dropped (full backlog) is retried after 1 s, 3 s,
+            # 7 s ... and must not hold the gate; headers come within the same bound.
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(stream.host, stream.port), CONNECT_TIMEOUT
+            )
             resume = f"Last-Event-ID: {stream.version}\r\n" if stream.version else ""
             writer.write(
                 (
@@ -165,9 +170,14 @@ class ClientProcess:
                     f"Accept: text/event-stream\r\n{resume}\r\n"
                 ).encode()
             )
-            status = await reader.readline()
-            while (await reader.readline()) not in (b"\r\n", b""):
-                pass
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    status = await reader.readline()
+                    while (await reader.readline()) not in (b"\r\n", b""):
+                        pass
+            except BaseException:
+                writer.close()
+                raise
         try:
             if b" 200 " not in status:
                 raise ValueError(f"stream refused: {status!r}")
