@@ -206,6 +206,7 @@ def new_token_json(info: TokenInfo, secret: str) -> dict[str, Any]:
         "name": info.name,
         "role": info.role.value,
         "environments": list(info.environments) if info.environments is not None else None,
+        "flags": list(info.flags) if info.flags is not None else None,
         "token": secret,
     }
 

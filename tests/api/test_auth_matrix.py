@@ -20,8 +20,11 @@ from api.routes import environments, flags, health, history, tokens
 TARGET = "production"  # the environment each environment-bound request touches
 OTHER = "beta"
 
-ROLES = ["client", "reader", "operator", "editor", "admin"]
-RANK = {role: i for i, role in enumerate(ROLES)}
+LADDER = ["client", "reader", "operator", "editor", "admin"]
+RANK = {role: i for i, role in enumerate(LADDER)}
+# ``guard`` stands apart from the ladder: it may kill, nothing else.
+ROLES = [*LADDER, "guard"]
+GUARD_ROUTES = {("POST", "/admin/flags/{key}/kill")}
 PUBLIC, ANY, ENV, UNSCOPED = "public", "any", "env", "unscoped"
 
 
@@ -54,7 +57,7 @@ def _token_in_target(api: Any, _n: int) -> str:
 
 ROUTES = [
     Route("GET", "/healthz", "", PUBLIC, 200, lambda a, n: ("/healthz", None)),
-    Route("GET", "/metrics", "", PUBLIC, 200, lambda a, n: ("/metrics", None)),
+    Route("GET", "/metrics", "reader", ANY, 200, lambda a, n: ("/metrics", None)),
     Route(
         "GET", "/admin/environments", "reader", ANY, 200, lambda a, n: ("/admin/environments", None)
     ),
@@ -87,7 +90,7 @@ ROUTES = [
         "PATCH",
         "/admin/flags/{key}",
         "editor",
-        ANY,
+        UNSCOPED,
         200,
         lambda a, n: (f"/admin/flags/{_flag(a, n)}", {"description": "changed"}),
     ),
@@ -202,7 +205,10 @@ def expected_status(route: Route, label: str, role: str | None, scope: list[str]
         return route.success
     if role is None:
         return 401
-    if role == "client" or RANK[role] < RANK[route.role]:
+    if role == "guard":
+        if (route.method, route.template) not in GUARD_ROUTES:
+            return 403
+    elif role == "client" or RANK[role] < RANK[route.role]:
         return 403
     if scope is not None and route.scope == UNSCOPED:
         return 403

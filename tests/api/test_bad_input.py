@@ -232,12 +232,12 @@ CASES: dict[str, list[Case]] = {
     ],
     "headers": [
         (
-            "actor header forged",
+            "actor header from a token that is not a guard's",
             "GET",
             "/admin/flags",
             None,
             {"X-Flagrail-Actor": "alice"},
-            422,
+            403,
             "X-Flagrail-Actor",
         ),
     ],

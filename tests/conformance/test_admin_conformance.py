@@ -32,7 +32,9 @@ OTHER = "search.ranking"
 
 
 def blank(value: Any) -> Any:
-    """``value`` with times, token values, token ids and request ids blanked."""
+    """``value`` with times, token values, token ids and request ids blanked, and a
+    history row's token columns too: the HTTP front end acts with a token, the
+    break-glass database mode with none (its actor is the same ``cli:<user>``)."""
     if isinstance(value, dict):
         out = {k: blank(v) for k, v in value.items()}
         if {"id", "name", "role"} <= value.keys():  # a token: its id is random
@@ -41,6 +43,8 @@ def blank(value: Any) -> Any:
             out["token"] = "<secret>"
         if "request_id" in value:
             out["request_id"] = "<request>"
+        if "token_id" in value:
+            out["token_id"] = out["token_name"] = "<token>"
         return out
     if isinstance(value, list):
         return [blank(v) for v in value]

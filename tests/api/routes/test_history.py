@@ -64,6 +64,9 @@ def test_history__row__has_every_field(api: Any) -> None:
         "after",
         "reason",
         "request_id",
+        "token_id",
+        "token_name",
+        "claimed_actor",
     }
     assert (row["actor"], row["action"], row["flag"], row["environment"]) == (
         "admin",
