@@ -243,9 +243,14 @@ def flags_page(
             if value is not None and len(value) > 200:
                 raise ValidationError(f"{name} must be at most 200 characters", field=name)
         service = _service(request)
-        envs = [e.name for e in service.list_environments(principal)]
-        records = service.list_flags(
-            principal, FlagFilter(kind or None, tag or None, False, q or None)
+        envs_all = service.list_environments(principal)
+        envs = [e.name for e in envs_all]
+        query = FlagFilter(kind or None, tag or None, False, q or None)
+        newest = service.history(principal, history_filter(limit=1)).items
+        records = request.app.state.console_listings.get(
+            (principal.scope, principal.flag_patterns, query),
+            (newest[0].id if newest else 0, [e.name for e in envs_all]),
+            lambda: service.list_flags(principal, query),
         )
         settings = _settings(request)
         g = grid(

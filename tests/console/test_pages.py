@@ -150,3 +150,17 @@ def test_admin__create_token__value_shown_once(
     )
     assert answer.status_code == 201 and 'data-testid="new-token"' in answer.text
     assert 'data-testid="new-token"' not in console_app.get("/console/admin").text
+
+
+def test_flags_grid__after_a_change__not_stale(
+    console_app: TestClient, logged_in: Callable[[str], str]
+) -> None:
+    """The grid's listing cache is keyed by the newest history row: a change shows."""
+    logged_in("alice")
+    assert "killed" not in console_app.get("/console/flags?q=checkout").text.split("<tbody>")[1]
+    store = console_app.app.state.store  # type: ignore[attr-defined]
+    store.kill("checkout", ["staging"], reason="x", actor="test")
+    body = console_app.get("/console/flags?q=checkout").text.split("<tbody>")[1]
+    assert 'class="state killed"' in body
+    store.create_flag("brand.new", actor="test")
+    assert "brand.new" in console_app.get("/console/flags").text
