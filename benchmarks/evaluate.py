@@ -1,11 +1,15 @@
 """Per-call cost of a flag check: flagrail against UnleashClient, LaunchDarkly and GrowthBook.
 
-One run, one table: each SDK evaluates the same three flag shapes (plain on; on for
-a list of 100 tenants; a 50% rollout), fed from local data (no server), for
+One run, one table: each SDK evaluates the same four flag shapes (plain on; on for
+a list of 100 tenants; a 50% rollout; a string flag split 3 ways, 200/300/500,
+sticky per tenant), fed from local data (no server), for
 ``--calls`` calls each (default 1,000,000), cycling through 1,000 tenants. Each
 peer gets its most favourable setup: its per-tenant context objects (Unleash
 context dicts, LaunchDarkly ``Context``, one GrowthBook per tenant) are built
-before the clock starts. Then the RSS of one process holding 10,000 flags x 4
+before the clock starts. The first three shapes are boolean checks (flagrail
+``is_enabled``); the split is each SDK's variant call: flagrail ``value()``,
+UnleashClient ``get_variant``, LaunchDarkly ``variation`` on a string flag,
+GrowthBook ``get_feature_value``. Then the RSS of one process holding 10,000 flags x 4
 environments in flagrail clients (one per environment, as a service would).
 
     .venv/bin/python benchmarks/evaluate.py [--calls 1000000] [--skip-peers]
@@ -30,9 +34,14 @@ from typing import Any
 
 TENANTS = [f"tenant-{i:05d}" for i in range(1000)]
 LISTED = TENANTS[::10]  # 100 tenants
-SHAPES = ("plain on", "100-tenant list", "50% rollout")
-KEYS = {"plain on": "plain", "100-tenant list": "listed", "50% rollout": "rollout"}
-TARGETS = {"plain on": 0.5, "50% rollout": 1.0}
+SPLIT = "3-way split"
+SHAPES = ("plain on", "100-tenant list", "50% rollout", SPLIT)
+KEYS = {"plain on": "plain", "100-tenant list": "listed", "50% rollout": "rollout", SPLIT: "tier"}
+TARGETS = {"plain on": 0.5, "50% rollout": 1.0, SPLIT: 0.5}
+TIERS = (("gold", 200), ("silver", 300), ("bronze", 500))
+
+# A setup returns (boolean check, variant check, per-tenant contexts).
+Setup = tuple[Callable[[str, Any], Any], Callable[[str, Any], Any], list[Any]]
 
 
 def timed(
@@ -58,7 +67,7 @@ def timed(
 
 
 # ------------------------------------------------------------------ the SDKs
-def flagrail_setup() -> tuple[Callable[[str, Any], Any], list[Any]]:
+def flagrail_setup() -> Setup:
     from flags import FlagClient
 
     client = FlagClient.from_snapshot(
@@ -69,13 +78,28 @@ def flagrail_setup() -> tuple[Callable[[str, Any], Any], list[Any]]:
                 "plain": {"enabled": True, "rollout": 100},
                 "listed": {"enabled": True, "rollout": 0, "tenants_on": LISTED},
                 "rollout": {"enabled": True, "rollout": 50},
+                "tier": {
+                    "enabled": True,
+                    "rollout": 100,
+                    "type": "string",
+                    "variants": [{"name": n, "value": n.upper()} for n, _ in TIERS],
+                    "off_variant": "bronze",
+                    "on_variant": "bronze",
+                    "split": [{"variant": n, "weight": w} for n, w in TIERS],
+                },
             },
         }
     )
-    return client.is_enabled, list(TENANTS)
+    value = client.value
+    assert value("tier", "none", TENANTS[0]) in ("GOLD", "SILVER", "BRONZE")
+
+    def variant(key: str, tenant: Any) -> Any:
+        return value(key, "none", tenant)
+
+    return client.is_enabled, variant, list(TENANTS)
 
 
-def unleash_setup(tmp: Path) -> tuple[Callable[[str, Any], Any], list[Any]]:
+def unleash_setup(tmp: Path) -> Setup:
     from UnleashClient import UnleashClient
     from UnleashClient.cache import FileCache
 
@@ -102,6 +126,20 @@ def unleash_setup(tmp: Path) -> tuple[Callable[[str, Any], Any], list[Any]]:
                     }
                 ],
             },
+            {
+                "name": "tier",
+                "enabled": True,
+                "strategies": [{"name": "default"}],
+                "variants": [
+                    {
+                        "name": n,
+                        "weight": w,
+                        "stickiness": "userId",
+                        "payload": {"type": "string", "value": n.upper()},
+                    }
+                    for n, w in TIERS
+                ],
+            },
         ],
     }
     cache = FileCache("flagrail-bench", directory=str(tmp))
@@ -115,10 +153,11 @@ def unleash_setup(tmp: Path) -> tuple[Callable[[str, Any], Any], list[Any]]:
     )
     client.initialize_client(fetch_toggles=False)
     assert client.is_enabled("plain"), "UnleashClient did not load the bootstrap"
-    return client.is_enabled, [{"userId": t} for t in TENANTS]
+    assert client.get_variant("tier", {"userId": TENANTS[0]})["name"] in dict(TIERS)
+    return client.is_enabled, client.get_variant, [{"userId": t} for t in TENANTS]
 
 
-def launchdarkly_setup(tmp: Path) -> tuple[Callable[[str, Any], Any], list[Any]]:
+def launchdarkly_setup(tmp: Path) -> Setup:
     from ldclient import Config, Context, LDClient
     from ldclient.integrations import Files
 
@@ -154,6 +193,18 @@ def launchdarkly_setup(tmp: Path) -> tuple[Callable[[str, Any], Any], list[Any]]
                     }
                 },
             ),
+            "tier": flag(
+                "tier",
+                variations=[n.upper() for n, _ in TIERS],
+                offVariation=2,
+                fallthrough={
+                    "rollout": {
+                        "variations": [
+                            {"variation": i, "weight": w * 100} for i, (_, w) in enumerate(TIERS)
+                        ]
+                    }
+                },
+            ),
         }
     }
     path = tmp / "ld-flags.json"
@@ -171,10 +222,14 @@ def launchdarkly_setup(tmp: Path) -> tuple[Callable[[str, Any], Any], list[Any]]
     def check(key: str, ctx: Any) -> Any:
         return client.variation(key, ctx, False)
 
-    return check, contexts
+    def variant(key: str, ctx: Any) -> Any:
+        return client.variation(key, ctx, "none")
+
+    assert variant("tier", contexts[0]) in ("GOLD", "SILVER", "BRONZE")
+    return check, variant, contexts
 
 
-def growthbook_setup() -> tuple[Callable[[str, Any], Any], list[Any]]:
+def growthbook_setup() -> Setup:
     from growthbook import GrowthBook
 
     features = {
@@ -187,6 +242,17 @@ def growthbook_setup() -> tuple[Callable[[str, Any], Any], list[Any]]:
             "defaultValue": False,
             "rules": [{"force": True, "coverage": 0.5, "hashAttribute": "id"}],
         },
+        "tier": {
+            "defaultValue": "none",
+            "rules": [
+                {
+                    "key": "tier",
+                    "variations": [n.upper() for n, _ in TIERS],
+                    "weights": [w / 1000 for _, w in TIERS],
+                    "hashAttribute": "id",
+                }
+            ],
+        },
     }
     books = [GrowthBook(attributes={"id": t}, features=features) for t in TENANTS]
     assert books[0].is_on("plain"), "GrowthBook did not load"
@@ -194,7 +260,11 @@ def growthbook_setup() -> tuple[Callable[[str, Any], Any], list[Any]]:
     def check(key: str, book: Any) -> Any:
         return book.is_on(key)
 
-    return check, books
+    def variant(key: str, book: Any) -> Any:
+        return book.get_feature_value(key, "none")
+
+    assert variant("tier", books[0]) in ("GOLD", "SILVER", "BRONZE")
+    return check, variant, books
 
 
 # ------------------------------------------------------------------ memory
@@ -241,9 +311,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
 
     tmp = Path(tempfile.mkdtemp(prefix="flagrail-bench-"))
-    sdks: dict[str, Callable[[], tuple[Callable[[str, Any], Any], list[Any]]]] = {
-        "flagrail": flagrail_setup
-    }
+    sdks: dict[str, Callable[[], Setup]] = {"flagrail": flagrail_setup}
     if not args.skip_peers:
         sdks["UnleashClient"] = lambda: unleash_setup(tmp)
         sdks["LaunchDarkly"] = lambda: launchdarkly_setup(tmp)
@@ -252,13 +320,16 @@ def main() -> None:
     notes: list[str] = []
     for name, setup in sdks.items():
         try:
-            call, contexts = setup()
+            call, variant, contexts = setup()
         except Exception as exc:  # a missing or broken peer must not end the run
             notes.append(f"{name}: not measured ({type(exc).__name__}: {exc})")
             results[name] = dict.fromkeys(SHAPES)
             continue
         results[name] = {
-            shape: timed(call, KEYS[shape], contexts, args.calls, args.rounds) for shape in SHAPES
+            shape: timed(
+                variant if shape == SPLIT else call, KEYS[shape], contexts, args.calls, args.rounds
+            )
+            for shape in SHAPES
         }
         print(f"measured {name}", file=sys.stderr)
 
@@ -293,7 +364,10 @@ def main() -> None:
         f"\nMemory: {memory['flags']:,} flag states (10,000 flags x 4 environments) held by "
         f"flagrail clients: {mb:.1f} MB RSS (target <= 50 MB)"
     )
-    print("\nTargets: plain <= 0.5 us, rollout <= 1 us, >= 15x faster than UnleashClient")
+    print(
+        "\nTargets: plain <= 0.5 us, rollout <= 1 us, value() on a 3-way split <= 0.5 us, "
+        ">= 15x faster than UnleashClient"
+    )
     for shape, target in TARGETS.items():
         value = results["flagrail"][shape]
         verdict = "met" if value is not None and value <= target else "MISSED"

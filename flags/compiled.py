@@ -60,6 +60,40 @@ _ACCEPTS: Mapping[FlagType, frozenset[type]] = {
     FlagType.JSON: frozenset({dict, list, type(None)}),
 }
 _BOOL_VARIANTS = {True: ("on", True), False: ("off", False)}
+_BOOL_ACCEPTS = _ACCEPTS[FlagType.BOOLEAN]
+_NO_PINS: Mapping[str, Evaluation] = {}  # shared, never mutated
+
+
+class Refinement:
+    """What turns an on answer of a typed flag into a tenant's variant: its pins, then
+    its split (cumulative weights and the Evaluation of each split variant)."""
+
+    __slots__ = ("cum", "evs", "pins", "prefix")
+
+    def __init__(
+        self,
+        prefix: str,
+        pins: Mapping[str, Evaluation],
+        cum: tuple[int, ...],
+        evs: tuple[Evaluation, ...],
+    ) -> None:
+        self.prefix = prefix
+        self.pins = pins
+        self.cum = cum
+        self.evs = evs
+
+    def pick(self, tenant: str, ev: Evaluation) -> Evaluation:
+        """The on answer ``ev`` for ``tenant``: its pinned variant, else its split
+        variant (Unleash's variant bucket), else ``ev`` (the on_variant)."""
+        pinned = self.pins.get(tenant)
+        if pinned is not None:
+            return pinned
+        if self.cum:
+            index = bisect_left(self.cum, split_bucket_of(self.prefix + tenant))
+            if index < len(self.evs):
+                return self.evs[index]
+        return ev
+
 
 log = logging.getLogger("flagrail.client")
 
@@ -92,7 +126,6 @@ class CompiledFlag:
     __slots__ = (
         "accepts",
         "counts",
-        "cum",
         "ev_fixed",
         "ev_no_tenant",
         "ev_rollout_off",
@@ -103,17 +136,14 @@ class CompiledFlag:
         "key",
         "no_tenant",
         "open_all",
-        "pins",
         "plain",
         "prefix",
         "refine",
         "rollout",
         "split",
-        "split_evs",
         "state",
         "tenants_off",
         "tenants_on",
-        "typed",
         "variant_results",
         "version",
     )
@@ -151,15 +181,12 @@ class CompiledFlag:
         self.ev_tenant_off = _evaluation(False, Reason.TENANT_OFF, v)
         self.ev_rollout_on = _evaluation(True, Reason.ROLLOUT, v)
         self.ev_rollout_off = _evaluation(False, Reason.ROLLOUT, v)
-        self.accepts = _ACCEPTS.get(state.type, _ACCEPTS[FlagType.BOOLEAN])
+        self.accepts = _ACCEPTS.get(state.type, _BOOL_ACCEPTS)
         # Typed flags: the same Evaluations carrying the variant served (off_variant
         # on every off answer, on_variant on every on answer), then the pins and the
-        # split that refine an on answer for a tenant.
-        self.typed = state.type is not FlagType.BOOLEAN
-        self.pins: Mapping[str, Evaluation] = {}
-        self.cum: list[int] = []
-        self.split_evs: list[Evaluation] = []
-        if self.typed:
+        # split that refine an on answer for a tenant (None: nothing to refine).
+        self.refine: Refinement | None = None
+        if state.type is not FlagType.BOOLEAN:
             values = {variant.name: variant.value for variant in state.variants}
 
             def typed(ev: Evaluation | None) -> Evaluation | None:
@@ -174,48 +201,43 @@ class CompiledFlag:
             self.ev_tenant_off = typed(self.ev_tenant_off)  # type: ignore[assignment]
             self.ev_rollout_on = typed(self.ev_rollout_on)  # type: ignore[assignment]
             self.ev_rollout_off = typed(self.ev_rollout_off)  # type: ignore[assignment]
-            self.pins = {
-                tenant: Evaluation(True, Reason.PINNED, v, None, name, values.get(name))
-                for tenant, name in state.tenant_variants
-            }
+            pins = _NO_PINS
+            if state.tenant_variants:
+                pins = {
+                    tenant: Evaluation(True, Reason.PINNED, v, None, name, values.get(name))
+                    for tenant, name in state.tenant_variants
+                }
+            cum: list[int] = []
             total = 0
-            for name, weight in state.split:
+            for _name, weight in state.split:
                 total += weight
-                self.cum.append(total)
-                self.split_evs.append(
-                    Evaluation(True, Reason.SPLIT, v, None, name, values.get(name))
-                )
-        # An on answer for a tenant may become a pinned or split variant.
-        self.refine = bool(self.pins or self.cum)
-        if self.refine:
-            self.plain = False
-        # variant(): the results of the Evaluations above, built once.
-        self.variant_results: dict[int, VariantResult] = {}
+                cum.append(total)
+            evs = tuple(
+                Evaluation(True, Reason.SPLIT, v, None, name, values.get(name))
+                for name, _ in state.split
+            )
+            if pins or cum:
+                # An on answer for a tenant may become a pinned or split variant.
+                self.refine = Refinement(self.prefix, pins, tuple(cum), evs)
+                self.plain = False
+        # variant(): the results of the Evaluations above, built on first use.
+        self.variant_results: dict[int, VariantResult] | None = None
 
     def variant_result(self, ev: Evaluation) -> VariantResult:
         """``ev`` as ``variant()`` answers it (booleans: ``on``/``off``), memoised per object."""
-        result = self.variant_results.get(id(ev))
+        results = self.variant_results
+        if results is None:
+            results = self.variant_results = {}
+        result = results.get(id(ev))
         if result is None:
-            if self.typed:
+            if self.accepts is not _BOOL_ACCEPTS:
                 result = VariantResult(ev.variant, ev.value, ev.reason)
             else:
                 name, value = _BOOL_VARIANTS[ev.enabled]
                 result = VariantResult(name, value, ev.reason)
             # Keyed by id(): every ev here is held by this CompiledFlag, so ids stay unique.
-            self.variant_results[id(ev)] = result
+            results[id(ev)] = result
         return result
-
-    def refined(self, tenant: str, ev: Evaluation) -> Evaluation:
-        """An on answer ``ev`` for ``tenant``: its pinned variant, else its split
-        variant (Unleash's variant bucket), else ``ev`` (the on_variant)."""
-        pinned = self.pins.get(tenant)
-        if pinned is not None:
-            return pinned
-        if self.cum:
-            index = bisect_left(self.cum, split_bucket_of(self.prefix + tenant))
-            if index < len(self.split_evs):
-                return self.split_evs[index]
-        return ev
 
 
 class CompiledChecks:
@@ -326,8 +348,8 @@ class CompiledChecks:
                         ev = c.ev_rollout_off
                 else:
                     ev = c.ev_no_tenant
-                if c.refine and ev.enabled and tenant is not None:
-                    ev = c.refined(tenant, ev)
+                if c.refine is not None and ev.enabled and tenant is not None:
+                    ev = c.refine.pick(tenant, ev)
             c.counts[1 if ev.enabled else 0] += 1
             return ev
         except Exception:
@@ -381,13 +403,13 @@ class CompiledChecks:
                             ev = c.ev_rollout_off
                     else:
                         ev = c.ev_no_tenant
-                    if c.refine and ev.enabled:
-                        ev = c.refined(tenant, ev)
+                    if c.refine is not None and ev.enabled:
+                        ev = c.refine.pick(tenant, ev)
             if ev.enabled:
                 c.counts[1] += 1
             else:
                 c.counts[0] += 1
-            if c.typed:
+            if c.accepts is not _BOOL_ACCEPTS:
                 return default if ev.variant is None else ev.value
             return ev.enabled
         except Exception:

@@ -21,7 +21,7 @@ from flags.client import FlagClient
 from flags.model import FlagState, FlagType, Snapshot, Variant
 
 REPO = Path(__file__).resolve().parents[2]
-PREVIOUS_RELEASE = "0907fec"  # the last commit before typed flags (#19)
+PREVIOUS_RELEASE = "8a1217c"  # the last commit before typed flags (#19)
 TENANTS = [f"tenant-{i:04d}" for i in range(500)]
 
 
@@ -53,11 +53,22 @@ def old(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ModuleType, 
         pytest.skip("needs the git history of the repository")
     tmp = tmp_path_factory.mktemp("previous_release")
     model = load("h10_old_model", git_show("flags/model.py"), tmp)
+    compiled = load(
+        "h10_old_compiled",
+        git_show("flags/compiled.py").replace("from flags.model ", "from h10_old_model "),
+        tmp,
+    )
     source = git_show("flags/evaluate.py").replace("from flags.model ", "from h10_old_model ")
-    evaluate = load("h10_old_evaluate", source, tmp)
+    evaluate = load(
+        "h10_old_evaluate",
+        source.replace("from flags.compiled ", "from h10_old_compiled "),
+        tmp,
+    )
+    assert evaluate.evaluate_one is compiled.evaluate_one  # the old rule, end to end
     yield model, evaluate
     sys.modules.pop("h10_old_model", None)
     sys.modules.pop("h10_old_evaluate", None)
+    sys.modules.pop("h10_old_compiled", None)
 
 
 def new_snapshot() -> dict[str, Any]:
