@@ -391,6 +391,20 @@ class CompiledChecks:
                         if bucket_of(c.prefix + tenant) <= c.rollout
                         else c.ev_rollout_off
                     )
+                elif c.open_all:
+                    # On for every valid tenant (value() needs no reason): straight
+                    # to the pin or the split, the hot path of a split flag.
+                    r = c.refine
+                    if r is None:
+                        ev = c.ev_no_tenant
+                    else:
+                        ev = r.pins.get(tenant)  # type: ignore[assignment]
+                        if ev is None:
+                            ev = (
+                                r.evs[bisect_left(r.cum, split_bucket_of(r.prefix + tenant))]
+                                if r.cum
+                                else c.ev_no_tenant
+                            )
                 elif tenant in c.tenants_off:
                     ev = c.ev_tenant_off
                 else:
