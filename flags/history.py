@@ -17,6 +17,7 @@ from flags.model import HistoryEntry
 
 __all__ = [
     "AT_SKEW",
+    "MAX_ID",
     "MAX_PAGE",
     "Actor",
     "HistoryPage",
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 MAX_PAGE = 500
+# The largest history id (a signed 64-bit BIGINT): a cursor past it is not one of ours.
+MAX_ID = 2**63 - 1
 # The most that ``at`` order and insertion (id) order of two rows may disagree by.
 AT_SKEW = timedelta(minutes=10)
 
@@ -107,7 +110,7 @@ def decode_cursor(cursor: str) -> int:
         if prefix != "h":
             raise ValueError(raw)
         value = int(number)
-        if value < 0:
+        if not 0 <= value <= MAX_ID:
             raise ValueError(raw)
         return value
     except (ValueError, UnicodeDecodeError) as exc:

@@ -1,5 +1,8 @@
 """Schemathesis against /openapi.json, in process, authenticated as admin: no request it
-generates, valid or not, gets a 5xx; every error answer has the one error shape.
+generates, valid or not, gets a 5xx; every error answer has the one error shape. Then
+boundary values (2**63, 2**64, -2**63-1, 1e308, NaN, ...) in every integer/number
+parameter and body field, every admin string holding a number, and every numeric slot
+of plan and schedule bodies.
 
 Bounded: a fixed number of examples per operation and mode, derandomized, so the run is
 deterministic and short.
@@ -7,6 +10,9 @@ deterministic and short.
 
 from __future__ import annotations
 
+import base64
+import json
+import math
 from typing import Any
 
 import pytest
@@ -79,3 +85,161 @@ def test_openapi__generated_requests__never_5xx(api: Any, mode: GenerationMode) 
             failures.append(f"{operation.method.upper()} {operation.path}: {exc}")
     assert operations >= 15
     assert failures == [], "\n".join(failures)
+
+
+# ---------------------------------------------------------------- boundary values
+# Numbers just past what a signed 64-bit column, a float or a JSON parser holds.
+BOUNDARY_NUMBERS: tuple[float | int, ...] = (
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    2**63 - 1,
+    10**30,
+    1e308,
+    -1e308,
+    float("nan"),
+    float("inf"),
+    -1,
+    0,
+)
+BOUNDARY_TEXT = (
+    *(json.dumps(n) for n in BOUNDARY_NUMBERS if isinstance(n, int) or math.isfinite(n)),
+    *("NaN", "Infinity", "-Infinity", "1e309", "99999999999999999999d", "-1s", "0s"),
+)
+# History cursors as the API makes them (h:<id>), around an id's 64-bit bound.
+BOUNDARY_CURSORS = tuple(
+    base64.urlsafe_b64encode(f"h:{n}".encode()).decode().rstrip("=")
+    for n in (2**63 - 1, 2**63, 2**64, 10**30, -1)
+)
+# Admin inputs that are strings holding numbers: (method, path, where, name).
+NUMERIC_STRINGS = [
+    ("GET", "/admin/history", "query", "since"),
+    ("GET", "/admin/history", "query", "until"),
+    ("GET", "/admin/history", "query", "cursor"),
+    ("GET", "/admin/reports/unused", "query", "since"),
+    ("POST", "/admin/flags/a.b/kill", "query", "wait"),
+    ("PATCH", "/admin/flags/a.b/environments/beta", "header", "If-Match"),
+]
+
+
+def _numeric(schema: dict[str, Any], components: dict[str, Any]) -> bool:
+    if "$ref" in schema:
+        return _numeric(components[schema["$ref"].rsplit("/", 1)[1]], components)
+    if schema.get("type") in ("integer", "number"):
+        return True
+    return any(_numeric(s, components) for s in schema.get("anyOf", []))
+
+
+def _body_properties(schema: dict[str, Any] | None, components: dict[str, Any]) -> list[str]:
+    """The numeric properties of a request body schema (one level; refs resolved)."""
+    if not schema:
+        return []
+    if "$ref" in schema:
+        schema = components[schema["$ref"].rsplit("/", 1)[1]]
+    for option in schema.get("anyOf", []):
+        if "$ref" in option:
+            return _body_properties(option, components)
+    return [n for n, s in schema.get("properties", {}).items() if _numeric(s, components)]
+
+
+def _plan_bodies(value: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Plan and schedule bodies (free-form objects) with ``value`` in each numeric slot."""
+    stage = {"rollout": 10, "hold": "1m"}
+    guard = {"metric": "a.b.errors", "threshold": 1}
+    plan = {"environment": "beta", "stages": [stage]}
+    return [
+        ("plans", {**plan, "stages": [{**stage, "rollout": value}]}),
+        ("plans", {**plan, "stages": [{**stage, "hold": value}]}),
+        ("plans", {**plan, "start_at": value}),
+        *[("plans", {**plan, "guard": {**guard, name: value}}) for name in guard_fields()],
+        ("schedules", {"environment": "beta", "at": value, "change": {"enabled": True}}),
+        (
+            "schedules",
+            {"environment": "beta", "at": "2099-01-01T00:00:00Z", "change": {"rollout": value}},
+        ),
+    ]
+
+
+def guard_fields() -> tuple[str, ...]:
+    return ("threshold", "min_samples", "window", "per")
+
+
+def _answer_problem(response: Any) -> str | None:
+    if response.status_code >= 500:
+        return f"{response.status_code} {response.text[:200]}"
+    if response.status_code >= 400:
+        error = response.json().get("error", {})
+        if not {"code", "message", "field"} <= set(error):
+            return f"no error shape: {response.text[:200]}"
+    return None
+
+
+def test_openapi__boundary_numbers__never_5xx(api: Any) -> None:
+    """Every integer/number parameter and body field of every operation, and every admin
+    string that holds a number, given 2**63, 2**64, -2**63-1, 1e308, NaN, inf...: each
+    answer is below 500 in the error shape (a 4xx names the field)."""
+    api.create_flag("a.b")
+    openapi = api.get("/openapi.json").json()
+    components = openapi.get("components", {}).get("schemas", {})
+    problems: list[str] = []
+    sent = 0
+
+    def send(method: str, path: str, label: str, **kwargs: Any) -> None:
+        nonlocal sent
+        sent += 1
+        headers = kwargs.pop("headers", {})
+        if "body" in kwargs:  # NaN and inf as JSON allows them on the wire (json.dumps)
+            kwargs["content"] = json.dumps(kwargs.pop("body"))
+            headers["content-type"] = "application/json"
+        response = api.request(method, path, headers=headers, **kwargs)
+        problem = _answer_problem(response)
+        if problem:
+            problems.append(f"{method} {path} {label}: {problem}")
+
+    for template, operations in openapi["paths"].items():
+        for method, operation in operations.items():
+            if (method.upper(), template) in STREAMING:
+                continue
+            path = template.replace("{key}", "a.b").replace("{env}", "beta")
+            path = path.replace("{token_id}", "nope")
+            params = operation.get("parameters", [])
+            for param in params:
+                if not _numeric(param["schema"], components):
+                    continue
+                for value in BOUNDARY_TEXT:
+                    where = param["in"]
+                    if where == "path":
+                        send(method.upper(), path.replace(f"{{{param['name']}}}", value), value)
+                    elif where == "query":
+                        send(
+                            method.upper(),
+                            path.replace("{plan_id}", "1"),
+                            value,
+                            params={param["name"]: value},
+                        )
+            path = path.replace("{plan_id}", "1")
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+            for name in _body_properties(body.get("schema"), components):
+                for number in BOUNDARY_NUMBERS:
+                    send(method.upper(), path, f"{name}={number}", body={name: number})
+    for method, path, where, name in NUMERIC_STRINGS:
+        for value in BOUNDARY_TEXT:
+            if where == "header":
+                header = f'"{value}"'
+                send(
+                    method,
+                    path,
+                    f"{name}: {header}",
+                    headers={name: header},
+                    body={"enabled": True},
+                )
+            else:
+                body = {"reason": "r"} if method == "POST" else None
+                send(method, path, f"{name}={value}", params={name: value}, body=body)
+    for cursor in BOUNDARY_CURSORS:
+        send("GET", "/admin/history", f"cursor={cursor}", params={"cursor": cursor})
+    for value in (*BOUNDARY_NUMBERS, *BOUNDARY_TEXT):
+        for kind, body in _plan_bodies(value):
+            send("POST", f"/admin/flags/a.b/{kind}", f"{kind} {body}", body=body)
+    assert sent > 500
+    assert problems == [], "\n".join(problems[:20])
