@@ -120,7 +120,9 @@ class CompiledFlag:
     """One flag's state in one environment, ready for checks. Immutable by convention.
 
     ``counts`` is the flag's ``[off, on]`` evaluation counter, shared with the
-    client (it survives recompilations).
+    client (it survives recompilations). A typed flag also counts the variants it
+    serves, in ``variant_counts[key]`` (``{variant: [served]}``, every declared
+    variant entered at zero) when given.
     """
 
     __slots__ = (
@@ -144,11 +146,18 @@ class CompiledFlag:
         "state",
         "tenants_off",
         "tenants_on",
+        "variant_counts",
         "variant_results",
         "version",
     )
 
-    def __init__(self, key: str, state: FlagState, counts: list[int]) -> None:
+    def __init__(
+        self,
+        key: str,
+        state: FlagState,
+        counts: list[int],
+        variant_counts: dict[str, dict[str, list[int]]] | None = None,
+    ) -> None:
         self.key = key
         self.state = state
         self.version = v = state.version
@@ -186,7 +195,12 @@ class CompiledFlag:
         # on every off answer, on_variant on every on answer), then the pins and the
         # split that refine an on answer for a tenant (None: nothing to refine).
         self.refine: Refinement | None = None
+        self.variant_counts: dict[str, list[int]] | None = None
         if state.type is not FlagType.BOOLEAN:
+            served = {} if variant_counts is None else variant_counts.setdefault(key, {})
+            for variant in state.variants:
+                served.setdefault(variant.name, [0])
+            self.variant_counts = served
             values = {variant.name: variant.value for variant in state.variants}
 
             def typed(ev: Evaluation | None) -> Evaluation | None:
@@ -351,6 +365,10 @@ class CompiledChecks:
                 if c.refine is not None and ev.enabled and tenant is not None:
                     ev = c.refine.pick(tenant, ev)
             c.counts[1 if ev.enabled else 0] += 1
+            if c.variant_counts is not None:
+                slot = c.variant_counts.get(ev.variant)  # type: ignore[arg-type]
+                if slot is not None:
+                    slot[0] += 1
             return ev
         except Exception:
             # As in is_enabled: the one broad except of a check.
@@ -423,8 +441,13 @@ class CompiledChecks:
                 c.counts[1] += 1
             else:
                 c.counts[0] += 1
-            if c.accepts is not _BOOL_ACCEPTS:
-                return default if ev.variant is None else ev.value
+            served = c.variant_counts
+            if served is not None:
+                slot = served.get(ev.variant)  # type: ignore[arg-type]
+                if slot is None:
+                    return default
+                slot[0] += 1
+                return ev.value
             return ev.enabled
         except Exception:
             # As in is_enabled: the one broad except of a check.
@@ -528,7 +551,7 @@ class CompiledSnapshot:
             slot = counts.get(flag)
             if slot is None:
                 slot = counts[flag] = [0, 0]
-            table[flag] = CompiledFlag(flag, state, slot)
+            table[flag] = CompiledFlag(flag, state, slot, getattr(counts, "variants", None))
         return CompiledSnapshot(
             self.environment, version, table, Snapshot(self.environment, version, flags)
         )
@@ -540,10 +563,12 @@ def compile_snapshot(
     """Compile ``snapshot``. ``counts`` (per flag key) is shared across recompilations,
     so evaluation counters survive snapshot swaps; missing entries are created."""
     counts = counts if counts is not None else {}
+    # An EvaluationCounts also counts typed flags' variants; a plain dict does not.
+    variants = getattr(counts, "variants", None)
     table: dict[str, CompiledFlag] = {}
     for key, state in snapshot.flags.items():
         slot = counts.get(key)
         if slot is None:
             slot = counts[key] = [0, 0]
-        table[key] = CompiledFlag(key, state, slot)
+        table[key] = CompiledFlag(key, state, slot, variants)
     return CompiledSnapshot(snapshot.environment, snapshot.version, table, snapshot)
