@@ -55,6 +55,9 @@ RESYNC = Resync()
 # What a subscription's queue carries: a change, a whole snapshot, RESYNC, or None (closed).
 Item = FlagChanged | Snapshot | Resync | None
 
+# Seconds hint handling pauses after a hint the database did not bear out.
+HINT_QUIET = 0.25
+
 # Items a stream's queue holds before the stream counts as fallen behind.
 DEFAULT_STREAM_QUEUE = 128
 
@@ -161,6 +164,7 @@ class Broadcaster:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._hint_quiet_until = 0.0
         self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -338,6 +342,11 @@ class Broadcaster:
                 log.exception("broadcast backstop failed")
 
     def _hinted(self) -> list[str]:
+        """Hinted environments, unless a false hint paused hint handling (then they
+        wait, and the regular poll still runs): a flood of forged hints costs at most
+        one database poll per ``HINT_QUIET`` seconds."""
+        if time.monotonic() < self._hint_quiet_until:
+            return []
         with self._lock:
             return [name for name, feed in self._feeds.items() if feed.hinted]
 
@@ -351,6 +360,7 @@ class Broadcaster:
                 feed.hinted = False
                 ahead = feed.db_version is not None and feed.latest is not None
                 if not (ahead and feed.db_version > feed.latest):  # type: ignore[operator]
+                    self._hint_quiet_until = time.monotonic() + HINT_QUIET
                     continue
                 if feed.subscribers:
                     resync.append(name)

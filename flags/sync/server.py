@@ -47,6 +47,8 @@ log = logging.getLogger("flagrail.client")
 
 # Seconds between safety polls while Redis or the stream is live.
 SAFETY_POLL = 30.0
+# Seconds hint-triggered fetches pause after a hint that turned out false (a 304).
+HINT_QUIET = 1.0
 # The server's bound on one count in one report (api.routes.sdk.MAX_COUNT).
 MAX_REPORTED_COUNT = 1_000_000_000
 
@@ -101,6 +103,10 @@ class ServerSource:
         # Redis messages dropped for a missing or wrong signature (signed mode).
         self.rejected = 0
         self._hint_pending = False
+        self._hint_deferred = False
+        self._hint_quiet_until = 0.0
+        # Snapshot fetches a Redis hint caused.
+        self.hint_fetches = 0
 
     # ---------------------------------------------------------------- control
     def start(self, sink: SnapshotSink) -> None:
@@ -270,6 +276,12 @@ class ServerSource:
         if served is not None and version <= served:
             return
         self.hints += 1
+        if time.monotonic() < self._hint_quiet_until:
+            # The last hint was false (a 304): fetch once the quiet period ends, so a
+            # flood of forged hints costs at most one fetch per HINT_QUIET seconds.
+            self._hint_deferred = True
+            self._poll_wake.set()
+            return
         self._hint_pending = True
         self.resync()
 
@@ -280,6 +292,10 @@ class ServerSource:
         next_at = 0.0
         backup_tried = False
         while not self._stop.is_set():
+            if self._hint_deferred and time.monotonic() >= self._hint_quiet_until:
+                self._hint_deferred = False
+                self._hint_pending = True
+                self._resync_flag = True
             if self._resync_flag or time.monotonic() >= next_at:
                 self._resync_flag = False
                 try:
@@ -300,7 +316,10 @@ class ServerSource:
                 except Exception:  # keep the sync alive whatever happens
                     log.exception("flagrail %s: snapshot fetch crashed", opts.environment)
                     next_at = time.monotonic() + opts.poll_interval
-            self._poll_wake.wait(max(0.0, next_at - time.monotonic()))
+            wake_at = next_at
+            if self._hint_deferred:
+                wake_at = min(wake_at, self._hint_quiet_until)
+            self._poll_wake.wait(max(0.0, wake_at - time.monotonic()))
             self._poll_wake.clear()
             if self.live() is None:
                 next_at = min(next_at, time.monotonic() + opts.poll_interval)
@@ -308,10 +327,14 @@ class ServerSource:
     def _fetch(self) -> None:
         assert self._fetcher is not None
         # A fetch a Redis hint asked for is the Redis path's delivery: named "redis".
-        source = "redis" if self._hint_pending else "poll"
-        self._hint_pending = False
+        hinted, self._hint_pending = self._hint_pending, False
+        source = "redis" if hinted else "poll"
+        if hinted:
+            self.hint_fetches += 1
         snapshot = self._fetcher.fetch(self._served_version())
         if snapshot is None:
+            if hinted:  # a false hint: hold the next ones back a while
+                self._hint_quiet_until = time.monotonic() + HINT_QUIET
             if self.live() is None:
                 self.sink.confirm("poll")
             return

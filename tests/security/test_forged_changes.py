@@ -142,3 +142,35 @@ def test_forged_messages__no_state_changes__real_change_still_arrives(
         stream.close()
         client.close()
         r.close()
+
+
+def test_flood_of_forged_hints__few_fetches__real_change_still_arrives(
+    deployment: Deployment, redis_url: str, key_prefix: str
+) -> None:
+    """Hint-only: 300 forged future versions cost the SDK a fetch or two (a false hint
+    pauses hint-driven fetches for a second), not 300; the real kill still arrives."""
+    deployment.create_flag("checkout")
+    server = deployment.server(
+        redis_url=redis_url, sdk_settings=SdkServerSettings(redis_prefix=key_prefix)
+    )
+    wait_for(lambda: server.sdk.subscriber.live, what="the server's redis subscription")
+    client = FlagClient(
+        server.url, deployment.client_token, ENV, redis_url=redis_url, channel_prefix=key_prefix
+    )
+    r = redis.Redis.from_url(redis_url)
+    try:
+        wait_for(lambda: client.stats()["source"] == "redis", what="the SDK on redis")
+        start = deployment.store.environment_version(ENV)
+        wait_for(lambda: client.version == start, what="the SDK at the current version")
+        source = client._source
+        channel = f"{key_prefix}changes:{ENV}"
+        for i in range(300):
+            r.publish(channel, forged(start + 1 + i, "checkout", killed=True, version=99))
+        wait_for(lambda: source.hints >= 300, what="the flood heard")
+        admin(deployment, server, "/admin/flags/checkout/kill")
+        wait_for(lambda: not client.is_enabled("checkout"), what="the real kill at the SDK")
+        assert client.version == start + 1
+        assert source.hint_fetches <= 4, source.hint_fetches
+    finally:
+        client.close()
+        r.close()
