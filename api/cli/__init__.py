@@ -19,6 +19,7 @@ from api.cli import demo as demo_commands
 from api.cli import flags as flag_commands
 from api.cli import plan as plan_commands
 from api.cli import server, tokens
+from api.cli import users as user_commands
 from api.cli.output import CliError
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app = typer.Typer(
 server.register(app)
 app.add_typer(server.db_app, name="db")
 app.add_typer(tokens.app, name="token")
+app.add_typer(user_commands.app, name="user")
 app.add_typer(flag_commands.flags_app, name="flags")
 flag_commands.register(app)
 app.add_typer(flag_commands.env_app, name="env")

@@ -40,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from flags.errors import (
     AlreadyExistsError,
@@ -238,7 +238,12 @@ class UserStore:
         self._dummy_hash: str | None = None
 
     def start(self) -> None:
-        console_metadata.create_all(self.engine, checkfirst=True)
+        """Create the console tables if missing. Replicas starting together may race to
+        create them: the loser's error is followed by one more (checking) attempt."""
+        try:
+            console_metadata.create_all(self.engine, checkfirst=True)
+        except (ProgrammingError, IntegrityError, OperationalError):
+            console_metadata.create_all(self.engine, checkfirst=True)
 
     def close(self) -> None:
         """Nothing to close: the engine belongs to the flag store."""
@@ -361,7 +366,13 @@ class UserStore:
         key = _hash_id(session_id)
         with self.engine.begin() as conn:
             row = conn.execute(
-                select(sessions, users)
+                select(
+                    users,
+                    sessions.c.csrf,
+                    sessions.c.created_at.label("session_created_at"),
+                    sessions.c.last_seen_at,
+                    sessions.c.revoked,
+                )
                 .join(users, users.c.name == sessions.c.user_name)
                 .where(sessions.c.id_hash == key)
             ).first()
@@ -376,7 +387,7 @@ class UserStore:
                     update(sessions).where(sessions.c.id_hash == key).values(last_seen_at=now)
                 )
                 last = now
-        return Session(_user(row), row.csrf, _utc(row.created_at), last)
+        return Session(_user(row), row.csrf, _utc(row.session_created_at), last)
 
     def revoke_session(self, session_id: str) -> None:
         """End a session (logout). Unknown ids are ignored."""
