@@ -249,3 +249,40 @@ def test_workers__two_concurrent__each_delivered_once(
     assert _sequences(receiver, "/a") == ids
     assert _sequences(receiver, "/b") == ids
     assert len(receiver.received()) == 60
+
+
+def test_worker__metrics__results_lag_and_depth_counted(
+    store: WebhookStore, engine: Engine, receiver: Receiver
+) -> None:
+    """Deliveries are counted by result, their lag observed, the depth sampled."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (
+        sample("flagrail_webhook_deliveries_total", result="delivered"),
+        sample("flagrail_webhook_deliveries_total", result="retry"),
+        sample("flagrail_webhook_delivery_lag_seconds_count"),
+    )
+    _subscribe(store, receiver)
+    receiver.status = 503
+    commit_change(engine)
+    worker = DeliveryWorker(store, FAST)
+    worker.run_once()
+    assert sample("flagrail_webhook_outbox_depth") == 1
+    receiver.status = 200
+    sub_id = store.list()[0].id
+
+    def retried() -> bool:
+        worker.run_once()
+        return store.deliveries(sub_id)[0].status == Status.DELIVERED
+
+    wait_for(retried, 10, "the retry")
+    worker.close()
+    after = (
+        sample("flagrail_webhook_deliveries_total", result="delivered"),
+        sample("flagrail_webhook_deliveries_total", result="retry"),
+        sample("flagrail_webhook_delivery_lag_seconds_count"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
