@@ -175,3 +175,28 @@ def test_format_confirmation__all_and_some__one_line() -> None:
         "NOT confirmed: 3/4 SDK instances after 2000 ms; lagging: web-1:7 (shop) at version 41"
     )
     assert "no live SDK" in format_confirmation({"confirmed": 0, "live": 0})
+
+
+def test_sdk__fractional_counts__whole_parts_reported_and_fraction_carried(
+    deployment: Deployment,
+) -> None:
+    """The server takes whole counts only: the SDK reports the whole part of each
+    increase and carries the fraction, so 0.5 + 0.5 + 0.5 reports 1, then 2 with one more."""
+    deployment.create_flag("checkout")
+    server = deployment.server()
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    telemetry = server.sdk.telemetry
+    with FlagClient(server.url, deployment.client_token, ENV, metrics_interval=0.1) as client:
+        assert client.wait_until_ready(10)
+        for _ in range(3):
+            client.count("checkout", "reads", 0.5)
+        wait_for(
+            lambda: telemetry.counter_totals("checkout", ENV, since).get("reads") == 1.0,
+            what="one whole read reported",
+        )
+        client.count("checkout", "reads", 0.5)
+        wait_for(
+            lambda: telemetry.counter_totals("checkout", ENV, since).get("reads") == 2.0,
+            what="the carried half completing a second read",
+        )
+        assert client.stats()["errors"] == 0
