@@ -187,6 +187,8 @@ class SseConsumer:
                 if not failed_once and not self._closed.is_set():
                     log.warning("event stream of %s unavailable: %s", self.environment, exc)
                     failed_once = True
+            except Exception:  # the consumer must outlive anything: logged, reconnects
+                log.exception("event stream of %s failed; reconnecting", self.environment)
             finally:
                 self._response = None
                 self._set_live(False)
