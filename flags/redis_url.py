@@ -372,8 +372,10 @@ def redis_client(url: str, **options: Any) -> redis.Redis | redis.cluster.RedisC
         )
         return sentinel.master_for(target.service, db=target.db, **merged)
     nodes = [redis.cluster.ClusterNode(host, port) for host, port in target.nodes]
+    # retry_on_timeout is deprecated on clusters (timeouts are retried per the retry).
+    kwargs = {k: v for k, v in merged.items() if k != "retry_on_timeout"}
     try:
-        return redis.cluster.RedisCluster(startup_nodes=nodes, **merged)
+        return redis.cluster.RedisCluster(startup_nodes=nodes, **kwargs)
     except redis.exceptions.RedisClusterException as exc:
         # Not a RedisError: callers that survive an outage by catching RedisError
         # must see this one too.

@@ -31,11 +31,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
+import redis.cluster
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from flags.errors import CacheError
+from flags.redis_url import redis_client
 from flags.sync import Backoff
 
 if TYPE_CHECKING:
@@ -137,17 +139,19 @@ class InvalidationListener:
         return self.is_up()
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(
-            self.url,
-            socket_timeout=max(1.0, self.down_after * 2),
-            socket_connect_timeout=self.connect_timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        client: Any = None
         backoff = Backoff(0.05, 1.0)
         try:
             while not self._stop.is_set():
                 try:
+                    if client is None:  # a cluster client connects when it is built
+                        client = redis_client(
+                            self.url,
+                            socket_timeout=max(1.0, self.down_after * 2),
+                            socket_connect_timeout=self.connect_timeout,
+                            retry=Retry(NoBackoff(), 0),
+                            health_check_interval=0,
+                        )
                     self._listen(client)
                     backoff.reset()
                 except (RedisError, OSError, _Silent) as exc:
@@ -155,7 +159,8 @@ class InvalidationListener:
                 self.last_heard = -math.inf
                 self._stop.wait(backoff.next())
         finally:
-            client.close()
+            if client is not None:
+                client.close()
 
     def _listen(self, client: redis.Redis) -> None:
         pubsub = client.pubsub()
@@ -264,7 +269,7 @@ class Invalidator:
         self.channel = channel
         self.hold = hold
         self.max_age = max_age
-        self._publisher: redis.Redis | None = None
+        self._publisher: redis.Redis | redis.cluster.RedisCluster | None = None
         self._publish_layer: Any = next(
             (
                 lay
@@ -340,14 +345,14 @@ class Invalidator:
             return False
 
     def _own_publish(self, message: bytes) -> bool:
-        if self._publisher is None:
-            self._publisher = redis.Redis.from_url(
-                str(self.channel_url),
-                socket_timeout=0.05,
-                socket_connect_timeout=0.05,
-                retry=Retry(NoBackoff(), 0),
-            )
         try:
+            if self._publisher is None:  # a cluster client connects when it is built
+                self._publisher = redis_client(
+                    str(self.channel_url),
+                    socket_timeout=0.05,
+                    socket_connect_timeout=0.05,
+                    retry=Retry(NoBackoff(), 0),
+                )
             self._publisher.publish(self.channel, message)
         except (RedisError, OSError):
             return False

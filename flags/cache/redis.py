@@ -3,10 +3,18 @@
 Storage keys, for a layer named ``l2`` of cache ``auth.cache`` with the default
 prefix::
 
-    flagrail:cache:auth.cache:l2:v:<cache key>   envelope (flags.cache.codec), SET ... PX ttl
-    flagrail:cache:auth.cache:l2:t:<cache key>   tombstone of a recent invalidation
+    flagrail:cache:auth.cache:l2:v:{<cache key>} envelope (flags.cache.codec), SET ... PX ttl
+    flagrail:cache:auth.cache:l2:t:{<cache key>} tombstone of a recent invalidation
     flagrail:cache:auth.cache:l2:epoch           hash: n = current epoch, m:<marker> = bumps done
     flagrail:cache:auth.cache:invalidate         pub/sub channel (flags.cache.invalidation)
+
+**Redis Cluster.** ``url`` may be any form ``flags.redis_url`` reads (a server,
+``redis+sentinel://``, ``redis+cluster://``). An entry and its tombstone share the
+hash tag ``{<cache key>}``, so the scripts that touch both (write, invalidate) touch
+one slot, and entries spread over the cluster's masters; the epoch hash is a key of
+its own, touched alone. The prefix, cache and layer names hold no braces (a brace
+there would move the tag). Sentinel and Cluster layers read through their client
+(the kept-connection reader is for a single server).
 
 **Epochs.** Every envelope carries the epoch the writer believed current. A read
 of an older epoch is stale: the entry is deleted and the read is a miss. The
@@ -61,6 +69,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.cluster
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
@@ -70,12 +79,28 @@ from flags.cache.codec import SCHEMA_VERSION, Codec, Entry, Rejection, Serialize
 from flags.cache.direct import AsyncDirectReader, DirectReader
 from flags.cache.scripts import Scripts
 from flags.errors import CacheError, CorruptEntryError, ValidationError
+from flags.redis_url import RedisKind, async_redis_client, parse_redis_url, redis_client
 
 __all__ = ["DEFAULT_PREFIX", "RedisLayer"]
 
 DEFAULT_PREFIX = "flagrail:cache:"
 
 _DRIVER_ERRORS = (RedisError, OSError)
+
+
+def _tagged(key: str) -> bytes:
+    """``{key}``: a Redis Cluster hash tag, so an entry and its tombstone share a slot.
+
+    Redis hashes the bytes between the first ``{`` and the next ``}`` when there are
+    any; an empty tag hashes the whole key. A key that is empty or starts with ``}``
+    (whose tag would be empty) is written ``}{~}<key>`` instead (tag ``~``), which no
+    key of the first form (always starting with ``{``) can equal. Entry and
+    tombstone get the same form, hence the same slot.
+    """
+    raw = key.encode("utf-8", "surrogatepass")
+    if raw and not raw.startswith(b"}"):
+        return b"{" + raw + b"}"
+    return b"}{~}" + raw
 
 
 class _LoopSide:
@@ -129,6 +154,13 @@ class RedisLayer:
     ) -> None:
         if not ttl > 0:
             raise ValidationError(f"ttl must be positive seconds, got {ttl!r}", field="ttl")
+        if "{" in prefix or "}" in prefix:
+            raise ValidationError(
+                f"prefix must not hold braces (Redis Cluster hash tags), got {prefix!r}",
+                field="prefix",
+            )
+        # InvalidRedisUrlError (a ValidationError) for a URL no form fits.
+        single_server = parse_redis_url(url).kind is RedisKind.SERVER
         for given, label in ((client, "client"), (async_client, "async_client")):
             if given is not None and given.get_encoder().decode_responses:
                 raise ValidationError(
@@ -154,10 +186,16 @@ class RedisLayer:
         # flags.cache.direct); a client passed in is used as it is.
         self._direct = (
             DirectReader(url, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
-            if client is None
+            if client is None and single_server
             else None
         )
-        self._fetch = self._direct.get if self._direct is not None else client.get  # type: ignore[union-attr]
+        self._single_server = single_server
+        if self._direct is not None:
+            self._fetch = self._direct.get
+        elif client is not None:
+            self._fetch = client.get
+        else:  # Sentinel or Cluster: through the (lazily built) client
+            self._fetch = lambda rkey: self.client().get(rkey)
         self._async_client = async_client
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSide] = (
             weakref.WeakKeyDictionary()
@@ -203,12 +241,13 @@ class RedisLayer:
 
     def storage_key(self, key: str) -> bytes:
         """The Redis key that holds cache key ``key``."""
-        return self._base + key.encode("utf-8", "surrogatepass")
+        return self._base + _tagged(key)
 
     def _keys(self, key: str) -> tuple[bytes, bytes]:
-        """The Redis keys of cache key ``key``: its entry and its tombstone."""
-        raw = key.encode("utf-8", "surrogatepass")
-        return self._base + raw, self._tombs + raw
+        """The Redis keys of cache key ``key``: its entry and its tombstone, in one
+        Redis Cluster slot (the same hash tag)."""
+        tagged = _tagged(key)
+        return self._base + tagged, self._tombs + tagged
 
     @property
     def epoch_key(self) -> bytes:
@@ -220,13 +259,15 @@ class RedisLayer:
         return self._epoch
 
     # ----------------------------------------------------------------- clients
-    def client(self) -> redis.Redis:
-        """The synchronous client (created on first use, no I/O until a command)."""
+    def client(self) -> redis.Redis | redis.cluster.RedisCluster:
+        """The synchronous client (created on first use, no I/O until a command; a
+        cluster client learns the slot map when built, raising ``redis.ConnectionError``
+        if no node answers)."""
         c = self._client
         if c is None:
             with self._client_lock:
                 if self._client is None:
-                    self._client = redis.Redis.from_url(
+                    self._client = redis_client(
                         self.url,
                         socket_timeout=self.socket_timeout,
                         socket_connect_timeout=self.connect_timeout,
@@ -252,7 +293,7 @@ class RedisLayer:
             c = self._async_client
             reader = None
             if c is None:
-                c = redis.asyncio.Redis.from_url(
+                c = async_redis_client(
                     self.url,
                     socket_timeout=self.socket_timeout,
                     socket_connect_timeout=self.connect_timeout,
@@ -261,11 +302,12 @@ class RedisLayer:
                     health_check_interval=0,
                     decode_responses=False,
                 )
-                reader = AsyncDirectReader(
-                    self.url,
-                    socket_timeout=self.socket_timeout,
-                    connect_timeout=self.connect_timeout,
-                )
+                if self._single_server:
+                    reader = AsyncDirectReader(
+                        self.url,
+                        socket_timeout=self.socket_timeout,
+                        connect_timeout=self.connect_timeout,
+                    )
             side = _LoopSide(c, Scripts(c), reader)
             self._async_clients[loop] = side
         return side
@@ -362,7 +404,7 @@ class RedisLayer:
         or is not a string at all (deleted first, best-effort), and for broken epoch
         bookkeeping (healed first, see ``_current_epoch``).
         """
-        rkey = self._base + key.encode("utf-8", "surrogatepass")  # storage_key, inline: hot
+        rkey = self._base + _tagged(key)  # storage_key, one call less: hot
         epoch = self._epoch
         if epoch is None or self._pending:
             epoch = self._current_epoch()
