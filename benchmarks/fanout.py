@@ -59,7 +59,7 @@ ENV = "production"
 FLAG = "checkout"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-CONNECT_TIMEOUT = 5.0  # seconds for a client's connect plus the response's headers
+CONNECT_TIMEOUT = 30.0  # seconds for a client's connect plus the response's headers
 
 
 # ================================================================== client mode
@@ -97,7 +97,7 @@ class ClientProcess:
         self.expect_id = 0
         self.ready_sent = False
         self.stopping = False
-        self.connect_gate = asyncio.Semaphore(100)
+        self.connect_gate = asyncio.Semaphore(50)
         self.lock = threading.Lock()
 
     def emit(self, **data: Any) -> None:
@@ -206,10 +206,15 @@ class ClientProcess:
 
         threading.Thread(target=read_stdin, daemon=True).start()
         tasks = [asyncio.create_task(self.run_stream(s)) for s in self.streams]
+        last_progress = time.monotonic()
         while not self.stopping:
-            if not self.ready_sent and all(s.live and s.version for s in self.streams):
-                self.ready_sent = True
-                self.emit(ready=True, version=self.min_max()[0])
+            if not self.ready_sent:
+                if all(s.live and s.version for s in self.streams):
+                    self.ready_sent = True
+                    self.emit(ready=True, version=self.min_max()[0])
+                elif time.monotonic() - last_progress >= 5:
+                    last_progress = time.monotonic()
+                    self.emit(progress=sum(1 for s in self.streams if s.live and s.version))
             await asyncio.sleep(0.05)
         for task in tasks:
             task.cancel()
@@ -341,17 +346,26 @@ class Clients:
             proc.stdin.flush()
 
     def wait(self, key: str, timeout: float) -> dict[int, dict[str, Any]]:
-        """The next event carrying ``key`` from every process."""
+        """The next event carrying ``key`` from every process. ``progress`` reports
+        (streams up so far) are printed to stderr on the way."""
         got: dict[int, dict[str, Any]] = {}
+        progress: dict[int, int] = {}
         deadline = time.monotonic() + timeout
         while len(got) < len(self.procs):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"{key}: only {len(got)}/{len(self.procs)} client processes")
+                raise TimeoutError(
+                    f"{key}: only {len(got)}/{len(self.procs)} client processes "
+                    f"(streams up: {sum(progress.values()):,})"
+                )
             with contextlib.suppress(queue.Empty):
                 i, event = self.events.get(timeout=remaining)
                 if key in event and i not in got:
                     got[i] = event
+                elif "progress" in event:
+                    progress[i] = event["progress"]
+                    if i == 0:
+                        print(f"  streams up: {sum(progress.values()):,}", file=sys.stderr)
         return got
 
     def status(self) -> tuple[int, int]:
@@ -465,7 +479,7 @@ def run(replicas: int, streams: int, args: argparse.Namespace, tmp: Path) -> dic
         targets = ",".join(f"127.0.0.1:{s.port}" for s in servers)
         started = time.monotonic()
         clients = Clients(args.clients, streams, targets, token)
-        ready = clients.wait("ready", 60 + streams / 50)
+        ready = clients.wait("ready", 120 + streams / 20)
         connect_s = time.monotonic() - started
         version = min(e["version"] for e in ready.values())
 
