@@ -97,7 +97,6 @@ class DeliveryWorker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._depth_at = 0.0
-        self._last_status = Status.PENDING
 
     # ------------------------------------------------------------ service
     def start(self) -> None:
@@ -204,12 +203,6 @@ class DeliveryWorker:
             metrics.DELIVERIES.labels(result=result).inc()
         return delivered
 
-    def deliver(self, claim: Claim) -> str:
-        """Send one claimed delivery and record the outcome; returns the status
-        recorded (``delivered``, ``pending`` for a retry, ``failed``)."""
-        self.deliver_run([claim])
-        return self._last_status
-
     def attempt(self, claim: Claim) -> Outcome:
         """One signed POST of ``claim`` and what it came to (nothing recorded yet)."""
         body = claim.body.encode()
@@ -242,7 +235,6 @@ class DeliveryWorker:
             next_at = min(
                 now + timedelta(seconds=delay), claim.created_at + self.settings.retry_window
             )
-        self._last_status = status
         return Outcome(claim, status, code, error, text, next_at)
 
 
