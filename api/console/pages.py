@@ -243,15 +243,9 @@ def flags_page(
             if value is not None and len(value) > 200:
                 raise ValidationError(f"{name} must be at most 200 characters", field=name)
         service = _service(request)
-        envs_all = service.list_environments(principal)
-        envs = [e.name for e in envs_all]
+        envs = [e.name for e in service.list_environments(principal)]
         query = FlagFilter(kind or None, tag or None, False, q or None)
-        newest = service.history(principal, history_filter(limit=1)).items
-        records = request.app.state.console_listings.get(
-            (principal.scope, principal.flag_patterns, query),
-            (newest[0].id if newest else 0, [e.name for e in envs_all]),
-            lambda: service.list_flags(principal, query),
-        )
+        records = request.app.state.console_listings.flags(service, principal, query)
         settings = _settings(request)
         g = grid(
             records,

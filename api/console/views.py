@@ -3,7 +3,7 @@ parsing and field-level diffs. No I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,6 @@ __all__ = [
     "STATE_WORDS",
     "Change",
     "Grid",
-    "ListingCache",
     "diff",
     "grid",
     "parse_state_form",
@@ -151,38 +150,3 @@ def diff(before: Any, after: Any) -> list[Change]:
     if before == after:
         return []
     return [Change("value", _show(before), _show(after))]
-
-
-class ListingCache:
-    """The last few flag listings, each valid for one history generation.
-
-    Every change to a flag or state writes a history row in its transaction, so the
-    newest history id the principal can see (``generation``) changes whenever what a
-    listing shows may have: a listing is reused only while it is the same. Bounded to
-    ``size`` entries (least recently used dropped). Thread-safe.
-    """
-
-    def __init__(self, size: int = 32) -> None:
-        import threading
-        from collections import OrderedDict
-
-        self.size = size
-        self._entries: OrderedDict[Any, tuple[Any, list[FlagRecord]]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(
-        self, key: Any, generation: Any, load: Callable[[], list[FlagRecord]]
-    ) -> list[FlagRecord]:
-        """The cached listing of ``key`` at ``generation``, else ``load()`` (stored)."""
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and hit[0] == generation:
-                self._entries.move_to_end(key)
-                return hit[1]
-        records = load()
-        with self._lock:
-            self._entries[key] = (generation, records)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-        return records

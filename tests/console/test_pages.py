@@ -155,12 +155,18 @@ def test_admin__create_token__value_shown_once(
 def test_flags_grid__after_a_change__not_stale(
     console_app: TestClient, logged_in: Callable[[str], str]
 ) -> None:
-    """The grid's listing cache is keyed by the newest history row: a change shows."""
+    """The grid's listing follows the history: kills, new, archived and searched flags,
+    and a new environment all show on the next page view."""
     logged_in("alice")
     assert "killed" not in console_app.get("/console/flags?q=checkout").text.split("<tbody>")[1]
     store = console_app.app.state.store  # type: ignore[attr-defined]
     store.kill("checkout", ["staging"], reason="x", actor="test")
     body = console_app.get("/console/flags?q=checkout").text.split("<tbody>")[1]
     assert 'class="state killed"' in body
-    store.create_flag("brand.new", actor="test")
-    assert "brand.new" in console_app.get("/console/flags").text
+    store.create_flag("brand.new", description="Shiny Thing", actor="test")
+    assert "brand.new" in console_app.get("/console/flags?q=shiny").text
+    store.archive_flag("search.v2", actor="test")
+    assert "search.v2" not in console_app.get("/console/flags").text
+    store.create_environment("canary", actor="test")
+    assert ">canary</th>" in console_app.get("/console/flags").text
+    assert console_app.get("/console/flags?state=killed").text.count('data-testid="flag-row"') == 1
