@@ -4,9 +4,12 @@ Pure: counts and declarations go in, a ``CoverageReport`` comes out; the pytest
 plugin collects the inputs (from every xdist worker) and decides the exit status.
 
 A flag is *covered* when at least one evaluation came out on and one came out
-off. The report lists every declared flag and every evaluated one. An evaluated
-flag nobody declared may be ignored by a glob pattern (``flag_coverage_ignore``);
-a declared flag is ignored only by a pattern equal to its key, never by a glob.
+off; a typed flag (string, number, json) when every one of its variants was
+served at least once (``variants``: ``{flag key: {variant: times served}}``, as
+``flags.counts.variant_counts()`` returns it). The report lists every declared
+flag and every evaluated one. An evaluated flag nobody declared may be ignored
+by a glob pattern (``flag_coverage_ignore``); a declared flag is ignored only by
+a pattern equal to its key, never by a glob.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ __all__ = [
     "declarations_to_dict",
     "display_key",
     "merge_counts",
+    "merge_variant_counts",
     "subtract_counts",
+    "subtract_variant_counts",
 ]
 
 # {flag key: (off, on)}, as flags.client.evaluation_counts() returns it.
 Counts = Mapping[str, tuple[int, int]]
+# {flag key: {variant: times served}}, as flags.counts.variant_counts() returns it.
+VariantCounts = Mapping[str, Mapping[str, int]]
 
 REPORT_FORMAT = 1
 
@@ -42,6 +49,7 @@ class CoverageStatus(StrEnum):
     NEVER_ON = "never on"
     NEVER_OFF = "never off"
     NEVER_EVALUATED = "never evaluated"
+    VARIANT_NEVER_SERVED = "variant never served"
     IGNORED = "ignored"
 
 
@@ -56,6 +64,13 @@ class FlagCoverage:
     kind: str | None = None
     owner: str | None = None
     ignored: bool = False
+    # A typed flag's variants and how often each was served, in name order.
+    variants: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def unserved(self) -> list[str]:
+        """The typed flag's variants never served."""
+        return [name for name, n in self.variants if not n]
 
     @property
     def status(self) -> CoverageStatus:
@@ -63,6 +78,8 @@ class FlagCoverage:
             return CoverageStatus.IGNORED
         if not self.on and not self.off:
             return CoverageStatus.NEVER_EVALUATED
+        if self.variants:
+            return CoverageStatus.VARIANT_NEVER_SERVED if self.unserved else CoverageStatus.OK
         if not self.on:
             return CoverageStatus.NEVER_ON
         if not self.off:
@@ -74,7 +91,7 @@ class FlagCoverage:
         return self.status not in (CoverageStatus.OK, CoverageStatus.IGNORED)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "key": self.key,
             "on": self.on,
             "off": self.off,
@@ -83,6 +100,9 @@ class FlagCoverage:
             "owner": self.owner,
             "status": str(self.status),
         }
+        if self.variants:
+            data["variants"] = dict(self.variants)
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +180,11 @@ class CoverageReport:
 
     def describe_failures(self) -> str:
         """One sentence naming every failing flag and what it lacked."""
-        parts = [f"{display_key(flag.key)} ({flag.status})" for flag in self.failing]
+        parts = [
+            f"{display_key(flag.key)} ({flag.status}"
+            + (f": {', '.join(flag.unserved)})" if flag.unserved else ")")
+            for flag in self.failing
+        ]
         return f"flag coverage failed for {len(parts)} flag(s): " + ", ".join(parts)
 
 
@@ -178,9 +202,12 @@ def build_report(
     counts: Counts,
     ignore_patterns: Iterable[str] = (),
     notes: Iterable[str] = (),
+    variants: VariantCounts | None = None,
 ) -> CoverageReport:
-    """The coverage of every flag in ``declared`` (key -> ``{"kind", "owner"}``) or ``counts``."""
+    """The coverage of every flag in ``declared`` (key -> ``{"kind", "owner"}``) or ``counts``;
+    a flag in ``variants`` is typed, covered when each of its variants was served."""
     patterns = tuple(ignore_patterns)
+    variants = variants or {}
     flags = []
     for key in sorted(set(declared) | set(counts)):
         off, on = counts.get(key, (0, 0))
@@ -198,6 +225,7 @@ def build_report(
                 kind=declaration.get("kind") if declaration is not None else None,
                 owner=declaration.get("owner") if declaration is not None else None,
                 ignored=ignored,
+                variants=tuple(sorted(variants.get(key, {}).items())),
             )
         )
     return CoverageReport(tuple(flags), patterns, tuple(notes))
@@ -228,5 +256,30 @@ def subtract_counts(counts: Counts, baseline: Counts) -> dict[str, tuple[int, in
         base_off, base_on = baseline.get(key, (0, 0))
         delta = (off - base_off, on - base_on)
         if delta != (0, 0):
+            result[key] = delta
+    return result
+
+
+def merge_variant_counts(*all_counts: VariantCounts) -> dict[str, dict[str, int]]:
+    """Sum ``{key: {variant: served}}`` mappings (a variant seen at 0 stays, at 0)."""
+    total: dict[str, dict[str, int]] = {}
+    for counts in all_counts:
+        for key, served in counts.items():
+            slot = total.setdefault(key, {})
+            for name, n in served.items():
+                slot[name] = slot.get(name, 0) + n
+    return total
+
+
+def subtract_variant_counts(
+    counts: VariantCounts, baseline: VariantCounts
+) -> dict[str, dict[str, int]]:
+    """``counts - baseline`` per key and variant, keeping the variants (at 0 too) of
+    the keys this session evaluated at all."""
+    result: dict[str, dict[str, int]] = {}
+    for key, served in counts.items():
+        base = baseline.get(key, {})
+        delta = {name: n - base.get(name, 0) for name, n in served.items()}
+        if any(delta.values()) or key not in baseline:
             result[key] = delta
     return result

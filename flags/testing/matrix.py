@@ -12,6 +12,10 @@ all          2    4    8   16   32   64  128  256   512  1024 32768
 pairwise     2    4    4    5    6    6    6    6     6     6     7
 ==========  ===  ===  ===  ===  ===  ===  ===  ===  ====  ====  ====
 
+A typed flag (string, number, json) ranges over its variants instead of on/off:
+``product_combinations`` gives every combination of every flag's values (the
+product of their counts); pairwise covering applies to on/off flags only.
+
 Every result is deterministic: the same keys give the same runs in the same order.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flags.model import validate_flag_key
 
@@ -28,6 +33,7 @@ __all__ = [
     "format_run_id",
     "pairwise_combinations",
     "pairwise_run_count",
+    "product_combinations",
     "validate_matrix_keys",
 ]
 
@@ -92,6 +98,23 @@ def pairwise_combinations(keys: Sequence[str]) -> list[dict[str, bool]]:
     ]
 
 
-def format_run_id(values: Mapping[str, bool]) -> str:
-    """The test id of one run: ``auth.cache.l1=on,auth.cache.l2=off`` (keys in order)."""
-    return ",".join(f"{key}={'on' if on else 'off'}" for key, on in values.items())
+def product_combinations(axes: Sequence[tuple[str, Sequence[Any]]]) -> list[dict[str, Any]]:
+    """Every combination of each ``(key, values)`` axis, in order (the first value of
+    every axis first). ``values`` are ``(False, True)`` for an on/off flag and the
+    variant names of a typed one. Raises ``ValueError`` for an axis without values."""
+    for key, values in axes:
+        if not values:
+            raise ValueError(f"flag {key!r} has no values to range over")
+    keys = [key for key, _ in axes]
+    return [
+        dict(zip(keys, combo, strict=True))
+        for combo in itertools.product(*(values for _, values in axes))
+    ]
+
+
+def format_run_id(values: Mapping[str, Any]) -> str:
+    """The test id of one run: ``auth.cache.l1=on,prices.tier=gold`` (keys in order)."""
+    return ",".join(
+        f"{key}={('on' if value else 'off') if type(value) is bool else value}"
+        for key, value in values.items()
+    )

@@ -4,25 +4,29 @@
   client for the test's duration (restored afterwards).
 * Marker ``flag_matrix(*keys, pairwise=False)``: one run per on/off combination of
   ``keys`` (or a pairwise covering set), with ids like ``a=on,b=off``; each run's
-  values are set on ``flag_client`` before any fixture of the test sees it.
+  values are set on ``flag_client`` before any fixture of the test sees it. A key
+  given as ``(key, {variant: value, ...})`` is a typed flag ranging over its
+  variants (ids like ``prices.tier=gold``; not with ``pairwise=True``).
 * ``--flag-coverage`` / ini ``flag_coverage = true``: after the run, a table of every
   declared or evaluated flag with its on and off evaluation counts; the run fails
   when a flag was never evaluated on, or never off. ``--flag-coverage-report FILE``
   also writes it as JSON. ``--flag-coverage-ignore PATTERN`` / ini
-  ``flag_coverage_ignore`` exempt evaluated, undeclared flags. Works under
+  ``flag_coverage_ignore`` exempt evaluated, undeclared flags. A typed flag
+  (string, number, json) is covered when every variant was served at least once. Works under
   pytest-xdist: workers send their counts to the controller.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flags.client import evaluation_counts
+from flags.counts import variant_counts
 from flags.declarations import declared_flags
 from flags.testing.client import TestFlagClient, override_default_client
 from flags.testing.coverage import (
@@ -30,12 +34,14 @@ from flags.testing.coverage import (
     build_report,
     declarations_to_dict,
     merge_counts,
+    merge_variant_counts,
     subtract_counts,
+    subtract_variant_counts,
 )
 from flags.testing.matrix import (
-    all_combinations,
     format_run_id,
     pairwise_combinations,
+    product_combinations,
     validate_matrix_keys,
 )
 
@@ -108,32 +114,44 @@ def flag_client(request: pytest.FixtureRequest) -> Iterator[TestFlagClient]:
     Under ``@pytest.mark.flag_matrix`` it starts with the run's values.
     """
     client = TestFlagClient()
-    for key, on in _matrix_values(request.node).items():
-        client.set(key, on)
+    typed = _matrix_variants(request.node)
+    for key, value in _matrix_values(request.node).items():
+        if key in typed:
+            client.set(key, value, variants=typed[key])
+        else:
+            client.set(key, value)
     with override_default_client(client):
         yield client
     client.close()
 
 
 @pytest.fixture(autouse=True)
-def _flagrail_matrix(request: pytest.FixtureRequest) -> dict[str, bool] | None:
+def _flagrail_matrix(request: pytest.FixtureRequest) -> dict[str, Any] | None:
     """This run's ``flag_matrix`` values (None outside a matrix test).
 
     Autouse so that a matrix test gets its ``flag_client`` (and default client)
     first, even when the test does not ask for ``flag_client`` itself.
     """
-    values: dict[str, bool] | None = getattr(request, "param", None)
+    values: dict[str, Any] | None = getattr(request, "param", None)
     if values is None:
         return None
     request.getfixturevalue("flag_client")
     return values
 
 
-def _matrix_values(item: pytest.Item) -> dict[str, bool]:
+def _matrix_values(item: pytest.Item) -> dict[str, Any]:
     callspec = getattr(item, "callspec", None)
     if callspec is None:
         return {}
     return dict(callspec.params.get(MATRIX_FIXTURE) or {})
+
+
+def _matrix_variants(item: pytest.Item) -> dict[str, dict[str, Any]]:
+    """The typed flags of the item's flag_matrix marker: ``{key: {variant: value}}``."""
+    marker = item.get_closest_marker("flag_matrix")
+    if marker is None:
+        return {}
+    return {arg[0]: dict(arg[1]) for arg in marker.args if isinstance(arg, tuple)}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -154,12 +172,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             f"got {', '.join(sorted(unknown))}",
             pytrace=False,
         )
+    axes: list[tuple[str, tuple[Any, ...]]] = []
+    for arg in marker.args:
+        if isinstance(arg, tuple) and len(arg) == 2 and isinstance(arg[1], Mapping):
+            axes.append((arg[0], tuple(arg[1])))
+        else:
+            axes.append((arg, (False, True)))
     try:
-        keys = validate_matrix_keys(marker.args)
+        keys = validate_matrix_keys([key for key, _ in axes])
+        pairwise = marker.kwargs.get("pairwise", False)
+        typed = [key for key, values in axes if values != (False, True)]
+        if pairwise and typed:
+            raise ValueError(
+                f"pairwise=True covers on/off flags only; {', '.join(typed)} range over variants"
+            )
+        runs = pairwise_combinations(keys) if pairwise else product_combinations(axes)
     except ValueError as exc:
         pytest.fail(f"{metafunc.definition.nodeid}: {exc}", pytrace=False)
-    pairwise = marker.kwargs.get("pairwise", False)
-    runs = pairwise_combinations(keys) if pairwise else all_combinations(keys)
     metafunc.parametrize(
         MATRIX_FIXTURE, runs, ids=[format_run_id(run) for run in runs], indirect=True
     )
@@ -180,9 +209,11 @@ class FlagCoveragePlugin:
         # Evaluations made before this session (an enclosing pytester run, imports
         # of the plugin's own process) are not this session's.
         self.baseline = evaluation_counts()
+        self.variant_baseline = variant_counts()
         self.is_worker = hasattr(config, "workerinput")
         self.worker_counts: list[dict[str, tuple[int, int]]] = []
         self.worker_declared: dict[str, dict[str, Any]] = {}
+        self.worker_variants: list[dict[str, dict[str, int]]] = []
         self.lost_workers: list[str] = []
         self.report: CoverageReport | None = None
 
@@ -200,6 +231,7 @@ class FlagCoveragePlugin:
             return
         self.worker_counts.append({k: (v[0], v[1]) for k, v in data["counts"].items()})
         self.worker_declared.update(data["declared"])
+        self.worker_variants.append(data.get("variants") or {})
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -209,6 +241,7 @@ class FlagCoveragePlugin:
             workeroutput[WORKER_OUTPUT_KEY] = {
                 "counts": {key: list(value) for key, value in counts.items()},
                 "declared": declared,
+                "variants": subtract_variant_counts(variant_counts(), self.variant_baseline),
             }
             return
         if self.config.option.collectonly:
@@ -222,6 +255,10 @@ class FlagCoveragePlugin:
             merge_counts(counts, *self.worker_counts),
             ignore_patterns=self._ignore_patterns(),
             notes=notes,
+            variants=merge_variant_counts(
+                subtract_variant_counts(variant_counts(), self.variant_baseline),
+                *self.worker_variants,
+            ),
         )
         path = self.config.getoption("flag_coverage_report")
         if path:

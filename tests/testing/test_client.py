@@ -90,8 +90,9 @@ class TestSet:
             TestFlagClient().set("auth.cache.l1", True, tenant="")
 
     def test_set__value_not_bool__type_error_naming_flag(self) -> None:
+        client = TestFlagClient({"auth.cache.l1": True})
         with pytest.raises(TypeError, match=r"auth\.cache\.l1.*must be a bool, got 1"):
-            TestFlagClient().set("auth.cache.l1", 1)  # type: ignore[arg-type]
+            client.set("auth.cache.l1", 1)
 
 
 class TestStateAndReset:
