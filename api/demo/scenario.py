@@ -63,6 +63,8 @@ from api.demo.loadgen import (
     judge,
     percentile,
 )
+from flags.admin_client import AdminClient
+from flags.errors import ServerUnavailableError
 from flags.testing.redis_server import RedisServer, free_port
 
 __all__ = ["IncidentResult", "ScenarioConfig", "run_incident", "summarize"]
@@ -364,10 +366,8 @@ def _delete_own_keys(url: str, prefix: str) -> None:
         client.close()
 
 
-def _admin(url: str, token: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=httpx.Timeout(5.0)
-    )
+def _admin(url: str, token: str) -> AdminClient:
+    return AdminClient(url, token, timeout=5.0)
 
 
 def run_incident(config: ScenarioConfig, progress: Progress | None = None) -> IncidentResult:
@@ -538,11 +538,8 @@ def _run(
         run.event(end_at, "end", f"{len(loadgen.samples)} requests answered")
         final_states = [demo.get(t + "/_demo/state").json() for t in targets]
     with _admin(admin_url, tokens["admin"]) as admin:
-        history = admin.get(
-            f"/admin/flags/{L2_FLAG}/history", params={"action": "kill", "environment": ENVIRONMENT}
-        )
-        history.raise_for_status()
-        kill_rows = list(reversed(history.json()["items"]))
+        history = admin.history(flag=L2_FLAG, action="kill", environment=ENVIRONMENT)
+        kill_rows = list(reversed(history["items"]))
     summary, (series, fine_series) = summarize(
         config, run, loadgen.samples, keys, final_states, kill_rows, shed=loadgen.shed
     )
@@ -701,10 +698,10 @@ _STAGES = {
 }
 
 
-def _stage(run: _Run, name: str, admin: httpx.Client, say: Progress) -> None:
+def _stage(run: _Run, name: str, admin: AdminClient, say: Progress) -> None:
     env, body, detail, label = _STAGES[name]
     if env == ENVIRONMENT:
-        current = admin.get(f"/admin/flags/{L2_FLAG}").json()["environments"][ENVIRONMENT]
+        current = admin.get_flag(L2_FLAG)["environments"][ENVIRONMENT]
         if current.get("killed"):
             at = time.time()
             run.event(
@@ -715,16 +712,12 @@ def _stage(run: _Run, name: str, admin: httpx.Client, say: Progress) -> None:
             )
             say(f"rollout halted before stage '{label}': the flag is killed")
             return
-    response = admin.patch(
-        f"/admin/flags/{L2_FLAG}/environments/{env}",
-        json={**body, "reason": f"rollout stage: {label}"},
-    )
-    response.raise_for_status()
+    admin.set_state(env, L2_FLAG, reason=f"rollout stage: {label}", **body)
     run.event(time.time(), "stage", detail, label=f"stage: {label}")
     say(detail)
 
 
-def _start_plan(run: _Run, config: ScenarioConfig, admin: httpx.Client, say: Progress) -> None:
+def _start_plan(run: _Run, config: ScenarioConfig, admin: AdminClient, say: Progress) -> None:
     """``--plan``: the production stages as one rollout plan (issue #9's API); the
     plan's scheduler advances it, and a kill rolls it back."""
     times = config.stage_times()
@@ -741,9 +734,7 @@ def _start_plan(run: _Run, config: ScenarioConfig, admin: httpx.Client, say: Pro
             {"rollout": 100, "hold": "1s"},
         ],
     }
-    response = admin.post(f"/admin/flags/{L2_FLAG}/plans", json=body)
-    response.raise_for_status()
-    plan = response.json()
+    plan = admin.create_plan(L2_FLAG, body)
     run.plan_id = int(plan["id"])
     run.plan_stage = plan.get("stage")
     detail = f"production: rollout plan {run.plan_id} created: 1 tenant, 50%, 100%"
@@ -751,15 +742,13 @@ def _start_plan(run: _Run, config: ScenarioConfig, admin: httpx.Client, say: Pro
     say(detail)
 
 
-def _follow_plan(run: _Run, admin: httpx.Client, say: Progress) -> None:
+def _follow_plan(run: _Run, admin: AdminClient, say: Progress) -> None:
     """Put the plan's own steps (advance, roll back) on the timeline."""
     if run.plan_id is None or run.plan_ended:
         return
     try:
-        response = admin.get(f"/admin/plans/{run.plan_id}")
-        response.raise_for_status()
-        plan = response.json()
-    except httpx.HTTPError:
+        plan = admin.get_plan(run.plan_id)
+    except ServerUnavailableError:  # the next poll tries again
         return
     stage = plan.get("stage")
     if isinstance(stage, int) and stage != run.plan_stage:
