@@ -1,6 +1,7 @@
 """FlagClient: the in-process SDK.
 
-Checks (``is_enabled``, ``evaluate``) are ``flags.compiled.CompiledChecks``: they
+Checks (``is_enabled``, ``evaluate``, and for typed flags ``value`` and ``variant``)
+are ``flags.compiled.CompiledChecks``: they
 read an immutable compiled snapshot that the client's source swaps in whole;
 they never raise, never do I/O and never take a lock. With no snapshot at all
 they answer the caller's default with reason ``default``.
