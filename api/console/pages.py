@@ -502,16 +502,15 @@ def health_page(request: Request) -> Response:
                     if telemetry is not None
                     else {}
                 )
-                rates.append(
-                    (
-                        layer,
-                        {
-                            c: totals.get(c, 0.0) / HEALTH_WINDOW.total_seconds() * 60
-                            for c in LAYER_COUNTERS
-                        },
-                        totals.get("circuit_open", 0.0),
-                    )
+                minutes = HEALTH_WINDOW.total_seconds() / 60
+                per_minute = {c: totals.get(c, 0.0) / minutes for c in LAYER_COUNTERS}
+                # circuit_open: times the layer's circuit opened in the window.
+                circuit = (
+                    "no reports"
+                    if not totals
+                    else ("opened" if totals.get("circuit_open", 0.0) > 0 else "closed")
                 )
+                rates.append((layer, per_minute, circuit))
             guard = [k for k in kills if k.environment == env.name and k.actor.startswith("guard:")]
             panels.append(
                 {"env": env, "instances": instances, "rates": rates, "guard_kills": guard}
