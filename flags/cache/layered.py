@@ -149,7 +149,7 @@ class LayeredCache(BlockingDriver, AsyncioDriver):
         self.layers = layers
         self.flags = flags
         self.guard = guard
-        self.verify_share = verify_share
+        self.verify_share = float(verify_share)
         self.negative_ttl = float(negative_ttl)
         self.remote_negatives = remote_negatives
         self.max_age = float(max_age)
@@ -276,6 +276,16 @@ class LayeredCache(BlockingDriver, AsyncioDriver):
             if wait:
                 listener.wait_until_up(wait)
         return self
+
+    def set_verify_share(self, share: float) -> None:
+        """Change the share of live hits re-read from the loader, in 0..1
+        (``flags.cache.tuning`` binds it to a number flag); read by the next hit.
+        Raises ``ValidationError`` for a share outside 0..1."""
+        if type(share) not in (int, float) or not 0.0 <= share <= 1.0:
+            raise ValidationError(
+                f"verify_share must be in 0..1, got {share!r}", field="verify_share"
+            )
+        self.verify_share = float(share)
 
     def close(self) -> None:
         """Stop background work, unregister from the flag client, close the layers."""

@@ -84,6 +84,14 @@ class MemoryLayer:
             return None
         return entry
 
+    def set_ttl(self, ttl: float) -> None:
+        """Change the layer's ttl (``flags.cache.tuning`` binds it to a number flag).
+        Entries already stored keep their expiry; later writes use ``ttl``. Raises
+        ``ValidationError`` unless ``ttl`` is positive and finite."""
+        if type(ttl) not in (int, float) or not 0 < ttl < float("inf"):
+            raise ValidationError(f"ttl must be positive seconds, got {ttl!r}", field="ttl")
+        self.ttl = float(ttl)
+
     def set(self, key: str, entry: Entry, ttl: float | None = None) -> MemoryEntry:
         """Store ``entry`` under ``key`` for ``min(ttl, self.ttl)`` seconds; returns what
         was stored. Evicts the oldest entries beyond ``max_entries``."""

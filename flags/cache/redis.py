@@ -501,6 +501,16 @@ class RedisLayer:
             self.codec.check(rkey, data, entry.value, negative=entry.negative)
         return data
 
+    def set_ttl(self, ttl: float) -> None:
+        """Change the layer's ttl, and with it how long a delete's tombstone holds
+        (``flags.cache.tuning`` binds it to a number flag). Entries already stored
+        keep their expiry. Raises ``ValidationError`` unless ``ttl`` is positive and
+        finite."""
+        if type(ttl) not in (int, float) or not 0 < ttl < float("inf"):
+            raise ValidationError(f"ttl must be positive seconds, got {ttl!r}", field="ttl")
+        self.ttl = float(ttl)
+        self._hold_ms = max(1, int(self.ttl * 1000))
+
     def _px(self, ttl: float | None) -> int:
         life = self.ttl if ttl is None else min(ttl, self.ttl)
         return max(1, int(life * 1000))
