@@ -27,14 +27,16 @@ Thread-safe as its stores are: it holds no state of its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from api.service.principal import Operation, Principal
-from flags.errors import ForbiddenError, VersionConflictError
+from flags.errors import ForbiddenError, ValidationError, VersionConflictError
 from flags.model import FlagState, Role, StateChange, validate_environment_name, validate_flag_key
 from flags.risk import Risk, risk
 from flags.store.change_requests import (
+    PLAN_KINDS,
     ChangeKind,
     ChangeRequest,
     ChangeRequestNotFoundError,
@@ -87,6 +89,8 @@ class Submitted:
 
 
 def _operation(kind: ChangeKind) -> Operation:
+    if kind in PLAN_KINDS:
+        return Operation.PLAN
     return Operation.UNKILL if kind is ChangeKind.UNKILL else Operation.SET_STATE
 
 
@@ -153,13 +157,10 @@ class ApprovalService:
         break-glass by a non-admin), ``ValidationError``, ``VersionConflictError``,
         ``FlagNotFoundError``, ``EnvironmentNotFoundError``, ``ConflictError``.
         """
+        if kind in PLAN_KINDS:
+            raise ValidationError("plans go through submit_plan", field="kind")
         self._check(principal, kind, key, environment)
-        if break_glass is not None and principal.role is not Role.ADMIN:
-            raise ForbiddenError(
-                f"token {principal.name!r} has role {principal.role.value!r}; only an "
-                "admin may break glass",
-                field="break_glass",
-            )
+        self._check_break_glass(principal, break_glass)
         policy = self.requests.policy(environment)
         for _ in range(MAX_JUDGE_ATTEMPTS):
             before = self.flags.get_state(key, environment)
@@ -192,6 +193,46 @@ class ApprovalService:
             field="If-Match",
         )
 
+    def submit_plan(
+        self,
+        principal: Principal,
+        kind: ChangeKind,
+        key: str,
+        environment: str,
+        body: Mapping[str, Any],
+        *,
+        reason: str | None = None,
+        break_glass: str | None = None,
+        request_id: str | None = None,
+    ) -> Submitted | None:
+        """Gate a new plan or schedule (``body`` as ``POST .../plans`` takes it, already
+        parsed by the caller). Creating one raises risk (``creation_risk``): in a gated
+        environment the whole plan becomes one change request (or, with
+        ``break_glass``, is created at once and opens a review item). Returns None when
+        the environment is not gated: the caller creates the plan as it always did.
+        Once approved, a plan's stages run on their own; its guard rollbacks lower
+        risk and never wait.
+        """
+        if kind not in PLAN_KINDS:
+            raise ValidationError(f"{kind.value} is not a plan kind", field="kind")
+        self._check(principal, kind, key, environment)
+        self._check_break_glass(principal, break_glass)
+        if not self.requests.policy(environment).gated:
+            return None
+        before = self.flags.get_state(key, environment)
+        return self._hold(
+            principal, kind, key, environment, StateChange(), before, reason, break_glass,
+            request_id, plan=body,
+        )  # fmt: skip
+
+    def _check_break_glass(self, principal: Principal, break_glass: str | None) -> None:
+        if break_glass is not None and principal.role is not Role.ADMIN:
+            raise ForbiddenError(
+                f"token {principal.name!r} has role {principal.role.value!r}; only an "
+                "admin may break glass",
+                field="break_glass",
+            )
+
     def _hold(
         self,
         principal: Principal,
@@ -203,6 +244,8 @@ class ApprovalService:
         reason: str | None,
         break_glass: str | None,
         request_id: str | None,
+        *,
+        plan: Mapping[str, Any] | None = None,
     ) -> Submitted:
         person = person_of(principal)
         if break_glass is not None:
@@ -216,6 +259,7 @@ class ApprovalService:
                 reason=break_glass,
                 expected_version=before.version,
                 request_id=request_id,
+                plan=plan,
             )
             return Submitted(Risk.RAISES, state=state, review=review)
         request = self.requests.create(
@@ -227,6 +271,7 @@ class ApprovalService:
             person=person,
             reason=reason,
             expected_version=before.version,
+            plan=plan,
         )
         return Submitted(Risk.RAISES, request=request)
 

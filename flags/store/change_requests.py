@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -89,6 +89,7 @@ __all__ = [
     "ChangeRequestNotFoundError",
     "ChangeRequestStateError",
     "ChangeRequestStore",
+    "PlanWriter",
     "Policy",
     "RequestStatus",
     "ReviewItem",
@@ -232,10 +233,34 @@ OPEN = (RequestStatus.PENDING, RequestStatus.APPROVED)
 
 
 class ChangeKind(StrEnum):
-    """What a request changes: a flag state (``StateChange``) or an unkill."""
+    """What a request changes: a flag state (``StateChange``), an unkill, or a new
+    rollout plan or schedule (its body, created by a ``PlanWriter`` when applied)."""
 
     STATE = "state"
     UNKILL = "unkill"
+    PLAN = "plan"
+    SCHEDULE = "schedule"
+
+
+PLAN_KINDS = (ChangeKind.PLAN, ChangeKind.SCHEDULE)
+
+
+class PlanWriter(Protocol):
+    """Creates a plan or schedule on the caller's connection, inside its transaction,
+    recording the plan's own history row(s) there; returns the events to publish after
+    the commit. Raises the plan store's errors (``PlanStateError``, ...)."""
+
+    def create_on(
+        self,
+        conn: Connection,
+        key: str,
+        kind: ChangeKind,
+        body: Mapping[str, Any],
+        *,
+        actor: Actor,
+        reason: str,
+        request_id: str | None,
+    ) -> Sequence[FlagChanged]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,15 +343,18 @@ class ChangeRequest:
     decided_by: str | None = None
     decided_at: datetime | None = None
     decision_reason: str | None = None
+    plan: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form; ``diff`` lists every moved field with its direction."""
+        """The JSON form; ``diff`` lists every moved field with its direction (empty for
+        a plan or schedule, whose ``plan`` body is what is reviewed)."""
         return {
             "id": self.id,
             "kind": self.kind.value,
             "flag": self.flag,
             "environment": self.environment,
             "change": change_to_dict(self.change),
+            "plan": dict(self.plan) if self.plan is not None else None,
             "base_version": self.base_version,
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
@@ -432,6 +460,8 @@ def target_state(kind: ChangeKind, change: StateChange, before: FlagState) -> Fl
     ``ValidationError`` when the change does not fit the flag."""
     if kind is ChangeKind.UNKILL:
         return replace(before, killed=False, kill_reason=None, killed_at=None, killed_by=None)
+    if kind in PLAN_KINDS:
+        return before  # a plan changes nothing now; its stages act later
     return change.apply(before)
 
 
@@ -524,9 +554,11 @@ class ChangeRequestStore:
         person: str,
         reason: str | None,
         expected_version: int | None = None,
+        plan: Mapping[str, Any] | None = None,
     ) -> ChangeRequest:
         """Hold ``change`` of ``key`` in ``environment`` as a pending request against the
-        flag's current version (``expected_version``, when given, must be it).
+        flag's current version (``expected_version``, when given, must be it). A plan or
+        schedule request holds its body, ``plan``, instead of a change.
 
         Raises ``FlagNotFoundError``, ``EnvironmentNotFoundError``, ``ConflictError``
         (archived flag), ``VersionConflictError``, ``ValidationError`` (the change does
@@ -534,6 +566,8 @@ class ChangeRequestStore:
         """
         validate_flag_key(key)
         validate_environment_name(environment)
+        if (kind in PLAN_KINDS) != (plan is not None):
+            raise ValidationError("a plan or schedule request holds its body", field="plan")
         with self.flags.transaction() as conn:
             before = self._current(conn, key, environment, expected_version)
             after = target_state(kind, change, before)
@@ -545,7 +579,7 @@ class ChangeRequestStore:
                     kind=kind.value,
                     flag_key=key,
                     environment=environment,
-                    change=change_to_dict(change),
+                    change={"plan": dict(plan)} if plan is not None else change_to_dict(change),
                     base_version=before.version,
                     before=before.to_dict(),
                     after=after.to_dict(),
@@ -626,12 +660,15 @@ class ChangeRequestStore:
             )
             .order_by(change_request_approvals.c.at, change_request_approvals.c.person)
         ).all()
+        kind = ChangeKind(row.kind)
+        plan = row.change.get("plan") if kind in PLAN_KINDS else None
         return ChangeRequest(
             id=int(row.id),
-            kind=ChangeKind(row.kind),
+            kind=kind,
             flag=row.flag_key,
             environment=row.environment,
-            change=change_from_dict(row.change),
+            change=StateChange() if plan is not None else change_from_dict(row.change),
+            plan=plan,
             base_version=int(row.base_version),
             before=FlagState.from_dict(row.before),
             after=FlagState.from_dict(row.after),
@@ -704,8 +741,8 @@ class ChangeRequestStore:
             request = self._open(conn, request_id, "edit")
             if request.kind is not ChangeKind.STATE:
                 raise ChangeRequestStateError(
-                    f"change request {request_id} is an {request.kind.value}; only state "
-                    "changes can be edited",
+                    f"change request {request_id} holds a {request.kind.value}; only state "
+                    "changes can be edited (cancel it and make a new one)",
                     field="kind",
                 )
             if person != request.author_person:
@@ -808,7 +845,7 @@ class ChangeRequestStore:
 
     def apply(
         self, request_id: int, *, actor: str | Actor, request_id_header: str | None = None
-    ) -> tuple[ChangeRequest, FlagChanged]:
+    ) -> tuple[ChangeRequest, list[FlagChanged]]:
         """Apply an ``approved`` request: the flag state, its history row and the
         request's ``applied`` status commit together, and the change is published.
 
@@ -836,22 +873,18 @@ class ChangeRequestStore:
                     )
                 ).scalar_one()
                 author = Actor(request.author, request.author_token_id, row)
-                before = self._current(conn, request.flag, request.environment, None)
-                target = target_state(request.kind, request.change, before)
-                after = replace(target, version=before.version + 1)
                 approvers = ", ".join(a.person for a in request.approvals)
                 note = f"change request {request.id}, approved by {approvers}, applied by {actor}"
-                event = self.flags.write_state(
+                note = f"{note}: {request.reason}" if request.reason else note
+                _, _, events = self._write(
                     conn,
+                    request.kind,
                     request.flag,
                     request.environment,
-                    before,
-                    after,
-                    action=Action.UNKILL
-                    if request.kind is ChangeKind.UNKILL
-                    else Action.STATE_UPDATE,
+                    request.change,
+                    request.plan,
                     actor=author,
-                    reason=f"{note}: {request.reason}" if request.reason else note,
+                    note=note,
                     request_id=request_id_header,
                 )
                 self._set(
@@ -864,8 +897,50 @@ class ChangeRequestStore:
                 applied = self._load(conn, request_id)
         if stale is not None:
             raise self._stale(stale)
-        self.flags.publish([event])
-        return applied, event
+        self.flags.publish(events)
+        return applied, events
+
+    def _write(
+        self,
+        conn: Connection,
+        kind: ChangeKind,
+        key: str,
+        environment: str,
+        change: StateChange,
+        plan: Mapping[str, Any] | None,
+        *,
+        actor: Actor,
+        note: str,
+        request_id: str | None,
+        expected_version: int | None = None,
+    ) -> tuple[FlagState, FlagState, list[FlagChanged]]:
+        """Write a held change on ``conn``: a state with its history row, or a plan
+        through the ``PlanWriter``. Returns the state before, the state after (a plan:
+        the same) and the events to publish after the commit."""
+        before = self._current(conn, key, environment, expected_version)
+        if kind in PLAN_KINDS:
+            if self.plans is None or plan is None:
+                raise ChangeRequestStateError(
+                    f"a {kind.value} cannot be created: this server has no plan store",
+                    field="kind",
+                )
+            events = self.plans.create_on(
+                conn, key, kind, plan, actor=actor, reason=note, request_id=request_id
+            )
+            return before, before, list(events)
+        after = replace(target_state(kind, change, before), version=before.version + 1)
+        event = self.flags.write_state(
+            conn,
+            key,
+            environment,
+            before,
+            after,
+            action=Action.UNKILL if kind is ChangeKind.UNKILL else Action.STATE_UPDATE,
+            actor=actor,
+            reason=note,
+            request_id=request_id,
+        )
+        return before, after, [event]
 
     # ------------------------------------------------------------ break-glass
     def break_glass(
@@ -880,9 +955,11 @@ class ChangeRequestStore:
         reason: str,
         expected_version: int | None = None,
         request_id: str | None = None,
+        plan: Mapping[str, Any] | None = None,
     ) -> tuple[FlagState, ReviewItem]:
-        """Apply a gated change at once: the state, its history row (reason
-        ``break-glass: <reason>``) and an open review item commit together.
+        """Apply a gated change (or create a plan, ``plan`` its body) at once: the
+        change, its history row (reason ``break-glass: <reason>``) and an open review
+        item commit together. Returns the state after it and the review item.
 
         Raises ``ValidationError`` (empty reason, a change that does not fit),
         ``FlagNotFoundError``, ``EnvironmentNotFoundError``, ``ConflictError``,
@@ -891,18 +968,17 @@ class ChangeRequestStore:
         if not isinstance(reason, str) or not reason.strip():
             raise ValidationError("break-glass needs a reason", field="reason")
         with self.flags.transaction() as conn:
-            before = self._current(conn, key, environment, expected_version)
-            after = replace(target_state(kind, change, before), version=before.version + 1)
-            event = self.flags.write_state(
+            before, after, events = self._write(
                 conn,
+                kind,
                 key,
                 environment,
-                before,
-                after,
-                action=Action.UNKILL if kind is ChangeKind.UNKILL else Action.STATE_UPDATE,
+                change,
+                plan,
                 actor=actor,
-                reason=BREAK_GLASS_PREFIX + reason,
+                note=BREAK_GLASS_PREFIX + reason,
                 request_id=request_id,
+                expected_version=expected_version,
             )
             item_id = conn.execute(
                 insert(review_items)
@@ -920,7 +996,7 @@ class ChangeRequestStore:
                 .returning(review_items.c.id)
             ).scalar_one()
             item = self._review(conn, int(item_id))
-        self.flags.publish([event])
+        self.flags.publish(events)
         return after, item
 
     def _review(self, conn: Connection, item_id: int) -> ReviewItem:
