@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from api.console.views import state_word
 from api.service import AdminService, Principal
 from api.service.commands import FlagFilter, history_filter
 from flags.errors import FlagNotFoundError
@@ -36,6 +37,19 @@ class _Listing:
     records: dict[str, FlagRecord]
     newest: int
     seen: set[int]  # ids applied within MARGIN of newest
+    words: dict[str, frozenset[str]] = field(default_factory=dict)  # state words by key
+
+    def __post_init__(self) -> None:
+        for key, record in self.records.items():
+            self.put(key, record)
+
+    def put(self, key: str, record: FlagRecord) -> None:
+        self.records[key] = record
+        self.words[key] = frozenset(state_word(s) for s in record.states.values())
+
+    def drop(self, key: str) -> None:
+        self.records.pop(key, None)
+        self.words.pop(key, None)
 
 
 class Listings:
@@ -48,24 +62,35 @@ class Listings:
         self._lock = threading.Lock()
 
     def flags(
-        self, service: AdminService, principal: Principal, query: FlagFilter
+        self,
+        service: AdminService,
+        principal: Principal,
+        query: FlagFilter,
+        *,
+        owner: str | None = None,
+        state: str | None = None,
     ) -> list[FlagRecord]:
-        """Live flags matching ``query`` (its ``archived`` is ignored: live only), by key."""
-        records = self._current(service, principal)
+        """Live flags matching ``query`` (its ``archived`` is ignored: live only), the
+        ``owner`` and a ``state`` word (in any environment), by key."""
+        listing = self._current(service, principal)
         q = (query.q or "").lower()
         out = []
-        for key in sorted(records):
-            r = records[key]
+        for key in sorted(listing.records):
+            r = listing.records[key]
             if query.kind is not None and r.flag.kind.value != query.kind:
                 continue
             if query.tag is not None and query.tag not in r.flag.tags:
+                continue
+            if owner is not None and r.flag.owner != owner:
+                continue
+            if state is not None and state not in listing.words[key]:
                 continue
             if q and q not in key.lower() and q not in r.flag.description.lower():
                 continue
             out.append(r)
         return out
 
-    def _current(self, service: AdminService, principal: Principal) -> dict[str, FlagRecord]:
+    def _current(self, service: AdminService, principal: Principal) -> _Listing:
         scope = (principal.scope, principal.flag_patterns)
         with self._lock:
             listing = self._listings.get(scope)
@@ -74,10 +99,10 @@ class Listings:
                 if len(self._listings) >= self.size:
                     self._listings.pop(next(iter(self._listings)))
                 self._listings[scope] = listing
-                return listing.records
+                return listing
             if not self._replay(service, principal, listing):
                 self._listings[scope] = listing = self._load(service, principal)
-            return listing.records
+            return listing
 
     @staticmethod
     def _load(service: AdminService, principal: Principal) -> _Listing:
@@ -115,12 +140,12 @@ class Listings:
             try:
                 record = service.get_flag(principal, key).record
             except FlagNotFoundError:
-                listing.records.pop(key, None)
+                listing.drop(key)
                 continue
             if record.flag.archived:
-                listing.records.pop(key, None)
+                listing.drop(key)
             else:
-                listing.records[key] = record
+                listing.put(key, record)
         listing.newest = max(listing.newest, *(e.id for e in fresh))
         listing.seen.update(e.id for e in fresh)
         low = listing.newest - MARGIN

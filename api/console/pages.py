@@ -245,12 +245,16 @@ def flags_page(
         service = _service(request)
         envs = [e.name for e in service.list_environments(principal)]
         query = FlagFilter(kind or None, tag or None, False, q or None)
-        records = request.app.state.console_listings.flags(service, principal, query)
+        if state and state not in STATE_WORDS:
+            raise ValidationError(f"state must be one of {', '.join(STATE_WORDS)}", field="state")
+        records = request.app.state.console_listings.flags(
+            service, principal, query, owner=owner or None, state=state or None
+        )
         settings = _settings(request)
         g = grid(
             records,
-            owner=owner or None,
-            state=state or None,
+            owner=None,
+            state=None,
             page=_int(page, "page", 1),
             page_size=settings.page_size,
         )
