@@ -394,3 +394,26 @@ def test_change_dict__round_trip() -> None:
         tenant_variants=(("t", "x"),),
     )
     assert change_from_dict(change_to_dict(change)) == change
+
+
+class TestJudgedState:
+    def test_submit__state_moves_after_judging__judged_again(
+        self, gated: ApprovalService, flags: SqlFlagStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A change judged lowering against a state that then moved is judged again
+        against the new one: rollout 10 -> 5 lowers, but after a concurrent move to 1
+        the same change raises and waits."""
+        read = flags.get_state
+        moved: list[bool] = []
+
+        def racing_read(key: str, env: str):  # type: ignore[no-untyped-def]
+            state = read(key, env)
+            if not moved:
+                moved.append(True)
+                flags.update_state(key, env, StateChange(rollout=1), actor="racer")
+            return state
+
+        monkeypatch.setattr(flags, "get_state", racing_read)
+        outcome = submit(gated, ALICE, StateChange(rollout=5))
+        assert outcome.pending and outcome.risk is Risk.RAISES
+        assert read(FLAG, ENV).rollout == 1
