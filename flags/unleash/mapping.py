@@ -30,16 +30,38 @@ first one (on), and anyone else gets the rollout, hashed exactly as
 ``flags.bucketing`` does. Without a tenant, ``IN`` and ``flexibleRollout`` fail
 and ``NOT_IN`` passes, so only rollout 100 is on, as in flagrail.
 
+A typed flag (string, number, json) maps to a feature that is enabled for
+everyone (so every Unleash SDK's ``get_variant`` serves a variant, never
+"disabled"), whose strategies carry the variants (client specification 16),
+first match wins:
+
+==========================================  ======================================
+strategy (each with ``NOT_IN tenants_off``)  variants
+==========================================  ======================================
+the on-conditions above, ``IN`` a variant's  that pinned variant
+pinned tenants (one set per variant)
+the on-conditions above, for any tenant      the split (weights, ``stickiness:
+                                             tenantId``), else ``on_variant``
+rollout 100, no tenant (split flags only)    ``on_variant``
+``default``, no constraints (last)           ``off_variant``: the safe value,
+                                             also for a killed or disabled flag
+==========================================  ======================================
+
+Payloads are ``string`` (a string flag), ``number`` (a number, as JSON text) or
+``json`` (compact JSON text). A typed flag's ``is_enabled`` in an Unleash SDK is
+therefore true for everyone: read it with ``get_variant``.
+
 Nothing here does I/O. Strategy parameters are strings, as the Unleash client
 specification requires; tenant lists are sorted, so equal states give equal JSON.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from flags.model import FlagState, Snapshot
+from flags.model import FlagState, FlagType, Snapshot
 
 __all__ = [
     "API_VERSION",
@@ -106,12 +128,122 @@ def _rollout_strategy(key: str, rollout: int) -> dict[str, Any]:
     }
 
 
+def _payload(flag_type: FlagType, value: Any) -> dict[str, str]:
+    if flag_type is FlagType.STRING:
+        return {"type": "string", "value": str(value)}
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return {"type": "number" if flag_type is FlagType.NUMBER else "json", "value": text}
+
+
+def _strategy_variants(
+    state: FlagState, weights: Sequence[tuple[str, int]]
+) -> list[dict[str, Any]]:
+    values = {v.name: v.value for v in state.variants}
+    return [
+        {
+            "name": name,
+            "weight": weight,
+            "weightType": "variable",
+            "stickiness": TENANT_FIELD,
+            "payload": _payload(state.type, values.get(name)),
+        }
+        for name, weight in weights
+    ]
+
+
+def _on_conditions(key: str, state: FlagState) -> list[tuple[str, dict[str, str], list[Any]]]:
+    """The (strategy name, parameters, constraints) that are on for a tenant, without the
+    ``tenants_off`` exclusion."""
+    out: list[tuple[str, dict[str, str], list[Any]]] = []
+    plain_on = frozenset(t for t in state.tenants_on if _plain(t))
+    if plain_on:
+        out.append(("default", {}, [_constraint("IN", plain_on)]))
+    if state.tenants_on - plain_on:
+        out.append(
+            ("default", {}, [_regex_constraint(state.tenants_on - plain_on, inverted=False)])
+        )
+    if state.rollout >= 100:
+        out.append(("default", {}, []))
+    elif state.rollout > 0:
+        rollout = _rollout_strategy(key, state.rollout)
+        out.append((rollout["name"], rollout["parameters"], []))
+    return out
+
+
+def _typed_feature(key: str, state: FlagState) -> dict[str, Any]:
+    """A string, number or json flag's feature (the module's second table)."""
+    strategies: list[dict[str, Any]] = []
+
+    def add(name: str, params: dict[str, str], constraints: list[Any], variants: Any) -> None:
+        if state.tenants_off:
+            constraints = [*constraints, *_excluding(state.tenants_off)]
+        # Unleash picks a strategy's variant by the strategy's own stickiness and
+        # groupId parameters (a default strategy without them sticks to nothing): the
+        # tenant and the flag key, as flagrail's split.
+        strategies.append(
+            {
+                "name": name,
+                "parameters": {**params, "stickiness": TENANT_FIELD, "groupId": key},
+                "constraints": constraints,
+                "variants": _strategy_variants(state, variants),
+            }
+        )
+
+    if state.enabled and not state.killed:
+        conditions = _on_conditions(key, state)
+        pinned: dict[str, set[str]] = {}
+        for tenant, name in state.tenant_variants:
+            pinned.setdefault(name, set()).add(tenant)
+        for name in sorted(pinned):
+            tenants = frozenset(pinned[name])
+            plain = frozenset(t for t in tenants if _plain(t))
+            pins = [_constraint("IN", plain)] if plain else []
+            if tenants - plain:
+                pins_odd = [_regex_constraint(tenants - plain, inverted=False)]
+            else:
+                pins_odd = []
+            for strategy, params, constraints in conditions:
+                for pin in (pins, pins_odd):
+                    if pin:
+                        add(strategy, params, [*constraints, *pin], [(name, 1000)])
+        on = list(state.split) or [(state.on_variant or "", 1000)]
+        for strategy, params, constraints in conditions:
+            if state.split:
+                # A split needs a tenant to stick to: no tenant falls through.
+                constraints = [*constraints, _any_tenant()]
+            add(strategy, params, constraints, on)
+        if state.split and state.rollout >= 100:
+            add("default", {}, [], [(state.on_variant or "", 1000)])
+    strategies.append(
+        {
+            "name": "default",
+            "parameters": {},
+            "constraints": [],
+            "variants": _strategy_variants(state, [(state.off_variant or "", 1000)]),
+        }
+    )
+    return {"name": key, "enabled": True, "strategies": strategies, "variants": []}
+
+
+def _any_tenant() -> dict[str, Any]:
+    """``tenantId`` is present and non-empty (a valid tenant has no line breaks)."""
+    return {
+        "contextName": TENANT_FIELD,
+        "operator": "REGEX",
+        "value": ".",
+        "inverted": False,
+        "caseInsensitive": False,
+    }
+
+
 def feature_from_state(key: str, state: FlagState) -> dict[str, Any]:
-    """The Unleash client API v2 feature for flag ``key`` in ``state`` (see the module table).
+    """The Unleash client API v2 feature for flag ``key`` in ``state`` (see the module tables).
 
     Pure and total: every ``FlagState`` maps, none raises. The result is a new
     JSON-ready dict (strings, booleans, lists and dicts only).
     """
+    if state.type is not FlagType.BOOLEAN:
+        return _typed_feature(key, state)
     if state.killed or not state.enabled:
         return {"name": key, "enabled": False, "strategies": [], "variants": []}
     strategies: list[dict[str, Any]] = []
