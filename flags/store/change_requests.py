@@ -63,6 +63,7 @@ from flags.errors import (
     ConflictError,
     ForbiddenError,
     NotFoundError,
+    StoreUnavailableError,
     ValidationError,
     VersionConflictError,
 )
@@ -476,8 +477,15 @@ class ChangeRequestStore:
         self.clock = clock
 
     def start(self) -> None:
-        """Create the tables if missing (phase 1: before they join the migrations)."""
-        approvals_metadata.create_all(self.flags.engine)
+        """Create the tables if missing (phase 1: before they join the migrations), in
+        a write transaction. Replicas starting together may race to create them: the
+        loser's error is followed by one more (checking) attempt."""
+        try:
+            with self.flags.transaction() as conn:
+                approvals_metadata.create_all(conn, checkfirst=True)
+        except (IntegrityError, StoreUnavailableError):
+            with self.flags.transaction() as conn:
+                approvals_metadata.create_all(conn, checkfirst=True)
 
     # ------------------------------------------------------------ policies
     def policy(self, environment: str) -> Policy:
