@@ -130,7 +130,7 @@ def current_session(request: Request, users: UserStore) -> Session:
 def principal_of(session: Session) -> Principal:
     """The service's principal for a console user: history actor ``user:<name>``."""
     user = session.user
-    return Principal(None, user.actor, user.role, user.environments)
+    return Principal(token_id=None, name=user.actor, role=user.role, environments=user.environments)
 
 
 def check_csrf(session: Session, submitted: object) -> None:

@@ -410,8 +410,9 @@ async def kill(request: Request, key: str, env: str) -> Response:
             principal, Kill(key, reason, (env,)), request_id=request.state.request_id
         )
         version = result.env_versions.get(env)
-        if version is None:
-            version = service.store.get_environment(env).version  # already killed: as it is
+        if version is None:  # already killed: the environment as it is now
+            known = {e.name: e.version for e in service.list_environments(principal)}
+            version = known.get(env, 0)
         query = urlencode({"kill": env, "version": version})
         return _see_other(f"/console/flags/{quote(key, safe='')}?{query}#env-{quote(env, safe='')}")
 
