@@ -15,12 +15,15 @@ bypassed in this process (``on_breach``). Then, off the request path, the guard
 asks the admin API to kill the layer's flag in its environment::
 
     POST {admin_url}/admin/flags/{flag}/kill
-    Authorization: Bearer <operator token scoped to the environment>
+    Authorization: Bearer <guard token scoped to the environment>
     X-Flagrail-Actor: guard:<host>:<pid>
     {"reason": "<the measured rates>", "environments": ["<environment>"]}
 
-retried with tenacity on transport errors, 429 and 5xx. One breach sends at most
-one request; a flag the process already sees killed is not killed again, and the
+through ``flags.admin_client.AdminClient``, retried with tenacity on what it raises
+as ``ConnectionError`` (transport errors, 429, 5xx). The token should be a ``guard``
+token (``flagrail token create --role guard --env E --flags 'auth.cache.*'``): it may
+kill and nothing else, and only a guard token may name its actor. One breach sends
+at most one kill; a flag the process already sees killed is not killed again, and the
 API writes nothing for a flag that is already killed, so a storm of processes
 breaching together leaves one kill in the history.
 """
@@ -35,13 +38,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 import httpx
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from flags.admin_client import AdminClient
 from flags.cache.metrics import GuardStats
-from flags.errors import ValidationError
+from flags.errors import FlagrailError, ValidationError
 
 if TYPE_CHECKING:
     from flags.cache import FlagSource
@@ -339,32 +342,32 @@ class Guard:
         if self._already_killed(flags, flag):
             self._done(KillResult(flag, "already_killed", None, "flag already killed"))
             return
-        url = f"{self.admin_url}/admin/flags/{quote(flag, safe='')}/kill"
-        body = {"reason": breach.reason(), "environments": [self.environment]}
-        headers = {"Authorization": f"Bearer {self.token}", "X-Flagrail-Actor": self.actor}
+        client = AdminClient(
+            self.admin_url,
+            self.token,
+            timeout=self.timeout,
+            actor=self.actor,
+            transport=self._transport,
+        )
         try:
-            with httpx.Client(timeout=self.timeout, transport=self._transport) as http:
+            with client:
                 for attempt in Retrying(
                     stop=stop_after_attempt(self.attempts),
                     wait=wait_exponential(multiplier=0.05, max=1.0),
-                    retry=retry_if_exception(_retryable),
+                    retry=retry_if_exception_type(ConnectionError),
                     reraise=True,
                 ):
                     with attempt:
                         if self._already_killed(flags, flag):
                             self._done(KillResult(flag, "already_killed", None, "seen killed"))
                             return
-                        response = http.post(url, json=body, headers=headers)
-                        response.raise_for_status()
-            data = response.json()
-            changed = data.get("changed") if isinstance(data, dict) else None
+                        data = client.kill(self.environment, flag, reason=breach.reason())
+            changed = data.get("changed")
             outcome = "killed" if changed and self.environment in changed else "already_killed"
-            self._done(KillResult(flag, outcome, response.status_code, str(changed)))
-        except httpx.HTTPStatusError as exc:
-            self._done(
-                KillResult(flag, "failed", exc.response.status_code, exc.response.text[:200])
-            )
-        except Exception as exc:  # network, JSON, anything: the guard must not die with it
+            self._done(KillResult(flag, outcome, 200, str(changed)))
+        except FlagrailError as exc:  # refused (403, 404, 422) or out of retries
+            self._done(KillResult(flag, "failed", _answer_status(exc), str(exc)[:200]))
+        except Exception as exc:  # anything else: the guard must not die with it
             self._done(KillResult(flag, "failed", None, repr(exc)[:200]))
 
     def _done(self, result: KillResult) -> None:
@@ -377,7 +380,8 @@ class Guard:
             self.results.append(result)
 
 
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code >= 500 or exc.response.status_code == 429
-    return isinstance(exc, httpx.TransportError)
+def _answer_status(exc: FlagrailError) -> int | None:
+    """The HTTP status of an error answer (``AdminClient`` messages read ``"<status>
+    <code>: <message>"``); None when no answer came (the server was unreachable)."""
+    head = str(exc).split(" ", 1)[0]
+    return int(head) if head.isdigit() and len(head) == 3 else None

@@ -20,6 +20,7 @@ NOT_SDK = {
     "flags.plans.scheduler": "server",
     "flags.plans.store": "server",
     "flags.settings": "server",
+    "flags.store.history": "server",
     "flags.store.schema": "server",
     "flags.store.sql": "server",
     "flags.store.tables": "server",
