@@ -252,3 +252,14 @@ def test_history__below_admin__token_rows_hidden(service: AdminService) -> None:
 def test_break_glass__principal__unscoped_admin_named_by_actor() -> None:
     p = Principal.break_glass("cli:alice")
     assert (p.role, p.scope, p.actor, p.token_id) == (Role.ADMIN, None, Actor("cli:alice"), None)
+
+
+def test_history__scoped_admin__token_rows_of_tokens_within_scope(service: AdminService) -> None:
+    """A scoped admin sees token rows only of tokens within its environments."""
+    root = principal(Role.ADMIN)
+    service.create_token(root, CreateToken("everywhere", "reader"))
+    service.create_token(root, CreateToken("beta-sdk", "client", ("beta",)))
+    scoped = Principal("s", "beta-admin", Role.ADMIN, ("beta",))
+    rows = service.history(scoped, HistoryQuery(action="token.create")).items
+    assert [r.after["name"] for r in rows] == ["beta-sdk"]
+    assert [t.name for t in service.list_tokens(scoped)] == ["beta-sdk"]
