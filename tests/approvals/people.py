@@ -19,4 +19,4 @@ def token(token_id: str, role: Role, environments: tuple[str, ...] | None = None
 
 def user(name: str, role: Role) -> Principal:
     """A console user's principal (no token): person ``user:<name>``."""
-    return Principal(None, f"user:{name}", role)
+    return Principal(token_id=None, name=f"user:{name}", role=role)

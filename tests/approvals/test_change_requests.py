@@ -200,8 +200,8 @@ class TestApproval:
         gated.set_policy(admin, ENV, 2)
         request = submit(gated, ALICE, StateChange(rollout=50)).request
         assert request is not None
-        first = UserToken("tok-1", "bob-laptop", Role.EDITOR, user="bob")
-        second = UserToken("tok-2", "bob-ci", Role.EDITOR, user="bob")
+        first = UserToken(token_id="tok-1", name="bob-laptop", role=Role.EDITOR, user="bob")
+        second = UserToken(token_id="tok-2", name="bob-ci", role=Role.EDITOR, user="bob")
         assert person_of(first) == person_of(second) == "user:bob"
         assert gated.approve(first, request.id).status is RequestStatus.PENDING
         with pytest.raises(ChangeRequestStateError):
