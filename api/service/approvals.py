@@ -49,7 +49,7 @@ from flags.store.change_requests import (
 )
 from flags.store.sql import SqlFlagStore
 
-__all__ = ["ApprovalService", "Submitted", "person_of"]
+__all__ = ["ApprovalService", "Submitted", "UnkillOutcome", "person_of"]
 
 # How often ``submit`` re-judges a change when the state moved between its read and
 # its write; each retry means another writer committed, so this bounds only a storm.
@@ -86,6 +86,21 @@ class Submitted:
     @property
     def pending(self) -> bool:
         return self.request is not None
+
+
+@dataclass(frozen=True, slots=True)
+class UnkillOutcome:
+    """An unkill over several environments: ``states`` where it applied (at once or by
+    break-glass), ``submitted`` for each gated environment (a pending request, or the
+    break-glass outcome with its review item)."""
+
+    states: Mapping[str, FlagState]
+    submitted: Mapping[str, Submitted]
+
+    @property
+    def pending(self) -> dict[str, int]:
+        """The gated environments whose unkill waits, with their request ids."""
+        return {env: s.request.id for env, s in self.submitted.items() if s.request is not None}
 
 
 def _operation(kind: ChangeKind) -> Operation:
@@ -192,6 +207,58 @@ class ApprovalService:
             current=self.flags.get_state(key, environment).to_dict(),
             field="If-Match",
         )
+
+    def submit_unkill(
+        self,
+        principal: Principal,
+        key: str,
+        environments: Sequence[str] | None,
+        *,
+        reason: str,
+        break_glass: str | None = None,
+        request_id: str | None = None,
+    ) -> UnkillOutcome:
+        """Lift the kill of ``key`` in ``environments`` (None: every environment the
+        principal covers): at once, in one transaction, where the environment is not
+        gated; as one change request per gated environment where the flag is killed
+        (or, with ``break_glass``, at once with a review item each). Raises as
+        ``submit``; ``ValidationError`` for an empty reason."""
+        principal.allow(Operation.UNKILL)
+        validate_flag_key(key)
+        principal.check_flag(key)
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValidationError("reason is required and must not be empty", field="reason")
+        if environments is None:
+            names = [e.name for e in self.flags.list_environments() if principal.covers(e.name)]
+        else:
+            for env in environments:
+                validate_environment_name(env, "environments")
+            principal.check_envs(environments)
+            names = sorted(set(environments))
+        self._check_break_glass(principal, break_glass)
+        gated = [env for env in names if self.requests.policy(env).gated]
+        now = [env for env in names if env not in gated]
+        states: dict[str, FlagState] = {}
+        if now:
+            outcome = self.flags.unkill(
+                key, now, reason=reason, actor=principal.actor, request_id=request_id
+            )
+            states.update(outcome.states)
+        held: dict[str, Submitted] = {}
+        for env in gated:
+            submitted = self.submit(
+                principal,
+                ChangeKind.UNKILL,
+                key,
+                env,
+                reason=reason,
+                break_glass=break_glass,
+                request_id=request_id,
+            )
+            if submitted.state is not None:
+                states[env] = submitted.state
+            held[env] = submitted
+        return UnkillOutcome(states, held)
 
     def submit_plan(
         self,

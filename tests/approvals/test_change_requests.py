@@ -417,3 +417,26 @@ class TestJudgedState:
         outcome = submit(gated, ALICE, StateChange(rollout=5))
         assert outcome.pending and outcome.risk is Risk.RAISES
         assert read(FLAG, ENV).rollout == 1
+
+
+class TestUnkillAcrossEnvironments:
+    def test_submit_unkill__gated_and_ungated__split_per_environment(
+        self, gated: ApprovalService, flags: SqlFlagStore
+    ) -> None:
+        """An unkill over several environments applies where ungated and waits, one
+        request per environment, where gated."""
+        flags.kill(FLAG, [ENV, "staging"], reason="incident", actor="olga")
+        outcome = gated.submit_unkill(OPERATOR, FLAG, [ENV, "staging"], reason="fixed")
+        assert not flags.get_state(FLAG, "staging").killed
+        assert flags.get_state(FLAG, ENV).killed
+        assert list(outcome.pending) == [ENV]
+        request = gated.approve(BOB, outcome.pending[ENV])
+        assert request.status is RequestStatus.APPLIED
+        assert not flags.get_state(FLAG, ENV).killed
+
+    def test_submit_unkill__not_killed_in_gated_env__nothing_held(
+        self, gated: ApprovalService, flags: SqlFlagStore
+    ) -> None:
+        """Unkilling a flag that is not killed changes nothing and opens no request."""
+        outcome = gated.submit_unkill(OPERATOR, FLAG, [ENV], reason="noop")
+        assert outcome.pending == {} and gated.list_requests(OPERATOR) == []
