@@ -398,7 +398,7 @@ class ApprovalService:
         principal.allow(Operation.READ)
         if environment is not None:
             validate_environment_name(environment)
-        return self.requests.list(
+        return self.requests.list_requests(
             status=status, environment=environment, flag=flag, scope=principal.scope, limit=limit
         )
 

@@ -626,7 +626,7 @@ class ChangeRequestStore:
         with self.flags.read() as conn:
             return self._load(conn, request_id)
 
-    def list(
+    def list_requests(
         self,
         *,
         status: Sequence[RequestStatus] | None = None,
