@@ -9,6 +9,7 @@ gone, and the Redis layer serves hits again once the replica took over.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -132,6 +133,16 @@ class TestCluster:
             assert [g.value if g else None for g in got] == [{"n": i} for i in range(len(KEYS))]
             layer.invalidate(KEYS[0], 1.0)
             assert layer.get(KEYS[0]) is None
+
+            async def async_side() -> list[Any]:
+                try:
+                    await layer.aset(KEYS[1], Entry({"n": "async"}, time.time()))
+                    return [await layer.aget(key) for key in KEYS[:3]]
+                finally:
+                    await layer.aclose()
+
+            got = asyncio.run(async_side())
+            assert [g.value if g else None for g in got] == [None, {"n": "async"}, {"n": 2}]
             client = redis_client(cluster_set.url)
             assert isinstance(client, redis.cluster.RedisCluster)
             owners = {client.get_node_from_key(layer.storage_key(k)).port for k in KEYS}
