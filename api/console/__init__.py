@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from api.console.auth import ConsoleSettings, SecurityHeadersMiddleware
 from api.console.listing import Listings
 from api.console.pages import router
+from api.routes import users as users_api
 from flags.store.users import LoginThrottle, UserStore
 
 __all__ = ["install", "router"]
@@ -35,5 +36,6 @@ def install(
     app.state.services.insert(0, users)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
     app.include_router(router)
+    app.include_router(users_api.router)  # /admin/users: the same UserStore
     app.add_middleware(SecurityHeadersMiddleware)
     return users

@@ -170,3 +170,31 @@ def test_flags_grid__after_a_change__not_stale(
     store.create_environment("canary", actor="test")
     assert ">canary</th>" in console_app.get("/console/flags").text
     assert console_app.get("/console/flags?state=killed").text.count('data-testid="flag-row"') == 1
+
+
+def test_admin_users_api__admin_creates_lists_disables__reader_403(
+    console_app: TestClient,
+) -> None:
+    """``/admin/users`` with tokens: an unscoped admin manages users; others get 403."""
+    store = console_app.app.state.store  # type: ignore[attr-defined]
+    _info, admin = store.create_token("root", "admin", None, actor="test")
+    _info, reader = store.create_token("ro", "reader", None, actor="test")
+    _info, scoped = store.create_token("half", "admin", ["staging"], actor="test")
+    as_admin = {"Authorization": f"Bearer {admin}"}
+    body = {"name": "zoe", "password": PASSWORD, "role": "operator", "environments": ["staging"]}
+    created = console_app.post("/admin/users", json=body, headers=as_admin)
+    assert created.status_code == 201, created.text
+    assert created.json()["actor"] == "user:zoe" and "password" not in created.json()
+    again = console_app.post("/admin/users", json=body, headers=as_admin)
+    assert again.status_code == 409
+    bad = console_app.post("/admin/users", json={**body, "name": "x", "password": "short"},
+                           headers=as_admin)  # fmt: skip
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "password"
+    names = [u["name"] for u in console_app.get("/admin/users", headers=as_admin).json()["items"]]
+    assert "zoe" in names
+    for token in (reader, scoped):
+        headers = {"Authorization": f"Bearer {token}"}
+        assert console_app.get("/admin/users", headers=headers).status_code == 403
+    disabled = console_app.post("/admin/users/zoe/disable", headers=as_admin)
+    assert disabled.status_code == 200 and disabled.json()["disabled"] is True
+    assert console_app.post("/admin/users/nobody/disable", headers=as_admin).status_code == 404
