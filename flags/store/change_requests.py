@@ -840,7 +840,9 @@ class ChangeRequestStore:
         if status not in (RequestStatus.REJECTED, RequestStatus.CANCELLED):
             raise ValidationError("a request is decided as rejected or cancelled", field="status")
         with self.flags.transaction() as conn:
-            request = self._open(conn, request_id, status.value.removesuffix("ed"))
+            request = self._open(
+                conn, request_id, "reject" if status is RequestStatus.REJECTED else "cancel"
+            )
             self._set(
                 conn,
                 request,
