@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from api.service.commands import SetState
 from api.service.principal import Operation, Principal
 from flags.errors import ForbiddenError, ValidationError, VersionConflictError
 from flags.model import FlagState, Role, StateChange, validate_environment_name, validate_flag_key
@@ -206,6 +207,28 @@ class ApprovalService:
             f"flag {key!r} in {environment!r} kept changing while this change was judged",
             current=self.flags.get_state(key, environment).to_dict(),
             field="If-Match",
+        )
+
+    def submit_state(
+        self,
+        principal: Principal,
+        command: SetState,
+        *,
+        break_glass: str | None = None,
+        request_id: str | None = None,
+    ) -> Submitted:
+        """``submit`` for ``AdminService.set_state``'s command (the one call its gate
+        needs): applied at once, or held as a change request, or broken glass."""
+        return self.submit(
+            principal,
+            ChangeKind.STATE,
+            command.key,
+            command.environment,
+            command.change,
+            reason=command.reason,
+            expected_version=command.expected_version,
+            break_glass=break_glass,
+            request_id=request_id,
         )
 
     def submit_unkill(

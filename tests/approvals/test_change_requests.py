@@ -440,3 +440,11 @@ class TestUnkillAcrossEnvironments:
         """Unkilling a flag that is not killed changes nothing and opens no request."""
         outcome = gated.submit_unkill(OPERATOR, FLAG, [ENV], reason="noop")
         assert outcome.pending == {} and gated.list_requests(OPERATOR) == []
+
+
+def test_submit_state__set_state_command__held_with_its_reason(gated: ApprovalService) -> None:
+    """AdminService's SetState command goes through the same gate, reason kept."""
+    from api.service.commands import SetState
+
+    outcome = gated.submit_state(ALICE, SetState(FLAG, ENV, StateChange(rollout=30), "ramp"))
+    assert outcome.request is not None and outcome.request.reason == "ramp"
