@@ -61,6 +61,8 @@ _ACCEPTS: Mapping[FlagType, frozenset[type]] = {
 }
 _BOOL_VARIANTS = {True: ("on", True), False: ("off", False)}
 _BOOL_ACCEPTS = _ACCEPTS[FlagType.BOOLEAN]
+# variant() of a boolean flag: one result per (on, reason), shared by every flag.
+_BOOL_RESULTS: dict[tuple[bool, Reason], VariantResult] = {}
 _NO_PINS: Mapping[str, Evaluation] = {}  # shared, never mutated
 
 
@@ -126,7 +128,6 @@ class CompiledFlag:
     """
 
     __slots__ = (
-        "accepts",
         "counts",
         "ev_fixed",
         "ev_no_tenant",
@@ -147,7 +148,6 @@ class CompiledFlag:
         "tenants_off",
         "tenants_on",
         "variant_counts",
-        "variant_results",
         "version",
     )
 
@@ -190,7 +190,6 @@ class CompiledFlag:
         self.ev_tenant_off = _evaluation(False, Reason.TENANT_OFF, v)
         self.ev_rollout_on = _evaluation(True, Reason.ROLLOUT, v)
         self.ev_rollout_off = _evaluation(False, Reason.ROLLOUT, v)
-        self.accepts = _ACCEPTS.get(state.type, _BOOL_ACCEPTS)
         # Typed flags: the same Evaluations carrying the variant served (off_variant
         # on every off answer, on_variant on every on answer), then the pins and the
         # split that refine an on answer for a tenant (None: nothing to refine).
@@ -235,22 +234,22 @@ class CompiledFlag:
                 self.refine = Refinement(self.prefix, pins, tuple(cum), evs)
                 self.plain = False
         # variant(): the results of the Evaluations above, built on first use.
-        self.variant_results: dict[int, VariantResult] | None = None
+
+    @property
+    def accepts(self) -> frozenset[type]:
+        """The classes of a default ``value()`` answers this flag for (by its type)."""
+        return _ACCEPTS.get(self.state.type, _BOOL_ACCEPTS)
 
     def variant_result(self, ev: Evaluation) -> VariantResult:
-        """``ev`` as ``variant()`` answers it (booleans: ``on``/``off``), memoised per object."""
-        results = self.variant_results
-        if results is None:
-            results = self.variant_results = {}
-        result = results.get(id(ev))
+        """``ev`` as ``variant()`` answers it (a boolean flag: ``on``/``off``)."""
+        if self.variant_counts is not None:
+            return VariantResult(ev.variant, ev.value, ev.reason)
+        result = _BOOL_RESULTS.get((ev.enabled, ev.reason))
         if result is None:
-            if self.accepts is not _BOOL_ACCEPTS:
-                result = VariantResult(ev.variant, ev.value, ev.reason)
-            else:
-                name, value = _BOOL_VARIANTS[ev.enabled]
-                result = VariantResult(name, value, ev.reason)
-            # Keyed by id(): every ev here is held by this CompiledFlag, so ids stay unique.
-            results[id(ev)] = result
+            name, value = _BOOL_VARIANTS[ev.enabled]
+            result = _BOOL_RESULTS.setdefault(
+                (ev.enabled, ev.reason), VariantResult(name, value, ev.reason)
+            )
         return result
 
 
@@ -390,7 +389,7 @@ class CompiledChecks:
             if c is None:
                 self._unknown(key, tenant, False)
                 return default
-            if default.__class__ not in c.accepts:
+            if default.__class__ not in _ACCEPTS.get(c.state.type, _BOOL_ACCEPTS):
                 return default
             ev = c.ev_fixed
             if ev is None:
