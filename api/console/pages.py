@@ -442,6 +442,7 @@ def history_page(
     actor: str | None = None,
     action: str | None = None,
     since: str | None = None,
+    until: str | None = None,
     cursor: str | None = None,
 ) -> Response:
     def build(session: Session, principal: Principal) -> Response:
@@ -451,6 +452,7 @@ def history_page(
             actor=actor or None,
             action=action or None,
             since=since or None,
+            until=until or None,
             limit=50,
             cursor=cursor or None,
         )
@@ -462,6 +464,7 @@ def history_page(
             "actor": actor,
             "action": action,
             "since": since,
+            "until": until,
         }
         base = urlencode({k: v for k, v in filters.items() if v})
         return _render(

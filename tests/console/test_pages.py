@@ -90,6 +90,10 @@ def test_protected__change_needs_typed_name(
     assert done.status_code == 303
     history = console_app.get("/console/history?flag=checkout&environment=production")
     assert "user:ed" in history.text and "rollout" in history.text
+    earlier = console_app.get("/console/history?flag=checkout&until=2000-01-01T00:00:00Z")
+    assert "user:ed" not in earlier.text
+    bad = console_app.get("/console/history?since=yesterday-ish")
+    assert bad.status_code == 422 and "since" in bad.text
 
 
 def test_preview__shows_field_diff(
