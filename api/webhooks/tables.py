@@ -1,4 +1,10 @@
-"""The webhook tables, on the shared ``flags.store.tables.metadata``.
+"""The webhook tables.
+
+For now they live on a ``MetaData`` of their own (with the shared naming
+convention), so importing this module leaves ``flags.store.tables.metadata``, which
+``flagrail db check`` compares with a database, as the migrations made it. Once
+they have their migration they move into ``flags.store.tables`` and this module
+re-exports them.
 
 ``webhook_outbox`` gets one row per history row, written in the history row's
 own transaction (the transactional outbox); the delivery worker fans each one out
@@ -20,6 +26,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    MetaData,
     String,
     Table,
     Text,
@@ -28,9 +35,11 @@ from sqlalchemy import (
     text,
 )
 
-from flags.store.tables import BigId, metadata
+from flags.store.tables import NAMING, BigId
 
-__all__ = ["webhook_deliveries", "webhook_outbox", "webhook_subscriptions"]
+__all__ = ["metadata", "webhook_deliveries", "webhook_outbox", "webhook_subscriptions"]
+
+metadata = MetaData(naming_convention=NAMING)
 
 webhook_subscriptions = Table(
     "webhook_subscriptions",
