@@ -25,10 +25,11 @@ with warnings.catch_warnings():
 
 
 @pytest.fixture
-def api(database_url: str, engine: Engine) -> Iterator[Api]:
+def api(database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     """The admin API with the webhook routes (no worker: tests drive one)."""
     from api.app import create_app
 
+    monkeypatch.setenv("FLAGRAIL_WEBHOOK_WORKER", "false")
     store = SqlFlagStore(database_url)
     app = create_app(Settings(database_url=database_url, scheduler=False), store=store)
     if not hasattr(app.state, "webhooks"):
