@@ -127,9 +127,11 @@ def _all_errors(base: type[errors.FlagrailError]) -> Iterator[type[errors.Flagra
         yield from _all_errors(cls)
 
 
-# The server's error codes are the ``code`` of the class it raised.
+# The server's error codes are the ``code`` of the class it raised. Only classes that name a
+# code of their own count: a subclass that inherits its parent's code (a server module's
+# refinement) must not take the parent's code over, whatever was imported first.
 BY_CODE: Mapping[str, type[errors.FlagrailError]] = {
-    cls.code: cls for cls in _all_errors(errors.FlagrailError)
+    cls.code: cls for cls in _all_errors(errors.FlagrailError) if "code" in vars(cls)
 }
 BY_STATUS: Mapping[int, type[errors.FlagrailError]] = {
     401: errors.UnauthenticatedError,

@@ -239,6 +239,16 @@ def register(app: typer.Typer) -> None:
                 f"{written}\n"
             )
             sys.stdout.flush()
+        from api.cli.users import bootstrap_user, console_login_file
+
+        login = bootstrap_user(settings.database_url, console_login_file(token_file))
+        if login is not None:
+            # The path again, never the password.
+            sys.stdout.write(
+                "flagrail: first console login (user admin) written to this file "
+                f"(mode 0600), sign in at http://{settings.host}:{settings.port}/console:\n{login}\n"
+            )
+            sys.stdout.flush()
         try:
             asgi_app = create_app(settings)
             # What exists now lives as long as the server: keep it out of the collector's

@@ -189,3 +189,36 @@ plans = Table(
 )
 Index("ix_plans_status", plans.c.status)
 Index("ix_plans_flag_key_environment", plans.c.flag_key, plans.c.environment)
+
+
+# The console's people and sessions (issue #15).
+console_users = Table(
+    "console_users",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("role", String(20), nullable=False),
+    # None: every environment (as a token's scope).
+    Column("environments", JSON, nullable=True),
+    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    # SHA-256 of the session id: the id itself is never stored.
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_name", String(64), nullable=False, index=True),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False, server_default=false()),
+)
+
+console_environment_protection = Table(
+    "console_environment_protection",
+    metadata,
+    Column("environment", String(40), primary_key=True),
+    Column("protected", Boolean, nullable=False),
+)

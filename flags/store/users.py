@@ -26,21 +26,13 @@ from datetime import UTC, datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    DateTime,
-    MetaData,
-    String,
-    Table,
     delete,
-    false,
     insert,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 
 from flags.errors import (
     AlreadyExistsError,
@@ -49,7 +41,9 @@ from flags.errors import (
     ValidationError,
 )
 from flags.model import Role, validate_environment_name
-from flags.store.tables import NAMING
+from flags.store.tables import console_environment_protection as protection
+from flags.store.tables import console_sessions as sessions
+from flags.store.tables import console_users as users
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -60,7 +54,6 @@ __all__ = [
     "User",
     "UserNotFoundError",
     "UserStore",
-    "console_metadata",
 ]
 
 DEFAULT_IDLE_TIMEOUT = timedelta(hours=8)
@@ -69,47 +62,17 @@ USER_ROLES = (Role.READER, Role.OPERATOR, Role.EDITOR, Role.ADMIN)
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 MIN_PASSWORD = 12
 
-# Phase 1: the console's tables live on a MetaData of their own, created on start();
-# they move to flags.store.tables (with an Alembic migration) once the schema is free.
-console_metadata = MetaData(naming_convention=NAMING)
-
-users = Table(
-    "console_users",
-    console_metadata,
-    Column("name", String(64), primary_key=True),
-    Column("password_hash", String(200), nullable=False),
-    Column("role", String(20), nullable=False),
-    # None: every environment (as a token's scope).
-    Column("environments", JSON, nullable=True),
-    Column("disabled", Boolean, nullable=False, default=False, server_default=false()),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-sessions = Table(
-    "console_sessions",
-    console_metadata,
-    Column("id_hash", String(64), primary_key=True),
-    Column("user_name", String(64), nullable=False, index=True),
-    Column("csrf", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("last_seen_at", DateTime(timezone=True), nullable=False),
-    Column("revoked", Boolean, nullable=False, default=False, server_default=false()),
-)
-
-protection = Table(
-    "console_environment_protection",
-    console_metadata,
-    Column("environment", String(40), primary_key=True),
-    Column("protected", Boolean, nullable=False),
-)
-
 
 class UserNotFoundError(NotFoundError):
     """No user of that name."""
 
+    code = "user_not_found"
+
 
 class LoginThrottledError(UnauthenticatedError):
     """Too many failed logins for this user or from this address within a minute."""
+
+    code = "login_throttled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,12 +201,8 @@ class UserStore:
         self._dummy_hash: str | None = None
 
     def start(self) -> None:
-        """Create the console tables if missing. Replicas starting together may race to
-        create them: the loser's error is followed by one more (checking) attempt."""
-        try:
-            console_metadata.create_all(self.engine, checkfirst=True)
-        except (ProgrammingError, IntegrityError, OperationalError):
-            console_metadata.create_all(self.engine, checkfirst=True)
+        """Nothing to start: the console's tables are made by the migrations
+        (``0007_console``) like every other table."""
 
     def close(self) -> None:
         """Nothing to close: the engine belongs to the flag store."""

@@ -153,6 +153,7 @@ def test_wheel__contents__only_flags_and_api_with_the_migrations_inside(wheel: P
         "flags/store/migrations/versions/0001_core.py",
         "flags/store/migrations/versions/0004_merge.py",
         "flags/store/migrations/versions/0005_history_truncate.py",
+        "flags/store/migrations/versions/0007_console.py",
         "flags/testing/plugin.py",
         "api/demo/scenario.py",
     ):

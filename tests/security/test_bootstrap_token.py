@@ -149,10 +149,17 @@ def test_serve__three_servers_together_on_an_empty_postgres__one_token_between_t
     for base in servers.bases:
         response = httpx.get(f"{base}/admin/flags", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
-    assert sorted(p.name for p in tmp_path.iterdir()) == [written[0].name]  # no leftovers
+    # No leftovers: the token file and one first console login (written by whichever
+    # server created the console user), both 0600.
+    logins = [p for p in tmp_path.iterdir() if p.name.endswith("console-login")]
+    assert len(logins) == 1
+    assert stat.S_IMODE(logins[0].stat().st_mode) == 0o600
+    password = logins[0].read_text().split("password", 1)[1].strip(" :=\n")
+    assert len(password) >= 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([written[0].name, logins[0].name])
 
     outputs = servers.stop()
-    assert all(token not in output for output in outputs)
+    assert all(token not in output and password not in output for output in outputs)
     announced = [output for output in outputs if "first admin token" in output]
     assert len(announced) == 1
     assert str(written[0]) in announced[0]
