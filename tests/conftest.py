@@ -17,9 +17,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -185,3 +187,10 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def root_conftest() -> ModuleType:
+    """This module, for tests that need its PostgreSQL helpers (``pg_url``, ``_pg_admin``):
+    ``import conftest`` finds whichever directory's conftest was loaded last."""
+    return sys.modules[__name__]

@@ -10,7 +10,6 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from alembic import command
@@ -45,24 +44,13 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, captured.out, captured.err
 
 
-def _root_conftest(request: pytest.FixtureRequest) -> Any:
-    """``tests/conftest.py`` as pytest loaded it. (``import conftest`` finds whichever
-    ``conftest`` module was loaded last, another directory's in a mixed run.)"""
-    path = str(Path(__file__).resolve().parents[1] / "conftest.py")
-    return next(
-        plugin
-        for plugin in request.config.pluginmanager.get_plugins()
-        if str(getattr(plugin, "__file__", "")) == path
-    )
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database with no schema at all, on SQLite and on a PostgreSQL database of its own."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    conftest = _root_conftest(request)
+    conftest = request.getfixturevalue("root_conftest")
     if not conftest._port_open(conftest.PG_HOST, conftest.PG_PORT):
         conftest._unavailable(f"PostgreSQL on {conftest.PG_HOST}:{conftest.PG_PORT}")
     name = f"flagrail_m_{uuid.uuid4().hex[:12]}"

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import psycopg
 import pytest
@@ -33,9 +34,8 @@ class Database:
 
 
 @pytest.fixture
-def database() -> Iterator[Database]:
-    import conftest
-
+def database(root_conftest: ModuleType) -> Iterator[Database]:
+    conftest = root_conftest
     if not conftest._port_open(conftest.PG_HOST, conftest.PG_PORT):
         conftest._unavailable(f"PostgreSQL on {conftest.PG_HOST}:{conftest.PG_PORT}")
     suffix = uuid.uuid4().hex[:12]
