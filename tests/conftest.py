@@ -193,4 +193,9 @@ def redis_server() -> Iterator[RedisServer]:
 def root_conftest() -> ModuleType:
     """This module, for tests that need its PostgreSQL helpers (``pg_url``, ``_pg_admin``):
     ``import conftest`` finds whichever directory's conftest was loaded last."""
-    return sys.modules[__name__]
+    return _THIS_MODULE
+
+
+# Taken while this module is the one being imported: later, ``sys.modules["conftest"]`` may be
+# another directory's conftest.
+_THIS_MODULE = sys.modules[__name__]
