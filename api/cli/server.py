@@ -14,6 +14,7 @@ import typer
 from sqlalchemy import Connection, create_engine, func, select
 from sqlalchemy.engine import make_url
 
+from api.cli.database_option import DatabaseUrl, database_url
 from api.cli.output import CliError
 from flags.errors import ConflictError
 from flags.model import Role
@@ -22,17 +23,6 @@ from flags.store.sql import SqlFlagStore, cli_actor
 from flags.store.tables import tokens
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-
-DatabaseUrl = typer.Option(
-    None,
-    "--database-url",
-    envvar="FLAGRAIL_DATABASE_URL",
-    help="SQLAlchemy URL (default sqlite:///./flagrail.db).",
-)
-
-
-def database_url(value: str | None) -> str:
-    return value or Settings().database_url
 
 
 @db_app.command("upgrade")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import typer
 
 from api.cli.database import DatabaseAdmin
+from api.cli.database_option import DatabaseUrl, database_url
 from api.cli.output import print_json, print_table
-from api.cli.server import DatabaseUrl, database_url
 
 app = typer.Typer(help="API tokens (directly on the database).", no_args_is_help=True)
 

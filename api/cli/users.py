@@ -18,8 +18,8 @@ from pathlib import Path
 
 import typer
 
+from api.cli.database_option import DatabaseUrl, database_url
 from api.cli.output import CliError, print_json, print_table
-from api.cli.server import DatabaseUrl, database_url
 from flags.errors import AlreadyExistsError
 from flags.model import Role
 from flags.store.sql import SqlFlagStore

@@ -10,6 +10,7 @@ gone, and the Redis layer serves hits again once the replica took over.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from typing import Any
@@ -218,3 +219,25 @@ class TestSentinel:
         finally:
             reader.close()
             writer.close()
+
+
+def test_layered_cache__cluster__every_flag_combination__serves_the_truth(
+    cluster_set: ClusterSet, flag_client: TestFlagClient
+) -> None:
+    """On a Cluster, every on/off combination of the layers and their shadow flags gives the
+    loader's answers (one cluster for all sixteen: starting one per run would cost minutes)."""
+    truth = _truth()
+    keys = sorted(truth)[:40]
+    flag_keys = [f"{CACHE}.l1", f"{CACHE}.l2", f"{CACHE}.l1.shadow", f"{CACHE}.l2.shadow"]
+    layer = RedisLayer(cluster_set.url, secret=SECRET, prefix="scale-matrix:")
+    cache = LayeredCache(
+        CACHE, [MemoryLayer(ttl=60.0), layer], truth.get, flag_client, verify_share=0.0
+    ).start(wait=5.0)
+    try:
+        for values in itertools.product((False, True), repeat=len(flag_keys)):
+            for key, on in zip(flag_keys, values, strict=True):
+                flag_client.set(key, on)
+            for _ in range(2):  # the second pass reads what the first one filled
+                assert [cache.get(k) for k in keys] == [truth[k] for k in keys], values
+    finally:
+        cache.close()
