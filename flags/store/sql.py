@@ -39,12 +39,15 @@ from flags.errors import (
     EnvironmentNotFoundError,
     FlagNotFoundError,
     FlagrailError,
+    ForbiddenError,
+    NotFoundError,
     StoreUnavailableError,
     TokenNotFoundError,
     ValidationError,
     VersionConflictError,
 )
 from flags.history import Actor, HistoryPage, HistoryQuery
+from flags.model import VARIANT_NAME as _VARIANT_NAME
 from flags.model import (
     Action,
     Environment,
@@ -53,17 +56,23 @@ from flags.model import (
     FlagKind,
     FlagRecord,
     FlagState,
+    FlagType,
     Role,
     Snapshot,
     StateChange,
     TokenInfo,
+    Variant,
     validate_environment_name,
     validate_flag_key,
     validate_flag_patterns,
+    validate_flag_type,
+    validate_value,
+    validate_variants,
 )
 from flags.store import KillResult
 from flags.store import history as history_log
 from flags.store import tables as t
+from flags.store.users import UserNotFoundError
 
 __all__ = ["KillResult", "SqlFlagStore", "cli_actor", "hash_token", "make_engine"]
 
@@ -71,6 +80,17 @@ log = logging.getLogger("flagrail.store")
 
 Listener = Callable[[Sequence[FlagChanged]], None]
 TOKEN_PREFIX = "frl_"
+# A token issued to a console user may not reach beyond the user's role (#15): the
+# rank a token's role needs of its user (a client token reads snapshots only; a
+# guard kills, which an operator may).
+USER_TOKEN_RANK = {
+    Role.CLIENT: 0,
+    Role.READER: 0,
+    Role.OPERATOR: 1,
+    Role.GUARD: 1,
+    Role.EDITOR: 2,
+    Role.ADMIN: 3,
+}
 
 
 def hash_token(secret: str) -> str:
@@ -160,8 +180,28 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _variants_from_json(raw: Any) -> tuple[Variant, ...]:
+    """The stored variant list (written validated by this module) as ``Variant``s."""
+    return tuple(Variant(item["name"], item["value"]) for item in raw or ())
+
+
+def _variants_json(variants: Sequence[Variant]) -> list[dict[str, Any]]:
+    return [v.to_dict() for v in variants]
+
+
+def _state_select() -> Any:
+    """``flag_states`` rows joined with their flag's ``type`` and ``variants`` (a state
+    carries its flag's definition; ``_state_from_row`` reads both)."""
+    return select(t.flag_states, t.flags.c.type, t.flags.c.variants).join(
+        t.flags, t.flags.c.key == t.flag_states.c.flag_key
+    )
+
+
 def _state_from_row(row: Any) -> FlagState:
-    return FlagState(
+    """A state from a ``_state_select`` row. Rows written before typed flags (type
+    ``boolean``, null variant columns) read back as boolean states, as before."""
+    flag_type = FlagType(row.type or FlagType.BOOLEAN)
+    state = FlagState(
         enabled=bool(row.enabled),
         rollout=int(row.rollout),
         tenants_on=frozenset(row.tenants_on or ()),
@@ -172,9 +212,23 @@ def _state_from_row(row: Any) -> FlagState:
         killed_by=row.killed_by,
         version=int(row.version),
     )
+    if flag_type is FlagType.BOOLEAN:
+        return state
+    return replace(
+        state,
+        type=flag_type,
+        variants=_variants_from_json(row.variants),
+        off_variant=row.off_variant,
+        on_variant=row.on_variant,
+        split=tuple((str(name), int(weight)) for name, weight in row.split or ()),
+        tenant_variants=tuple(sorted((row.tenant_variants or {}).items())),
+    )
 
 
 def _state_values(state: FlagState) -> dict[str, Any]:
+    """The ``flag_states`` columns of ``state`` (the flag's type and variants live on
+    the flag row; a boolean state stores null variant columns)."""
+    typed = state.type is not FlagType.BOOLEAN
     return {
         "enabled": state.enabled,
         "rollout": state.rollout,
@@ -186,10 +240,30 @@ def _state_values(state: FlagState) -> dict[str, Any]:
         "killed_by": state.killed_by,
         "version": state.version,
         "updated_at": _now(),
+        "off_variant": state.off_variant if typed else None,
+        "on_variant": state.on_variant if typed else None,
+        "split": [[name, weight] for name, weight in state.split] if typed else None,
+        "tenant_variants": dict(state.tenant_variants) if typed else None,
     }
 
 
+def _initial_state(row: Any) -> FlagState:
+    """A new environment's state of the flag in ``row`` (a ``flags`` row): disabled,
+    serving the flag's declared off/on variants."""
+    flag_type = FlagType(row.type or FlagType.BOOLEAN)
+    if flag_type is FlagType.BOOLEAN:
+        return FlagState()
+    return FlagState(
+        type=flag_type,
+        variants=_variants_from_json(row.variants),
+        off_variant=row.off_variant,
+        on_variant=row.on_variant,
+    )
+
+
 def _flag_from_row(row: Any) -> Flag:
+    flag_type = FlagType(row.type or FlagType.BOOLEAN)
+    typed = flag_type is not FlagType.BOOLEAN
     return Flag(
         key=row.key,
         description=row.description or "",
@@ -198,11 +272,15 @@ def _flag_from_row(row: Any) -> Flag:
         tags=tuple(row.tags or ()),
         created_at=_utc(row.created_at),
         archived=bool(row.archived),
+        type=flag_type,
+        **({"variants": _variants_from_json(row.variants)} if typed else {}),
     )
 
 
 def flag_to_dict(flag: Flag) -> dict[str, Any]:
-    return {
+    """The JSON form of a flag. ``type`` and ``variants`` appear for a typed flag only,
+    so a boolean flag's form (and its history rows) is the one of earlier releases."""
+    data: dict[str, Any] = {
         "key": flag.key,
         "description": flag.description,
         "kind": flag.kind.value,
@@ -211,6 +289,96 @@ def flag_to_dict(flag: Flag) -> dict[str, Any]:
         "archived": flag.archived,
         "created_at": flag.created_at.isoformat() if flag.created_at else None,
     }
+    if flag.type is not FlagType.BOOLEAN:
+        data["type"] = flag.type.value
+        data["variants"] = _variants_json(flag.variants)
+    return data
+
+
+def _flag_history(flag: Flag, off_variant: str | None, on_variant: str | None) -> dict[str, Any]:
+    """A flag's history form: ``flag_to_dict`` plus, for a typed flag, the off/on
+    variants a new environment starts with."""
+    data = flag_to_dict(flag)
+    if flag.type is not FlagType.BOOLEAN:
+        data["off_variant"] = off_variant
+        data["on_variant"] = on_variant
+    return data
+
+
+_States = dict[str, FlagState]
+_Initial = tuple[str | None, str | None]
+# An edit's new variant list and the renames ({old: new}) to apply to every use.
+_VariantEdit = tuple[tuple[Variant, ...], dict[str, str]]
+_VariantEditor = Callable[[Flag, _States, _Initial], _VariantEdit]
+
+
+def _check_variant_name(name: object, field_name: str) -> None:
+    if not isinstance(name, str) or not _VARIANT_NAME.fullmatch(name):
+        raise ValidationError(
+            f"{field_name} must match {_VARIANT_NAME.pattern}, got {name!r:.60}", field=field_name
+        )
+
+
+def _declared(flag: Flag, name: str, field_name: str) -> Variant:
+    for variant in flag.variants:
+        if variant.name == name:
+            return variant
+    raise NotFoundError(f"flag {flag.key!r} has no variant {name!r:.60}", field=field_name)
+
+
+def _variant_uses(name: str, states: _States, initial: _Initial) -> list[str]:
+    """Where variant ``name`` is served: ``<env> off_variant``, ``<env> split``, ...,
+    and ``initial off_variant`` / ``initial on_variant`` (new environments')."""
+    uses = [
+        f"initial {field}"
+        for field, value in zip(("off_variant", "on_variant"), initial, strict=True)
+        if value == name
+    ]
+    for env, state in states.items():
+        if state.off_variant == name:
+            uses.append(f"{env} off_variant")
+        if state.on_variant == name:
+            uses.append(f"{env} on_variant")
+        if any(n == name for n, _ in state.split):
+            uses.append(f"{env} split")
+        if any(n == name for _, n in state.tenant_variants):
+            uses.append(f"{env} tenant_variants")
+    return uses
+
+
+def typed_definition(
+    flag_type: object,
+    variants: Sequence[Any] | None,
+    off_variant: str | None,
+    on_variant: str | None,
+) -> tuple[FlagType, tuple[Variant, ...], str | None, str | None]:
+    """Validate a new flag's type, variants and initial off/on variants.
+
+    Returns ``(type, variants, off_variant, on_variant)``: for a boolean flag the
+    on/off variants and ``None, None`` (it serves from its rules); for a typed flag
+    the declared variants, the required ``off_variant`` and ``on_variant`` (default:
+    the off variant). Raises ``ValidationError`` naming the field.
+    """
+    kind = validate_flag_type(flag_type)
+    declared = validate_variants(kind, variants)
+    if kind is FlagType.BOOLEAN:
+        if off_variant not in (None, "off"):
+            raise ValidationError("a boolean flag's off_variant is off", field="off_variant")
+        if on_variant not in (None, "on"):
+            raise ValidationError("a boolean flag's on_variant is on", field="on_variant")
+        return kind, declared, None, None
+    names = [v.name for v in declared]
+    if off_variant is None:
+        raise ValidationError(
+            f"off_variant is required for a {kind.value} flag: the variant served when the "
+            "flag is off, also under a kill",
+            field="off_variant",
+        )
+    on_variant = off_variant if on_variant is None else on_variant
+    for name, value in (("off_variant", off_variant), ("on_variant", on_variant)):
+        if value not in names:
+            raise ValidationError(f"{name} {value!r:.60} is not a declared variant", field=name)
+    return kind, declared, off_variant, on_variant
 
 
 class SqlFlagStore:
@@ -295,13 +463,17 @@ class SqlFlagStore:
             if exists:
                 raise AlreadyExistsError(f"environment {name!r} exists", field="name")
             conn.execute(insert(t.environments).values(name=name, created_at=now, version=0))
-            keys = conn.execute(select(t.flags.c.key)).scalars().all()
-            if keys:
+            flag_rows = conn.execute(select(t.flags)).all()
+            if flag_rows:
                 conn.execute(
                     insert(t.flag_states),
                     [
-                        {"flag_key": k, "environment": name, **_state_values(FlagState())}
-                        for k in keys
+                        {
+                            "flag_key": row.key,
+                            "environment": name,
+                            **_state_values(_initial_state(row)),
+                        }
+                        for row in flag_rows
                     ],
                 )
             history_log.record_change(
@@ -359,7 +531,7 @@ class SqlFlagStore:
             stmt = stmt.where(t.flags.c.key.ilike(like) | t.flags.c.description.ilike(like))
         with self.read() as conn:
             flag_rows = conn.execute(stmt).all()
-            state_stmt = select(t.flag_states)
+            state_stmt = _state_select()
             if scope is not None:
                 state_stmt = state_stmt.where(t.flag_states.c.environment.in_(list(scope)))
             state_rows = conn.execute(state_stmt).all()
@@ -385,7 +557,7 @@ class SqlFlagStore:
         row = conn.execute(select(t.flags).where(t.flags.c.key == key)).first()
         if row is None:
             raise FlagNotFoundError(f"flag {key!r} does not exist", field="key")
-        stmt = select(t.flag_states).where(t.flag_states.c.flag_key == key)
+        stmt = _state_select().where(t.flag_states.c.flag_key == key)
         if scope is not None:
             stmt = stmt.where(t.flag_states.c.environment.in_(list(scope)))
         states = {r.environment: _state_from_row(r) for r in conn.execute(stmt).all()}
@@ -401,8 +573,20 @@ class SqlFlagStore:
         tags: Sequence[str] = (),
         actor: str | Actor,
         request_id: str | None = None,
+        type: FlagType | str = FlagType.BOOLEAN,
+        variants: Sequence[Any] | None = None,
+        off_variant: str | None = None,
+        on_variant: str | None = None,
     ) -> FlagRecord:
-        """Create a flag, disabled in every environment. Raises ``AlreadyExistsError``."""
+        """Create a flag, disabled in every environment. Raises ``AlreadyExistsError``.
+
+        A ``string``/``number``/``json`` flag declares its ``variants`` and its
+        ``off_variant`` (the safe value: served when off, also under a kill);
+        ``on_variant`` defaults to it. Every environment starts with both. A boolean
+        flag takes neither (its variants are ``on``/``off``). Raises
+        ``ValidationError`` naming the field (``type``, ``variants.1.value``,
+        ``off_variant``, ...).
+        """
         validate_flag_key(key)
         try:
             kind = FlagKind(kind)
@@ -410,8 +594,19 @@ class SqlFlagStore:
             raise ValidationError(
                 f"kind must be one of {[k.value for k in FlagKind]}", field="kind"
             ) from exc
+        flag_type, declared, off_variant, on_variant = typed_definition(
+            type, variants, off_variant, on_variant
+        )
         now = _now()
-        flag = Flag(key, description, kind, owner, tuple(tags), now, False)
+        flag = Flag(key, description, kind, owner, tuple(tags), now, False, flag_type, declared)
+        typed = flag_type is not FlagType.BOOLEAN
+        state = (
+            FlagState(
+                type=flag_type, variants=declared, off_variant=off_variant, on_variant=on_variant
+            )
+            if typed
+            else FlagState()
+        )
         events: list[FlagChanged] = []
         try:
             with self.transaction() as conn:
@@ -426,10 +621,13 @@ class SqlFlagStore:
                         tags=list(tags),
                         created_at=now,
                         archived=False,
+                        type=flag_type.value,
+                        variants=_variants_json(declared) if typed else None,
+                        off_variant=off_variant,
+                        on_variant=on_variant,
                     )
                 )
                 envs = self._environment_names(conn)
-                state = FlagState()
                 conn.execute(
                     insert(t.flag_states),
                     [{"flag_key": key, "environment": env, **_state_values(state)} for env in envs],
@@ -441,14 +639,14 @@ class SqlFlagStore:
                     actor=actor,
                     action=Action.FLAG_CREATE,
                     flag=key,
-                    after=flag_to_dict(flag),
+                    after=_flag_history(flag, off_variant, on_variant),
                     request_id=request_id,
                     at=now,
                 )
         except IntegrityError as exc:
             raise AlreadyExistsError(f"flag {key!r} exists", field="key") from exc
         self.publish(events)
-        return FlagRecord(flag, {e.environment: FlagState() for e in events})
+        return FlagRecord(flag, {e.environment: state for e in events})
 
     def update_flag(
         self,
@@ -490,6 +688,177 @@ class SqlFlagStore:
                 )
         return after_record
 
+    # ------------------------------------------------------------ variants (#19)
+    def add_variant(
+        self,
+        key: str,
+        name: str,
+        value: Any,
+        *,
+        actor: str | Actor,
+        request_id: str | None = None,
+    ) -> FlagRecord:
+        """Declare variant ``name`` serving ``value`` on a typed flag.
+
+        Raises ``ValidationError`` (``name``, ``value``; ``type`` for a boolean flag),
+        ``AlreadyExistsError`` (``name``), ``FlagNotFoundError``, ``ConflictError``
+        (archived flag).
+        """
+        _check_variant_name(name, "name")
+
+        def edit(flag: Flag, _states: _States, _initial: _Initial) -> _VariantEdit:
+            if any(v.name == name for v in flag.variants):
+                raise AlreadyExistsError(f"variant {name!r} exists", field="name")
+            checked = validate_value(flag.type, value, "value")
+            return validate_variants(flag.type, (*flag.variants, Variant(name, checked))), {}
+
+        return self._edit_variants(key, edit, actor=actor, request_id=request_id)
+
+    def set_variant_value(
+        self,
+        key: str,
+        name: str,
+        value: Any,
+        *,
+        actor: str | Actor,
+        request_id: str | None = None,
+    ) -> FlagRecord:
+        """Change the value variant ``name`` serves. Raises ``NotFoundError`` (``name``),
+        ``ValidationError`` (``value``), as ``add_variant`` otherwise."""
+
+        def edit(flag: Flag, _states: _States, _initial: _Initial) -> _VariantEdit:
+            _declared(flag, name, "name")
+            checked = validate_value(flag.type, value, "value")
+            return tuple(
+                Variant(v.name, checked) if v.name == name else v for v in flag.variants
+            ), {}
+
+        return self._edit_variants(key, edit, actor=actor, request_id=request_id)
+
+    def rename_variant(
+        self,
+        key: str,
+        name: str,
+        new_name: str,
+        *,
+        actor: str | Actor,
+        request_id: str | None = None,
+    ) -> FlagRecord:
+        """Rename variant ``name`` to ``new_name`` everywhere it is used (every
+        environment's off/on variant, split and pinned tenants, the flag's initial
+        off/on variants). Raises ``NotFoundError`` (``name``), ``ValidationError`` /
+        ``AlreadyExistsError`` (``new_name``), as ``add_variant`` otherwise."""
+        _check_variant_name(new_name, "new_name")
+
+        def edit(flag: Flag, _states: _States, _initial: _Initial) -> _VariantEdit:
+            _declared(flag, name, "name")
+            if new_name != name and any(v.name == new_name for v in flag.variants):
+                raise AlreadyExistsError(f"variant {new_name!r} exists", field="new_name")
+            renamed = tuple(
+                Variant(new_name, v.value) if v.name == name else v for v in flag.variants
+            )
+            return renamed, {name: new_name}
+
+        return self._edit_variants(key, edit, actor=actor, request_id=request_id)
+
+    def remove_variant(
+        self,
+        key: str,
+        name: str,
+        *,
+        actor: str | Actor,
+        request_id: str | None = None,
+    ) -> FlagRecord:
+        """Remove variant ``name``. Refused with ``ConflictError`` (field ``name``,
+        naming where) while any environment serves it (off/on variant, split, pinned
+        tenants) or a new environment would (the flag's initial off/on variant).
+        Raises ``NotFoundError`` (``name``), as ``add_variant`` otherwise."""
+
+        def edit(flag: Flag, states: _States, initial: _Initial) -> _VariantEdit:
+            _declared(flag, name, "name")
+            uses = _variant_uses(name, states, initial)
+            if uses:
+                raise ConflictError(f"variant {name!r} is in use: {', '.join(uses)}", field="name")
+            return tuple(v for v in flag.variants if v.name != name), {}
+
+        return self._edit_variants(key, edit, actor=actor, request_id=request_id)
+
+    def _edit_variants(
+        self,
+        key: str,
+        edit: _VariantEditor,
+        *,
+        actor: str | Actor,
+        request_id: str | None,
+    ) -> FlagRecord:
+        """Apply ``edit`` (flag, states, initial off/on -> new variants, renames) to a
+        typed flag in one transaction: the flag row, every environment's state (version
+        + 1, environment version + 1, so snapshots and ETags change) and one
+        ``flag.update`` history row with the flag's variants before and after."""
+        events: list[FlagChanged] = []
+        with self.transaction() as conn:
+            stmt = select(t.flags).where(t.flags.c.key == key)
+            if self.is_postgres:
+                stmt = stmt.with_for_update()
+            row = conn.execute(stmt).first()
+            if row is None:
+                raise FlagNotFoundError(f"flag {key!r} does not exist", field="key")
+            flag = _flag_from_row(row)
+            if flag.type is FlagType.BOOLEAN:
+                raise ValidationError(
+                    "a boolean flag's variants are on and off; create a string, number or "
+                    "json flag for other variants",
+                    field="type",
+                )
+            if flag.archived:
+                raise ConflictError(f"flag {key!r} is archived", field="key")
+            states = self._lock_states(conn, key, None)
+            variants, renames = edit(flag, states, (row.off_variant, row.on_variant))
+            if variants == flag.variants and not renames:
+                return FlagRecord(flag, states)
+
+            def renamed(name: str | None) -> str | None:
+                return None if name is None else renames.get(name, name)
+
+            off, on = renamed(row.off_variant), renamed(row.on_variant)
+            conn.execute(
+                update(t.flags)
+                .where(t.flags.c.key == key)
+                .values(variants=_variants_json(variants), off_variant=off, on_variant=on)
+            )
+            after_states: dict[str, FlagState] = {}
+            for env, before in states.items():
+                after = replace(
+                    before,
+                    variants=variants,
+                    off_variant=renamed(before.off_variant),
+                    on_variant=renamed(before.on_variant),
+                    split=tuple((renames.get(n, n), w) for n, w in before.split),
+                    tenant_variants=tuple(
+                        sorted((tenant, renames.get(n, n)) for tenant, n in before.tenant_variants)
+                    ),
+                    version=before.version + 1,
+                )
+                conn.execute(
+                    update(t.flag_states)
+                    .where(t.flag_states.c.flag_key == key, t.flag_states.c.environment == env)
+                    .values(**_state_values(after))
+                )
+                after_states[env] = after
+                events.append(FlagChanged(env, self._bump_env(conn, env), key, after))
+            after_flag = replace(flag, variants=variants)
+            history_log.record_change(
+                conn,
+                actor=actor,
+                action=Action.FLAG_UPDATE,
+                flag=key,
+                before=_flag_history(flag, row.off_variant, row.on_variant),
+                after=_flag_history(after_flag, off, on),
+                request_id=request_id,
+            )
+        self.publish(events)
+        return FlagRecord(after_flag, after_states)
+
     def archive_flag(
         self, key: str, *, actor: str | Actor, request_id: str | None = None
     ) -> FlagRecord:
@@ -526,11 +895,11 @@ class SqlFlagStore:
         flag_row = conn.execute(select(t.flags).where(t.flags.c.key == key)).first()
         if flag_row is None:
             raise FlagNotFoundError(f"flag {key!r} does not exist", field="key")
-        stmt = select(t.flag_states).where(
+        stmt = _state_select().where(
             t.flag_states.c.flag_key == key, t.flag_states.c.environment == env
         )
         if self.is_postgres:
-            stmt = stmt.with_for_update()
+            stmt = stmt.with_for_update(of=t.flag_states)
         row = conn.execute(stmt).first()
         if row is None:
             env_exists = conn.execute(
@@ -617,11 +986,9 @@ class SqlFlagStore:
             candidate = change.apply(before)
             if candidate == before:
                 return before
-            after = FlagState(
-                enabled=candidate.enabled,
-                rollout=candidate.rollout,
-                tenants_on=candidate.tenants_on,
-                tenants_off=candidate.tenants_off,
+            # The change never touches the kill fields, the type or the variants.
+            after = replace(
+                candidate,
                 killed=before.killed,
                 kill_reason=before.kill_reason,
                 killed_at=before.killed_at,
@@ -752,12 +1119,12 @@ class SqlFlagStore:
         (PostgreSQL; SQLite writers are serialized), in environment order. One query when
         all is well. Raises ``EnvironmentNotFoundError`` (field ``environments``), then
         ``FlagNotFoundError``."""
-        stmt = select(t.flag_states).where(t.flag_states.c.flag_key == key)
+        stmt = _state_select().where(t.flag_states.c.flag_key == key)
         if envs is not None:
             stmt = stmt.where(t.flag_states.c.environment.in_(list(envs)))
         stmt = stmt.order_by(t.flag_states.c.environment)
         if self.is_postgres:
-            stmt = stmt.with_for_update()
+            stmt = stmt.with_for_update(of=t.flag_states)
         states = {row.environment: _state_from_row(row) for row in conn.execute(stmt).all()}
         missing = [env for env in envs or () if env not in states]
         if missing or not states:
@@ -777,10 +1144,8 @@ class SqlFlagStore:
             ).first()
             if row is None:
                 raise _no_environment(env)
-            stmt = (
-                select(t.flag_states)
-                .join(t.flags, t.flags.c.key == t.flag_states.c.flag_key)
-                .where(t.flag_states.c.environment == env, t.flags.c.archived.is_(False))
+            stmt = _state_select().where(
+                t.flag_states.c.environment == env, t.flags.c.archived.is_(False)
             )
             flags = {r.flag_key: _state_from_row(r) for r in conn.execute(stmt).all()}
         return Snapshot(env, int(row.version), flags)
@@ -803,10 +1168,14 @@ class SqlFlagStore:
         actor: str | Actor,
         request_id: str | None = None,
         flags: Sequence[str] | None = None,
+        user: str | None = None,
     ) -> tuple[TokenInfo, str]:
         """Create a token; returns its info and its value (shown once, stored hashed).
         ``flags`` (None: every flag) are fnmatch patterns of the flag keys it may act
-        on, checked by ``validate_flag_patterns``. Raises ``ValidationError``."""
+        on, checked by ``validate_flag_patterns``. ``user`` issues it to that console
+        user (it then authenticates only while the user is enabled). Raises
+        ``ValidationError``; ``UserNotFoundError`` (field ``user``) for an unknown user and
+        ``ConflictError`` for a disabled one."""
         patterns = None if flags is None else validate_flag_patterns(flags)
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise ValidationError(
@@ -825,6 +1194,8 @@ class SqlFlagStore:
             if environments is not None:
                 self._check_environments(conn, environments)
                 environments = sorted(set(environments))
+            if user is not None:
+                self._check_user(conn, user, role, environments)
             info = TokenInfo(
                 token_id,
                 name,
@@ -832,6 +1203,7 @@ class SqlFlagStore:
                 tuple(environments) if environments is not None else None,
                 now,
                 flags=patterns,
+                user=user,
             )
             conn.execute(
                 insert(t.tokens).values(
@@ -843,6 +1215,7 @@ class SqlFlagStore:
                     token_hash=hash_token(secret),
                     created_at=now,
                     created_by=str(actor),
+                    user_name=user,
                 )
             )
             public = info.to_dict()
@@ -855,6 +1228,33 @@ class SqlFlagStore:
                 at=now,
             )
         return info, secret
+
+    @staticmethod
+    def _check_user(
+        conn: Connection, name: str, role: Role, environments: Sequence[str] | None
+    ) -> None:
+        """Raise unless console user ``name`` exists, is enabled and could do what a
+        token of ``role`` in ``environments`` does (field ``user``): a user's token
+        never reaches beyond the user."""
+        row = conn.execute(select(t.console_users).where(t.console_users.c.name == name)).first()
+        if row is None:
+            raise UserNotFoundError(f"user {name!r} does not exist", field="user")
+        if row.disabled:
+            raise ConflictError(f"user {name!r} is disabled", field="user")
+        if USER_TOKEN_RANK[role] > USER_TOKEN_RANK[Role(row.role)]:
+            raise ForbiddenError(
+                f"user {name!r} has role {row.role!r}; a token of theirs cannot have role "
+                f"{role.value!r}",
+                field="role",
+            )
+        if row.environments is not None and (
+            environments is None or not set(environments) <= set(row.environments)
+        ):
+            raise ForbiddenError(
+                f"user {name!r} is scoped to {sorted(row.environments)}; so must a token "
+                "of theirs be",
+                field="environments",
+            )
 
     def list_tokens(self) -> list[TokenInfo]:
         with self.read() as conn:
@@ -872,6 +1272,7 @@ class SqlFlagStore:
             _utc(row.created_at),
             row.revoked_at is not None,
             tuple(patterns) if patterns is not None else None,
+            row.user_name,
         )
 
     def revoke_token(
@@ -901,12 +1302,20 @@ class SqlFlagStore:
 
     def authenticate(self, secret: str) -> TokenInfo | None:
         """The live token whose value is ``secret``, else None. The stored hash is
-        compared in constant time."""
+        compared in constant time. A token issued to a console user is live only while
+        that user exists and is enabled."""
         digest = hash_token(secret)
+        users = t.console_users
         with self.read() as conn:
-            row = conn.execute(select(t.tokens).where(t.tokens.c.token_hash == digest)).first()
+            row = conn.execute(
+                select(t.tokens, users.c.name.label("owner"), users.c.disabled.label("owner_off"))
+                .outerjoin(users, users.c.name == t.tokens.c.user_name)
+                .where(t.tokens.c.token_hash == digest)
+            ).first()
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             return None
         if row.revoked_at is not None:
+            return None
+        if row.user_name is not None and (row.owner is None or row.owner_off):
             return None
         return self._token_from_row(row)
