@@ -10,9 +10,11 @@
   integer of at most ``MAX_COUNT``, a report's counts sum to at most
   ``MAX_REPORT_TOTAL``; beyond either it is a 422 naming the field.
 * ``POST /sdk/v1/instances``: an instance report alone (the applied version). An
-  instance belongs to the token that first reported it (``InstanceRegistry.claim``):
-  another token gets a 403, a move to another environment a 422, a token beyond
-  ``max_instances_per_token`` live instances a 429.
+  instance belongs to the token that first reported it, on every replica (checked in
+  the database by ``TelemetryStore.claim_instance``, then in this replica's
+  ``InstanceRegistry``): another token gets a 403, a move to another environment a
+  422, a token beyond ``max_instances_per_token`` live instances (counted in the
+  database) a 429.
 * ``GET /admin/environments/{env}/clients``: live SDK instances (reader).
 * ``GET /admin/reports/unused?since=30d``: flags no SDK evaluated since then (reader).
 
@@ -100,7 +102,7 @@ class SdkServerSettings(BaseSettings):
     # Items one stream may have queued before it counts as fallen behind (then it is
     # sent one snapshot instead of every change).
     stream_queue: int = Field(default=128, ge=1, le=100_000)
-    # Live SDK instances one token may report on this replica; beyond it a 429.
+    # Live SDK instances one token may report (counted in the database); beyond it a 429.
     max_instances_per_token: int = Field(default=10_000, ge=1)
     # Seconds between database polls of environment versions (the no-Redis backstop).
     version_poll_interval: float = Field(default=0.5, gt=0)
@@ -115,6 +117,14 @@ class RenderedSnapshot:
     version: int
     body: bytes
     keys: frozenset[str]
+    # The same snapshot as one SSE ``snapshot`` event (what a new stream is sent first).
+    frame: bytes = b""
+
+
+def _render(snapshot: Snapshot) -> RenderedSnapshot:
+    body = json.dumps(snapshot.to_dict(), separators=(",", ":")).encode()
+    frame = b"id: %d\nevent: snapshot\ndata: %s\n\n" % (snapshot.version, body)
+    return RenderedSnapshot(snapshot.version, body, frozenset(snapshot.flags), frame)
 
 
 class SnapshotCache:
@@ -139,16 +149,49 @@ class SnapshotCache:
         cached = self._by_env.get(env)
         if cached is not None and cached.version == version:
             return cached
-        snapshot = store.snapshot(env)
-        rendered = RenderedSnapshot(
-            snapshot.version,
-            json.dumps(snapshot.to_dict(), separators=(",", ":")).encode(),
-            frozenset(snapshot.flags),
-        )
-        current = self._by_env.get(env)
+        return self.render(store.snapshot(env))
+
+    def cached(self, env: str, version: int) -> RenderedSnapshot | None:
+        """The render of ``env`` at exactly ``version``, if held; no I/O."""
+        cached = self._by_env.get(env)
+        return cached if cached is not None and cached.version == version else None
+
+    def render(self, snapshot: Snapshot) -> RenderedSnapshot:
+        """``snapshot`` rendered (reusing the held render of the same version); kept
+        unless a newer version is held already."""
+        cached = self.cached(snapshot.environment, snapshot.version)
+        if cached is not None:
+            return cached
+        rendered = _render(snapshot)
+        current = self._by_env.get(snapshot.environment)
         if current is None or current.version < rendered.version:
-            self._by_env[env] = rendered
+            self._by_env[snapshot.environment] = rendered
         return rendered
+
+
+class ChangeFrames:
+    """SSE ``change`` frames of recent changes, rendered once per change.
+
+    Every stream of an environment sends the same bytes for a change; rendering them
+    once instead of once per stream is what lets one replica fan a change out to
+    10,000 streams. Keyed by (environment, version), which names one change. Holds
+    the last ``size`` frames. Used on the event loop; safe from threads too (a race
+    renders a frame twice, the same bytes).
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._frames: dict[tuple[str, int], bytes] = {}
+
+    def frame(self, event: FlagChanged) -> bytes:
+        key = (event.environment, event.version)
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = _change_frame(event)
+            self._frames[key] = frame
+            while len(self._frames) > self.size:
+                self._frames.pop(next(iter(self._frames)), None)
+        return frame
 
 
 @dataclass
@@ -163,6 +206,9 @@ class SdkServices:
     publisher: Any = None
     subscriber: Any = None
     snapshots: SnapshotCache = field(default_factory=SnapshotCache)
+    frames: ChangeFrames = field(default_factory=ChangeFrames)
+    # Per environment: one snapshot read at a time for streams (the others reuse it).
+    stream_reads: dict[str, asyncio.Lock] = field(default_factory=dict)
     unreadable_hints: int = 0
     # FLAGRAIL_SIGNING_KEY: Redis change messages are signed and verified (else hints).
     signing_secret: bytes | None = None
@@ -172,7 +218,15 @@ class SdkServices:
     def announce(self, report: InstanceReport, owner: str) -> bool:
         """Record a report heard over HTTP with the token ``owner``; other replicas
         read it from the database. False: the token holds too many instances.
-        Raises ``ForbiddenError`` / ``ValidationError`` (see ``InstanceRegistry.claim``)."""
+
+        Ownership is checked in the database first (``TelemetryStore.claim_instance``:
+        the first token that reported the instance, on any replica, owns it), then in
+        this replica's memory. Raises ``ForbiddenError`` / ``ValidationError`` (see
+        ``claim_instance``), ``StoreUnavailableError``."""
+        if not self.telemetry.claim_instance(
+            report, owner, max_per_token=self.settings.max_instances_per_token
+        ):
+            return False
         return self.registry.claim(report, owner)
 
 
@@ -340,8 +394,23 @@ def _change_frame(event: FlagChanged) -> bytes:
     )
 
 
-def _snapshot_frame(snapshot: Snapshot) -> bytes:
-    return format_event("snapshot", snapshot.to_dict(), snapshot.version)
+async def _stream_snapshot(services: SdkServices, store: FlagStore, env: str) -> RenderedSnapshot:
+    """The snapshot a stream starts (or resyncs) with, at least at the version this
+    replica has delivered (the stream is subscribed already, so later changes reach
+    it). Served from the snapshot cache without I/O when it holds that version;
+    otherwise one database read in the thread pool, shared by the streams that wait
+    on the same environment meanwhile (a reconnect storm reads once, not per stream).
+    """
+    known = services.broadcaster.latest(env)
+    if known is not None and (hit := services.snapshots.cached(env, known)) is not None:
+        return hit
+    lock = services.stream_reads.setdefault(env, asyncio.Lock())
+    async with lock:
+        known = services.broadcaster.latest(env)
+        if known is not None and (hit := services.snapshots.cached(env, known)) is not None:
+            return hit
+        snapshot = await run_in_threadpool(store.snapshot, env)
+        return services.snapshots.render(snapshot)
 
 
 @router.get("/sdk/v1/stream")
@@ -355,8 +424,9 @@ async def stream(
     """Server-Sent Events of one environment (see the module docstring)."""
     env = _sdk_environment(principal, environment)
     store: FlagStore = request.app.state.store
-    await run_in_threadpool(store.get_environment, env)  # 404 before the stream starts
     broadcaster = services.broadcaster
+    if broadcaster.latest(env) is None:  # not seen in the database yet: 404 or read it
+        await run_in_threadpool(store.get_environment, env)
     limit = services.settings.max_streams
     per_token = services.settings.max_streams_per_token
     if broadcaster.closing or broadcaster.stream_count() >= limit:
@@ -390,6 +460,8 @@ async def stream(
         return response
     resume = _parse_last_event_id(last_event_id)
 
+    frames = services.frames
+
     async def events() -> AsyncIterator[bytes]:
         try:
             yield b": connected\n\n"
@@ -397,12 +469,12 @@ async def stream(
             if replay is not None:
                 sent = resume
                 for event in replay:
-                    yield _change_frame(event)
+                    yield frames.frame(event)
                     sent = event.version
             else:
-                snapshot = await run_in_threadpool(store.snapshot, env)
-                yield _snapshot_frame(snapshot)
-                sent = snapshot.version
+                rendered = await _stream_snapshot(services, store, env)
+                yield rendered.frame
+                sent = rendered.version
             assert sent is not None
             while True:
                 item = await sub.get(heartbeat)
@@ -411,24 +483,24 @@ async def stream(
                 elif item is None:
                     return
                 elif item is RESYNC:  # fell behind: one snapshot instead of the backlog
-                    snapshot = await run_in_threadpool(store.snapshot, env)
-                    if snapshot.version >= sent:
-                        yield _snapshot_frame(snapshot)
-                        sent = snapshot.version
+                    rendered = await _stream_snapshot(services, store, env)
+                    if rendered.version >= sent:
+                        yield rendered.frame
+                        sent = rendered.version
                 elif isinstance(item, Snapshot):
                     if item.version >= sent:
-                        yield _snapshot_frame(item)
+                        yield services.snapshots.render(item).frame
                         sent = item.version
                 elif isinstance(item, FlagChanged):
                     if item.version <= sent:
                         continue
                     if item.version == sent + 1:
-                        yield _change_frame(item)
+                        yield frames.frame(item)
+                        sent = item.version
                     else:  # cannot happen with an ordered broadcaster; heal anyway
-                        snapshot = await run_in_threadpool(store.snapshot, env)
-                        yield _snapshot_frame(snapshot)
-                        item = snapshot
-                    sent = item.version
+                        rendered = await _stream_snapshot(services, store, env)
+                        yield rendered.frame
+                        sent = rendered.version
         except FlagrailError as exc:
             log.warning("stream of %s ended: %s", env, exc)
         finally:
@@ -564,6 +636,7 @@ def post_metrics(
     reporter = Reporter(
         f"{principal.name} ({principal.token_id})",
         body.instance.instance_id if body.instance is not None else None,
+        _owner(principal),
     )
     services.telemetry.record_metrics(env, evaluations, counters, reporter=reporter)
     return {

@@ -70,6 +70,10 @@ class Subscription:
     ``RESYNC`` marker instead, and every item pushed until it takes that marker is
     dropped (the snapshot it is sent then covers them). Memory per stream stays bounded
     whatever the change rate. ``None`` (closed) always gets through.
+
+    Cost per item is a deque append and, when the reader waits, one future resolved:
+    no task per ``get`` and no per-stream wake-up of the loop (``Broadcaster`` hands a
+    change to all the streams of one loop in one ``call_soon_threadsafe``).
     """
 
     def __init__(
@@ -85,42 +89,77 @@ class Subscription:
         self.owner = owner
         self.max_items = max(1, max_items)
         self.overflows = 0
-        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self._items: deque[Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._behind = False
 
     def push(self, item: Item) -> None:
         """Thread-safe; a loop already closed (server stopping) is ignored."""
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self._put, item)
+            self.loop.call_soon_threadsafe(self.put, item)
 
-    def _put(self, item: Item) -> None:
-        """On the loop: enqueue, or fall back to one RESYNC marker when full."""
+    def put(self, item: Item) -> None:
+        """On the loop only: enqueue, or fall back to one RESYNC marker when full."""
         if item is None:
-            self.queue.put_nowait(None)
-            return
-        if self._behind:
+            self._items.append(None)
+        elif self._behind:
             return  # the pending RESYNC covers it
-        if self.queue.qsize() >= self.max_items:
+        elif len(self._items) >= self.max_items:
             self._behind = True
             self.overflows += 1
-            while not self.queue.empty():
-                if self.queue.get_nowait() is None:  # keep a close that was queued
-                    self.queue.put_nowait(None)
-                    return
-            self.queue.put_nowait(RESYNC)
-            return
-        self.queue.put_nowait(item)
+            closed = None in self._items
+            self._items.clear()
+            self._items.append(None if closed else RESYNC)  # keep a close that was queued
+        else:
+            self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pending(self) -> int:
+        """Items queued now (on the loop)."""
+        return len(self._items)
 
     async def get(self, timeout: float) -> Item | bool:
         """The next item, or False after ``timeout`` seconds without one. After a
-        ``RESYNC`` is returned, items are queued again."""
-        try:
-            item = await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return False
+        ``RESYNC`` is returned, items are queued again. One reader at a time."""
+        if not self._items:
+            waiter = self.loop.create_future()
+            self._waiter = waiter
+            timer = self.loop.call_later(timeout, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if not self._items:
+                return False
+        item = self._items.popleft()
         if item is RESYNC:
             self._behind = False
         return item
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _deliver(subs: Sequence[Subscription], items: Sequence[Item]) -> None:
+    """On one loop: hand ``items`` to each of ``subs`` (a callback must not raise)."""
+    for sub in subs:
+        for item in items:
+            sub.put(item)
+
+
+def _push_all(subs: Sequence[Subscription], items: Sequence[Item]) -> None:
+    """Thread-safe: one loop wake-up per event loop, not one per stream."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Subscription]] = {}
+    for sub in subs:
+        by_loop.setdefault(sub.loop, []).append(sub)
+    for loop, group in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a loop already closed: server stopping
+            loop.call_soon_threadsafe(_deliver, group, list(items))
 
 
 @dataclass
@@ -186,8 +225,7 @@ class Broadcaster:
         self.closing = True
         with self._lock:
             subs = [s for feed in self._feeds.values() for s in feed.subscribers]
-        for sub in subs:
-            sub.push(None)
+        _push_all(subs, [None])
 
     def close(self) -> None:
         self.shutdown_streams()
@@ -205,9 +243,8 @@ class Broadcaster:
                 feed = self._feeds.setdefault(event.environment, _Feed())
                 out = self._accept(feed, event)
                 subs = list(feed.subscribers) if out else []
-            for sub in subs:
-                for item in out:
-                    sub.push(item)
+            if subs:
+                _push_all(subs, out)
 
     def request_resync(self, environment: str) -> None:
         """Send every stream of ``environment`` a fresh snapshot soon (an unreadable
@@ -423,8 +460,7 @@ class Broadcaster:
         log.info(
             "resynced %s at version %s for %d streams", environment, snapshot.version, len(subs)
         )
-        for sub in subs:
-            sub.push(snapshot)
+        _push_all(subs, [snapshot])
 
 
 @dataclass(frozen=True, slots=True)
