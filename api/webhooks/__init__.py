@@ -19,7 +19,7 @@ from api.webhooks.model import (
 )
 from api.webhooks.signing import generate_secret, sign, signed_headers, verify
 from api.webhooks.slack import slack_message
-from api.webhooks.store import Claim, DeliveryRecord, Status, WebhookStore, enqueue
+from api.webhooks.store import Claim, DeliveryRecord, Status, WebhookStore
 from api.webhooks.worker import DeliveryWorker, WorkerSettings, retry_delay
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "WebhookEvent",
     "WebhookStore",
     "WorkerSettings",
-    "enqueue",
     "event_from_history",
     "generate_secret",
     "parse_subscription",

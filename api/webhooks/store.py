@@ -3,6 +3,8 @@ with a lease, recording outcomes, the delivery log and redelivery.
 
 Ordering contract: ``fan_out`` turns outbox rows into deliveries in history-id
 order, one fan-out at a time (a PostgreSQL advisory lock; SQLite has one writer),
+and on PostgreSQL only rows below a settled horizon: no history write that drew a
+lower id can still commit (``flags.store.history.HISTORY_WRITE_LOCK``),
 and ``claim`` only ever hands out the lowest-sequence pending delivery of each
 subscription, never while another worker's lease on it is live. So a
 subscription's deliveries are sent one after another in ``sequence`` order; a
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,7 +33,7 @@ from api.webhooks.signing import generate_secret
 from api.webhooks.slack import slack_message
 from flags.errors import NotFoundError, ValidationError
 from flags.history import Actor, utc
-from flags.store.history import record_change
+from flags.store.history import HISTORY_WRITE_LOCK, record_change
 from flags.store.tables import history, plans, tokens
 
 __all__ = [
@@ -40,7 +42,6 @@ __all__ = [
     "Outcome",
     "Status",
     "WebhookStore",
-    "enqueue",
 ]
 
 # The advisory lock key that makes one fan-out run at a time on PostgreSQL.
@@ -121,14 +122,6 @@ class DeliveryRecord:
 def msg_id(subscription_id: str, sequence: int) -> str:
     """The ``webhook-id`` of a delivery: the same on every attempt and redelivery."""
     return f"msg_{sequence}_{subscription_id}"
-
-
-def enqueue(conn: Connection, history_ids: Iterable[int]) -> None:
-    """Write the outbox rows of ``history_ids`` on ``conn``: call it inside the
-    transaction that writes those history rows, so both commit or neither does."""
-    rows = [{"history_id": int(i)} for i in history_ids]
-    if rows:
-        conn.execute(insert(t.webhook_outbox), rows)
 
 
 def _subscription(row: Any) -> Subscription:
@@ -299,18 +292,21 @@ class WebhookStore:
         lock). Rows whose history row is gone are dropped."""
         now = now or datetime.now(UTC)
         with self.engine.begin() as conn:
-            if (
-                self.postgres
-                and not conn.execute(
-                    text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": FANOUT_LOCK}
-                ).scalar()
-            ):
-                return 0
-            outbox = conn.execute(
+            query = (
                 select(t.webhook_outbox.c.id, t.webhook_outbox.c.history_id)
-                .order_by(t.webhook_outbox.c.id)
+                .order_by(t.webhook_outbox.c.history_id)
                 .limit(limit)
-            ).all()
+            )
+            if self.postgres:
+                if not conn.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": FANOUT_LOCK}
+                ).scalar():
+                    return 0
+                horizon = self._settled_horizon()
+                if horizon is None:
+                    return 0
+                query = query.where(t.webhook_outbox.c.history_id <= horizon)
+            outbox = conn.execute(query).all()
             if not outbox:
                 return 0
             ids = [r.history_id for r in outbox]
@@ -344,6 +340,20 @@ class WebhookStore:
                 delete(t.webhook_outbox).where(t.webhook_outbox.c.id.in_([r.id for r in outbox]))
             )
             return len(outbox)
+
+    def _settled_horizon(self) -> int | None:
+        """The highest outbox history id at or below which no history write is in
+        flight (PostgreSQL), from a transaction of its own that holds
+        ``HISTORY_WRITE_LOCK`` exclusively for one statement: every id drawn before
+        it is committed or rolled back for good, every id drawn after it is higher.
+        None when a history write holds the lock now (try again on the next pass)."""
+        with self.engine.begin() as conn:
+            if not conn.execute(
+                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": HISTORY_WRITE_LOCK}
+            ).scalar():
+                return None
+            top = conn.execute(select(func.max(t.webhook_outbox.c.history_id))).scalar()
+        return int(top) if top is not None else 0
 
     @staticmethod
     def _plan_kinds(conn: Connection, rows: Sequence[Any]) -> dict[int, str]:

@@ -3,8 +3,16 @@ updates or deletes (and the database refuses it: see ``migrations/``).
 
 ``record_change`` (one row) and ``record_changes`` (several, one statement) must be
 called inside the transaction of the change they record, so the change and its rows
-commit or roll back together. The pure types (``Actor``, ``HistoryQuery``,
-``HistoryPage``) live in ``flags.history``.
+commit or roll back together. Each history row also gets its ``webhook_outbox`` row
+in that same statement (the transactional outbox of #17): a change that commits is
+delivered to webhook subscribers, one that rolls back never is. The pure types
+(``Actor``, ``HistoryQuery``, ``HistoryPage``) live in ``flags.history``.
+
+Ordering (what the webhook fan-out relies on): on PostgreSQL every history write
+holds ``HISTORY_WRITE_LOCK`` shared (a transaction advisory lock, taken in the
+insert's own statement before its ids are drawn) until its transaction ends; the
+fan-out takes it exclusively for a moment, so every id below its horizon is then
+committed or rolled back for good. SQLite has one writer: ids commit in order.
 """
 
 from __future__ import annotations
@@ -13,7 +21,21 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, false, insert, not_, or_, select
+from sqlalchemy import (
+    Connection,
+    Insert,
+    and_,
+    cast,
+    column,
+    false,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    true,
+    values,
+)
 
 from flags.errors import ValidationError
 from flags.history import (
@@ -28,9 +50,14 @@ from flags.history import (
     utc,
 )
 from flags.model import HistoryEntry
-from flags.store.tables import history
+from flags.store.tables import history, webhook_outbox
 
-__all__ = ["list_changes", "record_change", "record_changes"]
+__all__ = ["HISTORY_WRITE_LOCK", "list_changes", "record_change", "record_changes"]
+
+# The PostgreSQL advisory lock key every history write holds shared until it commits
+# (see the module docstring); the webhook fan-out takes it exclusively for a moment.
+HISTORY_WRITE_LOCK = 0x666C6167_68697374 & 0x7FFFFFFFFFFFFFFF
+_COLUMNS = [c.name for c in history.columns if c.name != "id"]
 
 
 def record_change(
@@ -70,10 +97,38 @@ def record_change(
 
 
 def record_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Append several history rows on ``conn`` in one statement (inside the caller's
-    transaction). Each row has ``record_change``'s keywords, all of them."""
-    if rows:
-        conn.execute(insert(history), [{**row, **actor_columns(row["actor"])} for row in rows])
+    """Append several history rows on ``conn``, each with its webhook outbox row, in
+    one statement on PostgreSQL (inside the caller's transaction, so the rows commit or
+    roll back with the change). Each row has ``record_change``'s keywords, all of them."""
+    if not rows:
+        return
+    full = [{**row, **actor_columns(row["actor"])} for row in rows]
+    if conn.dialect.name == "postgresql":
+        conn.execute(_outboxed_insert(full))
+    else:  # SQLite: one writer at a time, so ids commit in order without a lock
+        ids = conn.execute(insert(history).returning(history.c.id), full).scalars().all()
+        conn.execute(insert(webhook_outbox), [{"history_id": i} for i in ids])
+
+
+def _outboxed_insert(rows: Sequence[Mapping[str, Any]]) -> Insert:
+    """``WITH lock AS (SELECT pg_advisory_xact_lock_shared(..)), h AS (INSERT INTO
+    history SELECT .. FROM (VALUES ..) CROSS JOIN lock RETURNING id) INSERT INTO
+    webhook_outbox (history_id) SELECT id FROM h``: one round trip. The history
+    insert reads its rows through the lock, so the lock is held before any id is
+    drawn."""
+    lock = select(func.pg_advisory_xact_lock_shared(HISTORY_WRITE_LOCK).label("held")).cte(
+        "history_write_lock"
+    )
+    names = [name for name in _COLUMNS if name in rows[0]]
+    data = values(*(column(name, history.c[name].type) for name in names), name="v").data(
+        [tuple(row[name] for name in names) for row in rows]
+    )
+    # The casts type the VALUES columns (an all-NULL column would otherwise be text).
+    source = select(*(cast(data.c[name], history.c[name].type) for name in names)).join_from(
+        data, lock, true()
+    )
+    written = insert(history).from_select(names, source).returning(history.c.id).cte("h")
+    return insert(webhook_outbox).from_select(["history_id"], select(written.c.id))
 
 
 def list_changes(conn: Connection, query: HistoryQuery) -> HistoryPage:

@@ -1,6 +1,6 @@
-"""Fixtures of the webhook tests: a migrated database with the webhook tables, a
-store over it, a receiver, and a way to commit a change the way the write path does
-(history row and outbox row in one transaction)."""
+"""Fixtures of the webhook tests: a migrated database (migration 0011 made the
+webhook tables), a store over it, a receiver, and a way to commit a change through
+the write path (``record_change``: history row and outbox row in one transaction)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, insert
+from sqlalchemy import Engine, create_engine, func, select
 
-from api.webhooks import tables as webhook_tables
-from api.webhooks.store import WebhookStore, enqueue
+from api.webhooks.store import WebhookStore
+from flags.store.history import record_change
 from flags.store.tables import history
 from tests.webhooks.receiver import Receiver
 
@@ -20,7 +20,6 @@ from tests.webhooks.receiver import Receiver
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     eng = create_engine(database_url)
-    webhook_tables.metadata.create_all(eng)  # no-op once a migration made them
     try:
         yield eng
     finally:
@@ -39,7 +38,7 @@ def receiver() -> Iterator[Receiver]:
 
 
 def commit_change(engine: Engine, n: int = 0, **over: Any) -> int:
-    """Commit one history row with its outbox row, as the write path does; its id."""
+    """Commit one history row (and so its outbox row) through ``record_change``; its id."""
     row = {
         "at": datetime.now(UTC),
         "actor": "alice",
@@ -52,6 +51,5 @@ def commit_change(engine: Engine, n: int = 0, **over: Any) -> int:
         **over,
     }
     with engine.begin() as conn:
-        hid = int(conn.execute(insert(history).values(**row).returning(history.c.id)).scalar_one())
-        enqueue(conn, [hid])
-    return hid
+        record_change(conn, **row)
+        return int(conn.execute(select(func.max(history.c.id))).scalar_one())

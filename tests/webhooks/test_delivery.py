@@ -7,12 +7,12 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 
 from api.webhooks.model import parse_subscription
-from api.webhooks.store import Status, WebhookStore, enqueue
+from api.webhooks.store import Status, WebhookStore
 from api.webhooks.worker import DeliveryWorker, WorkerSettings, retry_delay
-from flags.store.tables import history
+from flags.store.history import record_change
 from flags.testing import wait_for
 from tests.webhooks.conftest import commit_change
 from tests.webhooks.receiver import Receiver
@@ -74,12 +74,7 @@ def test_worker__rolled_back_change__never_delivered(
     _subscribe(store, receiver)
     first = commit_change(engine, 1)
     with pytest.raises(RuntimeError), engine.begin() as conn:
-        hid = conn.execute(
-            insert(history)
-            .values(at=datetime.now(UTC), actor="a", action="kill", flag="f", environment="prod")
-            .returning(history.c.id)
-        ).scalar_one()
-        enqueue(conn, [hid])
+        record_change(conn, actor="a", action="kill", flag="f", environment="prod")
         raise RuntimeError("the change's transaction fails")
     last = commit_change(engine, 2)
     worker = DeliveryWorker(store, FAST)
