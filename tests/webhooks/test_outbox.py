@@ -1,0 +1,79 @@
+"""The transactional outbox: every history row gets its outbox row in the same
+transaction (``flags.store.history.record_changes``), on SQLite and PostgreSQL; a
+change that fails or rolls back leaves neither."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from flags.errors import EnvironmentNotFoundError
+from flags.store.history import record_change
+from flags.store.sql import SqlFlagStore
+from flags.store.tables import history, webhook_outbox
+
+FLAG = "checkout.v2"
+
+
+@pytest.fixture
+def flag_store(database_url: str) -> Iterator[SqlFlagStore]:
+    s = SqlFlagStore(database_url)
+    try:
+        s.create_flag(FLAG, actor="test")
+        yield s
+    finally:
+        s.close()
+
+
+def _history_ids(s: SqlFlagStore) -> list[int]:
+    with s.engine.connect() as conn:
+        return list(conn.execute(select(history.c.id).order_by(history.c.id)).scalars())
+
+
+def _outbox_ids(s: SqlFlagStore) -> list[int]:
+    with s.engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(webhook_outbox.c.history_id).order_by(webhook_outbox.c.history_id)
+            ).scalars()
+        )
+
+
+def test_record_changes__kill_in_every_environment__one_outbox_row_per_history_row(
+    flag_store: SqlFlagStore,
+) -> None:
+    """A kill writes its history rows (one per environment) and as many outbox rows."""
+    before = set(_history_ids(flag_store))
+    # When: a kill in every environment (one multi-row history write)
+    result = flag_store.kill(FLAG, None, reason="incident", actor="alice")
+    # Then: the new history rows and the outbox rows are the same ids
+    new = sorted(set(_history_ids(flag_store)) - before)
+    assert len(new) == len(result.changed) > 1
+    assert set(new) <= set(_outbox_ids(flag_store))
+    assert _outbox_ids(flag_store) == _history_ids(flag_store)
+
+
+def test_record_change__transaction_fails_after_the_row__no_outbox_row(
+    flag_store: SqlFlagStore,
+) -> None:
+    """A transaction that fails after writing its history row leaves no outbox row."""
+    outbox, rows = _outbox_ids(flag_store), _history_ids(flag_store)
+    with pytest.raises(RuntimeError), flag_store.transaction() as conn:
+        record_change(conn, actor="test", action="state.update", flag=FLAG, environment="prod")
+        inside = conn.execute(select(func.count()).select_from(webhook_outbox)).scalar_one()
+        assert inside == len(outbox) + 1  # written, in this transaction
+        raise RuntimeError("the change fails after its history row")
+    assert _outbox_ids(flag_store) == outbox
+    assert _history_ids(flag_store) == rows
+
+
+def test_kill__unknown_environment__no_history_and_no_outbox_row(
+    flag_store: SqlFlagStore,
+) -> None:
+    """A mutation refused inside its transaction writes no outbox row."""
+    outbox = _outbox_ids(flag_store)
+    with pytest.raises(EnvironmentNotFoundError):
+        flag_store.kill(FLAG, ["production", "no-such-env"], reason="incident", actor="alice")
+    assert _outbox_ids(flag_store) == outbox
