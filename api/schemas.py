@@ -133,11 +133,14 @@ class TokenCreate(Body):
     # fnmatch patterns of the flag keys the token may act on (None: every flag); the
     # service validates each (``flags.model.validate_flag_patterns``).
     flags: list[str] | None = Field(default=None, min_length=1, max_length=50)
+    # The console user the token is issued to (#15); it stops working while they are
+    # disabled.
+    user: str | None = Field(default=None, min_length=1, max_length=64)
 
     def to_command(self) -> CreateToken:
         envs = None if self.environments is None else tuple(self.environments)
         patterns = None if self.flags is None else tuple(self.flags)
-        return CreateToken(self.name, self.role, envs, patterns)
+        return CreateToken(self.name, self.role, envs, patterns, self.user)
 
 
 class PlanActionBody(Body):
@@ -207,6 +210,7 @@ def new_token_json(info: TokenInfo, secret: str) -> dict[str, Any]:
         "role": info.role.value,
         "environments": list(info.environments) if info.environments is not None else None,
         "flags": list(info.flags) if info.flags is not None else None,
+        "user": info.user,
         "token": secret,
     }
 

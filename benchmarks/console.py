@@ -134,7 +134,7 @@ def main() -> None:
         with TestClient(app) as client:
             users = app.state.console_users
             users.hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-            users.create_user("bench", PASSWORD, "admin")
+            users.create_user("bench", PASSWORD, "admin", actor="bench")
             token = CSRF.search(client.get("/console/login").text).group(1)  # type: ignore[union-attr]
             client.post(
                 "/console/login", data={"username": "bench", "password": PASSWORD, "csrf": token}

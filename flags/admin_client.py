@@ -106,6 +106,7 @@ class AdminApi(Protocol):
         role: str,
         environments: Sequence[str] | None = None,
         flags: Sequence[str] | None = None,
+        user: str | None = None,
     ) -> dict[str, Any]: ...
     def list_tokens(self) -> dict[str, Any]: ...
     def revoke_token(self, token_id: str) -> dict[str, Any]: ...
@@ -200,12 +201,16 @@ def token_body(
     role: str,
     environments: Sequence[str] | None,
     flags: Sequence[str] | None = None,
+    user: str | None = None,
 ) -> dict[str, Any]:
-    """``POST /admin/tokens`` (``flags`` only when given: fnmatch patterns of flag keys)."""
+    """``POST /admin/tokens`` (``flags`` only when given: fnmatch patterns of flag keys;
+    ``user`` only when given: the console user the token is issued to)."""
     envs = None if environments is None else list(environments)
     body: dict[str, Any] = {"name": name, "role": role, "environments": envs}
     if flags is not None:
         body["flags"] = list(flags)
+    if user is not None:
+        body["user"] = user
     return body
 
 
@@ -382,10 +387,12 @@ class AdminClient:
         role: str,
         environments: Sequence[str] | None = None,
         flags: Sequence[str] | None = None,
+        user: str | None = None,
     ) -> dict[str, Any]:
         """A new token; the answer's ``token`` is its value, shown this once. ``flags``
-        limits it to flag keys matching those fnmatch patterns."""
-        body = token_body(name, role, environments, flags)
+        limits it to flag keys matching those fnmatch patterns; ``user`` issues it to
+        that console user."""
+        body = token_body(name, role, environments, flags, user)
         return self.request("POST", "/admin/tokens", json=body)
 
     def list_tokens(self) -> dict[str, Any]:

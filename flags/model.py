@@ -86,6 +86,9 @@ class Action(StrEnum):
     ENVIRONMENT_CREATE = "environment.create"
     TOKEN_CREATE = "token.create"
     TOKEN_REVOKE = "token.revoke"
+    USER_CREATE = "user.create"  # console users (#15)
+    USER_DISABLE = "user.disable"
+    USER_ENABLE = "user.enable"
 
 
 def validate_environment_name(name: object, field_name: str = "environment") -> str:
@@ -848,6 +851,8 @@ class TokenInfo:
     created_at: datetime
     revoked: bool = False
     flags: tuple[str, ...] | None = None
+    # The console user this token was issued to (#15): disabling the user stops it.
+    user: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -856,6 +861,7 @@ class TokenInfo:
             "role": self.role.value,
             "environments": list(self.environments) if self.environments is not None else None,
             "flags": list(self.flags) if self.flags is not None else None,
+            "user": self.user,
             "created_at": self.created_at.isoformat(),
             "revoked": self.revoked,
         }

@@ -172,8 +172,9 @@ class DatabaseAdmin:
         role: str,
         environments: Sequence[str] | None = None,
         flags: Sequence[str] | None = None,
+        user: str | None = None,
     ) -> dict[str, Any]:
-        body = token_body(name, role, environments, flags)
+        body = token_body(name, role, environments, flags, user)
         command = parse_body(TokenCreate, body).to_command()
         return new_token_json(*self._ready().create_token(self.principal, command))
 

@@ -28,11 +28,16 @@ def create(
         "--flags",
         help="Limit to flag keys matching this fnmatch pattern, e.g. 'auth.cache.*' (repeat).",
     ),
+    user: str | None = typer.Option(
+        None,
+        "--user",
+        help="Issue it to this console user: it stops working while they are disabled.",
+    ),
     database_url_opt: str | None = DatabaseUrl,
 ) -> None:
     """Create a token and print only its value, so TOKEN=$(flagrail token create ...) works."""
     with _admin(database_url_opt) as admin:
-        created = admin.create_token(name, role, env or None, flag_patterns or None)
+        created = admin.create_token(name, role, env or None, flag_patterns or None, user)
     typer.echo(created["token"])
 
 
@@ -46,7 +51,7 @@ def list_tokens(
         print_json({"items": items})
         return
     print_table(
-        ["id", "name", "role", "environments", "flags", "revoked", "created_at"],
+        ["id", "name", "role", "environments", "flags", "user", "revoked", "created_at"],
         [
             [
                 t["id"],
@@ -54,6 +59,7 @@ def list_tokens(
                 t["role"],
                 ",".join(t["environments"] or ["*"]),
                 ",".join(t.get("flags") or ["*"]),
+                t.get("user") or "",
                 "yes" if t["revoked"] else "",
                 t["created_at"],
             ]

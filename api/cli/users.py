@@ -1,4 +1,4 @@
-"""``flagrail user create|list|disable``: console users, directly on the database (the
+"""``flagrail user create|list|disable|enable``: console users, directly on the database (the
 bootstrap path, as ``flagrail token``).
 
 A user has a role and environment scopes exactly like a token's; the password is read
@@ -22,7 +22,7 @@ from api.cli.database_option import DatabaseUrl, database_url
 from api.cli.output import CliError, print_json, print_table
 from flags.errors import AlreadyExistsError
 from flags.model import Role
-from flags.store.sql import SqlFlagStore
+from flags.store.sql import SqlFlagStore, cli_actor
 from flags.store.users import UserStore
 
 app = typer.Typer(help="Console users (directly on the database).", no_args_is_help=True)
@@ -63,7 +63,7 @@ def create(
     """Create a console user (password at least 12 characters)."""
     password = _password(password_stdin)
     with _users(database_url_opt) as users:
-        user = users.create_user(name, password, role, env or None)
+        user = users.create_user(name, password, role, env or None, actor=cli_actor())
     scope = ",".join(user.environments) if user.environments else "all environments"
     typer.echo(f"created user {user.name} ({user.role.value}, {scope})")
 
@@ -106,10 +106,20 @@ def list_users(
 def disable(
     name: str = typer.Option(..., "--name"), database_url_opt: str | None = DatabaseUrl
 ) -> None:
-    """Disable a user: their sessions end at once and they cannot log in."""
+    """Disable a user: their sessions end, their tokens stop, and they cannot log in."""
     with _users(database_url_opt) as users:
-        users.set_disabled(name, True)
+        users.set_disabled(name, True, actor=cli_actor())
     typer.echo(f"disabled user {name}")
+
+
+@app.command("enable")
+def enable(
+    name: str = typer.Option(..., "--name"), database_url_opt: str | None = DatabaseUrl
+) -> None:
+    """Enable a disabled user again: they can log in, and their tokens work again."""
+    with _users(database_url_opt) as users:
+        users.set_disabled(name, False, actor=cli_actor())
+    typer.echo(f"enabled user {name}")
 
 
 FIRST_USER = "admin"
@@ -154,7 +164,7 @@ def bootstrap_user(url: str, login_file: Path) -> Path | None:
                 file.flush()
                 os.fsync(file.fileno())
             try:
-                users.create_user(FIRST_USER, password, Role.ADMIN)
+                users.create_user(FIRST_USER, password, Role.ADMIN, actor=cli_actor())
             except AlreadyExistsError:  # another replica created it meanwhile
                 return None
             created = True

@@ -18,7 +18,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.service import Principal
 from flags.errors import ForbiddenError, UnauthenticatedError
 from flags.store.users import Session, UserStore
 
@@ -28,7 +27,6 @@ __all__ = [
     "ConsoleSettings",
     "SecurityHeadersMiddleware",
     "check_csrf",
-    "principal_of",
 ]
 
 SESSION_COOKIE = "flagrail_session"
@@ -125,12 +123,6 @@ def current_session(request: Request, users: UserStore) -> Session:
     if session is None:
         raise UnauthenticatedError("log in to use the console", field="session")
     return session
-
-
-def principal_of(session: Session) -> Principal:
-    """The service's principal for a console user: history actor ``user:<name>``."""
-    user = session.user
-    return Principal(token_id=None, name=user.actor, role=user.role, environments=user.environments)
 
 
 def check_csrf(session: Session, submitted: object) -> None:

@@ -79,7 +79,7 @@ def _render(
     status: int = 200,
     **context: Any,
 ) -> HTMLResponse:
-    principal = auth.principal_of(session) if session is not None else None
+    principal = Principal.from_user(session.user) if session is not None else None
     return templates.TemplateResponse(
         request,
         name,
@@ -113,7 +113,7 @@ def _page(request: Request, build: Callable[[Session, Principal], Response]) -> 
     except UnauthenticatedError:
         return _login_redirect(request)
     try:
-        return build(session, auth.principal_of(session))
+        return build(session, Principal.from_user(session.user))
     except FlagrailError as exc:
         return _error(request, session, exc)
 
@@ -129,7 +129,7 @@ async def _post(
     form = dict(await request.form())
     try:
         auth.check_csrf(session, form.get("csrf"))
-        return act(session, auth.principal_of(session), form)
+        return act(session, Principal.from_user(session.user), form)
     except FlagrailError as exc:
         return _error(request, session, exc)
 
@@ -324,7 +324,7 @@ def applied_json(request: Request, key: str, env: str, version: str) -> Response
     """``{"applied", "live", "lagging"}`` for the kill page's live line (JSON)."""
     try:
         session = auth.current_session(request, _users(request))
-        principal = auth.principal_of(session)
+        principal = Principal.from_user(session.user)
         service = _service(request)
         service.get_flag(principal, key)
         body = _applied(service, principal, env, _int(version, "version", 0))
@@ -609,7 +609,12 @@ async def create_token(request: Request) -> Response:
     def act(session: Session, principal: Principal, form: dict[str, Any]) -> Response:
         info, value = _service(request).create_token(
             principal,
-            CreateToken(_text(form, "name", 100), _text(form, "role", 20), _environments(form)),
+            CreateToken(
+                _text(form, "name", 100),
+                _text(form, "role", 20),
+                _environments(form),
+                user=_text(form, "user", 64) or None,
+            ),
             request_id=request.state.request_id,
         )
         return _admin(request, session, principal, 201, new_token=(info, value))
@@ -636,6 +641,8 @@ async def create_user(request: Request) -> Response:
             str(form.get("password", "")),
             _text(form, "role", 20),
             _environments(form),
+            actor=principal.actor,
+            request_id=request.state.request_id,
         )
         return _see_other("/console/admin#users")
 
@@ -649,7 +656,22 @@ async def disable_user(request: Request, name: str) -> Response:
         principal.check_unscoped("managing users")
         if name == session.user.name:
             raise ForbiddenError("you cannot disable yourself", field="name")
-        _users(request).set_disabled(name, True)
+        _users(request).set_disabled(
+            name, True, actor=principal.actor, request_id=request.state.request_id
+        )
+        return _see_other("/console/admin#users")
+
+    return await _post(request, act)
+
+
+@router.post("/admin/users/{name}/enable")
+async def enable_user(request: Request, name: str) -> Response:
+    def act(session: Session, principal: Principal, form: dict[str, Any]) -> Response:
+        principal.allow(Operation.MANAGE_TOKENS)
+        principal.check_unscoped("managing users")
+        _users(request).set_disabled(
+            name, False, actor=principal.actor, request_id=request.state.request_id
+        )
         return _see_other("/console/admin#users")
 
     return await _post(request, act)

@@ -1,8 +1,9 @@
-"""``/admin/users``: console users (create, list, disable), for unscoped admins.
+"""``/admin/users``: console users (create, list, disable, enable), for unscoped admins.
 
 A user has a role and environment scopes exactly like a token's; the password is
 hashed with argon2id and never returned. The store is the console's ``UserStore``
-(``app.state.console_users``).
+(``app.state.console_users``); each change writes its history row (``user.create``,
+``user.disable``, ``user.enable``) in its own transaction, by the calling token.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Principal, allowed
+from api.deps import Principal, allowed, request_id
 from api.schemas import NO_NUL
 from api.service import Operation
 from flags.store.users import User, UserStore
@@ -35,14 +36,7 @@ class UserCreate(BaseModel):
 
 
 def user_json(user: User) -> dict[str, Any]:
-    return {
-        "name": user.name,
-        "actor": user.actor,
-        "role": user.role.value,
-        "environments": list(user.environments) if user.environments is not None else None,
-        "disabled": user.disabled,
-        "created_at": user.created_at.isoformat(),
-    }
+    return user.to_dict()
 
 
 def _users(request: Request, principal: Principal) -> UserStore:
@@ -55,7 +49,15 @@ def create_user(
     body: UserCreate, request: Request, principal: Principal = ManageUsers
 ) -> dict[str, Any]:
     users = _users(request, principal)
-    return user_json(users.create_user(body.name, body.password, body.role, body.environments))
+    user = users.create_user(
+        body.name,
+        body.password,
+        body.role,
+        body.environments,
+        actor=principal.actor,
+        request_id=request_id(request),
+    )
+    return user_json(user)
 
 
 @router.get("")
@@ -69,5 +71,23 @@ def disable_user(
     request: Request,
     principal: Principal = ManageUsers,
 ) -> dict[str, Any]:
-    """Disable a user: their sessions end at once. Raises 404 for an unknown user."""
-    return user_json(_users(request, principal).set_disabled(name, True))
+    """Disable a user: their sessions end and their tokens stop at once. Raises 404 for
+    an unknown user."""
+    users = _users(request, principal)
+    return user_json(
+        users.set_disabled(name, True, actor=principal.actor, request_id=request_id(request))
+    )
+
+
+@router.post("/{name}/enable")
+def enable_user(
+    name: Annotated[str, Path(max_length=64, pattern=NO_NUL)],
+    request: Request,
+    principal: Principal = ManageUsers,
+) -> dict[str, Any]:
+    """Enable a disabled user again (their tokens work again; sessions stay ended).
+    Raises 404 for an unknown user."""
+    users = _users(request, principal)
+    return user_json(
+        users.set_disabled(name, False, actor=principal.actor, request_id=request_id(request))
+    )

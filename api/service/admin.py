@@ -54,6 +54,8 @@ MOVE_OPERATIONS = {
     PlanMove.ADVANCE: Operation.PLAN,
 }
 TOKEN_ACTIONS = (Action.TOKEN_CREATE.value, Action.TOKEN_REVOKE.value)
+# Console users' rows (#15): for those who manage users (unscoped admins) only.
+USER_ACTIONS = (Action.USER_CREATE.value, Action.USER_DISABLE.value, Action.USER_ENABLE.value)
 
 
 class Telemetry(Protocol):
@@ -256,14 +258,16 @@ class AdminService:
         """Changes newest first, limited to the principal's environments whatever
         ``query.scope`` says; token rows only for admins, and for an admin scoped to
         some environments only the rows of tokens within that scope (as
-        ``list_tokens``). Raises ``ValidationError`` for a bad limit or cursor."""
+        ``list_tokens``); console user rows only for unscoped admins (who manage users).
+        Raises ``ValidationError`` for a bad limit or cursor."""
         principal.allow(Operation.READ)
         if query.environment is not None:
             principal.check_env(query.environment)
         visible: tuple[str, ...] | None = None
         if not principal.may(Operation.READ_TOKEN_HISTORY):
-            query = replace(query, hidden_actions=TOKEN_ACTIONS)
+            query = replace(query, hidden_actions=TOKEN_ACTIONS + USER_ACTIONS)
         elif principal.scope is not None or principal.flag_patterns is not None:
+            query = replace(query, hidden_actions=USER_ACTIONS)
             visible = tuple(t.id for t in self.store.list_tokens() if self._sees(principal, t))
         return self.store.list_history(
             replace(
@@ -284,9 +288,14 @@ class AdminService:
     ) -> tuple[TokenInfo, str]:
         """A new token and its value (shown once). A scoped admin may only hand out
         tokens within its own environments; an admin limited to flag patterns, only
-        tokens limited to some of the same patterns. Raises ``ValidationError`` for bad
-        ``flags`` patterns."""
+        tokens limited to some of the same patterns. A token issued to a console user
+        (``command.user``) needs an unscoped admin (or that user themself) and may not
+        reach beyond the user's role and environments. Raises ``ValidationError`` for
+        bad ``flags`` patterns, ``UserNotFoundError``, ``ConflictError`` (user
+        disabled)."""
         principal.allow(Operation.MANAGE_TOKENS)
+        if command.user is not None and command.user != principal.user:
+            principal.check_unscoped("issuing a token to a user")
         patterns = None if command.flags is None else validate_flag_patterns(command.flags)
         if principal.flag_patterns is not None and (
             patterns is None or not set(patterns) <= set(principal.flag_patterns)
@@ -312,6 +321,7 @@ class AdminService:
             actor=principal.actor,
             request_id=request_id,
             flags=patterns,
+            user=command.user,
         )
 
     def list_tokens(self, principal: Principal) -> list[TokenInfo]:

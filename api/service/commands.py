@@ -81,12 +81,13 @@ class Kill:
 @dataclass(frozen=True, slots=True)
 class CreateToken:
     """A new token; ``flags`` (None: every flag) are fnmatch patterns of the flag keys
-    it may act on."""
+    it may act on; ``user`` the console user it is issued to (None: no one)."""
 
     name: str
     role: Role | str
     environments: tuple[str, ...] | None = None
     flags: tuple[str, ...] | None = None
+    user: str | None = None  # the console user it is issued to (#15)
 
 
 class PlanMove(StrEnum):

@@ -1,10 +1,11 @@
 """Who calls an admin operation, and what each role may do: the one permission table.
 
 A ``Principal`` is made once per call: from the API token of an HTTP request
-(``Principal.from_token``), or for the CLI's break-glass database mode
-(``Principal.break_glass``). ``AdminService`` checks it on every operation with
-``Principal.allow``; the HTTP routes call the same check early, so a caller
-without the role hears 403 before its body is judged.
+(``Principal.from_token``), from a console user's session (``Principal.from_user``),
+or for the CLI's break-glass database mode (``Principal.break_glass``).
+``AdminService`` checks it on every operation with ``Principal.allow``; the HTTP
+routes call the same check early, so a caller without the role hears 403 before its
+body is judged.
 
 Roles: ``reader`` < ``operator`` < ``editor`` < ``admin``, each with the rights of
 the one before; a ``client`` token reaches no admin operation. A ``guard`` token
@@ -14,9 +15,12 @@ some environments acts only within them (``check_env``); some operations need a
 token for every environment (``check_unscoped``); a token with flag patterns acts
 only on matching flags (``check_flag``).
 
-Actors: every change records the token behind it (``Principal.actor``). Only a
-``guard`` token may name an actor of its own (``X-Flagrail-Actor: guard:<host>:<pid>``,
-``CLAIMS_ACTOR``); the history keeps that claim beside the token's id and name.
+Actors: every change records the token behind it (``Principal.actor``), or for a
+console user ``user:<name>``. ``Principal.user`` names the person behind the call:
+the console user, or the user a token was issued to (``flagrail token create
+--user``). Only a ``guard`` token may name an actor of its own (``X-Flagrail-Actor:
+guard:<host>:<pid>``, ``CLAIMS_ACTOR``); the history keeps that claim beside the
+token's id and name.
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from flags.errors import ForbiddenError
 from flags.history import Actor
 from flags.model import Role, TokenInfo
+
+if TYPE_CHECKING:
+    from flags.store.users import User
 
 __all__ = ["CLAIMS_ACTOR", "PERMISSIONS", "Operation", "Principal", "at_least"]
 
@@ -95,7 +103,9 @@ class Principal:
     every environment; ``flag_patterns`` None means every flag (else fnmatch patterns
     the token may act on). ``claimed_actor`` is the actor a ``guard`` token named
     itself (``X-Flagrail-Actor: guard:<host>:<pid>``; ``from_token`` refuses it from
-    any other role); changes are recorded under ``actor``.
+    any other role); changes are recorded under ``actor``. ``user`` is the person
+    behind the call (a console user's name, or the user a token was issued to), None
+    for a token of no user and for the break-glass CLI.
     """
 
     token_id: str | None
@@ -104,6 +114,7 @@ class Principal:
     environments: tuple[str, ...] | None = None
     flag_patterns: tuple[str, ...] | None = None
     claimed_actor: str | None = None
+    user: str | None = None
 
     @classmethod
     def from_token(cls, token: TokenInfo, *, claimed_actor: str | None = None) -> Principal:
@@ -119,7 +130,21 @@ class Principal:
                 f"{Role.GUARD.value!r} token may send X-Flagrail-Actor",
                 field="X-Flagrail-Actor",
             )
-        return cls(token.id, token.name, token.role, token.environments, token.flags, claimed_actor)
+        return cls(
+            token.id,
+            token.name,
+            token.role,
+            token.environments,
+            token.flags,
+            claimed_actor,
+            token.user,
+        )
+
+    @classmethod
+    def from_user(cls, user: User) -> Principal:
+        """The principal of a console user (a live session's): the user's role and
+        environments, every flag, history actor ``user:<name>``, no token."""
+        return cls(None, user.actor, user.role, user.environments, user=user.name)
 
     @classmethod
     def break_glass(cls, actor: str) -> Principal:

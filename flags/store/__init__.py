@@ -116,6 +116,7 @@ class FlagStore(Protocol):
         actor: str | Actor,
         request_id: str | None = None,
         flags: Sequence[str] | None = None,
+        user: str | None = None,
     ) -> tuple[TokenInfo, str]: ...
     def list_tokens(self) -> list[TokenInfo]: ...
     def revoke_token(

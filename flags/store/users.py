@@ -6,6 +6,9 @@ with argon2id (argon2-cffi). A session id is 32 random bytes; only its SHA-256 i
 stored, so a copy of the database logs nobody in. A session ends when it is revoked
 (logout, user disabled) or left idle longer than ``idle_timeout``.
 
+Creating, disabling and enabling a user each write a history row (``user.create``,
+``user.disable``, ``user.enable``) in the change's own transaction.
+
 ``LoginThrottle`` counts failed logins per user name and per client address in this
 process: the sixth failure within a minute for either is refused before the password
 is checked.
@@ -20,8 +23,9 @@ import secrets
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -40,7 +44,9 @@ from flags.errors import (
     UnauthenticatedError,
     ValidationError,
 )
-from flags.model import Role, validate_environment_name
+from flags.history import Actor
+from flags.model import Action, Role, validate_environment_name
+from flags.store import history as history_log
 from flags.store.tables import console_environment_protection as protection
 from flags.store.tables import console_sessions as sessions
 from flags.store.tables import console_users as users
@@ -89,6 +95,17 @@ class User:
     def actor(self) -> str:
         """The history actor of this user's changes."""
         return f"user:{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The public form (no password hash): what ``/admin/users`` and the history show."""
+        return {
+            "name": self.name,
+            "actor": self.actor,
+            "role": self.role.value,
+            "environments": list(self.environments) if self.environments is not None else None,
+            "disabled": self.disabled,
+            "created_at": self.created_at.isoformat(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +231,13 @@ class UserStore:
         password: str,
         role: Role | str,
         environments: Sequence[str] | None = None,
+        *,
+        actor: str | Actor,
+        request_id: str | None = None,
     ) -> User:
-        """Raises ``ValidationError`` (naming the field), ``AlreadyExistsError``."""
+        """Create a user, with its ``user.create`` history row by ``actor`` in the same
+        transaction. Raises ``ValidationError`` (naming the field),
+        ``AlreadyExistsError``."""
         validate_user_name(name)
         validate_password(password)
         try:
@@ -230,21 +252,30 @@ class UserStore:
         if environments is not None:
             envs = sorted({validate_environment_name(e, "environments") for e in environments})
         now = self.clock()
+        user = User(name, role, None if envs is None else tuple(envs), now)
+        password_hash = self.hasher.hash(password)
         try:
             with self.engine.begin() as conn:
                 conn.execute(
                     insert(users).values(
                         name=name,
-                        password_hash=self.hasher.hash(password),
+                        password_hash=password_hash,
                         role=role.value,
                         environments=envs,
                         disabled=False,
                         created_at=now,
                     )
                 )
+                history_log.record_change(
+                    conn,
+                    actor=actor,
+                    action=Action.USER_CREATE,
+                    after=user.to_dict(),
+                    request_id=request_id,
+                )
         except IntegrityError as exc:
             raise AlreadyExistsError(f"user {name!r} already exists", field="name") from exc
-        return User(name, role, None if envs is None else tuple(envs), now)
+        return user
 
     def get_user(self, name: str) -> User:
         """Raises ``UserNotFoundError``."""
@@ -262,18 +293,40 @@ class UserStore:
         with self.engine.connect() as conn:
             return len(conn.execute(select(users.c.name)).all())
 
-    def set_disabled(self, name: str, disabled: bool = True) -> User:
-        """Disable (or enable) a user; disabling ends every session. Raises
-        ``UserNotFoundError``."""
+    def set_disabled(
+        self,
+        name: str,
+        disabled: bool = True,
+        *,
+        actor: str | Actor,
+        request_id: str | None = None,
+    ) -> User:
+        """Disable (or enable) a user, with its ``user.disable`` / ``user.enable``
+        history row by ``actor`` in the same transaction. Disabling ends every session
+        and stops the user's tokens. A user already so is left as it is, with no row.
+        Raises ``UserNotFoundError``."""
         with self.engine.begin() as conn:
-            done = conn.execute(update(users).where(users.c.name == name).values(disabled=disabled))
-            if done.rowcount == 0:
+            row = conn.execute(select(users).where(users.c.name == name).with_for_update()).first()
+            if row is None:
                 raise UserNotFoundError(f"user {name!r} does not exist", field="name")
+            before = _user(row)
+            if before.disabled == disabled:
+                return before
+            conn.execute(update(users).where(users.c.name == name).values(disabled=disabled))
             if disabled:
                 conn.execute(
                     update(sessions).where(sessions.c.user_name == name).values(revoked=True)
                 )
-        return self.get_user(name)
+            after = replace(before, disabled=disabled)
+            history_log.record_change(
+                conn,
+                actor=actor,
+                action=Action.USER_DISABLE if disabled else Action.USER_ENABLE,
+                before=before.to_dict(),
+                after=after.to_dict(),
+                request_id=request_id,
+            )
+        return after
 
     def verify(self, name: str, password: str) -> User:
         """The user whose password this is. Raises ``UnauthenticatedError`` for an unknown

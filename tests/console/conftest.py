@@ -38,7 +38,7 @@ def seed(users: UserStore, store: object) -> None:
     staging and production."""
     people = (("alice", "admin"), ("ed", "editor"), ("olga", "operator"), ("rita", "reader"))
     for name, role in people:
-        users.create_user(name, PASSWORD, role)
+        users.create_user(name, PASSWORD, role, actor="test")
     envs = {e.name for e in store.list_environments()}  # type: ignore[attr-defined]
     for env in ("staging", "production"):
         if env not in envs:

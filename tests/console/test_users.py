@@ -28,7 +28,7 @@ def users(database_url: str) -> UserStore:
 
 class TestUserStore:
     def test_create_user__hash_is_argon2id__verify(self, users: UserStore) -> None:
-        users.create_user("alice", PASSWORD, "editor", ["production"])
+        users.create_user("alice", PASSWORD, "editor", ["production"], actor="test")
         with users.engine.connect() as conn:
             stored = conn.exec_driver_sql("SELECT password_hash FROM console_users").scalar()
         assert stored.startswith("$argon2id$") and PASSWORD not in stored
@@ -36,11 +36,11 @@ class TestUserStore:
         assert user.actor == "user:alice" and user.environments == ("production",)
 
     def test_verify__wrong_unknown_or_disabled__same_error(self, users: UserStore) -> None:
-        users.create_user("alice", PASSWORD, "editor")
+        users.create_user("alice", PASSWORD, "editor", actor="test")
         for name, password in (("alice", "nope nope nope"), ("bob", PASSWORD)):
             with pytest.raises(UnauthenticatedError, match="wrong user name or password"):
                 users.verify(name, password)
-        users.set_disabled("alice")
+        users.set_disabled("alice", actor="test")
         with pytest.raises(UnauthenticatedError):
             users.verify("alice", PASSWORD)
 
@@ -52,14 +52,14 @@ class TestUserStore:
         ):
             args = {"name": "alice", "password": PASSWORD, "role": "editor", **kwargs}
             with pytest.raises(ValidationError) as caught:
-                users.create_user(args["name"], args["password"], args["role"])
+                users.create_user(args["name"], args["password"], args["role"], actor="test")
             assert caught.value.field == field
-        users.create_user("alice", PASSWORD, "editor")
+        users.create_user("alice", PASSWORD, "editor", actor="test")
         with pytest.raises(AlreadyExistsError):
-            users.create_user("alice", PASSWORD, "editor")
+            users.create_user("alice", PASSWORD, "editor", actor="test")
 
     def test_session__id_stored_hashed__revocable(self, users: UserStore) -> None:
-        user = users.create_user("alice", PASSWORD, "admin")
+        user = users.create_user("alice", PASSWORD, "admin", actor="test")
         session_id, session = users.open_session(user)
         with users.engine.connect() as conn:
             ids = [r[0] for r in conn.exec_driver_sql("SELECT id_hash FROM console_sessions")]
@@ -69,8 +69,8 @@ class TestUserStore:
         assert users.session(session_id) is None
 
     def test_disable__ends_live_sessions(self, users: UserStore) -> None:
-        session_id, _ = users.open_session(users.create_user("alice", PASSWORD, "admin"))
-        users.set_disabled("alice")
+        session_id, _ = users.open_session(users.create_user("alice", PASSWORD, "admin", actor="test"))
+        users.set_disabled("alice", actor="test")
         assert users.session(session_id) is None
 
 
