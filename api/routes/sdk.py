@@ -310,7 +310,13 @@ def _services(request: Request) -> SdkServices:
     return services  # type: ignore[no-any-return]
 
 
-Services = Annotated[SdkServices, Depends(_services)]
+async def _services_dependency(request: Request) -> SdkServices:
+    """``_services`` as an async dependency: I/O-free, so it runs on the event loop
+    instead of costing a thread-pool hop per request."""
+    return _services(request)
+
+
+Services = Annotated[SdkServices, Depends(_services_dependency)]
 
 
 def _sdk_environment(principal: Principal, environment: str) -> str:
@@ -331,8 +337,8 @@ def _etag_matches(header: str | None, version: int) -> bool:
 
 # ---------------------------------------------------------------------- snapshot
 @router.get("/sdk/v1/snapshot")
-def get_snapshot(
-    store: Store,
+async def get_snapshot(
+    request: Request,
     services: Services,
     principal: Principal = SdkClient,
     environment: str = Query(..., max_length=40),
@@ -347,15 +353,27 @@ def get_snapshot(
         if services.signing_secret is not None:
             # This environment's verify key (not the secret), to this token only.
             headers["X-Flagrail-Verify-Key"] = environment_key(services.signing_secret, env).hex()
-    current = store.get_environment(env).version
-    if if_none_match and _etag_matches(if_none_match, current):
-        return Response(status_code=304, headers={**headers, "ETag": f'"{current}"'})
-    rendered = services.snapshots.get(store, env, current)
+    store: FlagStore = request.app.state.store
+    # One thread-pool hop for the database (the version read; the render on a miss).
+    rendered = await run_in_threadpool(_current_snapshot, services, store, env, if_none_match)
+    if isinstance(rendered, int):
+        return Response(status_code=304, headers={**headers, "ETag": f'"{rendered}"'})
     return Response(
         rendered.body,
         media_type="application/json",
         headers={**headers, "ETag": f'"{rendered.version}"'},
     )
+
+
+def _current_snapshot(
+    services: SdkServices, store: FlagStore, env: str, if_none_match: str | None
+) -> RenderedSnapshot | int:
+    """The environment's version when ``If-None-Match`` names it (a 304), else its
+    rendered snapshot. Blocking (database): run in the thread pool."""
+    current = store.get_environment(env).version
+    if if_none_match and _etag_matches(if_none_match, current):
+        return current
+    return services.snapshots.get(store, env, current)
 
 
 # ---------------------------------------------------------------------- stream

@@ -12,23 +12,26 @@ Thread-safe as its stores are: it holds no state of its own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from api.service.commands import (
     CreateFlag,
     CreateToken,
+    EditVariant,
     FlagFilter,
     Kill,
     MovePlan,
     PlanMove,
     SetState,
     UpdateFlag,
+    VariantEdit,
 )
 from api.service.principal import Operation, Principal
-from flags.errors import ForbiddenError
+from flags.errors import ApprovalRequiredError, FlagrailError, ForbiddenError, ValidationError
 from flags.history import HistoryPage, HistoryQuery
 from flags.model import (
     Action,
@@ -43,6 +46,10 @@ from flags.model import (
 from flags.plans.model import Plan, PlanSpec, parse_plan, parse_schedule
 from flags.plans.store import PlanStore
 from flags.store import FlagStore, KillResult
+from flags.store.change_requests import ChangeKind
+
+if TYPE_CHECKING:  # #16 approvals: the gate (api.service.approvals)
+    from api.service.approvals import ApprovalService
 
 __all__ = ["AdminService", "FlagView", "Instances", "Telemetry"]
 
@@ -56,6 +63,9 @@ MOVE_OPERATIONS = {
 TOKEN_ACTIONS = (Action.TOKEN_CREATE.value, Action.TOKEN_REVOKE.value)
 # Console users' rows (#15): for those who manage users (unscoped admins) only.
 USER_ACTIONS = (Action.USER_CREATE.value, Action.USER_DISABLE.value, Action.USER_ENABLE.value)
+
+
+log = logging.getLogger("flagrail.api.service")
 
 
 class Telemetry(Protocol):
@@ -99,11 +109,15 @@ class AdminService:
         plans: PlanStore | None = None,
         telemetry: Telemetry | None = None,
         instances: Instances | None = None,
+        approvals: ApprovalService | None = None,
     ) -> None:
         self.store = store
         self.plans = plans
         self.telemetry = telemetry
         self.instances = instances
+        # #16: with it, a change that raises risk in an environment whose policy
+        # requires approvals is held as a change request (ApprovalRequiredError).
+        self.approvals = approvals
 
     # ------------------------------------------------------------ environments
     def list_environments(self, principal: Principal) -> list[Environment]:
@@ -154,7 +168,35 @@ class AdminService:
             tags=command.tags,
             actor=principal.actor,
             request_id=request_id,
+            type=command.type,
+            variants=command.variants,
+            off_variant=command.off_variant,
+            on_variant=command.on_variant,
         )
+        return self.store.get_flag(command.key, scope=principal.scope)
+
+    def edit_variant(
+        self, principal: Principal, command: EditVariant, *, request_id: str | None = None
+    ) -> FlagRecord:
+        """Add, rename, re-value or remove a typed flag's variant (#19). Variants are
+        shared by every environment: needs an unscoped editor. Raises
+        ``FlagNotFoundError``, ``NotFoundError`` (no such variant, field ``name``),
+        ``AlreadyExistsError``, ``ConflictError`` (removing a variant an environment
+        serves, naming where; an archived flag), ``ValidationError`` naming the field."""
+        principal.allow(Operation.EDIT_FLAG)
+        validate_flag_key(command.key)
+        principal.check_flag(command.key)
+        principal.check_unscoped("changing a flag's variants (shared by every environment)")
+        common: dict[str, Any] = {"actor": principal.actor, "request_id": request_id}
+        if command.edit is VariantEdit.ADD:
+            self.store.add_variant(command.key, command.name, command.value, **common)
+        elif command.edit is VariantEdit.RENAME:
+            new_name = command.new_name if command.new_name is not None else ""
+            self.store.rename_variant(command.key, command.name, new_name, **common)
+        elif command.edit is VariantEdit.SET_VALUE:
+            self.store.set_variant_value(command.key, command.name, command.value, **common)
+        else:
+            self.store.remove_variant(command.key, command.name, **common)
         return self.store.get_flag(command.key, scope=principal.scope)
 
     def update_flag(
@@ -184,16 +226,35 @@ class AdminService:
 
     # ------------------------------------------------------------ states and kills
     def set_state(
-        self, principal: Principal, command: SetState, *, request_id: str | None = None
+        self,
+        principal: Principal,
+        command: SetState,
+        *,
+        request_id: str | None = None,
+        break_glass: bool = False,
     ) -> FlagState:
         """Apply ``command.change``. Raises ``VersionConflictError`` when
         ``expected_version`` is stale, ``FlagNotFoundError``, ``EnvironmentNotFoundError``,
-        ``ConflictError`` (archived flag)."""
+        ``ConflictError`` (archived flag).
+
+        In an environment whose policy requires approvals, a change that raises risk
+        does not apply: it raises ``ApprovalRequiredError`` naming the change request
+        it became. With ``break_glass`` (an admin, ``command.reason`` required) it
+        applies at once, recorded as break-glass, opening a review item."""
         principal.allow(Operation.SET_STATE)
         validate_flag_key(command.key)
         validate_environment_name(command.environment)
         principal.check_flag(command.key)
         principal.check_env(command.environment)
+        glass = _break_glass_reason(break_glass, command.reason)
+        if self.approvals is not None and self.approvals.gated_environments([command.environment]):
+            submitted = self.approvals.submit_state(
+                principal, command, break_glass=glass, request_id=request_id
+            )
+            if submitted.request is not None:
+                raise ApprovalRequiredError([submitted.request.id], submitted.request.to_dict())
+            assert submitted.state is not None  # applied: at once or by break-glass
+            return submitted.state
         return self.store.update_state(
             command.key,
             command.environment,
@@ -213,11 +274,64 @@ class AdminService:
         return self._set_killed(principal, command, True, request_id)
 
     def unkill(
-        self, principal: Principal, command: Kill, *, request_id: str | None = None
+        self,
+        principal: Principal,
+        command: Kill,
+        *,
+        request_id: str | None = None,
+        break_glass: bool = False,
     ) -> KillResult:
-        """Lift a kill; the mirror of ``kill``."""
+        """Lift a kill; the mirror of ``kill``. An unkill raises risk: in an environment
+        whose policy requires approvals it becomes a change request (the environments
+        that need none are unkilled at once) and ``ApprovalRequiredError`` names the
+        requests; with ``break_glass`` (an admin) it applies at once, with review items."""
         principal.allow(Operation.UNKILL)
+        if self.approvals is not None:
+            held = self._unkill_gated(principal, command, request_id, break_glass)
+            if held is not None:
+                return held
         return self._set_killed(principal, command, False, request_id)
+
+    def _unkill_gated(
+        self, principal: Principal, command: Kill, request_id: str | None, break_glass: bool
+    ) -> KillResult | None:
+        """The unkill through the approval gate, or None when no environment it reaches
+        is gated (the caller unkills as always)."""
+        assert self.approvals is not None
+        validate_flag_key(command.key)
+        principal.check_flag(command.key)
+        envs = command.environments
+        if envs is not None:
+            for env in envs:
+                validate_environment_name(env, "environments")
+            principal.check_envs(envs)
+        names = (
+            envs
+            if envs is not None
+            else principal.visible(e.name for e in self.store.list_environments())
+        )
+        if not self.approvals.gated_environments(names):
+            return None
+        outcome = self.approvals.submit_unkill(
+            principal,
+            command.key,
+            envs,
+            reason=command.reason,
+            break_glass=_break_glass_reason(break_glass, command.reason),
+            request_id=request_id,
+        )
+        requests = [s.request for s in outcome.submitted.values() if s.request is not None]
+        if requests:
+            raise ApprovalRequiredError(
+                [r.id for r in requests],
+                {
+                    "status": "pending",
+                    "flag": command.key,
+                    "change_requests": [r.to_dict() for r in requests],
+                    "environments": {e: s.to_dict() for e, s in sorted(outcome.states.items())},
+                },
+            )
+        return KillResult(command.key, dict(outcome.states), changed=sorted(outcome.states))
 
     def _set_killed(
         self, principal: Principal, command: Kill, killed: bool, request_id: str | None
@@ -245,13 +359,28 @@ class AdminService:
         """Wait until every live SDK instance of the kill's environments applied the
         version the kill produced there (for an environment it left as it was, the
         current version), at most ``seconds``. Returns ``{"confirmed", "live",
-        "lagging", "elapsed_ms"}``. Needs ``instances`` (a server's)."""
+        "lagging", "elapsed_ms"}``; each lagging instance carries the ``token_id`` and
+        ``token_name`` of the token that owns it (#14; null when unknown: a pre-0008
+        row, a deleted token, or telemetry out of reach). Needs ``instances``."""
         instances = self._need(self.instances, "instances")
         targets = dict(outcome.env_versions)
         for env in outcome.states:
             if env not in targets:
                 targets[env] = self.store.get_environment(env).version
-        return instances.wait_applied(targets, seconds).to_dict()
+        result = instances.wait_applied(targets, seconds).to_dict()
+        lagging = result.get("lagging") or []
+        owners: dict[str, dict[str, Any]] = {}
+        telemetry = getattr(instances, "telemetry", None)
+        if lagging and telemetry is not None:
+            try:
+                owners = telemetry.instance_tokens([i["instance_id"] for i in lagging])
+            except FlagrailError as exc:  # the kill is done; naming owners is a courtesy
+                log.warning("cannot read the owners of lagging instances: %s", exc)
+        for item in lagging:
+            owner = owners.get(item["instance_id"], {})
+            item["token_id"] = owner.get("token_id")
+            item["token_name"] = owner.get("token_name")
+        return result
 
     # ------------------------------------------------------------ history
     def history(self, principal: Principal, query: HistoryQuery) -> HistoryPage:
@@ -356,10 +485,15 @@ class AdminService:
         body: Mapping[str, Any],
         *,
         request_id: str | None = None,
+        break_glass: str | None = None,
     ) -> Plan:
         """A rollout plan from a ``POST .../plans`` body; its first stage is applied at
-        once (or at ``start_at``). An unknown flag is a 404 whatever the body."""
-        return self._create_plan(principal, key, lambda: parse_plan(body), request_id)
+        once (or at ``start_at``). An unknown flag is a 404 whatever the body. In a gated
+        environment the whole plan is one change request (``ApprovalRequiredError``),
+        unless an admin breaks glass (``break_glass``: the reason)."""
+        return self._create_plan(
+            principal, key, lambda: parse_plan(body), request_id, body, break_glass
+        )
 
     def create_schedule(
         self,
@@ -368,11 +502,18 @@ class AdminService:
         body: Mapping[str, Any],
         *,
         request_id: str | None = None,
+        break_glass: str | None = None,
     ) -> Plan:
-        """One scheduled state change: ``{"environment", "at", "change"}``."""
+        """One scheduled state change: ``{"environment", "at", "change"}``; gated as
+        ``create_plan``."""
         plans = self._need(self.plans, "plans")
         return self._create_plan(
-            principal, key, lambda: parse_schedule(body, now=plans.clock()), request_id
+            principal,
+            key,
+            lambda: parse_schedule(body, now=plans.clock()),
+            request_id,
+            body,
+            break_glass,
         )
 
     def _create_plan(
@@ -381,12 +522,28 @@ class AdminService:
         key: str,
         parse: Callable[[], PlanSpec],
         request_id: str | None,
+        body: Mapping[str, Any],
+        break_glass: str | None,
     ) -> Plan:
         principal.allow(Operation.PLAN)
         plans = self._need(self.plans, "plans")
         self._known_flag(principal, key)
         spec = parse()
         principal.check_env(spec.environment)
+        if self.approvals is not None:
+            submitted = self.approvals.submit_plan(
+                principal,
+                ChangeKind(spec.kind.value),
+                key,
+                spec.environment,
+                dict(body),
+                break_glass=_break_glass_reason(break_glass is not None, break_glass),
+                request_id=request_id,
+            )
+            if submitted is not None and submitted.request is not None:
+                raise ApprovalRequiredError([submitted.request.id], submitted.request.to_dict())
+            if submitted is not None:  # created by break-glass: the newest plan there
+                return plans.list_for_flag(key, scope=(spec.environment,))[0]
         return plans.create(key, spec, actor=principal.actor, request_id=request_id)
 
     def list_plans(self, principal: Principal, key: str) -> list[Plan]:
@@ -451,3 +608,13 @@ class AdminService:
         if part is None:  # a wiring bug: the front end built the service without it
             raise RuntimeError(f"this AdminService has no {name}")
         return part
+
+
+def _break_glass_reason(break_glass: bool, reason: str | None) -> str | None:
+    """The break-glass reason (#16), or None without break-glass. Raises
+    ``ValidationError`` (field ``reason``) for break-glass without a reason."""
+    if not break_glass:
+        return None
+    if reason is None or not reason.strip():
+        raise ValidationError("break-glass needs a reason (--reason)", field="reason")
+    return reason

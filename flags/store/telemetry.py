@@ -9,14 +9,23 @@ Three tables (defined in ``flags.store.tables``, created by ``migrations/version
   evaluations that came out on and off, whether each was ever seen, and
   ``last_evaluated_at``. The base of ``GET /admin/flags/{key}`` telemetry and of
   the unused-flag report.
-* ``sdk_counters``: per flag, environment and counter name, the sum reported in
-  each one-second bucket (rows are upserted, so many instances reporting in the
-  same second add up in one row). ``evaluations_on`` / ``evaluations_off`` are
-  recorded here as well, so ``counter_totals`` answers for a time window.
+* ``sdk_counters``: per flag, environment, counter name and token, the sum reported
+  in each one-second bucket (rows are upserted, so many instances of one token
+  reporting in the same second add up in one row). ``evaluations_on`` /
+  ``evaluations_off`` are recorded here as well, so ``counter_totals`` answers for a
+  time window.
+
+Ownership (``0008_telemetry_tokens``): an instance row's ``token_id`` is the token
+that first reported it, and ``claim_instance`` checks it in the database, so every
+replica refuses another token's report for it, whichever replica saw it first. A
+NULL owner (a row from before 0008) is claimed by the first token that reports the
+instance after the upgrade. Counter rows carry the reporting token's id (``""``:
+from before 0008), so ``counter_sources`` names the tokens behind a counter whatever
+replica heard them.
 
 Retention (``apply_retention``, run on a schedule by ``TelemetryRetention``):
 counter buckets older than the retention are deleted, buckets older than the
-roll-up age are merged into one bucket per hour (so a steady report rate yields
+roll-up age are merged into one bucket per hour and token (so a steady report rate yields
 a bounded table: per-second rows for the roll-up age, hourly rows for the rest),
 and instance rows not heard from for a day are deleted.
 
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -47,7 +57,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from flags.errors import FlagrailError, StoreUnavailableError
+from flags.errors import (
+    FlagrailError,
+    ForbiddenError,
+    StoreUnavailableError,
+    ValidationError,
+)
 from flags.model import InstanceReport
 from flags.store import tables as core
 from flags.store.tables import sdk_counters, sdk_flag_evaluations, sdk_instances
@@ -77,6 +92,18 @@ def _hour(value: datetime) -> datetime:
     return value.replace(minute=0, second=0, microsecond=0)
 
 
+# The longest live window (report intervals are at most an hour): rows older than
+# this cannot be live, whatever their interval.
+MAX_LIVE_WINDOW = timedelta(hours=3)
+# How long a replica trusts an instance owner it read from (or wrote to) the
+# database before reading it again. Owners never change while a row exists; a row is
+# deleted only after INSTANCE_ROW_RETENTION of silence, far beyond this.
+OWNER_CACHE_SECONDS = 60.0
+MAX_CACHED_OWNERS = 200_000
+# At most this many instance ids are named per token when a counter's source is
+# known only from the database (another replica heard the report).
+NAMED_INSTANCES = 3
+
 # Attribution kept in memory per counter: the latest reports, for this long.
 SOURCE_HORIZON = timedelta(hours=6)
 MAX_SOURCES_PER_COUNTER = 1_000
@@ -85,10 +112,12 @@ MAX_SOURCE_COUNTERS = 100_000
 
 @dataclass(frozen=True, slots=True)
 class Reporter:
-    """Who sent a report: the token (``"name (id)"``) and the instance, if it named one."""
+    """Who sent a report: the token (``"name (id)"``), the instance if it named one,
+    and the token's id (what ``sdk_counters.token_id`` records; None: ``""``)."""
 
     token: str
     instance_id: str | None = None
+    token_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +158,9 @@ class TelemetryStore:
         # (env, flag, name) -> recent (at, reporter, amount): who reported each counter.
         self._sources: dict[tuple[str, str, str], deque[tuple[datetime, Reporter, float]]] = {}
         self._sources_lock = threading.Lock()
+        # instance_id -> (owner, environment, monotonic time read): see claim_instance.
+        self._owners: dict[str, tuple[str, str, float]] = {}
+        self._owners_lock = threading.Lock()
 
     # ---------------------------------------------------------------- plumbing
     @contextmanager
@@ -176,11 +208,14 @@ class TelemetryStore:
         """Add one SDK report: ``evaluations`` is ``{flag: (off, on)}`` since its last
         report, ``counters`` ``{flag: {name: amount}}``. Zero entries are skipped.
 
-        With ``reporter``, the app-named counters are also attributed to it in this
-        process's memory (``counter_sources``; the latest ``MAX_SOURCES_PER_COUNTER``
-        reports of each counter within ``SOURCE_HORIZON``), so a guard that fires can
-        name who reported what. Raises ``StoreUnavailableError``.
+        Counter rows are kept per token (``reporter.token_id``; ``""`` without one),
+        in the database, so ``counter_sources`` names the tokens on any replica. With
+        ``reporter``, the app-named counters are also attributed to its instance in
+        this process's memory (the latest ``MAX_SOURCES_PER_COUNTER`` reports of each
+        counter within ``SOURCE_HORIZON``), which names instances exactly when this
+        replica heard every report. Raises ``StoreUnavailableError``.
         """
+        token_id = (reporter.token_id if reporter is not None else None) or ""
         at = _utc(at) or self.clock()
         bucket = at.replace(microsecond=0)
         eval_rows = []
@@ -233,7 +268,7 @@ class TelemetryStore:
                 stmt = self._insert(sdk_counters)
                 c = sdk_counters.c
                 stmt = stmt.on_conflict_do_update(
-                    index_elements=[c.flag_key, c.environment, c.name, c.bucket_at],
+                    index_elements=[c.flag_key, c.environment, c.name, c.bucket_at, c.token_id],
                     set_={"value": c.value + stmt.excluded.value},
                 )
                 for (flag, name), amount in sorted(counter_rows.items()):
@@ -244,6 +279,7 @@ class TelemetryStore:
                             "environment": environment,
                             "name": name,
                             "bucket_at": bucket,
+                            "token_id": token_id,
                             "value": amount,
                         },
                     )
@@ -272,20 +308,218 @@ class TelemetryStore:
     def counter_sources(
         self, flag: str, environment: str, name: str, since: datetime, *, limit: int = 10
     ) -> list[dict[str, Any]]:
-        """Who reported counter ``name`` of ``flag`` since ``since``, as far as this
-        process heard: ``[{"token", "instance_id", "count"}]``, largest first, at most
-        ``limit``. Reports another replica received are not in it. Never raises."""
-        since = _utc(since) or self.clock()
+        """Who reported counter ``name`` of ``flag`` since ``since``:
+        ``[{"token", "instance_id", "count"}]``, largest first, at most ``limit``.
+
+        The tokens and their sums come from the database (every replica's reports).
+        ``token`` is ``"name (id)"`` (``"(unattributed)"`` for rows from before 0008).
+        Instances: where this replica heard all of a token's reports, each instance
+        with its own count (from memory); otherwise the token's remainder is one entry
+        whose ``instance_id`` lists the instances that token reported in
+        ``environment`` since ``since`` (at most ``NAMED_INSTANCES``, then ``+N more``;
+        None when it named none). Raises ``StoreUnavailableError``.
+        """
+        since = (_utc(since) or self.clock()).replace(microsecond=0)
+        c, t, i = sdk_counters.c, core.tokens.c, sdk_instances.c
+        with self._read() as conn:
+            totals = conn.execute(
+                select(c.token_id, func.sum(c.value), t.name)
+                .select_from(sdk_counters.outerjoin(core.tokens, t.id == c.token_id))
+                .where(
+                    c.flag_key == flag,
+                    c.environment == environment,
+                    c.name == name,
+                    c.bucket_at >= since,
+                )
+                .group_by(c.token_id, t.name)
+            ).all()
+            remote: dict[str, tuple[list[str], int]] = {}
+            heard = self._heard(environment, flag, name, since)
+            for token_id, total, _token_name in totals:
+                mine = sum(v for r, v in heard.items() if (r.token_id or "") == token_id)
+                if token_id and mine + 1e-9 < float(total or 0.0):
+                    theirs = and_(
+                        i.token_id == token_id,
+                        i.environment == environment,
+                        i.last_seen_at >= since,
+                    )
+                    ids = conn.execute(
+                        select(i.instance_id)
+                        .where(theirs)
+                        .order_by(i.instance_id)
+                        .limit(NAMED_INSTANCES)
+                    ).scalars()
+                    count = conn.execute(select(func.count()).where(theirs)).scalar_one()
+                    remote[token_id] = (list(ids), int(count))
+        out: list[tuple[float, str, str | None]] = []
+        for token_id, total, token_name in totals:
+            total = float(total or 0.0)
+            if not token_id:
+                out.append((total, "(unattributed)", None))
+                continue
+            label = f"{token_name} ({token_id})" if token_name is not None else token_id
+            entries = {r: v for r, v in heard.items() if (r.token_id or "") == token_id}
+            for reporter, amount in entries.items():
+                out.append((amount, label, reporter.instance_id))
+            rest = total - sum(entries.values())
+            if rest > 1e-9:
+                ids, count = remote.get(token_id, ([], 0))
+                named = ", ".join(ids)
+                if count > len(ids):
+                    named += f" +{count - len(ids)} more"
+                out.append((rest, label, named or None))
+        out.sort(key=lambda e: (-e[0], e[1], e[2] or ""))
+        return [
+            {"token": token, "instance_id": instance_id, "count": count}
+            for count, token, instance_id in out[:limit]
+            if count > 0
+        ]
+
+    def _heard(
+        self, environment: str, flag: str, name: str, since: datetime
+    ) -> dict[Reporter, float]:
+        """This process's reports of one counter since ``since``, summed per reporter."""
         sums: dict[Reporter, float] = {}
         with self._sources_lock:
             for at, reporter, amount in self._sources.get((environment, flag, name), ()):
                 if at >= since:
                     sums[reporter] = sums.get(reporter, 0.0) + amount
-        ranked = sorted(sums.items(), key=lambda kv: (-kv[1], kv[0].token, kv[0].instance_id or ""))
-        return [
-            {"token": r.token, "instance_id": r.instance_id, "count": count}
-            for r, count in ranked[:limit]
-        ]
+        return sums
+
+    # ---------------------------------------------------------------- instances
+    def claim_instance(
+        self,
+        report: InstanceReport,
+        owner: str,
+        *,
+        at: datetime | None = None,
+        max_per_token: int | None = None,
+    ) -> bool:
+        """Check, in the database, that the token ``owner`` may report ``report``, and
+        make it the owner of a new (or unowned, pre-0008) instance.
+
+        The first token that reported an instance owns it on every replica. Returns
+        False (nothing written) when ``owner`` already holds ``max_per_token`` live
+        instances and this one is new to it. Raises ``ForbiddenError`` (field
+        ``instance_id``) when another token owns the instance, ``ValidationError``
+        (field ``environment``) when it would move to another environment,
+        ``StoreUnavailableError``. A new instance's row is written at once (later
+        reports reach the row through ``record_instances``).
+
+        An owner read here is trusted for ``OWNER_CACHE_SECONDS`` (then read again), so
+        a steady reporter costs one query a minute. Under concurrent first reports of
+        one new instance on two replicas, one insert wins and the other is refused; the
+        per-token cap may be exceeded by the reports racing it. Thread-safe.
+        """
+        at = _utc(at) or self.clock()
+        cached = self._cached_owner(report.instance_id)
+        if cached is None:
+            cached = self._claim_in_db(report, owner, at, max_per_token)
+            if cached is None:
+                return False
+            self._cache_owner(report.instance_id, *cached)
+        held_owner, held_env = cached
+        if held_owner != owner:
+            raise ForbiddenError(
+                f"instance {report.instance_id!r} belongs to another token", field="instance_id"
+            )
+        if held_env != report.environment:
+            raise ValidationError(
+                f"instance {report.instance_id!r} reports for environment {held_env!r}; "
+                f"it cannot move to {report.environment!r}",
+                field="environment",
+            )
+        return True
+
+    def _cached_owner(self, instance_id: str) -> tuple[str, str] | None:
+        with self._owners_lock:
+            held = self._owners.get(instance_id)
+            if held is None or time.monotonic() - held[2] > OWNER_CACHE_SECONDS:
+                return None
+            return held[0], held[1]
+
+    def _cache_owner(self, instance_id: str, owner: str, environment: str) -> None:
+        with self._owners_lock:
+            if len(self._owners) >= MAX_CACHED_OWNERS:
+                self._owners.clear()  # a re-read costs one query per instance
+            self._owners[instance_id] = (owner, environment, time.monotonic())
+
+    def _claim_in_db(
+        self, report: InstanceReport, owner: str, at: datetime, max_per_token: int | None
+    ) -> tuple[str, str] | None:
+        """``(owner, environment)`` of the instance's row after claiming it for ``owner``
+        if it had none; None when ``owner`` is at its cap."""
+        t = sdk_instances.c
+        with self._write() as conn:
+            row = conn.execute(
+                select(t.token_id, t.environment).where(t.instance_id == report.instance_id)
+            ).first()
+            if row is not None and row.token_id is not None:
+                return str(row.token_id), str(row.environment)
+            if max_per_token is not None and self._at_cap(conn, owner, at, max_per_token):
+                return None
+            if row is not None:  # pre-0008 and unowned: the first token claims it
+                conn.execute(
+                    sdk_instances.update()
+                    .where(t.instance_id == report.instance_id, t.token_id.is_(None))
+                    .values(token_id=owner)
+                )
+            else:
+                stmt = self._insert(sdk_instances).on_conflict_do_nothing(
+                    index_elements=[t.instance_id]
+                )
+                conn.execute(
+                    stmt,
+                    {
+                        "instance_id": report.instance_id,
+                        "environment": report.environment,
+                        "host": report.host,
+                        "pid": report.pid,
+                        "app": report.app,
+                        "applied_version": report.applied_version,
+                        "report_interval": report.interval,
+                        "closed": report.closed,
+                        "last_seen_at": at,
+                        "token_id": owner,
+                    },
+                )
+            row = conn.execute(
+                select(t.token_id, t.environment).where(t.instance_id == report.instance_id)
+            ).one()
+        return str(row.token_id), str(row.environment)
+
+    def _at_cap(self, conn: Connection, owner: str, at: datetime, cap: int) -> bool:
+        """Whether ``owner`` holds ``cap`` or more open instances live at ``at``."""
+        t = sdk_instances.c
+        recent = and_(
+            t.token_id == owner, t.closed.is_(False), t.last_seen_at >= at - MAX_LIVE_WINDOW
+        )
+        bound = int(conn.execute(select(func.count()).where(recent)).scalar_one())
+        if bound < cap:
+            return False
+        # Exact only when it matters: some rows may be past their own (shorter) window.
+        rows = conn.execute(select(t.last_seen_at, t.report_interval).where(recent))
+        live = sum(
+            1
+            for seen, interval in rows
+            if (at - (_utc(seen) or at)).total_seconds() <= live_window(float(interval))
+        )
+        return live >= cap
+
+    def instance_tokens(self, instance_ids: Sequence[str]) -> dict[str, dict[str, str | None]]:
+        """``{instance_id: {"token_id", "token_name"}}`` of the given instances that have
+        a row (both None for a pre-0008 unowned one; ``token_name`` None for a token
+        since deleted). Raises ``StoreUnavailableError``."""
+        if not instance_ids:
+            return {}
+        i, t = sdk_instances.c, core.tokens.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(i.instance_id, i.token_id, t.name)
+                .select_from(sdk_instances.outerjoin(core.tokens, t.id == i.token_id))
+                .where(i.instance_id.in_(sorted(set(instance_ids))))
+            ).all()
+        return {r.instance_id: {"token_id": r.token_id, "token_name": r.name} for r in rows}
 
     def record_instances(self, reports: Sequence[tuple[InstanceReport, datetime]]) -> None:
         """Upsert instance reports with the time each was heard. A later report of the
@@ -340,46 +574,53 @@ class TelemetryStore:
 
     def rollup(self, before: datetime, *, after: datetime | None = None) -> int:
         """Merge the counter buckets of each whole hour before ``before`` (truncated to
-        the hour), and from ``after`` on if given, into one bucket at the start of the
-        hour. Returns the rows removed (merged rows minus the hourly rows written).
-        Sums are unchanged; a window that starts inside a rolled-up hour counts that
-        hour only if the window starts at or before the hour's start.
+        the hour), and from ``after`` on if given, into one bucket per token at the
+        start of the hour (each token's counts stay its own). Returns the rows removed
+        (merged rows minus the hourly rows written). Sums are unchanged; a window that
+        starts inside a rolled-up hour counts that hour only if the window starts at or
+        before the hour's start.
         """
         cutoff = _hour(_utc(before) or datetime.now(UTC))
         c = sdk_counters.c
-        stmt = select(c.flag_key, c.environment, c.name, c.bucket_at, c.value).where(
+        stmt = select(c.flag_key, c.environment, c.name, c.token_id, c.bucket_at, c.value).where(
             c.bucket_at < cutoff
         )
         if after is not None:
             stmt = stmt.where(c.bucket_at >= _hour(_utc(after) or cutoff))
         removed = 0
         with self._write() as conn:
-            groups: dict[tuple[str, str, str, datetime], list[float]] = {}
-            aligned: set[tuple[str, str, str, datetime]] = set()
+            groups: dict[tuple[str, str, str, str, datetime], list[float]] = {}
+            aligned: set[tuple[str, str, str, str, datetime]] = set()
             for r in conn.execute(stmt):
                 at = _utc(r.bucket_at)
                 assert at is not None
-                key = (r.flag_key, r.environment, r.name, _hour(at))
+                key = (r.flag_key, r.environment, r.name, r.token_id, _hour(at))
                 groups.setdefault(key, []).append(float(r.value))
-                if at == key[3]:
+                if at == key[4]:
                     aligned.add(key)
             for key in sorted(groups):
                 values = groups[key]
                 if len(values) == 1 and key in aligned:
                     continue  # already one hourly row
-                flag, env, name, hour = key
+                flag, env, name, token_id, hour = key
                 conn.execute(
                     delete(sdk_counters).where(
                         c.flag_key == flag,
                         c.environment == env,
                         c.name == name,
+                        c.token_id == token_id,
                         c.bucket_at >= hour,
                         c.bucket_at < hour + timedelta(hours=1),
                     )
                 )
                 conn.execute(
                     sdk_counters.insert().values(
-                        flag_key=flag, environment=env, name=name, bucket_at=hour, value=sum(values)
+                        flag_key=flag,
+                        environment=env,
+                        name=name,
+                        token_id=token_id,
+                        bucket_at=hour,
+                        value=sum(values),
                     )
                 )
                 removed += len(values) - 1

@@ -140,6 +140,7 @@ def test_instances__cap_per_token__429_then_pruned_after_live_window(
     registry = server.sdk.registry
     now = [datetime.now(UTC)]
     registry.clock = lambda: now[0]
+    server.sdk.telemetry.clock = lambda: now[0]  # the cap is counted in the database
     for i in range(3):
         assert report(server, deployment.client_token, instance_id=f"i-{i}").status_code == 202
     r = report(server, deployment.client_token, instance_id="i-3")
