@@ -112,11 +112,20 @@ class FlagClient(CompiledChecks):
         that source (see its own docstring for what it opens and whether it
         blocks). With neither, the client never syncs (load snapshots yourself).
 
+        ``redis_url`` takes every form of ``flags.redis_url`` (one server,
+        ``redis+sentinel://`` following failovers, ``redis+cluster://``).
+
         Raises ``ValidationError`` (field ``source``) when both ``url`` and
-        ``source`` are given.
+        ``source`` are given, and ``InvalidRedisUrlError`` (a ``ValidationError``,
+        field ``redis_url``) for a malformed ``redis_url``.
         """
         if url and source is not None:
             raise ValidationError("give a server url or a source, not both", field="source")
+        if redis_url:
+            # Imported here: ``import flags`` stays free of redis unless it is used.
+            from flags.redis_url import parse_redis_url
+
+            parse_redis_url(redis_url)  # any form: redis://, redis+sentinel://, ...
         self.url = url.rstrip("/") if url else None
         self.token = token
         self.environment = environment

@@ -30,6 +30,12 @@ lost to it; receivers resync after every (re)subscribe and poll as a backstop.
 never delays, let alone fails, the request that committed a change.
 ``RedisSubscriber`` is a reconnecting subscriber with a PING health check, so a
 hung (paused) Redis is noticed within a few seconds.
+
+Both take every URL form of ``flags.redis_url`` (``redis+sentinel://`` follows a
+failover: the subscriber's ping notices the dead master, it reconnects through the
+sentinels to the promoted one and its receiver resyncs; the publisher reconnects on
+its next message). Their constructors raise ``InvalidRedisUrlError`` for a malformed
+URL. Log lines name the URL without its passwords.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from typing import Any
 import redis
 
 from flags.model import FlagChanged
+from flags.redis_url import parse_redis_url, redact_redis_url, redis_client
 from flags.sync import DEFAULT_PREFIX, Backoff, channel_name
 
 __all__ = [
@@ -140,9 +147,16 @@ def verify_change(data: bytes | str, environment: str, key: bytes) -> FlagChange
     return event if event.environment == environment else None
 
 
-def connect(url: str) -> redis.Redis:
-    """A client with short timeouts: a sync path must notice a dead Redis quickly."""
-    return redis.Redis.from_url(
+def connect(url: str) -> Any:
+    """A client for ``url`` in any form ``flags.redis_url`` takes (one server,
+    ``redis+sentinel://``, ``redis+cluster://``), with short timeouts: a sync path must
+    notice a dead Redis quickly. On Sentinel every new connection asks the sentinels
+    for the current master, so a reconnect after a failover reaches the promoted one.
+
+    Raises ``InvalidRedisUrlError`` for a malformed URL (no I/O for a server or
+    Sentinel; a cluster client reads the slot map at once).
+    """
+    return redis_client(
         url,
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=1.0,
@@ -168,6 +182,7 @@ class RedisPublisher:
         *,
         signing_secret: bytes | None = None,
     ) -> None:
+        parse_redis_url(url)  # a malformed URL fails here, not on the thread
         self.url = url
         self.prefix = prefix
         self.signing_secret = signing_secret
@@ -221,7 +236,7 @@ class RedisPublisher:
                 self._client.publish(channel, data)
                 self.published += 1
                 if self._broken:
-                    log.warning("redis publish works again on %s", self.url)
+                    log.warning("redis publish works again on %s", redact_redis_url(self.url))
                     self._broken = False
             except Exception as exc:  # the publisher must outlive any error: counted, logged
                 self.failures += 1
@@ -265,6 +280,7 @@ class RedisSubscriber:
         name: str = "flagrail-redis-subscriber",
         backoff: Backoff | None = None,
     ) -> None:
+        parse_redis_url(url)  # a malformed URL fails here, not on the thread
         self.url = url
         self.channels = list(channels)
         self.patterns = list(patterns)
@@ -315,11 +331,17 @@ class RedisSubscriber:
             except (redis.RedisError, OSError, TimeoutError) as exc:
                 self._set_live(False)
                 if not failed_once:
-                    log.warning("redis subscription on %s lost: %s; retrying", self.url, exc)
+                    log.warning(
+                        "redis subscription on %s lost: %s; retrying",
+                        redact_redis_url(self.url),
+                        exc,
+                    )
                     failed_once = True
             except Exception:  # the subscriber must outlive anything: logged, reconnects
                 self._set_live(False)
-                log.exception("redis subscription on %s failed; reconnecting", self.url)
+                log.exception(
+                    "redis subscription on %s failed; reconnecting", redact_redis_url(self.url)
+                )
             finally:
                 self._set_live(False)
                 if client is not None:
