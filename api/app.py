@@ -19,8 +19,11 @@ from starlette.concurrency import run_in_threadpool
 
 from api import console, errors
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from api.routes import change_requests as approval_routes  # #16 approvals
 from api.routes import environments, flags, health, history, plans, sdk, tokens, unleash
+from api.routes import webhooks as webhook_routes  # #17 webhooks
 from api.service import AdminService
+from api.service.approvals import ApprovalService
 from flags.plans.scheduler import PlanScheduler
 from flags.plans.store import PlanStore
 from flags.settings import Settings
@@ -37,6 +40,7 @@ ROUTERS = (
     unleash.router,
     plans.router,
     sdk.router,
+    approval_routes.router,  # #16: policies, change requests, break-glass reviews
 )
 
 
@@ -76,14 +80,20 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
     app.state.services = []
     services = sdk.install(app, settings, store)
     app.state.plans = PlanStore(store)
+    # #16: the approval gate every admin change path goes through.
+    app.state.approvals = ApprovalService.on(store, app.state.plans)
     app.state.service = AdminService(
         store,
         plans=app.state.plans,
         telemetry=services.telemetry,
         instances=services.registry,
+        approvals=app.state.approvals,
     )
     if settings.scheduler:
         app.state.services.append(PlanScheduler(app.state.plans, services.telemetry))
+    # #17: /admin/webhooks and the delivery worker (a started service unless
+    # FLAGRAIL_WEBHOOK_WORKER=false).
+    webhook_routes.install(app, store)
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)

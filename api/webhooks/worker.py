@@ -14,7 +14,8 @@ made is marked ``failed``. A 2xx answer is success; anything else (another
 status, a timeout, a refused connection) is an attempt that failed.
 
 The loop survives any exception: it logs it with its traceback, counts it and
-tries again after ``idle_interval``.
+tries again, after a pause that doubles from ``idle_interval`` per failed pass in a
+row, up to ``ERROR_PAUSE_CAP`` seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from api.webhooks.store import Claim, Outcome, Status, WebhookStore
 __all__ = ["DeliveryWorker", "WorkerSettings", "retry_delay"]
 
 log = logging.getLogger(__name__)
+
+# Seconds, at most, between passes after passes that raised (the database is down).
+ERROR_PAUSE_CAP = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,15 +130,21 @@ class DeliveryWorker:
         self._wake.set()
 
     def _run(self) -> None:
+        failures = 0
         while not self._stop.is_set():
             busy = False
+            pause = self.settings.idle_interval
             try:
                 busy = self.run_once()
+                failures = 0
             except Exception:  # the loop must outlive any failure: log, count, retry
-                log.exception("webhook worker pass failed")
+                failures += 1
+                log.exception("webhook worker pass failed (%d in a row)", failures)
                 metrics.WORKER_ERRORS.inc()
+                # A database that is down is not hammered: back off to ERROR_PAUSE_CAP.
+                pause = min(ERROR_PAUSE_CAP, self.settings.idle_interval * 2**failures)
             if not busy:
-                self._wake.wait(self.settings.idle_interval)
+                self._wake.wait(pause)
                 self._wake.clear()
 
     # ------------------------------------------------------------ one pass

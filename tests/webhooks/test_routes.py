@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from api.routes import webhooks as webhook_routes
-from api.webhooks.settings import WebhookSettings
 from api.webhooks.worker import DeliveryWorker, WorkerSettings
 from flags.history import HistoryQuery
 from flags.settings import Settings
@@ -32,8 +30,7 @@ def api(database_url: str, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> I
     monkeypatch.setenv("FLAGRAIL_WEBHOOK_WORKER", "false")
     store = SqlFlagStore(database_url)
     app = create_app(Settings(database_url=database_url, scheduler=False), store=store)
-    if not hasattr(app.state, "webhooks"):
-        webhook_routes.install(app, store, WebhookSettings(worker=False))
+    assert not hasattr(app.state, "webhook_worker")
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, store, database_url)
 
