@@ -16,7 +16,9 @@ from unittest import mock
 import httpx
 import pytest
 from sdk.harness import ENV, Deployment, LiveServer
+from sqlalchemy import select
 
+from flags.store.telemetry import Reporter, TelemetryStore, sdk_counters
 from flags.testing import wait_for
 
 
@@ -94,3 +96,39 @@ def test_server__runs_retention_on_its_schedule(deployment: Deployment) -> None:
     assert retention.retention == timedelta(days=90)  # the default
     wait_for(lambda: retention.runs >= 3, what="three scheduled retention runs")
     assert retention.failures == 0
+
+
+def test_rollup__two_tokens__one_row_per_hour_and_token_and_sources_kept(
+    deployment: Deployment,
+) -> None:
+    """Roll-up merges each token's per-second buckets into one hourly row of that token
+    (``sdk_counters.token_id`` survives), so after it a guard's attribution still names
+    each token with its own sum; rows from before 0008 (token ``""``) stay unattributed."""
+    store = deployment.store
+    telemetry = TelemetryStore(store.engine)
+    honest, _ = store.create_token("honest-app", "client", [ENV], actor="test")
+    leaked, _ = store.create_token("leaked-app", "client", [ENV], actor="test")
+    hour = datetime(2026, 1, 1, 10, tzinfo=UTC)
+    for second in range(0, 3600, 600):  # six buckets per token in one hour
+        at = hour + timedelta(seconds=second)
+        for info, errors in ((honest, 1), (leaked, 100)):
+            reporter = Reporter(f"{info.name} ({info.id})", None, info.id)
+            telemetry.record_metrics(ENV, {}, {"checkout": {"errors": errors}}, at=at)
+            telemetry.record_metrics(
+                ENV, {}, {"checkout": {"errors": errors}}, at=at, reporter=reporter
+            )
+    assert telemetry.counter_rows() == 6 * 3  # per second: two tokens and "" (unattributed)
+    removed = telemetry.rollup(hour + timedelta(hours=2))
+    assert removed == 5 * 3 and telemetry.counter_rows() == 3
+    c = sdk_counters.c
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(c.token_id, c.bucket_at, c.value).order_by(c.token_id)).all()
+    assert [(r.token_id, r.value) for r in rows] == sorted(
+        [("", 606.0), (honest.id, 6.0), (leaked.id, 600.0)]
+    )
+    fresh = TelemetryStore(store.engine)  # heard none of it: the database alone
+    assert fresh.counter_sources("checkout", ENV, "errors", hour) == [
+        {"token": "(unattributed)", "instance_id": None, "count": 606.0},
+        {"token": f"leaked-app ({leaked.id})", "instance_id": None, "count": 600.0},
+        {"token": f"honest-app ({honest.id})", "instance_id": None, "count": 6.0},
+    ]
