@@ -21,11 +21,18 @@ log = logging.getLogger("flagrail.api")
 
 # Most specific class first: the first isinstance match wins.
 STATUS: tuple[tuple[type[e.FlagrailError], int], ...] = (
+    # Not a failure: the change waits for approval; the body is the change request.
+    (e.ApprovalRequiredError, 202),
     (e.VersionConflictError, 409),
+    (e.StaleChangeRequestError, 409),
+    (e.ChangeRequestStateError, 409),
     (e.ConflictError, 409),
     (e.ValidationError, 422),
+    (e.ChangeRequestNotFoundError, 404),
+    (e.ReviewItemNotFoundError, 404),
     (e.NotFoundError, 404),
     (e.UnauthenticatedError, 401),
+    (e.SelfApprovalError, 403),
     (e.ForbiddenError, 403),
     (e.StoreUnavailableError, 503),
     # An upstream flagrail server (reached through flags.admin_client) did not answer.
@@ -80,6 +87,8 @@ def field_from_loc(loc: tuple[Any, ...]) -> str | None:
 
 async def _flagrail_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, e.FlagrailError)
+    if isinstance(exc, e.ApprovalRequiredError):
+        return JSONResponse(exc.body, status_code=status_for(exc))
     extra: dict[str, Any] = {}
     if isinstance(exc, e.VersionConflictError):
         extra["current"] = exc.current

@@ -37,7 +37,7 @@ from urllib.parse import quote
 import httpx
 
 from flags import errors
-from flags.model import validate_environment_name, validate_flag_key
+from flags.model import VARIANT_NAME, validate_environment_name, validate_flag_key
 
 __all__ = [
     "AdminApi",
@@ -47,6 +47,7 @@ __all__ = [
     "kill_body",
     "state_body",
     "token_body",
+    "variant_path",
 ]
 
 USER_AGENT = "flagrail-admin-client"
@@ -75,7 +76,15 @@ class AdminApi(Protocol):
         kind: str = "release",
         owner: str | None = None,
         tags: Sequence[str] = (),
+        type: str | None = None,
+        variants: Sequence[Mapping[str, Any]] | None = None,
+        off_variant: str | None = None,
+        on_variant: str | None = None,
     ) -> dict[str, Any]: ...
+    def add_variant(self, key: str, name: str, value: Any) -> dict[str, Any]: ...
+    def rename_variant(self, key: str, name: str, new_name: str) -> dict[str, Any]: ...
+    def set_variant_value(self, key: str, name: str, value: Any) -> dict[str, Any]: ...
+    def remove_variant(self, key: str, name: str) -> dict[str, Any]: ...
     def get_flag(self, key: str) -> dict[str, Any]: ...
     def update_flag(self, key: str, **changes: Any) -> dict[str, Any]: ...
     def archive_flag(self, key: str) -> dict[str, Any]: ...
@@ -86,6 +95,7 @@ class AdminApi(Protocol):
         *,
         reason: str | None = None,
         if_version: int | None = None,
+        break_glass: bool = False,
         **change: Any,
     ) -> dict[str, Any]: ...
     def kill(
@@ -97,7 +107,7 @@ class AdminApi(Protocol):
         wait: str | None = None,
     ) -> dict[str, Any]: ...
     def unkill(
-        self, env: str | Sequence[str] | None, flag: str, *, reason: str
+        self, env: str | Sequence[str] | None, flag: str, *, reason: str, break_glass: bool = False
     ) -> dict[str, Any]: ...
     def history(self, **filters: Any) -> dict[str, Any]: ...
     def create_token(
@@ -167,14 +177,39 @@ def error_from_answer(status: int, body: object, fallback: str) -> errors.Flagra
 # The JSON bodies of the admin API, built once: ``AdminClient`` sends them and
 # ``DatabaseAdmin`` parses them with the server's own request models.
 def flag_body(
-    key: str, *, description: str, kind: str, owner: str | None, tags: Sequence[str]
+    key: str,
+    *,
+    description: str,
+    kind: str,
+    owner: str | None,
+    tags: Sequence[str],
+    type: str | None = None,
+    variants: Sequence[Mapping[str, Any]] | None = None,
+    off_variant: str | None = None,
+    on_variant: str | None = None,
 ) -> dict[str, Any]:
-    """``POST /admin/flags``."""
+    """``POST /admin/flags`` (the typed-flag fields only when given)."""
     body: dict[str, Any] = {"key": key, "description": description, "kind": kind}
     body["tags"] = list(tags)
     if owner is not None:
         body["owner"] = owner
+    typed = {"type": type, "off_variant": off_variant, "on_variant": on_variant}
+    body.update({name: value for name, value in typed.items() if value is not None})
+    if variants is not None:
+        body["variants"] = [dict(v) for v in variants]
     return body
+
+
+def variant_path(key: str, name: str | None = None) -> str:
+    """``/admin/flags/{key}/variants[/{name}]``; a name that is not a valid variant name
+    raises ``ValidationError`` (field ``name``) before anything is sent."""
+    if name is None:
+        return _flag_path(key, "variants")
+    if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
+        raise errors.ValidationError(
+            f"name must match {VARIANT_NAME.pattern}, got {name!r:.60}", field="name"
+        )
+    return _flag_path(key, "variants", quote(name, safe=""))
 
 
 def state_body(change: Mapping[str, Any], reason: str | None) -> dict[str, Any]:
@@ -289,6 +324,13 @@ class AdminClient:
         if response.status_code >= 400:
             text = response.text.strip().replace("\n", " ")[:200]
             raise error_from_answer(response.status_code, data, text or response.reason_phrase)
+        if (
+            response.status_code == 202
+            and isinstance(data, dict)
+            and data.get("status") == "pending"
+        ):
+            # Held for approval (#16): not applied, so never returned as if it were.
+            raise errors.ApprovalRequiredError.from_body(data)
         if not isinstance(data, dict):
             raise errors.ServerUnavailableError(
                 f"{self.url}{path} answered {response.status_code} without a JSON object; "
@@ -324,9 +366,42 @@ class AdminClient:
         kind: str = "release",
         owner: str | None = None,
         tags: Sequence[str] = (),
+        type: str | None = None,
+        variants: Sequence[Mapping[str, Any]] | None = None,
+        off_variant: str | None = None,
+        on_variant: str | None = None,
     ) -> dict[str, Any]:
-        body = flag_body(key, description=description, kind=kind, owner=owner, tags=tags)
+        """A new flag; a typed one (``type`` string, number or json) with its
+        ``variants`` (``{"name", "value"}`` each) and ``off_variant`` (the safe value)."""
+        body = flag_body(
+            key,
+            description=description,
+            kind=kind,
+            owner=owner,
+            tags=tags,
+            type=type,
+            variants=variants,
+            off_variant=off_variant,
+            on_variant=on_variant,
+        )
         return self.request("POST", "/admin/flags", json=body)
+
+    def add_variant(self, key: str, name: str, value: Any) -> dict[str, Any]:
+        """Declare variant ``name`` serving ``value`` on a typed flag; answers the flag."""
+        body = {"name": name, "value": value}
+        return self.request("POST", variant_path(key), json=body)
+
+    def rename_variant(self, key: str, name: str, new_name: str) -> dict[str, Any]:
+        """Rename a variant everywhere it is used; answers the flag."""
+        return self.request("PATCH", variant_path(key, name), json={"name": new_name})
+
+    def set_variant_value(self, key: str, name: str, value: Any) -> dict[str, Any]:
+        """Change the value a variant serves; answers the flag."""
+        return self.request("PATCH", variant_path(key, name), json={"value": value})
+
+    def remove_variant(self, key: str, name: str) -> dict[str, Any]:
+        """Remove a variant no environment serves (else ``ConflictError`` naming where)."""
+        return self.request("DELETE", variant_path(key, name))
 
     def get_flag(self, key: str) -> dict[str, Any]:
         return self.request("GET", _flag_path(key))
@@ -346,6 +421,7 @@ class AdminClient:
         *,
         reason: str | None = None,
         if_version: int | None = None,
+        break_glass: bool = False,
         **change: Any,
     ) -> dict[str, Any]:
         """Change ``flag`` in ``env``: ``change`` holds the body fields of
@@ -353,7 +429,10 @@ class AdminClient:
         ``tenants_on_add``, ...). ``if_version`` makes it conditional."""
         headers = {"If-Match": f'"{if_version}"'} if if_version is not None else None
         path = _flag_path(flag, "environments", validate_environment_name(env, "env"))
-        return self.request("PATCH", path, json=state_body(change, reason), headers=headers)
+        params = {"break_glass": "true"} if break_glass else None
+        return self.request(
+            "PATCH", path, json=state_body(change, reason), headers=headers, params=params
+        )
 
     def kill(
         self,
@@ -368,9 +447,14 @@ class AdminClient:
         body = kill_body(env, reason)
         return self.request("POST", _flag_path(flag, "kill"), json=body, params={"wait": wait})
 
-    def unkill(self, env: str | Sequence[str] | None, flag: str, *, reason: str) -> dict[str, Any]:
+    def unkill(
+        self, env: str | Sequence[str] | None, flag: str, *, reason: str, break_glass: bool = False
+    ) -> dict[str, Any]:
         """Lift a kill; the mirror of ``kill``."""
-        return self.request("POST", _flag_path(flag, "unkill"), json=kill_body(env, reason))
+        params = {"break_glass": "true"} if break_glass else None
+        return self.request(
+            "POST", _flag_path(flag, "unkill"), json=kill_body(env, reason), params=params
+        )
 
     def history(self, **filters: Any) -> dict[str, Any]:
         """One page of history: ``flag`` (an unknown flag is an error), ``environment``,

@@ -9,17 +9,23 @@ Each one also subclasses the nearest builtin, so generic handlers keep working::
     │   ├── FlagNotFoundError
     │   ├── EnvironmentNotFoundError
     │   ├── TokenNotFoundError
-    │   └── PlanNotFoundError
+    │   ├── PlanNotFoundError
+    │   ├── ChangeRequestNotFoundError
+    │   └── ReviewItemNotFoundError
     ├── ConflictError
     │   ├── AlreadyExistsError                  create of a name that exists
     │   ├── VersionConflictError                If-Match was stale; carries the current state
-    │   └── PlanStateError                      plan cannot take that step now
+    │   ├── PlanStateError                      plan cannot take that step now
+    │   └── ChangeRequestStateError             change request cannot take that step
+    │       └── StaleChangeRequestError         its flag moved since it was made
     ├── AuthError (PermissionError)
     │   ├── UnauthenticatedError                no or unknown token
     │   └── ForbiddenError                      wrong role or environment scope
+    │       └── SelfApprovalError               approving one's own change request
     ├── StoreUnavailableError (ConnectionError) the database did not answer
     ├── ServerUnavailableError (ConnectionError) the admin API did not answer (admin client)
     ├── SchemaOutdatedError (RuntimeError)      database schema behind the code
+    ├── ApprovalRequiredError                   not a failure: held as a change request (202)
     └── CacheError
         └── CorruptEntryError (ValueError)      an envelope failed to decode or verify
 
@@ -28,6 +34,7 @@ Each one also subclasses the nearest builtin, so generic handlers keep working::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -74,6 +81,18 @@ class PlanNotFoundError(NotFoundError):
     code = "plan_not_found"
 
 
+class ChangeRequestNotFoundError(NotFoundError):
+    """No change request of that id (or none the caller may see)."""
+
+    code = "change_request_not_found"
+
+
+class ReviewItemNotFoundError(NotFoundError):
+    """No break-glass review item of that id."""
+
+    code = "review_item_not_found"
+
+
 class ConflictError(FlagrailError):
     code = "conflict"
 
@@ -96,6 +115,19 @@ class PlanStateError(ConflictError):
     code = "plan_state"
 
 
+class ChangeRequestStateError(ConflictError):
+    """A change request cannot take that step in its status (e.g. approve an applied
+    one), or the person already approved this revision."""
+
+    code = "change_request_state"
+
+
+class StaleChangeRequestError(ChangeRequestStateError):
+    """The flag changed since the request was made; the request is now ``stale``."""
+
+    code = "change_request_stale"
+
+
 class AuthError(FlagrailError, PermissionError):
     code = "auth"
 
@@ -106,6 +138,13 @@ class UnauthenticatedError(AuthError):
 
 class ForbiddenError(AuthError):
     code = "forbidden"
+
+
+class SelfApprovalError(ForbiddenError):
+    """The author may not approve their own change request (unless the environment's
+    policy allows self-approval), nor acknowledge their own break-glass."""
+
+    code = "self_approval"
 
 
 class StoreUnavailableError(FlagrailError, ConnectionError):
@@ -125,6 +164,35 @@ class SchemaOutdatedError(FlagrailError, RuntimeError):
     """The database schema is older than this code; run ``flagrail db upgrade``."""
 
     code = "schema_outdated"
+
+
+class ApprovalRequiredError(FlagrailError):
+    """Not a failure: the change did not apply because its environment requires
+    approvals; it waits as the change request(s) ``request_ids``.
+
+    Raised by the admin operations (so no caller can mistake a held change for an
+    applied one); the HTTP API answers it ``202`` with ``body`` (the request's JSON,
+    or for an unkill over several environments ``{"status": "pending",
+    "change_requests": [...], ...}``); the CLI prints its message and exits 0.
+    """
+
+    code = "approval_required"
+
+    def __init__(self, request_ids: Sequence[int], body: dict[str, Any]) -> None:
+        ids = ", ".join(str(i) for i in request_ids)
+        noun = "change request" if len(request_ids) == 1 else "change requests"
+        super().__init__(f"pending approval: {noun} {ids}")
+        self.request_ids = tuple(request_ids)
+        self.body = body
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> ApprovalRequiredError:
+        """Rebuild it from a ``202`` answer's JSON (``flags.admin_client``)."""
+        if "change_requests" in body:
+            ids = [int(r["id"]) for r in body["change_requests"]]
+        else:
+            ids = [int(body["id"])]
+        return cls(ids, body)
 
 
 class CacheError(FlagrailError):

@@ -1,5 +1,6 @@
 """``flagrail cr list|show|approve|reject|cancel|apply|reviews|ack``: change requests and
-break-glass review items.
+break-glass review items; ``flagrail env policy ENV --approvals N``: an environment's
+approval policy (``register_policy`` adds it to ``flagrail env``).
 
 Through the admin API (``--url``/``--token``), or with ``--database-url`` directly on
 the database through the same ``ApprovalService`` as ``/admin/change-requests``
@@ -58,7 +59,6 @@ class _Database:
         self.store = SqlFlagStore(url)
         check_schema(self.store.engine)
         requests = ChangeRequestStore(self.store)
-        requests.start()
         self.principal = Principal.break_glass(cli_actor())
         self.service = ApprovalService(self.store, requests)
 
@@ -77,6 +77,17 @@ class _Database:
                 p, status=status, environment=params.get("environment"), flag=params.get("flag")
             )
             return {"items": [r.to_dict() for r in items]}
+        if parts[0] == "environments" and parts[2:] == ["policy"]:
+            if method == "GET":
+                return s.policy(p, parts[1]).to_dict()
+            body = body or {}
+            policy = s.set_policy(
+                p,
+                parts[1],
+                body.get("required_approvals"),
+                body.get("allow_self_approval", False),
+            )
+            return policy.to_dict()
         if parts == ["reviews"]:
             open_only = not (params or {}).get("all")
             return {"items": [i.to_dict() for i in s.reviews(p, open_only=open_only)]}
@@ -242,3 +253,48 @@ def acknowledge(
         print_json(data)
     else:
         typer.echo(f"review item {data['id']} acknowledged by {data['acknowledged_by']}")
+
+
+def _print_policy(data: dict[str, Any]) -> None:
+    approvals = data["required_approvals"]
+    gate = f"{approvals} approval{'s' if approvals != 1 else ''}" if approvals else "no approvals"
+    own = "allowed" if data["allow_self_approval"] else "not allowed"
+    typer.echo(f"environment {data['environment']}: {gate}; self-approval {own}")
+
+
+def register_policy(env_app: typer.Typer) -> None:
+    """Add ``policy`` to ``flagrail env``."""
+
+    @env_app.command("policy")
+    def policy(
+        env: str = typer.Argument(..., help="The environment."),
+        approvals: int | None = typer.Option(
+            None,
+            "--approvals",
+            min=0,
+            max=5,
+            help="Approvals (by distinct people) a change that raises risk needs, 0-5; "
+            "0 gates nothing. Without it, show the policy.",
+        ),
+        allow_self_approval: bool = typer.Option(
+            False,
+            "--allow-self-approval/--no-self-approval",
+            help="Whether the author of a request may approve it (default: no).",
+        ),
+        as_json: bool = AsJson,
+        url: str | None = ServerUrl,
+        token: str | None = Token,
+        database_url: str | None = DirectDatabase,
+    ) -> None:
+        """Show or set an environment's approval policy (an admin for every environment
+        sets it; the change is recorded in the history)."""
+        path = f"/environments/{env}/policy"
+        if approvals is None:
+            data = _run(url, token, database_url, lambda a: a.call("GET", path))
+        else:
+            body = {"required_approvals": approvals, "allow_self_approval": allow_self_approval}
+            data = _run(url, token, database_url, lambda a: a.call("PUT", path, body))
+        if as_json:
+            print_json(data)
+        else:
+            _print_policy(data)

@@ -24,6 +24,8 @@ from api.schemas import (
     KillRequest,
     StateUpdate,
     TokenCreate,
+    VariantCreate,
+    VariantUpdate,
     environment_json,
     environments_json,
     flag_json,
@@ -39,9 +41,17 @@ from api.schemas import (
     unused_json,
 )
 from api.service.admin import AdminService
-from api.service.commands import FlagFilter, MovePlan, PlanMove, history_filter
+from api.service.approvals import ApprovalService
+from api.service.commands import (
+    EditVariant,
+    FlagFilter,
+    MovePlan,
+    PlanMove,
+    VariantEdit,
+    history_filter,
+)
 from api.service.principal import Principal
-from flags.admin_client import flag_body, kill_body, state_body, token_body
+from flags.admin_client import flag_body, kill_body, state_body, token_body, variant_path
 from flags.durations import parse_instant
 from flags.model import validate_environment_name
 from flags.plans.store import PlanStore
@@ -60,8 +70,12 @@ class DatabaseAdmin:
     def __init__(self, url: str, *, actor: str | None = None) -> None:
         self.store = SqlFlagStore(url)
         self.principal = Principal.break_glass(actor or cli_actor())
+        plans = PlanStore(self.store)
         self.service = AdminService(
-            self.store, plans=PlanStore(self.store), telemetry=TelemetryStore(self.store.engine)
+            self.store,
+            plans=plans,
+            telemetry=TelemetryStore(self.store.engine),
+            approvals=ApprovalService.on(self.store, plans),  # #16: the same gate
         )
         self._checked = False
 
@@ -110,10 +124,45 @@ class DatabaseAdmin:
         kind: str = "release",
         owner: str | None = None,
         tags: Sequence[str] = (),
+        type: str | None = None,
+        variants: Sequence[Mapping[str, Any]] | None = None,
+        off_variant: str | None = None,
+        on_variant: str | None = None,
     ) -> dict[str, Any]:
-        body = flag_body(key, description=description, kind=kind, owner=owner, tags=tags)
+        body = flag_body(
+            key,
+            description=description,
+            kind=kind,
+            owner=owner,
+            tags=tags,
+            type=type,
+            variants=variants,
+            off_variant=off_variant,
+            on_variant=on_variant,
+        )
         command = parse_body(FlagCreate, body).to_command()
         return flag_json(self._ready().create_flag(self.principal, command))
+
+    # Typed flags' variants (#19): the client's path checks, then the route's models.
+    def add_variant(self, key: str, name: str, value: Any) -> dict[str, Any]:
+        variant_path(key)
+        command = parse_body(VariantCreate, {"name": name, "value": value}).to_command(key)
+        return flag_json(self._ready().edit_variant(self.principal, command))
+
+    def rename_variant(self, key: str, name: str, new_name: str) -> dict[str, Any]:
+        variant_path(key, name)
+        command = parse_body(VariantUpdate, {"name": new_name}).to_command(key, name)
+        return flag_json(self._ready().edit_variant(self.principal, command))
+
+    def set_variant_value(self, key: str, name: str, value: Any) -> dict[str, Any]:
+        variant_path(key, name)
+        command = parse_body(VariantUpdate, {"value": value}).to_command(key, name)
+        return flag_json(self._ready().edit_variant(self.principal, command))
+
+    def remove_variant(self, key: str, name: str) -> dict[str, Any]:
+        variant_path(key, name)
+        command = EditVariant(key, name, VariantEdit.REMOVE)
+        return flag_json(self._ready().edit_variant(self.principal, command))
 
     def get_flag(self, key: str) -> dict[str, Any]:
         return flag_view_json(self._ready().get_flag(self.principal, key))
@@ -133,12 +182,13 @@ class DatabaseAdmin:
         *,
         reason: str | None = None,
         if_version: int | None = None,
+        break_glass: bool = False,
         **change: Any,
     ) -> dict[str, Any]:
         validate_environment_name(env, "env")
         body = state_body(change, reason)
         command = parse_body(StateUpdate, body).to_command(flag, env, if_version)
-        state = self._ready().set_state(self.principal, command)
+        state = self._ready().set_state(self.principal, command, break_glass=break_glass)
         return flag_state_json(flag, env, state)
 
     def kill(
@@ -153,9 +203,11 @@ class DatabaseAdmin:
         command = parse_body(KillRequest, kill_body(env, reason)).to_command(flag)
         return kill_json(self._ready().kill(self.principal, command))
 
-    def unkill(self, env: str | Sequence[str] | None, flag: str, *, reason: str) -> dict[str, Any]:
+    def unkill(
+        self, env: str | Sequence[str] | None, flag: str, *, reason: str, break_glass: bool = False
+    ) -> dict[str, Any]:
         command = parse_body(KillRequest, kill_body(env, reason)).to_command(flag)
-        return kill_json(self._ready().unkill(self.principal, command))
+        return kill_json(self._ready().unkill(self.principal, command, break_glass=break_glass))
 
     def history(self, **filters: Any) -> dict[str, Any]:
         """As ``AdminClient.history``: with ``flag``, an unknown flag is an error."""

@@ -1,4 +1,5 @@
-"""``flagrail flags|set|kill|unkill|history|env``: flag commands, for people and scripts.
+"""``flagrail flags|set|variant|kill|unkill|history|env``: flag commands, for people and
+scripts.
 
 They talk to a running server (``--url`` / ``FLAGRAIL_URL``, ``--token`` /
 ``FLAGRAIL_TOKEN``). With ``--database-url`` they work directly on the database
@@ -9,6 +10,7 @@ admin API's JSON. A failure is one line on stderr and exit code 1.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -26,6 +28,9 @@ from flags.model import DEFAULT_ENVIRONMENTS
 
 flags_app = typer.Typer(help="List, create, show and archive flags.", no_args_is_help=True)
 env_app = typer.Typer(help="List and create environments.", no_args_is_help=True)
+variant_app = typer.Typer(
+    help="Add, rename, re-value and remove a typed flag's variants.", no_args_is_help=True
+)
 
 ServerUrl = typer.Option(
     None,
@@ -90,6 +95,58 @@ def describe_state(state: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+# ------------------------------------------------------------------ typed flags (#19)
+def parse_value(flag_type: str, text: str, where: str) -> Any:
+    """A variant value from the command line: a string flag's value is the text as it
+    is; a number or json flag's is JSON (``30``, ``0.25``, ``{"a": 1}``). Raises
+    ``CliError`` naming ``where``; the server checks the value against the type."""
+    if flag_type == "string":
+        return text
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{where}: {text!r:.60} is not a {flag_type} value (JSON)", 2) from exc
+
+
+def parse_pairs(items: Iterable[str], where: str) -> list[tuple[str, str]]:
+    """``name=value`` items (each may hold several, comma-separated) as pairs."""
+    pairs = []
+    for item in items:
+        for part in item.split(","):
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip():
+                raise CliError(f"{where}: expected name=value, got {part!r:.60}", exit_code=2)
+            pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def parse_split(text: str) -> list[dict[str, Any]]:
+    """``gold=200,silver=800`` -> ``[{"variant": "gold", "weight": 200}, ...]``; ``none``
+    clears the split."""
+    if text.strip().lower() == "none":
+        return []
+    split = []
+    for name, weight in parse_pairs([text], "--split"):
+        if not weight.isdigit():
+            raise CliError(f"--split: {name}'s weight must be 0-1000, got {weight!r}", 2)
+        split.append({"variant": name, "weight": int(weight)})
+    return split
+
+
+def describe_variants(state: dict[str, Any]) -> str:
+    """A typed state's variants in a few words: ``gold; split gold=200,silver=800;
+    off bronze; 2 pinned`` ("" for a boolean flag)."""
+    if "on_variant" not in state:
+        return ""
+    parts = [str(state["on_variant"])]
+    if state.get("split"):
+        parts.append("split " + ",".join(f"{s['variant']}={s['weight']}" for s in state["split"]))
+    parts.append(f"off {state['off_variant']}")
+    if state.get("tenant_variants"):
+        parts.append(f"{len(state['tenant_variants'])} pinned")
+    return "; ".join(parts)
+
+
 def _tenants(tenants: Sequence[str]) -> str:
     shown = ", ".join(tenants[:TENANTS_SHOWN])
     more = len(tenants) - TENANTS_SHOWN
@@ -131,9 +188,17 @@ def _print_flag(flag: dict[str, Any]) -> None:
         facts.append("tags " + ",".join(flag["tags"]))
     if flag["archived"]:
         facts.append("ARCHIVED")
+    if flag.get("type"):
+        facts.insert(0, flag["type"])
     sys.stdout.write(f"{flag['key']}  ({'; '.join(facts)})\n")
     if flag.get("description"):
         sys.stdout.write(f"{flag['description']}\n")
+    if flag.get("variants"):
+        shown = ", ".join(
+            f"{v['name']}={_short(json.dumps(v['value'], ensure_ascii=False))}"
+            for v in flag["variants"]
+        )
+        sys.stdout.write(f"variants: {shown}\n")
     sys.stdout.write("\n")
     states = flag["environments"]
     rows = []
@@ -152,16 +217,20 @@ def _print_flag(flag: dict[str, Any]) -> None:
                 _tenants(s["tenants_off"]),
                 killed,
                 s["version"],
+                *([describe_variants(s)] if flag.get("type") else []),
             ]
         )
     print_table(
-        ["environment", "state", "enabled", "rollout", "tenants_on", "tenants_off", "killed", "v"],
+        ["environment", "state", "enabled", "rollout", "tenants_on", "tenants_off", "killed", "v"]
+        + (["variants"] if flag.get("type") else []),
         rows,
     )
 
 
 def _print_state(state: dict[str, Any]) -> None:
     details = [describe_state(state)]
+    if "on_variant" in state:
+        details.append("serves " + describe_variants(state))
     if state["tenants_on"]:
         details.append("tenants on: " + _tenants(state["tenants_on"]))
     if state["tenants_off"]:
@@ -208,6 +277,7 @@ def summarize_change(entry: dict[str, Any]) -> str:
     for name in ("enabled", "rollout", "killed", "description", "owner", "kind", "tags"):
         if name in after and before.get(name) != after.get(name):
             parts.append(f"{name} {_short(before.get(name))}->{_short(after.get(name))}")
+    parts += _variant_changes(before, after)
     for name in ("tenants_on", "tenants_off"):
         old, new = set(before.get(name) or ()), set(after.get(name) or ())
         label = name.removeprefix("tenants_")
@@ -219,6 +289,43 @@ def summarize_change(entry: dict[str, Any]) -> str:
         if hidden > 0:
             parts.append(f"(+{hidden} more tenant changes)")
     return ", ".join(parts)
+
+
+def _variant_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What a history row changed of a typed flag (#19): variants added, removed or
+    re-valued, off/on variant, split and pinned tenants."""
+    parts = []
+    if "variants" in after and before.get("variants") != after.get("variants"):
+        old = {v["name"]: v["value"] for v in before.get("variants") or ()}
+        new = {v["name"]: v["value"] for v in after.get("variants") or ()}
+        parts += [f"+variant {n}" for n in new if n not in old]
+        parts += [f"-variant {n}" for n in old if n not in new]
+        parts += [
+            f"variant {n} {_short(json.dumps(old[n]))}->{_short(json.dumps(new[n]))}"
+            for n in new
+            if n in old and old[n] != new[n]
+        ]
+    for name in ("off_variant", "on_variant"):
+        if name in after and before.get(name) != after.get(name):
+            parts.append(f"{name} {_short(before.get(name))}->{_short(after.get(name))}")
+    if "split" in after and before.get("split") != after.get("split"):
+
+        def split(value: Any) -> str:
+            return ",".join(f"{s['variant']}={s['weight']}" for s in value or ()) or "none"
+
+        parts.append(f"split {split(before.get('split'))}->{split(after.get('split'))}")
+    if "tenant_variants" in after:
+        old_pins = before.get("tenant_variants") or {}
+        new_pins = after.get("tenant_variants") or {}
+        changed = sorted(
+            t for t in set(old_pins) | set(new_pins) if old_pins.get(t) != new_pins.get(t)
+        )
+        for tenant in changed[:TENANTS_SHOWN]:
+            old_pin, new_pin = _short(old_pins.get(tenant)), _short(new_pins.get(tenant))
+            parts.append(f"pin {tenant} {old_pin}->{new_pin}")
+        if len(changed) > TENANTS_SHOWN:
+            parts.append(f"(+{len(changed) - TENANTS_SHOWN} more pin changes)")
+    return parts
 
 
 def _short(value: Any) -> str:
@@ -284,15 +391,41 @@ def create_flag(
     ),
     owner: str | None = typer.Option(None, "--owner"),
     tag: list[str] | None = typer.Option(None, "--tag", help="A tag (repeat for more)."),
+    flag_type: str = typer.Option(
+        "boolean", "--type", help="boolean, string, number or json (fixed from now on)."
+    ),
+    variant: list[str] | None = typer.Option(
+        None,
+        "--variant",
+        help="A typed flag's variant name=value (repeat); number and json values are JSON.",
+    ),
+    off_variant: str | None = typer.Option(
+        None, "--off-variant", help="The safe variant: served when off, also under a kill."
+    ),
+    on_variant: str | None = typer.Option(
+        None, "--on-variant", help="The variant served when on (default: the off variant)."
+    ),
     as_json: bool = AsJson,
     url: str | None = ServerUrl,
     token: str | None = Token,
     database_url: str | None = DirectDatabase,
 ) -> None:
-    """Create a flag, off in every environment."""
+    """Create a flag, off in every environment. A typed flag (--type string, number or
+    json) declares its variants and its safe --off-variant."""
+    typed: dict[str, Any] = {}
+    if flag_type != "boolean" or variant or off_variant or on_variant:
+        typed = {"type": flag_type, "off_variant": off_variant, "on_variant": on_variant}
+    if variant:
+        pairs = [v.partition("=") for v in variant]
+        if any(not sep or not name for name, sep, _ in pairs):
+            raise CliError("--variant: expected name=value", exit_code=2)
+        typed["variants"] = [
+            {"name": name, "value": parse_value(flag_type, value, f"--variant {name}")}
+            for name, _, value in pairs
+        ]
     run(
         lambda admin: admin.create_flag(
-            key, description=description, kind=kind, owner=owner, tags=tag or []
+            key, description=description, kind=kind, owner=owner, tags=tag or [], **typed
         ),
         _print_flag,
         as_json,
@@ -369,8 +502,19 @@ def archive_flag(
 flags_app.command("unused")(unused_command.unused)
 
 
+# #16: apply a change a gated environment would hold for approval, at once (an admin).
+BreakGlass = typer.Option(
+    False,
+    "--break-glass",
+    help="Admins: apply now although the environment requires approvals (needs "
+    "--reason; recorded, and listed for review until a second person acknowledges it).",
+)
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``set``, ``kill``, ``unkill`` and ``history`` to the top-level ``app``."""
+    """Add ``set``, ``variant``, ``kill``, ``unkill`` and ``history`` to the top-level
+    ``app``."""
+    app.add_typer(variant_app, name="variant")
 
     @app.command("set")
     def set_state(
@@ -391,12 +535,34 @@ def register(app: typer.Typer) -> None:
         if_version: int | None = typer.Option(
             None, "--if-version", help="Only if the state is still at this version."
         ),
+        on_variant: str | None = typer.Option(
+            None, "--on-variant", help="Typed flag: the variant served when on."
+        ),
+        off_variant: str | None = typer.Option(
+            None, "--off-variant", help="Typed flag: the safe variant (off, killed)."
+        ),
+        split: str | None = typer.Option(
+            None,
+            "--split",
+            help="Typed flag: weights over variants summing to 1000, like gold=200,silver=800 "
+            "('none' clears it).",
+        ),
+        pin: list[str] | None = typer.Option(
+            None, "--pin", help="Typed flag: serve tenant=variant to that tenant (repeat)."
+        ),
+        unpin: list[str] | None = typer.Option(
+            None, "--unpin", help="Typed flag: take this tenant's pin away (repeat)."
+        ),
+        break_glass: bool = BreakGlass,
         as_json: bool = AsJson,
         url: str | None = ServerUrl,
         token: str | None = Token,
         database_url: str | None = DirectDatabase,
     ) -> None:
-        """Change a flag's state in one environment; tenants are added to the lists."""
+        """Change a flag's state in one environment; tenants are added to the lists.
+
+        A typed flag's --pin/--unpin edit its pinned tenants: they read the state and
+        send it back conditional on its version (a concurrent change fails: try again)."""
         body: dict[str, Any] = {}
         if enabled is not None:
             body["enabled"] = enabled
@@ -409,14 +575,39 @@ def register(app: typer.Typer) -> None:
         if tenant_clear:
             body["tenants_on_remove"] = tenant_clear
             body["tenants_off_remove"] = tenant_clear
-        if not body:
+        # Typed flags (#19).
+        if on_variant is not None:
+            body["on_variant"] = on_variant
+        if off_variant is not None:
+            body["off_variant"] = off_variant
+        if split is not None:
+            body["split"] = parse_split(split)
+        pins = dict(parse_pairs(pin or [], "--pin"))
+        if not body and not pins and not unpin:
             raise CliError(
-                "nothing to change: give --on, --off, --rollout, --tenant-on, --tenant-off "
-                "or --tenant-clear",
+                "nothing to change: give --on, --off, --rollout, --tenant-on, --tenant-off, "
+                "--tenant-clear, --on-variant, --off-variant, --split, --pin or --unpin",
                 exit_code=2,
             )
+
+        def call(admin: AdminApi) -> dict[str, Any]:
+            version = if_version
+            if pins or unpin:
+                state = admin.get_flag(key)["environments"].get(env)
+                if state is None:
+                    raise CliError(f"flag {key!r} has no state in {env!r}")
+                current = dict(state.get("tenant_variants") or {})
+                current.update(pins)
+                for tenant in unpin or ():
+                    current.pop(tenant, None)
+                body["tenant_variants"] = current
+                version = state["version"] if version is None else version
+            return admin.set_state(
+                env, key, reason=reason, if_version=version, break_glass=break_glass, **body
+            )
+
         run(
-            lambda admin: admin.set_state(env, key, reason=reason, if_version=if_version, **body),
+            call,
             _print_state,
             as_json,
             url,
@@ -460,6 +651,7 @@ def register(app: typer.Typer) -> None:
         key: str,
         reason: str = typer.Option(..., "--reason", help="Why; recorded in the history."),
         env: list[str] | None = Envs,
+        break_glass: bool = BreakGlass,
         as_json: bool = AsJson,
         url: str | None = ServerUrl,
         token: str | None = Token,
@@ -467,7 +659,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Lift a kill; the flag's state before the kill applies again."""
         run(
-            lambda admin: admin.unkill(env or None, key, reason=reason),
+            lambda admin: admin.unkill(env or None, key, reason=reason, break_glass=break_glass),
             lambda result: _print_kill(result, "unkilled"),
             as_json,
             url,
@@ -543,6 +735,101 @@ def create_environment(
     run(
         lambda admin: admin.create_environment(name),
         lambda env: typer.echo(f"created environment {env['name']}"),
+        as_json,
+        url,
+        token,
+        database_url,
+    )
+
+
+# ------------------------------------------------------------------ variants (#19)
+def _flag_type(admin: AdminApi, key: str) -> str:
+    flag_type = admin.get_flag(key).get("type")
+    if flag_type is None:
+        raise CliError(f"flag {key!r} is a boolean flag: its variants are on and off")
+    return str(flag_type)
+
+
+@variant_app.command("add")
+def add_variant(
+    key: str = typer.Argument(..., help="A typed flag."),
+    name: str = typer.Argument(..., help="The new variant's name."),
+    value: str = typer.Argument(..., help="Its value (JSON for number and json flags)."),
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """Declare a variant on a typed flag (every environment can then serve it)."""
+    run(
+        lambda admin: admin.add_variant(
+            key, name, parse_value(_flag_type(admin, key), value, "value")
+        ),
+        _print_flag,
+        as_json,
+        url,
+        token,
+        database_url,
+    )
+
+
+@variant_app.command("set")
+def set_variant(
+    key: str = typer.Argument(..., help="A typed flag."),
+    name: str = typer.Argument(..., help="The variant."),
+    value: str = typer.Argument(..., help="Its new value (JSON for number and json flags)."),
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """Change the value a variant serves, in every environment."""
+    run(
+        lambda admin: admin.set_variant_value(
+            key, name, parse_value(_flag_type(admin, key), value, "value")
+        ),
+        _print_flag,
+        as_json,
+        url,
+        token,
+        database_url,
+    )
+
+
+@variant_app.command("rename")
+def rename_variant(
+    key: str = typer.Argument(..., help="A typed flag."),
+    name: str = typer.Argument(..., help="The variant."),
+    new_name: str = typer.Argument(..., help="Its new name."),
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """Rename a variant; every environment's use of it follows."""
+    run(
+        lambda admin: admin.rename_variant(key, name, new_name),
+        _print_flag,
+        as_json,
+        url,
+        token,
+        database_url,
+    )
+
+
+@variant_app.command("remove")
+def remove_variant(
+    key: str = typer.Argument(..., help="A typed flag."),
+    name: str = typer.Argument(..., help="The variant."),
+    as_json: bool = AsJson,
+    url: str | None = ServerUrl,
+    token: str | None = Token,
+    database_url: str | None = DirectDatabase,
+) -> None:
+    """Remove a variant no environment serves (refused, naming where, otherwise)."""
+    run(
+        lambda admin: admin.remove_variant(key, name),
+        _print_flag,
         as_json,
         url,
         token,

@@ -11,16 +11,15 @@ review items. Thin: parse, call ``ApprovalService``, render.
 - ``GET /admin/reviews`` (open break-glass review items; ``all=true`` for every one),
   ``POST /admin/reviews/{id}/acknowledge`` (a second person closes one).
 
-``install(app, store)`` is the feature's one hook into ``create_app``: it adds the
-routes, the ``ChangeRequestStore`` (a started service: phase 1 creates its tables)
-and the ``ApprovalService`` (``app.state.approvals``).
+``create_app`` includes ``router`` and makes the ``ApprovalService``
+(``app.state.approvals``), the one ``AdminService`` gates its changes with.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from pydantic import Field
 
 from api.deps import Principal, Reader, request_id
@@ -28,10 +27,9 @@ from api.schemas import Body as BodyModel
 from api.schemas import StateUpdate
 from api.service.approvals import ApprovalService
 from flags.errors import ValidationError
-from flags.store.change_requests import ChangeRequestStore, RequestStatus
-from flags.store.sql import SqlFlagStore
+from flags.store.change_requests import RequestStatus
 
-__all__ = ["install", "router"]
+__all__ = ["router"]
 
 router = APIRouter(tags=["approvals"])
 RequestId = Annotated[str, Depends(request_id)]
@@ -49,33 +47,11 @@ class Decision(BodyModel):
 
 
 def get_approvals(request: Request) -> ApprovalService:
-    """The app's ``ApprovalService`` (made by ``install``)."""
+    """The app's ``ApprovalService`` (made by ``create_app``)."""
     return request.app.state.approvals  # type: ignore[no-any-return]
 
 
 Service = Annotated[ApprovalService, Depends(get_approvals)]
-
-
-class _Tables:
-    """Starts the ``ChangeRequestStore`` with the app (creates its tables)."""
-
-    def __init__(self, requests: ChangeRequestStore) -> None:
-        self.requests = requests
-
-    def start(self) -> None:
-        self.requests.start()
-
-    def close(self) -> None:
-        return None
-
-
-def install(app: FastAPI, store: SqlFlagStore) -> None:
-    """Add the approval routes and service to ``app`` (no I/O)."""
-    requests = ChangeRequestStore(store)
-    app.state.change_requests = requests
-    app.state.approvals = ApprovalService(store, requests)
-    app.state.services.append(_Tables(requests))
-    app.include_router(router)
 
 
 def _statuses(raw: list[str] | None) -> list[RequestStatus] | None:

@@ -16,6 +16,8 @@ from api.schemas import (
     FlagUpdate,
     KillRequest,
     StateUpdate,
+    VariantCreate,
+    VariantUpdate,
     flag_json,
     flag_state_json,
     flag_view_json,
@@ -23,7 +25,7 @@ from api.schemas import (
     kill_json,
 )
 from api.service import AdminService, Operation
-from api.service.commands import FlagFilter
+from api.service.commands import EditVariant, FlagFilter, VariantEdit
 from flags.errors import ValidationError
 
 router = APIRouter(prefix="/admin/flags", tags=["flags"])
@@ -87,6 +89,37 @@ def archive_flag(
     return flag_json(service.archive_flag(principal, key, request_id=rid))
 
 
+@router.post("/{key}/variants", status_code=201)
+def add_variant(
+    key: str, body: VariantCreate, service: Service, rid: RequestId, principal: Principal = EditFlag
+) -> dict[str, Any]:
+    """Declare a variant on a typed flag (#19); every environment's snapshot changes."""
+    return flag_json(service.edit_variant(principal, body.to_command(key), request_id=rid))
+
+
+@router.patch("/{key}/variants/{name}")
+def update_variant(
+    key: str,
+    name: str,
+    body: VariantUpdate,
+    service: Service,
+    rid: RequestId,
+    principal: Principal = EditFlag,
+) -> dict[str, Any]:
+    """Rename a variant (``{"name": new}``: every use follows) or change its value."""
+    command = body.to_command(key, name)
+    return flag_json(service.edit_variant(principal, command, request_id=rid))
+
+
+@router.delete("/{key}/variants/{name}")
+def remove_variant(
+    key: str, name: str, service: Service, rid: RequestId, principal: Principal = EditFlag
+) -> dict[str, Any]:
+    """Remove a variant; 409 naming where it is still served."""
+    command = EditVariant(key, name, VariantEdit.REMOVE)
+    return flag_json(service.edit_variant(principal, command, request_id=rid))
+
+
 @router.patch("/{key}/environments/{env}")
 def update_state(
     key: str,
@@ -97,10 +130,15 @@ def update_state(
     rid: RequestId,
     principal: Principal = Depends(allowed(Operation.SET_STATE)),
     if_match: str | None = Header(default=None, max_length=40),
+    break_glass: bool = Query(default=False),
 ) -> dict[str, Any]:
-    """Change the state of ``key`` in ``env``; ``If-Match: "<version>"`` makes it conditional."""
+    """Change the state of ``key`` in ``env``; ``If-Match: "<version>"`` makes it conditional.
+
+    In an environment that requires approvals a change that raises risk answers 202
+    with the change request it became; ``?break_glass=true`` (an admin, with a
+    ``reason``) applies it at once and opens a review item (#16)."""
     command = body.to_command(key, env, parse_if_match(if_match))
-    state = service.set_state(principal, command, request_id=rid)
+    state = service.set_state(principal, command, request_id=rid, break_glass=break_glass)
     response.headers["ETag"] = f'"{state.version}"'
     return flag_state_json(key, env, state)
 
@@ -136,5 +174,8 @@ def unkill_flag(
     service: Service,
     rid: RequestId,
     principal: Principal = Depends(allowed(Operation.UNKILL)),
+    break_glass: bool = Query(default=False),
 ) -> dict[str, Any]:
-    return kill_json(service.unkill(principal, body.to_command(key), request_id=rid))
+    """Lift a kill; a gated environment answers 202 with its change request (#16)."""
+    command = body.to_command(key)
+    return kill_json(service.unkill(principal, command, request_id=rid, break_glass=break_glass))

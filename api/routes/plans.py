@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path
+from fastapi import APIRouter, Body, Depends, Path, Query
 
 from api.deps import Principal, Reader, allowed, get_service, request_id
 from api.schemas import PlanActionBody, plans_json
@@ -32,20 +32,43 @@ ActionBody = Annotated[PlanActionBody | None, Body()]
 CreatePlans = Depends(allowed(Operation.PLAN))
 
 
+BreakGlass = Annotated[bool, Query()]
+GlassReason = Annotated[str | None, Query(max_length=2000)]
+
+
 @router.post("/admin/flags/{key}/plans", status_code=201)
 def create_plan(
-    key: str, body: JsonObject, service: Service, rid: RequestId, principal: Principal = CreatePlans
+    key: str,
+    body: JsonObject,
+    service: Service,
+    rid: RequestId,
+    principal: Principal = CreatePlans,
+    break_glass: BreakGlass = False,
+    reason: GlassReason = None,
 ) -> dict[str, Any]:
-    """Create a rollout plan for ``key``; 201 with the plan (first stage already applied)."""
-    return service.create_plan(principal, key, body, request_id=rid).to_dict()
+    """Create a rollout plan for ``key``; 201 with the plan (first stage already applied).
+    In a gated environment, 202 with the change request the plan became, unless an
+    admin breaks glass (``?break_glass=true&reason=...``, #16)."""
+    glass = (reason or "") if break_glass else None
+    return service.create_plan(principal, key, body, request_id=rid, break_glass=glass).to_dict()
 
 
 @router.post("/admin/flags/{key}/schedules", status_code=201)
 def create_schedule(
-    key: str, body: JsonObject, service: Service, rid: RequestId, principal: Principal = CreatePlans
+    key: str,
+    body: JsonObject,
+    service: Service,
+    rid: RequestId,
+    principal: Principal = CreatePlans,
+    break_glass: BreakGlass = False,
+    reason: GlassReason = None,
 ) -> dict[str, Any]:
-    """Schedule one state change: ``{"environment", "at", "change": {...}}``."""
-    return service.create_schedule(principal, key, body, request_id=rid).to_dict()
+    """Schedule one state change: ``{"environment", "at", "change": {...}}``; gated as
+    a plan."""
+    glass = (reason or "") if break_glass else None
+    return service.create_schedule(
+        principal, key, body, request_id=rid, break_glass=glass
+    ).to_dict()
 
 
 @router.get("/admin/flags/{key}/plans")

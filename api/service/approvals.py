@@ -27,9 +27,9 @@ Thread-safe as its stores are: it holds no state of its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.service.commands import SetState
 from api.service.principal import Operation, Principal
@@ -50,7 +50,14 @@ from flags.store.change_requests import (
 )
 from flags.store.sql import SqlFlagStore
 
-__all__ = ["ApprovalService", "Submitted", "UnkillOutcome", "person_of"]
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from flags.history import Actor
+    from flags.model import FlagChanged
+    from flags.plans.store import PlanStore
+
+__all__ = ["ApprovalService", "PlanStoreWriter", "Submitted", "UnkillOutcome", "person_of"]
 
 # How often ``submit`` re-judges a change when the state moved between its read and
 # its write; each retry means another writer committed, so this bounds only a storm.
@@ -104,6 +111,38 @@ class UnkillOutcome:
         return {env: s.request.id for env, s in self.submitted.items() if s.request is not None}
 
 
+class PlanStoreWriter:
+    """The ``PlanWriter`` of a ``PlanStore``: an approved (or break-glass) plan or
+    schedule is parsed from its stored body and created inside the apply's
+    transaction, its history row naming the request."""
+
+    def __init__(self, plans: PlanStore) -> None:
+        self.plans = plans
+
+    def create_on(
+        self,
+        conn: Connection,
+        key: str,
+        kind: ChangeKind,
+        body: Mapping[str, Any],
+        *,
+        actor: Actor,
+        reason: str,
+        request_id: str | None,
+    ) -> Sequence[FlagChanged]:
+        from flags.plans.model import parse_plan, parse_schedule
+
+        if kind is ChangeKind.PLAN:
+            spec = parse_plan(body)
+        else:
+            spec = parse_schedule(body, now=self.plans.clock())
+        events: list[FlagChanged] = []
+        self.plans.create_on(
+            conn, key, spec, actor=actor, events=events, request_id=request_id, reason=reason
+        )
+        return events
+
+
 def _operation(kind: ChangeKind) -> Operation:
     if kind in PLAN_KINDS:
         return Operation.PLAN
@@ -116,6 +155,13 @@ class ApprovalService:
     def __init__(self, flags: SqlFlagStore, requests: ChangeRequestStore) -> None:
         self.flags = flags
         self.requests = requests
+
+    @classmethod
+    def on(cls, flags: SqlFlagStore, plans: PlanStore | None = None) -> ApprovalService:
+        """The service over ``flags``'s database; held plans are created in ``plans``
+        when they apply. No I/O."""
+        writer = PlanStoreWriter(plans) if plans is not None else None
+        return cls(flags, ChangeRequestStore(flags, plans=writer))
 
     # ------------------------------------------------------------ policy
     def policy(self, principal: Principal, environment: str) -> Policy:
@@ -141,6 +187,10 @@ class ApprovalService:
         principal.check_unscoped("changing an approval policy")
         policy = validate_policy(environment, required_approvals, allow_self_approval)
         return self.requests.set_policy(policy, actor=principal.actor, request_id=request_id)
+
+    def gated_environments(self, environments: Iterable[str]) -> list[str]:
+        """Those of ``environments`` whose policy requires approvals, in order."""
+        return [env for env in environments if self.requests.policy(env).gated]
 
     # ------------------------------------------------------------ the gate
     def _check(self, principal: Principal, kind: ChangeKind, key: str, environment: str) -> None:

@@ -25,9 +25,9 @@ from sqlalchemy import (
     update,
 )
 
-from flags.errors import ConflictError, PlanNotFoundError, PlanStateError
+from flags.errors import ConflictError, PlanNotFoundError, PlanStateError, ValidationError
 from flags.history import Actor
-from flags.model import Action, FlagChanged, FlagState
+from flags.model import Action, FlagChanged, FlagState, StateChange
 from flags.plans import model as m
 from flags.plans.model import (
     ApplyStage,
@@ -69,6 +69,17 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def _parse_spec(kind: PlanKind, spec: Any) -> PlanSpec:
     return m.parse_schedule(spec) if kind is PlanKind.SCHEDULE else m.parse_plan(spec)
+
+
+def _check_fits(change: StateChange, state: FlagState, field: str) -> None:
+    """Raise ``ValidationError`` (field ``<field>.<its field>``) unless ``change``'s
+    variant fields fit the flag ``state`` belongs to (declared variants, a typed flag)."""
+    try:
+        change.apply(state)
+    except ValidationError as exc:
+        raise ValidationError(
+            f"{field}: {exc.message}", field=f"{field}.{exc.field}" if exc.field else field
+        ) from exc
 
 
 def _plan_from_row(row: Any) -> Plan:
@@ -129,6 +140,15 @@ class PlanStore:
         with self.flags.read() as conn:
             return [_plan_from_row(r) for r in conn.execute(stmt).all()]
 
+    def list_recent(self, *, scope: Sequence[str] | None = None, limit: int = 100) -> list[Plan]:
+        """Every flag's plans and schedules, newest first, at most ``limit``, limited to
+        ``scope`` environments (the console's plans page, #15)."""
+        stmt = select(plans).order_by(plans.c.id.desc()).limit(limit)
+        if scope is not None:
+            stmt = stmt.where(plans.c.environment.in_(list(scope)))
+        with self.flags.read() as conn:
+            return [_plan_from_row(r) for r in conn.execute(stmt).all()]
+
     def active(self) -> list[Plan]:
         """Pending and running plans (those the scheduler acts on), oldest first."""
         stmt = (
@@ -156,66 +176,96 @@ class PlanStore:
         (archived flag), ``PlanStateError`` (a plan on a killed flag, or another plan
         pending, running or paused on the same flag and environment).
         """
-        now = now or self.clock()
         events: list[FlagChanged] = []
         with self.flags.transaction() as conn:
-            flag, state = self.flags.lock_state(conn, key, spec.environment)
-            if flag.archived:
-                raise ConflictError(f"flag {key!r} is archived", field="key")
-            if spec.kind is PlanKind.PLAN:
-                if state.killed:
-                    raise PlanStateError(
-                        f"flag {key!r} is killed in {spec.environment!r}; unkill it before "
-                        "starting a plan",
-                        field="environment",
-                    )
-                self._check_no_other_plan(conn, key, spec.environment, None)
-            body = m.spec_to_dict(spec)
-            result = conn.execute(
-                insert(plans).values(
-                    kind=spec.kind.value,
-                    flag_key=key,
-                    environment=spec.environment,
-                    spec=body,
-                    status=PlanStatus.PENDING.value,
-                    stage=None,
-                    stage_started_at=None,
-                    start_at=spec.start_at,
-                    reason=None,
-                    created_at=now,
-                    created_by=str(actor),
-                    updated_at=now,
-                    version=0,
-                )
+            plan = self.create_on(
+                conn, key, spec, actor=actor, events=events, request_id=request_id, now=now
             )
-            plan = Plan(
-                id=int(result.inserted_primary_key[0]),
-                kind=spec.kind,
-                flag=key,
+        self.flags.publish(events)
+        return plan
+
+    def create_on(
+        self,
+        conn: Connection,
+        key: str,
+        spec: PlanSpec,
+        *,
+        actor: str | Actor,
+        events: list[FlagChanged],
+        request_id: str | None = None,
+        now: datetime | None = None,
+        reason: str | None = None,
+    ) -> Plan:
+        """``create`` inside the caller's transaction on ``conn`` (an approved change
+        request applies a held plan this way, #16): the events to publish after the
+        commit are appended to ``events``; ``reason`` goes on the plan's history row.
+        Raises as ``create``."""
+        now = now or self.clock()
+        flag, state = self.flags.lock_state(conn, key, spec.environment)
+        if flag.archived:
+            raise ConflictError(f"flag {key!r} is archived", field="key")
+        if spec.kind is PlanKind.PLAN:
+            if state.killed:
+                raise PlanStateError(
+                    f"flag {key!r} is killed in {spec.environment!r}; unkill it before "
+                    "starting a plan",
+                    field="environment",
+                )
+            self._check_no_other_plan(conn, key, spec.environment, None)
+        for index, stage in enumerate(spec.stages):
+            if stage.change.split is not None or stage.change.tenant_variants is not None:
+                # A variant change must fit the flag's variants now, not fail at its stage.
+                _check_fits(
+                    stage.change,
+                    state,
+                    "change" if spec.kind is PlanKind.SCHEDULE else f"stages.{index}",
+                )
+        body = m.spec_to_dict(spec)
+        result = conn.execute(
+            insert(plans).values(
+                kind=spec.kind.value,
+                flag_key=key,
                 environment=spec.environment,
-                stages=spec.stages,
-                guards=spec.guards,
-                status=PlanStatus.PENDING,
+                spec=body,
+                status=PlanStatus.PENDING.value,
                 stage=None,
                 stage_started_at=None,
                 start_at=spec.start_at,
+                reason=None,
                 created_at=now,
                 created_by=str(actor),
                 updated_at=now,
+                version=0,
             )
-            history_log.record_change(
-                conn,
-                actor=actor,
-                action=PlanAction.CREATE,
-                flag=key,
-                environment=spec.environment,
-                after={"plan": plan.id, **body},
-                request_id=request_id,
-            )
-            step = m.next_action(plan, now, Observation())
-            if not isinstance(step, Wait):
-                plan = self._step(conn, plan, step, now, request_id, events)
-        self.flags.publish(events)
+        )
+        plan = Plan(
+            id=int(result.inserted_primary_key[0]),
+            kind=spec.kind,
+            flag=key,
+            environment=spec.environment,
+            stages=spec.stages,
+            guards=spec.guards,
+            status=PlanStatus.PENDING,
+            stage=None,
+            stage_started_at=None,
+            start_at=spec.start_at,
+            created_at=now,
+            created_by=str(actor),
+            updated_at=now,
+        )
+        history_log.record_change(
+            conn,
+            actor=actor,
+            action=PlanAction.CREATE,
+            flag=key,
+            environment=spec.environment,
+            after={"plan": plan.id, **body},
+            reason=reason,
+            request_id=request_id,
+        )
+        step = m.next_action(plan, now, Observation())
+        if not isinstance(step, Wait):
+            plan = self._step(conn, plan, step, now, request_id, events)
         return plan
 
     def execute(
@@ -573,7 +623,17 @@ class PlanStore:
         request_id: str | None,
         events: list[FlagChanged],
     ) -> Plan:
-        if step.kill:
+        if step.restore is not None:
+            _flag, before = self.flags.lock_state(conn, plan.flag, plan.environment)
+            candidate = step.restore.apply(before)
+            if candidate != before:
+                restored = replace(candidate, version=before.version + 1)
+                events.append(
+                    self._write_flag_state(
+                        conn, plan, before, restored, Action.STATE_UPDATE, step.reason, request_id
+                    )
+                )
+        elif step.kill:
             _flag, before = self.flags.lock_state(conn, plan.flag, plan.environment)
             if not before.killed:
                 killed = replace(
@@ -592,7 +652,13 @@ class PlanStore:
         return self._write_recorded(
             conn,
             plan,
-            replace(plan, status=PlanStatus.ROLLED_BACK, reason=step.reason, updated_at=now),
+            replace(
+                plan,
+                status=PlanStatus.ROLLED_BACK,
+                reason=step.reason,
+                updated_at=now,
+                stage=plan.stage if step.to_stage is None else step.to_stage,
+            ),
             PlanAction.ROLL_BACK,
             actor=plan.actor,
             reason=step.reason,

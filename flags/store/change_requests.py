@@ -24,9 +24,7 @@ the glass acknowledges it.
 
 Who may act (roles, scopes, who a person is) is ``api.service.approvals``'s rule.
 
-Phase 1: the tables live on a ``MetaData`` of their own (created by ``start()``) so
-that a process importing this module does not change what ``flagrail db check``
-compares; they move to ``flags.store.tables`` with an Alembic migration.
+The tables are in ``flags.store.tables`` (migration ``0010_approvals``).
 
 Thread-safe: every call runs in its own transaction.
 """
@@ -40,19 +38,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
     Connection,
-    DateTime,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    false,
     insert,
     select,
     update,
@@ -60,10 +46,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from flags.errors import (
+    ChangeRequestNotFoundError,
+    ChangeRequestStateError,
     ConflictError,
     ForbiddenError,
-    NotFoundError,
-    StoreUnavailableError,
+    ReviewItemNotFoundError,
+    SelfApprovalError,
+    StaleChangeRequestError,
     ValidationError,
     VersionConflictError,
 )
@@ -79,7 +68,12 @@ from flags.model import (
 from flags.risk import movements
 from flags.store import history as history_log
 from flags.store.sql import SqlFlagStore
-from flags.store.tables import NAMING, BigId
+from flags.store.tables import (
+    change_request_approvals,
+    change_requests,
+    environment_policies,
+    review_items,
+)
 
 __all__ = [
     "MAX_APPROVALS",
@@ -106,118 +100,6 @@ __all__ = [
 MAX_APPROVALS = 5
 POLICY_ACTION = "environment.policy"
 BREAK_GLASS_PREFIX = "break-glass: "
-
-approvals_metadata = MetaData(naming_convention=NAMING)
-
-environment_policies = Table(
-    "environment_policies",
-    approvals_metadata,
-    Column("environment", String(40), primary_key=True),
-    Column("required_approvals", Integer, nullable=False, default=0, server_default="0"),
-    Column("allow_self_approval", Boolean, nullable=False, default=False, server_default=false()),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("updated_by", String(200), nullable=False),
-)
-
-change_requests = Table(
-    "change_requests",
-    approvals_metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("kind", String(20), nullable=False),
-    Column("flag_key", String(100), nullable=False),
-    Column("environment", String(40), nullable=False),
-    # The change as ``change_to_dict`` writes it (kind "state"); {} for "unkill".
-    Column("change", JSON, nullable=False),
-    # The flag state's version the request was made (or last edited) against, and
-    # the states before and after it then: the diff reviewers approve.
-    Column("base_version", BigInteger, nullable=False),
-    Column("before", JSON, nullable=False),
-    Column("after", JSON, nullable=False),
-    Column("status", String(20), nullable=False),
-    # Grows by one with every edit; approvals count only for the current revision.
-    Column("revision", Integer, nullable=False),
-    Column("reason", Text, nullable=True),
-    Column("author", String(200), nullable=False),
-    Column("author_person", String(200), nullable=False),
-    Column("author_token_id", String(32), nullable=True),
-    Column("author_token_name", String(200), nullable=True),
-    Column("required_approvals", Integer, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    # Who rejected, cancelled or applied it, and why (reject/cancel).
-    Column("decided_by", String(200), nullable=True),
-    Column("decided_at", DateTime(timezone=True), nullable=True),
-    Column("decision_reason", Text, nullable=True),
-)
-Index("ix_change_requests_status", change_requests.c.status, change_requests.c.id)
-Index(
-    "ix_change_requests_flag_key_environment",
-    change_requests.c.flag_key,
-    change_requests.c.environment,
-)
-
-change_request_approvals = Table(
-    "change_request_approvals",
-    approvals_metadata,
-    Column("request_id", BigInteger, primary_key=True),
-    Column("revision", Integer, primary_key=True),
-    Column("person", String(200), primary_key=True),
-    Column("actor", String(200), nullable=False),
-    Column("token_id", String(32), nullable=True),
-    Column("at", DateTime(timezone=True), nullable=False),
-)
-
-review_items = Table(
-    "review_items",
-    approvals_metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("flag_key", String(100), nullable=False),
-    Column("environment", String(40), nullable=False),
-    Column("before", JSON, nullable=False),
-    Column("after", JSON, nullable=False),
-    Column("reason", Text, nullable=False),
-    Column("actor", String(200), nullable=False),
-    Column("person", String(200), nullable=False),
-    Column("token_id", String(32), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("acknowledged_by", String(200), nullable=True),
-    Column("acknowledged_person", String(200), nullable=True),
-    Column("acknowledged_at", DateTime(timezone=True), nullable=True),
-)
-Index("ix_review_items_acknowledged_at", review_items.c.acknowledged_at, review_items.c.id)
-
-
-# ------------------------------------------------------------ errors
-class ChangeRequestNotFoundError(NotFoundError):
-    """No change request of that id (or none the caller may see)."""
-
-    code = "change_request_not_found"
-
-
-class ReviewItemNotFoundError(NotFoundError):
-    """No break-glass review item of that id."""
-
-    code = "review_item_not_found"
-
-
-class ChangeRequestStateError(ConflictError):
-    """The request cannot take that step in its status (e.g. approve an applied one),
-    or the person already approved this revision."""
-
-    code = "change_request_state"
-
-
-class StaleChangeRequestError(ChangeRequestStateError):
-    """The flag changed since the request was made; the request is now ``stale``."""
-
-    code = "change_request_stale"
-
-
-class SelfApprovalError(ForbiddenError):
-    """The author may not approve their own request (policy ``allow_self_approval``),
-    nor acknowledge their own break-glass."""
-
-    code = "self_approval"
 
 
 # ------------------------------------------------------------ values
@@ -469,23 +351,21 @@ def target_state(kind: ChangeKind, change: StateChange, before: FlagState) -> Fl
 class ChangeRequestStore:
     """Change requests, policies and review items on the database of a ``SqlFlagStore``.
 
-    Constructing it does no I/O. ``clock`` returns aware UTC datetimes.
+    Constructing it does no I/O. ``plans`` creates held plans and schedules when they
+    apply (without it, applying one raises ``ChangeRequestStateError``); ``clock``
+    returns aware UTC datetimes.
     """
 
-    def __init__(self, flags: SqlFlagStore, *, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        flags: SqlFlagStore,
+        *,
+        plans: PlanWriter | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
         self.flags = flags
+        self.plans = plans
         self.clock = clock
-
-    def start(self) -> None:
-        """Create the tables if missing (phase 1: before they join the migrations), in
-        a write transaction. Replicas starting together may race to create them: the
-        loser's error is followed by one more (checking) attempt."""
-        try:
-            with self.flags.transaction() as conn:
-                approvals_metadata.create_all(conn, checkfirst=True)
-        except (IntegrityError, StoreUnavailableError):
-            with self.flags.transaction() as conn:
-                approvals_metadata.create_all(conn, checkfirst=True)
 
     # ------------------------------------------------------------ policies
     def policy(self, environment: str) -> Policy:

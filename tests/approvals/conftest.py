@@ -28,9 +28,7 @@ def flags(database_url: str) -> Iterator[SqlFlagStore]:
 
 @pytest.fixture
 def requests(flags: SqlFlagStore) -> ChangeRequestStore:
-    store = ChangeRequestStore(flags)
-    store.start()
-    return store
+    return ChangeRequestStore(flags)
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from typer.testing import CliRunner
 from api.cli.change_requests import app
 from api.service.approvals import ApprovalService
 from api.service.principal import Principal
+from flags.errors import SelfApprovalError
 from flags.model import Role, StateChange
-from flags.store.change_requests import ChangeKind, SelfApprovalError
+from flags.store.change_requests import ChangeKind
 from flags.store.sql import SqlFlagStore, cli_actor
 from tests.approvals.people import ENV, FLAG, token
 

@@ -1,8 +1,8 @@
 """The approval routes through the app (TestClient) on SQLite and PostgreSQL: policy,
 change requests, break-glass reviews, and bad input answered 4xx naming the field.
 
-Gated changes are made through ``ApprovalService.submit`` here; routing every change
-path of the admin API through the gate is the integration step (``AdminService``).
+Gated changes are made through ``ApprovalService.submit`` here; the admin API's own
+change paths through the gate are in ``test_gate.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from api.routes.change_requests import install
 from api.service.approvals import ApprovalService
 from api.service.principal import Principal
 from flags.model import StateChange
@@ -24,7 +23,7 @@ ENV = "production"
 
 @pytest.fixture
 def api(database_url: str) -> Iterator[Api]:
-    """The admin API with the approval routes installed (as create_app will)."""
+    """The admin API (create_app registers the approval routes)."""
     import warnings
 
     from api.app import create_app
@@ -36,7 +35,6 @@ def api(database_url: str) -> Iterator[Api]:
 
     store = SqlFlagStore(database_url)
     app = create_app(make_app_settings(database_url), store=store)
-    install(app, store)
     with TestClient(app, raise_server_exceptions=False) as client:
         api = Api(client, store, database_url)
         api.create_flag(FLAG)
