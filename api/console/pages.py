@@ -492,7 +492,6 @@ def health_page(request: Request) -> Response:
             r.flag.key
             for r in service.list_flags(principal, FlagFilter(None, None, False, ".cache."))
         ]
-        telemetry = service.telemetry
         kills = service.history(
             principal,
             history_filter(action=Action.KILL.value, since="24h", limit=100),
@@ -505,11 +504,7 @@ def health_page(request: Request) -> Response:
             instances.sort(key=lambda i: (not i["lagging"], i["instance_id"]))
             rates = []
             for layer in layers:
-                totals = (
-                    telemetry.counter_totals(layer, env.name, since)  # type: ignore[attr-defined]
-                    if telemetry is not None
-                    else {}
-                )
+                totals = service.counter_totals(principal, layer, env.name, since)
                 minutes = HEALTH_WINDOW.total_seconds() / 60
                 per_minute = {c: totals.get(c, 0.0) / minutes for c in LAYER_COUNTERS}
                 # circuit_open: times the layer's circuit opened in the window.
@@ -541,7 +536,7 @@ def health_page(request: Request) -> Response:
 def plans_page(request: Request, flag: str | None = None) -> Response:
     def build(session: Session, principal: Principal) -> Response:
         service = _service(request)
-        plans = service.list_plans(principal, flag) if flag else []
+        plans = service.list_plans(principal, flag) if flag else service.recent_plans(principal)
         return _render(request, "plans.html", session, flag=flag or "", plans=plans)
 
     return _page(request, build)
