@@ -279,7 +279,9 @@ class CompiledChecks:
     _errors: int
 
     def is_enabled(self, key: str, tenant: str | None = None, default: bool = False) -> bool:
-        """True when ``key`` is on for ``tenant``. Never raises; bad arguments give ``default``."""
+        """True when ``key`` is on for ``tenant``. Never raises; bad arguments give ``default``.
+
+        ``tenant=""`` is no tenant (as ``None``), as in every Unleash SDK."""
         try:
             c = self._table.get(key)
             if c is None:
@@ -293,8 +295,10 @@ class CompiledChecks:
                     or not 0 < len(tenant) <= MAX_TENANT_LENGTH
                     or (not tenant.isprintable() and not is_valid_tenant(tenant))
                 ):
-                    self._errors += 1
-                    return default is True
+                    if tenant.__class__ is not str or tenant:
+                        self._errors += 1
+                        return default is True
+                    r = c.no_tenant  # "" is no tenant
                 elif c.plain:
                     # Counted here rather than below: the hot rollout path, kept short.
                     if bucket_of(c.prefix + tenant) <= c.rollout:
@@ -341,8 +345,12 @@ class CompiledChecks:
                     or not 0 < len(tenant) <= MAX_TENANT_LENGTH
                     or (not tenant.isprintable() and not is_valid_tenant(tenant))
                 ):
-                    self._errors += 1
-                    return Evaluation(default is True, Reason.ERROR, c.version, "invalid tenant")
+                    if tenant.__class__ is not str or tenant:
+                        self._errors += 1
+                        return Evaluation(
+                            default is True, Reason.ERROR, c.version, "invalid tenant"
+                        )
+                    ev = c.ev_no_tenant  # "" is no tenant
                 elif c.plain:
                     # Counted here, as in is_enabled: the hot rollout path, kept short.
                     if bucket_of(c.prefix + tenant) <= c.rollout:
@@ -361,7 +369,7 @@ class CompiledChecks:
                         ev = c.ev_rollout_off
                 else:
                     ev = c.ev_no_tenant
-                if c.refine is not None and ev.enabled and tenant is not None:
+                if c.refine is not None and ev.enabled and tenant:
                     ev = c.refine.pick(tenant, ev)
             c.counts[1 if ev.enabled else 0] += 1
             if c.variant_counts is not None:
@@ -400,8 +408,10 @@ class CompiledChecks:
                     or not 0 < len(tenant) <= MAX_TENANT_LENGTH
                     or (not tenant.isprintable() and not is_valid_tenant(tenant))
                 ):
-                    self._errors += 1
-                    return default
+                    if tenant.__class__ is not str or tenant:
+                        self._errors += 1
+                        return default
+                    ev = c.ev_no_tenant  # "" is no tenant
                 elif c.plain:
                     ev = (
                         c.ev_rollout_on

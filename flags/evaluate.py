@@ -58,9 +58,10 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate ``flag_key`` in one environment for ``tenant``.
 
-    ``state`` is ``None`` when the flag is unknown in that environment. An invalid
-    tenant (not a non-empty string of at most 200 characters without control
-    characters) gives ``default`` with reason ``error``. Pure (no I/O, no clock);
+    ``state`` is ``None`` when the flag is unknown in that environment. The empty
+    string is no tenant (as ``None``). Any other invalid tenant (not a string of at
+    most 200 characters without control characters) gives ``default`` with reason
+    ``error``. Pure (no I/O, no clock);
     never raises. For a typed flag the result's ``variant``/``value`` follow the
     second table above (None when the flag is missing or the tenant invalid).
     """

@@ -41,7 +41,7 @@ def reference(
         return default, Reason.MISSING, state.version if state else 0
     if not state.enabled:
         return False, Reason.DISABLED, state.version
-    if tenant is None:
+    if tenant is None or tenant == "":  # "" is no tenant
         return state.rollout >= 100, Reason.ROLLOUT, state.version
     if not is_valid_tenant(tenant):
         return default, Reason.ERROR, state.version

@@ -90,9 +90,17 @@ _REGEX_META = frozenset("\\.+*?()|[]{}^$#&-~")
 
 
 def _plain(tenant: str) -> bool:
-    """Unleash's engine mis-reads an ``IN``/``NOT_IN`` value that ends in a backslash (the
-    whole constraint then matches nobody): such tenants go into a ``REGEX`` constraint."""
-    return not tenant.endswith("\\")
+    """Whether ``tenant`` may go into an ``IN``/``NOT_IN`` list. Unleash's engine mis-reads
+    a value that ends in a backslash (the whole constraint then matches nobody), and the
+    Node SDK trims every listed value (``" acme "`` would match ``"acme"`` only): such
+    tenants go into a ``REGEX`` constraint instead."""
+    return not (
+        tenant.endswith("\\")
+        or tenant[:1].isspace()
+        or tenant[-1:].isspace()
+        or tenant[:1] == "\ufeff"  # JavaScript's trim() also strips a BOM
+        or tenant[-1:] == "\ufeff"
+    )
 
 
 def _regex_constraint(tenants: frozenset[str], *, inverted: bool) -> dict[str, Any]:
@@ -120,11 +128,19 @@ def _excluding(tenants: frozenset[str]) -> list[dict[str, Any]]:
     return out
 
 
+def _no_empty_tenant() -> dict[str, Any]:
+    """``tenantId NOT_IN [""]``: the empty tenant is no tenant (as in flagrail), also for
+    Unleash's engine, which would otherwise hash ``""`` into a rollout bucket. (Node
+    drops empty list values, and its ``flexibleRollout`` already skips ``""``.)"""
+    return _constraint("NOT_IN", frozenset({""}))
+
+
 def _rollout_strategy(key: str, rollout: int) -> dict[str, Any]:
     return {
         "name": "flexibleRollout",
         "parameters": {"rollout": str(rollout), "stickiness": TENANT_FIELD, "groupId": key},
-        "constraints": [],
+        # Rollout 0 matches nobody anyway: kept as it always was.
+        "constraints": [_no_empty_tenant()] if rollout > 0 else [],
     }
 
 
@@ -166,7 +182,7 @@ def _on_conditions(key: str, state: FlagState) -> list[tuple[str, dict[str, str]
         out.append(("default", {}, []))
     elif state.rollout > 0:
         rollout = _rollout_strategy(key, state.rollout)
-        out.append((rollout["name"], rollout["parameters"], []))
+        out.append((rollout["name"], rollout["parameters"], rollout["constraints"]))
     return out
 
 
@@ -357,7 +373,8 @@ def _strategy_parts(
         if operator == "IN" and on is None:
             on = tenants
         elif operator == "NOT_IN":
-            off = off | tenants  # plain NOT_IN and an inverted REGEX both exclude
+            # Plain NOT_IN and an inverted REGEX both exclude; "" is the empty-tenant guard.
+            off = off | (tenants - {""})
         else:
             return None
     name = strategy.get("name")

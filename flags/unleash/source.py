@@ -344,6 +344,8 @@ class UnleashSource:
         client = self._engine
         if enabled is None or client is None:
             return None
+        if tenant == "" and type(tenant) is str:
+            tenant = None  # "" is no tenant, as everywhere in flagrail
         if tenant is not None and not is_valid_tenant(tenant):
             return Evaluation(default, Reason.ERROR, 0, "invalid tenant")
         found = True

@@ -134,7 +134,11 @@ class TestFeatureFromState:
         assert strategies[0]["constraints"][0]["operator"] == "IN"
         assert strategies[0]["constraints"][0]["values"] == ["a", "b"]
         for strategy in strategies:
-            not_in = [c for c in strategy["constraints"] if c["operator"] == "NOT_IN"]
+            not_in = [
+                c
+                for c in strategy["constraints"]
+                if c["operator"] == "NOT_IN" and c["values"] != [""]  # the empty-tenant guard
+            ]
             assert not_in == [
                 {
                     "contextName": TENANT_FIELD,
