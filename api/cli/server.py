@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from sqlalchemy import Connection, create_engine, func, select
@@ -21,6 +22,9 @@ from flags.model import Role
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore, cli_actor
 from flags.store.tables import tokens
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
@@ -201,11 +205,24 @@ def register(app: typer.Typer) -> None:
         port: int | None = typer.Option(None, "--port", envvar="FLAGRAIL_PORT", min=1, max=65535),
         database_url_opt: str | None = DatabaseUrl,
         log_level: str = typer.Option("info", "--log-level"),
+        workers: int = typer.Option(
+            1,
+            "--workers",
+            envvar="FLAGRAIL_WORKERS",
+            min=1,
+            max=64,
+            help="Server processes sharing the port; changes reach every worker's "
+            "streams through the database (and Redis when configured).",
+        ),
     ) -> None:
         """Run the admin API (SQLite schema is created or upgraded on start).
 
         On a database with no token, writes a first admin token to
         FLAGRAIL_BOOTSTRAP_TOKEN_FILE (mode 0600) and prints that file's path.
+
+        With ``--workers N`` (N > 1), N processes accept on one socket, each a whole
+        replica (its own streams, fan-out and background services); the schema and
+        first-token steps run once, in this process, before they start.
         """
         import uvicorn
 
@@ -240,11 +257,38 @@ def register(app: typer.Typer) -> None:
             )
             sys.stdout.flush()
         try:
+            if workers > 1:
+                # The workers build their own app from FLAGRAIL_* (they are spawned, not
+                # forked): hand them this command's options through the environment.
+                for name, value in overrides.items():
+                    os.environ[f"FLAGRAIL_{name.upper()}"] = str(value)
+                uvicorn.run(
+                    "api.cli.server:worker_app",
+                    factory=True,
+                    workers=workers,
+                    host=settings.host,
+                    port=settings.port,
+                    log_level=log_level,
+                )
+                return
             asgi_app = create_app(settings)
-            # What exists now lives as long as the server: keep it out of the collector's
-            # full passes, which otherwise stall requests for ~40 ms now and then.
-            gc.collect()
-            gc.freeze()
+            _freeze_heap()
             uvicorn.run(asgi_app, host=settings.host, port=settings.port, log_level=log_level)
         except SystemExit as exc:
             raise CliError(f"server exited ({exc.code})") from exc
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``flagrail serve --workers N`` process, from ``FLAGRAIL_*``."""
+    from api.app import create_app
+
+    app = create_app(Settings())
+    _freeze_heap()
+    return app
+
+
+def _freeze_heap() -> None:
+    """What exists now lives as long as the server: keep it out of the collector's full
+    passes, which otherwise stall requests for ~40 ms now and then."""
+    gc.collect()
+    gc.freeze()
