@@ -24,7 +24,10 @@ Targets (issue #20, one replica, 10,000 streams): kill p99 <= 250 ms to the last
 stream, RSS <= 1 GB, every stream back and resynced within 10 s.
 
     .venv/bin/python benchmarks/fanout.py [--streams 1000,5000,10000] [--replicas 1,2]
-        [--changes 20] [--clients 4] [--database postgres|sqlite] [--json]
+        [--changes 20] [--clients 4] [--database postgres|sqlite] [--workers 1] [--json]
+
+``--workers N`` runs each replica as ``flagrail serve --workers N`` (RSS and CPU sum
+every worker).
 
 File descriptors: every stream is a socket in the server and one in a client. The
 harness raises its soft ``RLIMIT_NOFILE`` to the hard limit (children inherit it)
@@ -276,10 +279,11 @@ def usage(pids: list[int]) -> tuple[float, float]:
 class Server:
     """One ``flagrail serve`` subprocess on a fixed port (restartable)."""
 
-    def __init__(self, db: str, port: int, env: dict[str, str]) -> None:
+    def __init__(self, db: str, port: int, env: dict[str, str], workers: int = 1) -> None:
         self.db = db
         self.port = port
         self.env = env
+        self.workers = workers
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -287,7 +291,7 @@ class Server:
         flagrail = Path(sys.executable).with_name("flagrail")
         self.proc = subprocess.Popen(
             [str(flagrail), "serve", "--database-url", self.db, "--port", str(self.port),
-             "--log-level", "warning"],
+             "--log-level", "warning", "--workers", str(self.workers)],
             env={**os.environ, **self.env},
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
@@ -470,7 +474,7 @@ def run(replicas: int, streams: int, args: argparse.Namespace, tmp: Path) -> dic
         }
         if redis is not None:
             env["FLAGRAIL_REDIS_URL"] = redis.url
-        servers = [Server(database.url, free_port(), env) for _ in range(replicas)]
+        servers = [Server(database.url, free_port(), env, args.workers) for _ in range(replicas)]
         for server in servers:
             server.start()
         for server in servers:
@@ -547,6 +551,7 @@ def run(replicas: int, streams: int, args: argparse.Namespace, tmp: Path) -> dic
         thousands = streams / 1000
         return {
             "replicas": replicas,
+            "workers": args.workers,
             "streams": streams,
             "database": args.database,
             "changes": args.changes,
@@ -596,6 +601,7 @@ def report(results: list[dict[str, Any]]) -> None:
     )
     header = [
         "replicas",
+        "workers",
         "streams",
         "db",
         "kill to last p50 / p99 / max",
@@ -629,6 +635,7 @@ def report(results: list[dict[str, Any]]) -> None:
         )
         cells = [
             str(r["replicas"]),
+            str(r.get("workers", 1)),
             f"{r['streams']:,}",
             r["database"],
             f"{r['last_p50']:,.0f} / {r['last_p99']:,.0f} / {r['last_max']:,.0f}",
@@ -666,6 +673,9 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=5.0, help="idle CPU window, s")
     parser.add_argument("--storm-timeout", type=float, default=60.0)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="flagrail serve --workers per replica"
+    )
     args = parser.parse_args()
     if args.database is None:
         args.database = "postgres" if postgres_available() else "sqlite"

@@ -18,7 +18,12 @@ includes the server's commit. Beside it:
   the share of applications that came before the 200.
 
     .venv/bin/python benchmarks/propagation.py [--processes 16] [--changes 200]
-        [--poll-changes 20] [--poll-interval 1.0] [--paths redis,sse,poll] [--json]
+        [--poll-changes 20] [--poll-interval 1.0] [--paths redis,redis-signed,sse,poll]
+        [--json]
+
+``redis`` is the default Redis mode (no ``FLAGRAIL_SIGNING_KEY``): a message is a
+hint and each SDK fetches the snapshot (ETag'd) on it; ``redis-signed`` sets a
+signing key, so SDKs apply the verified change from the message itself.
 
 For reference: Unleash SDKs poll every 15 s by default (their documented
 ``refresh_interval``), so a kill takes up to 15 s there plus the server's cache.
@@ -188,10 +193,13 @@ def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     redis = None
     server_env: dict[str, str] = {}
     worker_env: dict[str, str] = {}
-    if path == "redis":
+    if path in ("redis", "redis-signed"):
         redis = RedisServer().start()
         server_env["FLAGRAIL_REDIS_URL"] = redis.url
         worker_env["BENCH_EXPECT"] = "redis"
+    if path == "redis-signed":
+        # Signed messages: SDKs apply the change from Redis, no snapshot fetch.
+        server_env["FLAGRAIL_SIGNING_KEY"] = "propagation-bench-signing-key"
     if path == "sse":
         worker_env["BENCH_EXPECT"] = "stream"
     if path == "poll":
@@ -258,8 +266,13 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
-TARGETS = {"redis": 50.0, "sse": 100.0}
-LABELS = {"redis": "Redis pub/sub", "sse": "SSE stream", "poll": "ETag polling"}
+TARGETS = {"redis": 50.0, "redis-signed": 50.0, "sse": 100.0}
+LABELS = {
+    "redis": "Redis, hint-only (fetch on hint)",
+    "redis-signed": "Redis, signed changes",
+    "sse": "SSE stream",
+    "poll": "ETag polling",
+}
 
 
 def report(results: list[dict[str, Any]], processes: int) -> None:
@@ -322,7 +335,7 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=200, help="kills+unkills (Redis, SSE)")
     parser.add_argument("--poll-changes", type=int, default=20, help="kills+unkills (polling)")
     parser.add_argument("--poll-interval", type=float, default=1.0)
-    parser.add_argument("--paths", default="redis,sse,poll")
+    parser.add_argument("--paths", default="redis,redis-signed,sse,poll")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="flagrail-prop-"))

@@ -5,8 +5,9 @@ talks to its client only through ``flags.sync.SnapshotSink``.
 
 Sync, in order of preference: the Redis channel ``<prefix>changes:<env>`` when
 ``redis_url`` is given and Redis answers (and the server says it publishes
-there), whose messages are hints only (a version ahead of the served one makes
-the poll thread fetch the snapshot; no state is ever taken from Redis); else
+there), whose messages are signed changes (applied once verified) or hints
+(a version ahead of the served one makes the subscriber thread fetch the
+snapshot at once; no unverified state is ever taken from Redis); else
 the SSE stream ``/sdk/v1/stream``; ETag polling of
 ``/sdk/v1/snapshot`` every ``poll_interval`` seconds whenever neither is live
 (and every ``SAFETY_POLL`` seconds as a safety net while one is). At start,
@@ -15,9 +16,10 @@ every applied snapshot is written there.
 
 Threads (all daemons, started by ``start``, none by the constructor):
 ``flagrail-poll`` (snapshot fetches: first load, resyncs, polling, the backup at
-start), ``flagrail-report`` (backup writes, an instance report after each
-applied update, metrics every ``metrics_interval``), the Redis subscriber (when
-``redis_url``) and the SSE consumer (while Redis is not live). Connections are
+start, a hint's fetch while another fetch runs), ``flagrail-report`` (backup
+writes, an instance report after each applied update, metrics every
+``metrics_interval``), the Redis subscriber (when ``redis_url``; it fetches the
+snapshot a hint asks for itself) and the SSE consumer (while Redis is not live). Connections are
 opened by those threads, never by ``start`` itself, so ``start`` never blocks.
 """
 
@@ -107,6 +109,8 @@ class ServerSource:
         self._hint_quiet_until = 0.0
         # Snapshot fetches a Redis hint caused.
         self.hint_fetches = 0
+        # One snapshot fetch at a time (the poll thread's, or a hint's on the Redis thread).
+        self._fetch_lock = threading.Lock()
 
     # ---------------------------------------------------------------- control
     def start(self, sink: SnapshotSink) -> None:
@@ -256,7 +260,9 @@ class ServerSource:
         gave in its snapshot response, only a correctly signed change is applied (in
         order, as any change); others are counted in ``rejected`` and dropped.
         Without one, the message is a hint: a version ahead of the served one makes
-        the poll thread fetch the snapshot (ETag'd) now; anything else is dropped."""
+        this thread fetch the snapshot (ETag'd) at once, or the poll thread right after
+        its own fetch when one is running; anything else is dropped. Hints arriving
+        during a fetch are coalesced into at most one more."""
         from flags.sync.redis_pubsub import read_hint, verify_change
 
         key = self._fetcher.verify_key if self._fetcher is not None else None
@@ -282,6 +288,17 @@ class ServerSource:
             self._hint_deferred = True
             self._poll_wake.set()
             return
+        # Fetch right here on the subscriber thread (no hand-off to the poll thread),
+        # unless a fetch is running: then the poll thread fetches again after it.
+        if self._fetch_lock.acquire(blocking=False):
+            try:
+                self._hint_pending = True
+                self._fetch()
+                return
+            except Exception as exc:  # the poll thread retries, with its backoff and logs
+                log.debug("flagrail %s: hinted fetch failed: %s", self.options.environment, exc)
+            finally:
+                self._fetch_lock.release()
         self._hint_pending = True
         self.resync()
 
@@ -299,7 +316,8 @@ class ServerSource:
             if self._resync_flag or time.monotonic() >= next_at:
                 self._resync_flag = False
                 try:
-                    self._fetch()
+                    with self._fetch_lock:
+                        self._fetch()
                     backoff.reset()
                     pause = opts.poll_interval
                     if self.live() is not None:
