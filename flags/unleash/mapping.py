@@ -11,7 +11,8 @@ killed, or not enabled      ``enabled: false`` and no strategies
 tenants_on                  a ``default`` strategy with ``tenantId IN tenants_on``
 rollout 100                 a ``default`` strategy
 rollout 1..99               ``flexibleRollout``: ``rollout`` = the percent, ``stickiness:
-                            tenantId``, ``groupId`` = the flag key
+                            tenantId``, ``groupId`` = the flag key, and
+                            ``tenantId NOT_IN [""]`` (the empty tenant is no tenant)
 rollout 0 and no            ``flexibleRollout`` at ``rollout: "0"``, which matches
 tenants_on                  nobody (an enabled feature without strategies would be on
                             for everyone)
@@ -19,7 +20,8 @@ tenants_off                 ``tenantId NOT_IN tenants_off`` on every strategy
 ==========================  ============================================================
 
 Unleash's engine mis-reads an ``IN``/``NOT_IN`` value that ends in a backslash (the
-constraint then matches nobody), so tenant ids ending in a backslash go into an
+constraint then matches nobody) and the Node SDK trims listed values, so tenant ids
+ending in a backslash, or starting or ending in whitespace, go into an
 anchored ``REGEX`` constraint instead (inverted for ``tenants_off``; a strategy of
 their own for ``tenants_on``). An SDK without ``REGEX`` support fails such a
 constraint, which errs towards off.
@@ -51,6 +53,10 @@ Payloads are ``string`` (a string flag), ``number`` (a number, as JSON text) or
 ``json`` (compact JSON text). A typed flag's ``is_enabled`` in an Unleash SDK is
 therefore true for everyone: read it with ``get_variant``.
 
+``state_from_feature`` reads both tables back (for a typed feature: variants and
+values, off/on variant, split, pins and lists; ``_typed_state`` says what a feature
+cannot carry).
+
 Nothing here does I/O. Strategy parameters are strings, as the Unleash client
 specification requires; tenant lists are sorted, so equal states give equal JSON.
 """
@@ -59,9 +65,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from flags.model import FlagState, FlagType, Snapshot
+from flags.errors import ValidationError
+from flags.model import FlagState, FlagType, Snapshot, validate_variants
 
 __all__ = [
     "API_VERSION",
@@ -397,6 +405,174 @@ def _strategy_parts(
     return None
 
 
+_PAYLOAD_TYPES = {"string": FlagType.STRING, "number": FlagType.NUMBER, "json": FlagType.JSON}
+
+
+def _variant_value(payload: object) -> tuple[FlagType, Any] | None:
+    """``(type, value)`` of a variant payload ``_payload`` writes, else None."""
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("value"), str):
+        return None
+    flag_type = _PAYLOAD_TYPES.get(payload.get("type"))  # type: ignore[arg-type]
+    text = payload["value"]
+    if flag_type is None:
+        return None
+    if flag_type is FlagType.STRING:
+        return flag_type, text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if flag_type is FlagType.NUMBER and (type(value) not in (int, float)):
+        return None
+    return flag_type, value
+
+
+def _typed_state(key: str, strategies: Sequence[Any]) -> FlagState | None:
+    """The typed state whose feature (``_typed_feature``) is exactly ``strategies``, or None.
+
+    Guesses the state from the strategies' layout (pins, then the on-conditions, then
+    the no-tenant ``on_variant``, then the ``off_variant`` default) and keeps the guess
+    only if mapping it back gives the same strategies, so a read-back state always
+    serves what the feature serves. What the feature cannot say is not read back: a
+    declared variant no strategy serves, the ``on_variant`` of a split that rolls out
+    below 100% (never served), and a kill (the feature of a killed flag is the one of
+    a disabled flag).
+    """
+    values: dict[str, Any] = {}
+    flag_type: FlagType | None = None
+    weights: list[list[tuple[str, int]]] = []
+    for strategy in strategies:
+        if not isinstance(strategy, Mapping) or not isinstance(strategy.get("variants"), list):
+            return None
+        pairs: list[tuple[str, int]] = []
+        for variant in strategy["variants"]:
+            if not isinstance(variant, Mapping) or not isinstance(variant.get("name"), str):
+                return None
+            parsed = _variant_value(variant.get("payload"))
+            if parsed is None or (flag_type is not None and parsed[0] is not flag_type):
+                return None
+            flag_type, value = parsed
+            name = variant["name"]
+            if name in values and values[name] != value:
+                return None
+            values[name] = value
+            weight = variant.get("weight")
+            if type(weight) is not int:
+                return None
+            pairs.append((name, weight))
+        weights.append(pairs)
+    if flag_type is None or len(weights[-1]) != 1:
+        return None
+    try:
+        variants = validate_variants(
+            flag_type, [{"name": n, "value": v} for n, v in values.items()]
+        )
+    except ValidationError:
+        return None
+    off_variant = weights[-1][0][0]
+    base = FlagState(
+        enabled=False,
+        type=flag_type,
+        variants=variants,
+        off_variant=off_variant,
+        on_variant=off_variant,
+    )
+    candidates = [base] if len(strategies) == 1 else []
+    body = list(strategies[:-1])
+    if body:
+        first = _constraints_of(body[0])
+        offs = frozenset().union(*(t for op, t in map(_tenant_parts, first) if op == "NOT_IN")) - {
+            ""
+        }
+        excluded = len(_excluding(offs)) if offs else 0
+        for no_tenant in (0, 1):
+            rest = body[: len(body) - no_tenant]
+            for conditions in (1, 2, 3):
+                guess = _guess_typed(key, base, rest, weights, conditions, excluded, offs)
+                if guess is not None and no_tenant and guess.split:
+                    guess = replace(guess, on_variant=weights[-2][0][0])
+                if guess is not None:
+                    candidates.append(guess)
+    want = json.dumps(list(strategies), sort_keys=True)
+    for candidate in candidates:
+        try:
+            candidate = candidate.check_variants()
+        except ValidationError:
+            continue
+        got = _typed_feature(key, candidate)["strategies"]
+        if json.dumps(got, sort_keys=True) == want:
+            return candidate
+    return None
+
+
+def _constraints_of(strategy: Mapping[str, Any]) -> list[Any]:
+    constraints = strategy.get("constraints") or []
+    return list(constraints) if isinstance(constraints, list) else []
+
+
+def _tenant_parts(constraint: object) -> tuple[str | None, frozenset[str]]:
+    parsed = _tenant_constraint(constraint)
+    return (None, frozenset()) if parsed is None else parsed
+
+
+def _guess_typed(
+    key: str,
+    base: FlagState,
+    strategies: list[Any],
+    weights: list[list[tuple[str, int]]],
+    conditions: int,
+    excluded: int,
+    offs: frozenset[str],
+) -> FlagState | None:
+    """The state ``_typed_state`` tries: the last ``conditions`` strategies are the
+    on-conditions, every strategy before them a pin (its last own constraint)."""
+    if len(strategies) < conditions or len(strategies) % conditions:
+        return None
+    own = [_constraints_of(s)[: len(_constraints_of(s)) - excluded] for s in strategies]
+    on_block = own[-conditions:]
+    tenants_on: set[str] = set()
+    rollout = 0
+    split: tuple[tuple[str, int], ...] = ()
+    first = len(strategies) - conditions
+    for offset, constraints in enumerate(on_block):
+        strategy = strategies[first + offset]
+        if constraints and constraints[-1] == _any_tenant():
+            split = tuple(weights[first + offset])
+            constraints = constraints[:-1]
+        params = strategy.get("parameters") or {}
+        if strategy.get("name") == "flexibleRollout":
+            raw = params.get("rollout") if isinstance(params, Mapping) else None
+            if not isinstance(raw, str) or not raw.isdigit():
+                return None
+            rollout = int(raw)
+        elif not constraints:
+            rollout = 100
+        else:
+            op, tenants = _tenant_parts(constraints[0])
+            if op != "IN":
+                return None
+            tenants_on |= tenants
+    on_pairs = weights[len(strategies) - 1]
+    on_variant = on_pairs[0][0] if on_pairs else None
+    pins: dict[str, str] = {}
+    for index, constraints in enumerate(own[:-conditions]):
+        op, tenants = _tenant_parts(constraints[-1]) if constraints else (None, frozenset())
+        if op != "IN" or len(weights[index]) != 1:
+            return None
+        for tenant in tenants:
+            pins[tenant] = weights[index][0][0]
+    return replace(
+        base,
+        enabled=True,
+        rollout=rollout,
+        tenants_on=frozenset(tenants_on),
+        tenants_off=offs,
+        on_variant=on_variant,
+        split=split,
+        tenant_variants=tuple(sorted(pins.items())),
+    )
+
+
 def state_from_feature(feature: Mapping[str, Any]) -> FlagState | None:
     """The flagrail state an Unleash feature expresses, or None if it is not flagrail-shaped.
 
@@ -404,7 +580,9 @@ def state_from_feature(feature: Mapping[str, Any]) -> FlagState | None:
     returned state evaluates as the feature does. Features whose strategies use
     anything but ``default`` / ``flexibleRollout`` (tenant stickiness, the flag key
     as ``groupId``) and ``tenantId IN`` / ``NOT_IN`` constraints give None, and so
-    do features with segments or dependencies. A disabled feature gives a
+    do features with segments or dependencies. A feature whose strategies carry
+    variants reads back as a typed flag only when it is exactly what
+    ``feature_from_state`` writes for some state (else None). A disabled feature gives a
     disabled state (Unleash has no kill switch, so ``killed`` is never set). An
     enabled feature without strategies is on for everyone (rollout 100), as in
     Unleash. Pure; never raises for a mapping.
@@ -416,6 +594,8 @@ def state_from_feature(feature: Mapping[str, Any]) -> FlagState | None:
         return None
     if not isinstance(strategies, Sequence) or isinstance(strategies, str):
         return None
+    if any(isinstance(s, Mapping) and s.get("variants") for s in strategies):
+        return _typed_state(key, strategies) if enabled and not feature.get("variants") else None
     if not enabled:
         return FlagState(enabled=False)
     if not strategies:

@@ -194,11 +194,13 @@ def test_from_unleash__foreign_features__answered_by_unleash_client(foreign_serv
         assert client.evaluate("other-group", tenants[0]).reason is Reason.ROLLOUT
         off = client.evaluate("by-user-off", "a", default=True)
         assert (off.enabled, off.reason) == (False, Reason.DISABLED)
-        bad = client.evaluate("other-group", "", default=True)
+        bad = client.evaluate("other-group", "x" * 201, default=True)
         assert (bad.enabled, bad.reason) == (True, Reason.ERROR)
+        empty = client.evaluate("other-group", "", default=True)  # "" is no tenant
+        assert (empty.enabled, empty.reason) == (False, Reason.ROLLOUT)
         assert client.evaluate("plain", "x").reason is Reason.ROLLOUT
         assert client.evaluate("never-defined", "x").reason is Reason.MISSING
         on = sum(answers) + answers[0]  # evaluate(tenants[0]) counts too; the error does not
-        assert client.counts()["other-group"] == (301 - on, on)
+        assert client.counts()["other-group"] == (302 - on, on)
     finally:
         client.close()
