@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api.console.auth import ConsoleSettings, SecurityHeadersMiddleware
-from api.console.listing import Listings
 from api.console.pages import router
 from api.routes import users as users_api
 from flags.store.users import LoginThrottle, UserStore
@@ -32,7 +31,6 @@ def install(
     app.state.console_settings = settings
     app.state.console_users = users
     app.state.console_throttle = LoginThrottle()
-    app.state.console_listings = Listings()
     app.state.services.insert(0, users)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
     app.include_router(router)

@@ -21,9 +21,9 @@ from fastapi.templating import Jinja2Templates
 from api.console import auth
 from api.console.views import (
     STATE_WORDS,
+    Grid,
     applied,
     diff,
-    grid,
     parse_state_form,
     state_fields,
     state_word,
@@ -49,6 +49,7 @@ templates.env.globals["state_word"] = state_word
 templates.env.filters["urlquote"] = lambda v: quote(str(v), safe="")
 
 HEALTH_WINDOW = timedelta(minutes=5)
+LAYERS_SHOWN = 200  # cache layer flags (keys with ".cache.") on the health page
 LAYER_COUNTERS = (
     "hits",
     "misses",
@@ -247,17 +248,15 @@ def flags_page(
         query = FlagFilter(kind or None, tag or None, False, q or None)
         if state and state not in STATE_WORDS:
             raise ValidationError(f"state must be one of {', '.join(STATE_WORDS)}", field="state")
-        records = request.app.state.console_listings.flags(
-            service, principal, query, owner=owner or None, state=state or None
+        found = service.flags_page(
+            principal,
+            query,
+            owner=owner or None,
+            state=state or None,
+            page=max(1, _int(page, "page", 1)),
+            page_size=_settings(request).page_size,
         )
-        settings = _settings(request)
-        g = grid(
-            records,
-            owner=None,
-            state=None,
-            page=_int(page, "page", 1),
-            page_size=settings.page_size,
-        )
+        g = Grid(found.items, found.total, found.page, found.pages)
         filters = {"q": q, "kind": kind, "owner": owner, "tag": tag, "state": state}
         base = urlencode({k: v for k, v in filters.items() if v})
         return _render(
@@ -488,9 +487,11 @@ def health_page(request: Request) -> Response:
         service = _service(request)
         envs = service.list_environments(principal)
         since = datetime.now(UTC) - HEALTH_WINDOW
+        cache_flags = FlagFilter(None, None, False, ".cache.")
         layers = [
             r.flag.key
-            for r in service.list_flags(principal, FlagFilter(None, None, False, ".cache."))
+            for r in service.flags_page(principal, cache_flags, page_size=LAYERS_SHOWN).items
+            if ".cache." in r.flag.key
         ]
         kills = service.history(
             principal,

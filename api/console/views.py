@@ -1,9 +1,9 @@
-"""Pure helpers of the console's pages: state words, grid filters and pages, form
-parsing and field-level diffs. No I/O."""
+"""Pure helpers of the console's pages: state words, the grid's page, form parsing and
+field-level diffs. No I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,6 @@ __all__ = [
     "Change",
     "Grid",
     "diff",
-    "grid",
     "parse_state_form",
     "state_word",
 ]
@@ -41,30 +40,6 @@ class Grid:
     total: int
     page: int
     pages: int
-
-
-def grid(
-    records: Sequence[FlagRecord],
-    *,
-    owner: str | None,
-    state: str | None,
-    page: int,
-    page_size: int,
-) -> Grid:
-    """Filter ``records`` by owner and state word (any environment in that state) and
-    cut page ``page`` (1-based, clamped to the last)."""
-    rows: Sequence[FlagRecord] = records
-    if owner:
-        rows = [r for r in rows if r.flag.owner == owner]
-    if state:
-        if state not in STATE_WORDS:
-            raise ValidationError(f"state must be one of {', '.join(STATE_WORDS)}", field="state")
-        rows = [r for r in rows if any(state_word(s) == state for s in r.states.values())]
-    total = len(rows)
-    pages = max(1, -(-total // page_size))
-    page = min(max(1, page), pages)
-    start = (page - 1) * page_size
-    return Grid(list(rows[start : start + page_size]), total, page, pages)
 
 
 def _tenants(raw: str, field: str) -> frozenset[str]:

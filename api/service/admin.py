@@ -45,7 +45,7 @@ from flags.model import (
 )
 from flags.plans.model import Plan, PlanSpec, parse_plan, parse_schedule
 from flags.plans.store import PlanStore
-from flags.store import FlagStore, KillResult
+from flags.store import FlagPage, FlagStore, KillResult
 from flags.store.change_requests import ChangeKind
 
 if TYPE_CHECKING:  # #16 approvals: the gate (api.service.approvals)
@@ -145,6 +145,33 @@ class AdminService:
             archived=query.archived,
             q=query.q,
             scope=principal.scope,
+        )
+
+    def flags_page(
+        self,
+        principal: Principal,
+        query: FlagFilter,
+        *,
+        owner: str | None = None,
+        state: str | None = None,
+        page: int = 1,
+        page_size: int = 50,
+    ) -> FlagPage:
+        """One page of ``list_flags`` (also by ``owner`` and by a ``state`` word in any
+        of the principal's environments), filtered, sorted and cut by the store: a page
+        reads its own flags only. Raises ``ValidationError`` naming ``state``, ``page``
+        or ``page_size``."""
+        principal.allow(Operation.READ)
+        return self.store.list_flags_page(
+            kind=query.kind,
+            tag=query.tag,
+            archived=query.archived,
+            q=query.q,
+            owner=owner,
+            state=state,
+            scope=principal.scope,
+            page=page,
+            page_size=page_size,
         )
 
     def get_flag(self, principal: Principal, key: str) -> FlagView:

@@ -18,7 +18,7 @@ from flags.model import (
     TokenInfo,
 )
 
-__all__ = ["FlagStore", "KillResult"]
+__all__ = ["FlagPage", "FlagStore", "KillResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,17 @@ class KillResult:
     states: dict[str, FlagState]
     changed: list[str] = field(default_factory=list)
     env_versions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FlagPage:
+    """One page of flags (``list_flags_page``): the page's records, how many flags
+    match in all, the page number (1-based) and how many pages there are."""
+
+    items: list[FlagRecord]
+    total: int
+    page: int
+    pages: int
 
 
 class FlagStore(Protocol):
@@ -53,6 +64,19 @@ class FlagStore(Protocol):
         q: str | None = None,
         scope: Sequence[str] | None = None,
     ) -> list[FlagRecord]: ...
+    def list_flags_page(
+        self,
+        *,
+        kind: str | None = None,
+        tag: str | None = None,
+        archived: bool | None = None,
+        q: str | None = None,
+        owner: str | None = None,
+        state: str | None = None,
+        scope: Sequence[str] | None = None,
+        page: int = 1,
+        page_size: int = 50,
+    ) -> FlagPage: ...
     def get_flag(self, key: str, *, scope: Sequence[str] | None = None) -> FlagRecord: ...
     def create_flag(
         self,

@@ -24,13 +24,20 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    and_,
+    cast,
     create_engine,
     event,
+    false,
+    func,
     insert,
+    not_,
     select,
     text,
+    true,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from flags.errors import (
@@ -69,7 +76,7 @@ from flags.model import (
     validate_value,
     validate_variants,
 )
-from flags.store import KillResult
+from flags.store import FlagPage, KillResult
 from flags.store import history as history_log
 from flags.store import tables as t
 from flags.store.users import UserNotFoundError
@@ -187,6 +194,26 @@ def _variants_from_json(raw: Any) -> tuple[Variant, ...]:
 
 def _variants_json(variants: Sequence[Variant]) -> list[dict[str, Any]]:
     return [v.to_dict() for v in variants]
+
+
+STATE_WORDS = ("on", "partial", "off", "killed")
+
+
+def _state_word(word: str) -> Any:
+    """The ``flag_states`` condition of a state word (as the console shows a state):
+    ``killed``; ``off`` (not enabled); ``on`` (enabled at 100 % with no tenant held
+    off); ``partial`` (enabled, less than that). Raises ``ValidationError`` (``state``)."""
+    s = t.flag_states.c
+    full = and_(s.rollout >= 100, func.json_array_length(s.tenants_off) == 0)
+    words = {
+        "killed": s.killed == true(),
+        "off": and_(s.killed == false(), s.enabled == false()),
+        "on": and_(s.killed == false(), s.enabled == true(), full),
+        "partial": and_(s.killed == false(), s.enabled == true(), not_(full)),
+    }
+    if word not in words:
+        raise ValidationError(f"state must be one of {', '.join(STATE_WORDS)}", field="state")
+    return words[word]
 
 
 def _state_select() -> Any:
@@ -521,30 +548,102 @@ class SqlFlagStore:
         scope: Sequence[str] | None = None,
     ) -> list[FlagRecord]:
         """Flags matching every given filter, by key; states limited to ``scope``."""
-        stmt = select(t.flags).order_by(t.flags.c.key)
+        where = self._flag_filters(kind=kind, tag=tag, archived=archived, q=q)
+        with self.read() as conn:
+            return self._records(conn, where, scope)
+
+    def list_flags_page(
+        self,
+        *,
+        kind: str | None = None,
+        tag: str | None = None,
+        archived: bool | None = None,
+        q: str | None = None,
+        owner: str | None = None,
+        state: str | None = None,
+        scope: Sequence[str] | None = None,
+        page: int = 1,
+        page_size: int = 50,
+    ) -> FlagPage:
+        """One page of ``list_flags`` (1-based ``page``, clamped to the last), filtered,
+        sorted and cut in SQL: only the page's flags and their states are read. Also
+        filters by ``owner`` and by ``state``, a state word (``killed``, ``off``,
+        ``on``: enabled at 100 % with no tenant held off, ``partial``) that any of the
+        flag's environments in ``scope`` is in. Raises ``ValidationError`` naming
+        ``state``, ``page`` or ``page_size``."""
+        if not 1 <= page_size <= 1000:
+            raise ValidationError("page_size must be from 1 to 1000", field="page_size")
+        if page < 1:
+            raise ValidationError("page must be 1 or more", field="page")
+        where = self._flag_filters(kind=kind, tag=tag, archived=archived, q=q)
+        if owner is not None:
+            where.append(t.flags.c.owner == owner)
+        if state is not None:
+            s = t.flag_states.c
+            in_state = select(s.flag_key).where(s.flag_key == t.flags.c.key, _state_word(state))
+            if scope is not None:
+                in_state = in_state.where(s.environment.in_(list(scope)))
+            where.append(in_state.exists())
+        with self.read() as conn:
+            count = select(func.count()).select_from(t.flags).where(*where)
+            total = int(conn.execute(count).scalar_one())
+            pages = max(1, -(-total // page_size))
+            page = min(page, pages)
+            records = self._records(
+                conn, where, scope, offset=(page - 1) * page_size, limit=page_size
+            )
+        return FlagPage(records, total, page, pages)
+
+    def _flag_filters(
+        self, *, kind: str | None, tag: str | None, archived: bool | None, q: str | None
+    ) -> list[Any]:
+        """The WHERE terms on ``flags`` of ``list_flags``' filters."""
+        where: list[Any] = []
         if kind is not None:
-            stmt = stmt.where(t.flags.c.kind == kind)
+            where.append(t.flags.c.kind == kind)
         if archived is not None:
-            stmt = stmt.where(t.flags.c.archived == archived)
+            where.append(t.flags.c.archived == archived)
         if q:
             like = f"%{q.lower()}%"
-            stmt = stmt.where(t.flags.c.key.ilike(like) | t.flags.c.description.ilike(like))
-        with self.read() as conn:
-            flag_rows = conn.execute(stmt).all()
-            state_stmt = _state_select()
-            if scope is not None:
-                state_stmt = state_stmt.where(t.flag_states.c.environment.in_(list(scope)))
-            state_rows = conn.execute(state_stmt).all()
+            where.append(t.flags.c.key.ilike(like) | t.flags.c.description.ilike(like))
+        if tag is not None:
+            if self.is_postgres:
+                where.append(cast(t.flags.c.tags, JSONB).contains([tag]))
+            else:
+                tags = func.json_each(t.flags.c.tags).table_valued("value")
+                where.append(select(tags.c.value).where(tags.c.value == tag).exists())
+        return where
+
+    @staticmethod
+    def _records(
+        conn: Connection,
+        where: list[Any],
+        scope: Sequence[str] | None,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[FlagRecord]:
+        """The flags matching ``where`` by key (``offset``/``limit``), each with its
+        states in ``scope``; states are read for those flags only."""
+        stmt = select(t.flags).where(*where).order_by(t.flags.c.key)
+        state_stmt = _state_select()
+        if limit is not None:
+            stmt = stmt.offset(offset).limit(limit)
+        flag_rows = conn.execute(stmt).all()
+        if limit is not None:
+            state_stmt = state_stmt.where(t.flag_states.c.flag_key.in_([r.key for r in flag_rows]))
+        elif where:
+            matching = select(t.flags.c.key).where(*where)
+            state_stmt = state_stmt.where(t.flag_states.c.flag_key.in_(matching))
+        if scope is not None:
+            state_stmt = state_stmt.where(t.flag_states.c.environment.in_(list(scope)))
         states: dict[str, dict[str, FlagState]] = {}
-        for row in state_rows:
+        for row in conn.execute(state_stmt).all():
             states.setdefault(row.flag_key, {})[row.environment] = _state_from_row(row)
-        out = []
-        for row in flag_rows:
-            flag = _flag_from_row(row)
-            if tag is not None and tag not in flag.tags:
-                continue
-            out.append(FlagRecord(flag, dict(sorted(states.get(flag.key, {}).items()))))
-        return out
+        return [
+            FlagRecord(_flag_from_row(row), dict(sorted(states.get(row.key, {}).items())))
+            for row in flag_rows
+        ]
 
     def get_flag(self, key: str, *, scope: Sequence[str] | None = None) -> FlagRecord:
         """The flag (archived ones too) with its states. Raises ``FlagNotFoundError``."""
