@@ -17,7 +17,15 @@ from pydantic import ValidationError as PydanticValidationError
 
 from api.errors import field_from_loc
 from api.service.admin import FlagView
-from api.service.commands import CreateFlag, CreateToken, Kill, SetState, UpdateFlag
+from api.service.commands import (
+    CreateFlag,
+    CreateToken,
+    EditVariant,
+    Kill,
+    SetState,
+    UpdateFlag,
+    VariantEdit,
+)
 from flags.errors import ValidationError
 from flags.history import HistoryPage
 from flags.model import (
@@ -33,6 +41,7 @@ from flags.store import KillResult
 from flags.store.sql import flag_to_dict
 
 Kind = Literal["release", "operational", "kill-switch", "permission"]
+FlagTypeName = Literal["boolean", "string", "number", "json"]
 RoleName = Literal["client", "reader", "operator", "editor", "admin", "guard"]
 TenantList = list[str]
 
@@ -72,15 +81,66 @@ def parse_body(model: type[M], body: object) -> M:
         raise ValidationError(f"{field}: {first.get('msg')}", field=field) from exc
 
 
+class VariantBody(Body):
+    """A variant (#19): its value is checked against the flag's type by the store."""
+
+    name: str = Field(min_length=1, max_length=64)
+    value: Any
+
+
 class FlagCreate(Body):
     key: str = Field(min_length=1, max_length=100)
     description: str = Field(default="", max_length=10_000)
     kind: Kind = "release"
     owner: str | None = Field(default=None, max_length=200)
     tags: list[str] = Field(default_factory=list, max_length=100)
+    # Typed flags (#19): the type, the variants, the safe (off) and on variants.
+    type: FlagTypeName = "boolean"
+    variants: list[VariantBody] | None = Field(default=None, max_length=100)
+    off_variant: str | None = Field(default=None, max_length=64)
+    on_variant: str | None = Field(default=None, max_length=64)
 
     def to_command(self) -> CreateFlag:
-        return CreateFlag(self.key, self.description, self.kind, self.owner, tuple(self.tags))
+        variants = None if self.variants is None else tuple(v.model_dump() for v in self.variants)
+        return CreateFlag(
+            self.key,
+            self.description,
+            self.kind,
+            self.owner,
+            tuple(self.tags),
+            self.type,
+            variants,
+            self.off_variant,
+            self.on_variant,
+        )
+
+
+class VariantCreate(Body):
+    """``POST /admin/flags/{key}/variants``."""
+
+    name: str = Field(min_length=1, max_length=64)
+    value: Any
+
+    def to_command(self, key: str) -> EditVariant:
+        return EditVariant(key, self.name, VariantEdit.ADD, value=self.value)
+
+
+class VariantUpdate(Body):
+    """``PATCH /admin/flags/{key}/variants/{name}``: a new ``name`` (rename) or a new
+    ``value``, not both."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    value: Any = None
+
+    def to_command(self, key: str, name: str) -> EditVariant:
+        given = self.model_fields_set & {"name", "value"}
+        if len(given) != 1:
+            raise ValidationError("give a new name or a new value (one of them)", field="body")
+        if "name" in given:
+            if self.name is None:
+                raise ValidationError("name must be a variant name", field="name")
+            return EditVariant(key, name, VariantEdit.RENAME, new_name=self.name)
+        return EditVariant(key, name, VariantEdit.SET_VALUE, value=self.value)
 
 
 class FlagUpdate(Body):
@@ -105,6 +165,11 @@ class StateUpdate(Body):
     tenants_on_remove: TenantList = Field(default_factory=list, max_length=MAX_TENANT_LIST)
     tenants_off_add: TenantList = Field(default_factory=list, max_length=MAX_TENANT_LIST)
     tenants_off_remove: TenantList = Field(default_factory=list, max_length=MAX_TENANT_LIST)
+    # Typed flags (#19): checked by ``parse_change`` (shape) and the flag (variants).
+    off_variant: str | None = Field(default=None, max_length=64)
+    on_variant: str | None = Field(default=None, max_length=64)
+    split: list[dict[str, Any]] | dict[str, Any] | None = Field(default=None, max_length=100)
+    tenant_variants: dict[str, Any] | None = Field(default=None, max_length=MAX_TENANT_LIST)
     reason: str | None = Field(default=None, max_length=2000)
 
     def to_change(self) -> StateChange:

@@ -9,6 +9,7 @@ mmh3, msgspec, prometheus-client, redis and tenacity. The server-side modules
 
 from flags.bucketing import assign_bucket
 from flags.client import FlagClient, evaluation_counts, get_default_client, set_default_client
+from flags.compiled import VariantResult
 from flags.declarations import Declaration, declare, declared_flags
 from flags.errors import FlagrailError
 from flags.evaluate import evaluate
@@ -18,9 +19,11 @@ from flags.model import (
     Flag,
     FlagKind,
     FlagState,
+    FlagType,
     Reason,
     Role,
     Snapshot,
+    Variant,
 )
 
 __all__ = [
@@ -31,10 +34,13 @@ __all__ = [
     "FlagClient",
     "FlagKind",
     "FlagState",
+    "FlagType",
     "FlagrailError",
     "Reason",
     "Role",
     "Snapshot",
+    "Variant",
+    "VariantResult",
     "assign_bucket",
     "declare",
     "declared_flags",

@@ -76,7 +76,6 @@ class Telemetry(Protocol):
         self, since: datetime, *, scope: Sequence[str] | None = None
     ) -> list[dict[str, Any]]: ...
     def counter_totals(self, flag: str, environment: str, since: datetime) -> dict[str, float]: ...
-    def counter_totals(self, flag: str, environment: str, since: datetime) -> dict[str, float]: ...
 
 
 class Confirmation(Protocol):
@@ -598,22 +597,6 @@ class AdminService:
             return False
         return True
 
-    def recent_plans(self, principal: Principal, *, limit: int = 100) -> list[Plan]:
-        """Every flag's plans and schedules in the principal's environments (and flag
-        patterns), newest first; ``limit`` is held to 1..500."""
-        principal.allow(Operation.READ)
-        plans = self._need(self.plans, "plans")
-        found = plans.list_recent(scope=principal.scope, limit=min(max(limit, 1), 500))
-        return [p for p in found if self._covers_flag(principal, p.flag)]
-
-    @staticmethod
-    def _covers_flag(principal: Principal, key: str) -> bool:
-        try:
-            principal.check_flag(key)
-        except ForbiddenError:
-            return False
-        return True
-
     def get_plan(self, principal: Principal, plan_id: int) -> Plan:
         """Raises ``PlanNotFoundError``; ``ForbiddenError`` outside the principal's scope."""
         principal.allow(Operation.READ)
@@ -663,20 +646,6 @@ class AdminService:
         principal.check_env(environment)
         self.store.get_environment(environment)
         return self._need(self.instances, "instances").live(environment)
-
-    def counter_totals(
-        self, principal: Principal, key: str, environment: str, since: datetime
-    ) -> dict[str, float]:
-        """The sum of each SDK counter of flag ``key`` in ``environment`` reported since
-        ``since`` (``TelemetryStore.counter_totals``): a cache layer's hits, misses,
-        corrupt reads, mismatches, errors, guard breaches, circuit openings. Raises
-        ``ForbiddenError`` outside the principal's environments or flag patterns."""
-        principal.allow(Operation.READ)
-        validate_flag_key(key)
-        validate_environment_name(environment)
-        principal.check_env(environment)
-        principal.check_flag(key)
-        return self._need(self.telemetry, "telemetry").counter_totals(key, environment, since)
 
     def counter_totals(
         self, principal: Principal, key: str, environment: str, since: datetime

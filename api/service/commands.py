@@ -19,12 +19,14 @@ from flags.model import FlagKind, Role, StateChange
 __all__ = [
     "CreateFlag",
     "CreateToken",
+    "EditVariant",
     "FlagFilter",
     "Kill",
     "MovePlan",
     "PlanMove",
     "SetState",
     "UpdateFlag",
+    "VariantEdit",
     "history_filter",
 ]
 
@@ -41,11 +43,40 @@ class FlagFilter:
 
 @dataclass(frozen=True, slots=True)
 class CreateFlag:
+    """A new flag. A typed flag (#19: ``type`` string, number or json) declares its
+    ``variants`` (``{"name", "value"}`` each) and ``off_variant`` (the safe value);
+    ``on_variant`` defaults to it."""
+
     key: str
     description: str = ""
     kind: FlagKind | str = FlagKind.RELEASE
     owner: str | None = None
     tags: tuple[str, ...] = ()
+    type: str = "boolean"
+    variants: tuple[Mapping[str, Any], ...] | None = None
+    off_variant: str | None = None
+    on_variant: str | None = None
+
+
+class VariantEdit(StrEnum):
+    """What ``EditVariant`` does to a typed flag's variant (#19)."""
+
+    ADD = "add"
+    RENAME = "rename"
+    SET_VALUE = "set_value"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True, slots=True)
+class EditVariant:
+    """Add variant ``name`` (with ``value``), rename it to ``new_name``, give it a new
+    ``value``, or remove it, on flag ``key``."""
+
+    key: str
+    name: str
+    edit: VariantEdit
+    value: Any = None
+    new_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,10 +44,13 @@ from typing import Any
 from flags.durations import parse_duration
 from flags.errors import InvalidRuleError, PlanStateError, ValidationError
 from flags.model import (
+    VARIANT_NAME,
     StateChange,
     validate_environment_name,
     validate_flag_key,
     validate_rollout,
+    validate_split,
+    validate_tenant_variants,
     validate_tenants,
 )
 
@@ -84,9 +87,11 @@ __all__ = [
     "parse_guard",
     "parse_plan",
     "parse_schedule",
+    "parse_split",
     "parse_stage",
     "pause",
     "plan_actor",
+    "previous_split",
     "resume",
     "spec_to_dict",
 ]
@@ -104,7 +109,7 @@ RATES: Mapping[str, tuple[str, str]] = {
     "error_rate": ("errors", "reads"),
 }
 _COUNTER = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
-_STAGE_FIELDS = frozenset({"rollout", "tenants_on", "enabled", "hold"})
+_STAGE_FIELDS = frozenset({"rollout", "tenants_on", "enabled", "split", "hold"})
 _PLAN_FIELDS = frozenset({"environment", "stages", "guards", "start_at"})
 _GUARD_FIELDS = frozenset({"metric", "max", "window", "per"})
 _SCHEDULE_FIELDS = frozenset({"environment", "at", "change"})
@@ -116,7 +121,9 @@ _CHANGE_SETS = (
     "tenants_off_add",
     "tenants_off_remove",
 )
-_CHANGE_FIELDS = frozenset({"enabled", "rollout", *_CHANGE_SETS})
+# Typed flags (#19): the variant fields of a state change.
+_CHANGE_VARIANTS = ("off_variant", "on_variant", "split", "tenant_variants")
+_CHANGE_FIELDS = frozenset({"enabled", "rollout", *_CHANGE_SETS, *_CHANGE_VARIANTS})
 
 
 class PlanStatus(StrEnum):
@@ -345,10 +352,13 @@ def parse_stage(data: object, field: str, *, last: bool) -> Stage:
     if enabled is not None:
         enabled = _bool(enabled, f"{field}.enabled")
     added = _tenants(data.get("tenants_on") or [], f"{field}.tenants_on")
-    if rollout is None and enabled is None and not added:
+    split = data.get("split")
+    if split is not None:
+        split = parse_split(split, f"{field}.split")
+    if rollout is None and enabled is None and not added and not split:
         # null values and an empty tenant list change nothing: a stage must change something.
         raise ValidationError(
-            f"{field} must set at least one of rollout, tenants_on, enabled", field=field
+            f"{field} must set at least one of rollout, tenants_on, enabled, split", field=field
         )
     if "hold" in data:
         hold = _duration(data["hold"], f"{field}.hold")
@@ -356,7 +366,35 @@ def parse_stage(data: object, field: str, *, last: bool) -> Stage:
         hold = timedelta(0)
     else:
         raise ValidationError(f"{field}.hold is required (e.g. '30m')", field=f"{field}.hold")
-    return Stage(StateChange(enabled=enabled, rollout=rollout, tenants_on_add=added), hold)
+    change = StateChange(enabled=enabled, rollout=rollout, tenants_on_add=added, split=split)
+    return Stage(change, hold)
+
+
+def _variant_names(raw: object, *, values: bool = False) -> list[str]:
+    """The well-formed variant names a split (``values=False``) or a pin map
+    (``values=True``) mentions, in any of their accepted forms: the shape check needs
+    them before the flag's declared variants are at hand."""
+    if isinstance(raw, Mapping):
+        items: list[Any] = list(raw.values() if values else raw.keys())
+    elif isinstance(raw, (list, tuple)):
+        items = []
+        for item in raw:
+            if isinstance(item, Mapping):
+                items.append(item.get("variant"))
+            elif isinstance(item, (list, tuple)) and len(item) == 2:
+                items.append(item[1] if values else item[0])
+    else:
+        items = []
+    return [n for n in items if isinstance(n, str) and VARIANT_NAME.fullmatch(n)]
+
+
+def parse_split(raw: object, field: str) -> tuple[tuple[str, int], ...]:
+    """A split's shape (``{variant: weight}`` or ``[{"variant", "weight"}]``): weights
+    0..1000 summing to 1000, each variant once and well named (else ``ValidationError``
+    naming e.g. ``split.1.variant``). Whether the flag declares those variants is checked
+    when the change applies (``FlagState.check_variants``)."""
+    names = _variant_names(raw)
+    return validate_split(raw, names, field)
 
 
 def parse_guard(data: object, field: str) -> Guard:
@@ -513,6 +551,22 @@ def parse_change(data: object, field: str = "change", *, allow_empty: bool = Fal
         value = data.get(name)
         if value is not None:
             sets[name] = _tenants(value, _join(field, name))
+    for name in ("off_variant", "on_variant"):
+        value = data.get(name)
+        if value is not None:
+            if not isinstance(value, str) or not VARIANT_NAME.fullmatch(value):
+                raise ValidationError(
+                    f"{_join(field, name)} must be a variant name, got {value!r:.60}",
+                    field=_join(field, name),
+                )
+            sets[name] = value
+    if data.get("split") is not None:
+        sets["split"] = parse_split(data["split"], _join(field, "split"))
+    pins = data.get("tenant_variants")
+    if pins is not None:
+        sets["tenant_variants"] = validate_tenant_variants(
+            pins, _variant_names(pins, values=True), _join(field, "tenant_variants")
+        )
     change = StateChange(
         enabled=None if enabled is None else _bool(enabled, _join(field, "enabled")),
         rollout=None if rollout is None else validate_rollout(rollout, _join(field, "rollout")),
@@ -557,6 +611,13 @@ def change_to_dict(change: StateChange) -> dict[str, Any]:
         value = getattr(change, name)
         if value is not None and (value or name in ("tenants_on", "tenants_off")):
             data[name] = sorted(value)
+    for name in ("off_variant", "on_variant"):
+        if getattr(change, name) is not None:
+            data[name] = getattr(change, name)
+    if change.split is not None:
+        data["split"] = [{"variant": n, "weight": w} for n, w in change.split]
+    if change.tenant_variants is not None:
+        data["tenant_variants"] = dict(change.tenant_variants)
     return data
 
 
@@ -577,6 +638,8 @@ def spec_to_dict(spec: PlanSpec) -> dict[str, Any]:
             item["tenants_on"] = sorted(stage.change.tenants_on_add)
         if stage.change.enabled is not None:
             item["enabled"] = stage.change.enabled
+        if stage.change.split is not None:
+            item["split"] = [{"variant": n, "weight": w} for n, w in stage.change.split]
         item["hold"] = format_duration(stage.hold)
         stages.append(item)
     data: dict[str, Any] = {
@@ -607,6 +670,15 @@ def _describe_change(change: StateChange) -> list[str]:
         parts.append(f"tenants_off-=[{','.join(sorted(change.tenants_off_remove))}]")
     if change.enabled is not None:
         parts.append(f"enabled={'true' if change.enabled else 'false'}")
+    for name in ("off_variant", "on_variant"):
+        if getattr(change, name) is not None:
+            parts.append(f"{name}={getattr(change, name)}")
+    if change.split is not None:
+        parts.append("split=" + (",".join(f"{n}={w}" for n, w in change.split) or "none"))
+    if change.tenant_variants is not None:
+        pins = ",".join(f"{t}={n}" for t, n in change.tenant_variants[:3])
+        more = len(change.tenant_variants) - 3
+        parts.append(f"tenant_variants=[{pins}{f',+{more}' if more > 0 else ''}]")
     return parts
 
 
@@ -706,11 +778,18 @@ class Complete:
 
 @dataclass(frozen=True, slots=True)
 class RollBack:
-    """Mark the plan rolled back; ``kill`` the flag unless someone already did."""
+    """Mark the plan rolled back; ``kill`` the flag unless someone already did.
+
+    A plan stepping a split rolls back to the split of its previous split stage
+    instead of killing: ``restore`` is that change and ``to_stage`` that stage's
+    index, which the plan is then at (a resume holds it again, then steps up again).
+    """
 
     reason: str
     readings: tuple[Reading, ...] = ()
     kill: bool = True
+    restore: StateChange | None = None
+    to_stage: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -770,10 +849,20 @@ def next_action(plan: Plan, now: datetime, observed: Observation) -> Step:
     breaches = tuple(r for r in observed.readings if r.breached) if guarded else ()
     if breaches:
         stage = plan.stages[plan.stage]
-        return RollBack(
+        reason = (
             f"plan {plan.id}: guard breached during stages.{plan.stage} ({stage.describe()}): "
-            + "; ".join(r.describe() for r in breaches),
+            + "; ".join(r.describe() for r in breaches)
+        )
+        previous = previous_split(plan)
+        if previous is None:
+            return RollBack(reason, readings=breaches)
+        index, split = previous
+        return RollBack(
+            f"{reason}; back to the split of stages.{index}",
             readings=breaches,
+            kill=False,
+            restore=StateChange(split=split),
+            to_stage=index,
         )
     due = next_due(plan)
     if due is not None and now < due:
@@ -785,6 +874,20 @@ def next_action(plan: Plan, now: datetime, observed: Observation) -> Step:
         plan.stage + 1,
         f"stages.{plan.stage} held {format_duration(plan.stages[plan.stage].hold)}",
     )
+
+
+def previous_split(plan: Plan) -> tuple[int, tuple[tuple[str, int], ...]] | None:
+    """Where a guard breach takes a plan stepping a split: ``(index, split)`` of the
+    latest stage before the current one that set a split, when the current stage sets
+    one too. None otherwise (not a split stage, or the first one): the breach kills
+    the flag, as for any plan, and a typed flag then serves its off variant."""
+    if plan.stage is None or plan.stages[plan.stage].change.split is None:
+        return None
+    for index in range(plan.stage - 1, -1, -1):
+        split = plan.stages[index].change.split
+        if split is not None:
+            return index, split
+    return None
 
 
 # ------------------------------------------------------------------ person-driven transitions

@@ -149,15 +149,6 @@ class PlanStore:
         with self.flags.read() as conn:
             return [_plan_from_row(r) for r in conn.execute(stmt).all()]
 
-    def list_recent(self, *, scope: Sequence[str] | None = None, limit: int = 100) -> list[Plan]:
-        """Every flag's plans and schedules, newest first, at most ``limit``, limited to
-        ``scope`` environments (the console's plans page, #15)."""
-        stmt = select(plans).order_by(plans.c.id.desc()).limit(limit)
-        if scope is not None:
-            stmt = stmt.where(plans.c.environment.in_(list(scope)))
-        with self.flags.read() as conn:
-            return [_plan_from_row(r) for r in conn.execute(stmt).all()]
-
     def active(self) -> list[Plan]:
         """Pending and running plans (those the scheduler acts on), oldest first."""
         stmt = (

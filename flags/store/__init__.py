@@ -12,6 +12,7 @@ from flags.model import (
     FlagKind,
     FlagRecord,
     FlagState,
+    FlagType,
     Role,
     Snapshot,
     StateChange,
@@ -88,6 +89,29 @@ class FlagStore(Protocol):
         tags: Sequence[str] = (),
         actor: str | Actor,
         request_id: str | None = None,
+        type: FlagType | str = ...,
+        variants: Sequence[Any] | None = None,
+        off_variant: str | None = None,
+        on_variant: str | None = None,
+    ) -> FlagRecord: ...
+    # Typed flags' variants (#19): shared by every environment.
+    def add_variant(
+        self, key: str, name: str, value: Any, *, actor: str | Actor, request_id: str | None = None
+    ) -> FlagRecord: ...
+    def rename_variant(
+        self,
+        key: str,
+        name: str,
+        new_name: str,
+        *,
+        actor: str | Actor,
+        request_id: str | None = None,
+    ) -> FlagRecord: ...
+    def set_variant_value(
+        self, key: str, name: str, value: Any, *, actor: str | Actor, request_id: str | None = None
+    ) -> FlagRecord: ...
+    def remove_variant(
+        self, key: str, name: str, *, actor: str | Actor, request_id: str | None = None
     ) -> FlagRecord: ...
     def update_flag(
         self,

@@ -17,12 +17,14 @@ from api.service import PERMISSIONS, AdminService, Operation, Principal
 from api.service.commands import (
     CreateFlag,
     CreateToken,
+    EditVariant,
     FlagFilter,
     Kill,
     MovePlan,
     PlanMove,
     SetState,
     UpdateFlag,
+    VariantEdit,
 )
 from flags.errors import FlagrailError, ForbiddenError
 from flags.history import Actor, HistoryQuery
@@ -49,6 +51,10 @@ CALLS: dict[str, tuple[Operation, Call]] = {
         lambda s, p: s.update_flag(p, UpdateFlag(FLAG, {"owner": "x"})),
     ),
     "archive_flag": (Operation.EDIT_FLAG, lambda s, p: s.archive_flag(p, FLAG)),
+    "edit_variant": (  # typed flags (#19)
+        Operation.EDIT_FLAG,
+        lambda s, p: s.edit_variant(p, EditVariant(FLAG, "v", VariantEdit.ADD, value="x")),
+    ),
     "set_state": (
         Operation.SET_STATE,
         lambda s, p: s.set_state(p, SetState(FLAG, "beta", StateChange(enabled=True))),

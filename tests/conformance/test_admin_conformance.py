@@ -234,6 +234,60 @@ HISTORY: Scenario = [
     ("bad since", lambda a: a.history(since="yesterday")),
 ]
 
+TIERS = [{"name": "bronze", "value": "b"}, {"name": "silver", "value": "s"}]
+
+TYPED: Scenario = [  # typed flags (#19)
+    (
+        "create string flag",
+        lambda a: a.create_flag(FLAG, type="string", variants=TIERS, off_variant="bronze"),
+    ),
+    (
+        "create number flag",
+        lambda a: a.create_flag(
+            OTHER, type="number", variants=[{"name": "ttl", "value": 30}], off_variant="ttl"
+        ),
+    ),
+    ("create without off variant", lambda a: a.create_flag("x.y", type="json", variants=TIERS)),
+    ("create bad type", lambda a: a.create_flag("x.y", type="colour")),
+    (
+        "create bad value",
+        lambda a: a.create_flag(
+            "x.y", type="number", variants=[{"name": "n", "value": "1"}], off_variant="n"
+        ),
+    ),
+    ("add variant", lambda a: a.add_variant(FLAG, "gold", "g")),
+    ("add it again", lambda a: a.add_variant(FLAG, "gold", "x")),
+    ("add bad value", lambda a: a.add_variant(OTHER, "n", "soon")),
+    ("add bad name", lambda a: a.add_variant(FLAG, "no good", "x")),
+    ("create boolean flag", lambda a: a.create_flag("plain.flag")),
+    ("add to boolean", lambda a: a.add_variant("plain.flag", "x", True)),
+    ("add to unknown flag", lambda a: a.add_variant("no.such", "x", True)),
+    (
+        "set on variant and split",
+        lambda a: a.set_state(
+            "production",
+            FLAG,
+            enabled=True,
+            on_variant="gold",
+            split=[{"variant": "gold", "weight": 200}, {"variant": "silver", "weight": 800}],
+        ),
+    ),
+    ("pin a tenant", lambda a: a.set_state("beta", FLAG, tenant_variants={"acme": "silver"})),
+    ("split not 1000", lambda a: a.set_state("beta", FLAG, split={"gold": 1, "silver": 2})),
+    ("undeclared on variant", lambda a: a.set_state("beta", FLAG, on_variant="lead")),
+    ("rename", lambda a: a.rename_variant(FLAG, "gold", "gilded")),
+    ("rename unknown", lambda a: a.rename_variant(FLAG, "nope", "x")),
+    ("rename onto another", lambda a: a.rename_variant(FLAG, "gilded", "silver")),
+    ("set value", lambda a: a.set_variant_value(FLAG, "gilded", "G")),
+    ("remove in use", lambda a: a.remove_variant(FLAG, "gilded")),
+    ("remove unknown", lambda a: a.remove_variant(FLAG, "nope")),
+    ("add spare", lambda a: a.add_variant(FLAG, "spare", "x")),
+    ("remove spare", lambda a: a.remove_variant(FLAG, "spare")),
+    ("kill keeps variants", lambda a: a.kill("production", FLAG, reason="drill")),
+    ("get", lambda a: a.get_flag(FLAG)),
+    ("history", lambda a: a.history(flag=FLAG)),
+]
+
 SCENARIOS = {
     "flags": FLAGS,
     "states": STATES,
@@ -241,6 +295,7 @@ SCENARIOS = {
     "tokens_and_environments": TOKENS_AND_ENVIRONMENTS,
     "plans": PLANS,
     "history": HISTORY,
+    "typed": TYPED,
 }
 
 
