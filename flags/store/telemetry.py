@@ -510,16 +510,19 @@ class TelemetryStore:
         """``{instance_id: {"token_id", "token_name"}}`` of the given instances that have
         a row (both None for a pre-0008 unowned one; ``token_name`` None for a token
         since deleted). Raises ``StoreUnavailableError``."""
-        if not instance_ids:
-            return {}
+        ids = sorted(set(instance_ids))
         i, t = sdk_instances.c, core.tokens.c
+        out: dict[str, dict[str, str | None]] = {}
         with self._read() as conn:
-            rows = conn.execute(
-                select(i.instance_id, i.token_id, t.name)
-                .select_from(sdk_instances.outerjoin(core.tokens, t.id == i.token_id))
-                .where(i.instance_id.in_(sorted(set(instance_ids))))
-            ).all()
-        return {r.instance_id: {"token_id": r.token_id, "token_name": r.name} for r in rows}
+            for start in range(0, len(ids), 500):  # bounded IN lists for any fleet size
+                rows = conn.execute(
+                    select(i.instance_id, i.token_id, t.name)
+                    .select_from(sdk_instances.outerjoin(core.tokens, t.id == i.token_id))
+                    .where(i.instance_id.in_(ids[start : start + 500]))
+                ).all()
+                for r in rows:
+                    out[r.instance_id] = {"token_id": r.token_id, "token_name": r.name}
+        return out
 
     def record_instances(self, reports: Sequence[tuple[InstanceReport, datetime]]) -> None:
         """Upsert instance reports with the time each was heard. A later report of the

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,7 +30,7 @@ from flags.plans.model import PlanStatus, parse_plan
 from flags.plans.scheduler import PlanScheduler
 from flags.plans.store import PlanStore
 from flags.store.sql import SqlFlagStore
-from flags.store.telemetry import TelemetryStore
+from flags.store.telemetry import TelemetryStore, sdk_instances
 from flags.testing import wait_for
 from flags.testing.redis_server import free_port
 
@@ -255,3 +256,31 @@ def test_kill_wait__lagging_instance__names_its_token(pair: Pair) -> None:
     lagging = {i["instance_id"]: i for i in r.json()["lagging"]}
     assert lagging["k-1"]["token_id"] == owner_id
     assert lagging["k-1"]["token_name"] == "slow-app"
+
+
+def test_instance__unowned_pre_0008_row__claimed_by_the_first_token_to_report(
+    pair: Pair,
+) -> None:
+    """A row written before ``0008`` has no owner: the first token that reports the
+    instance after the upgrade claims it, and then it is that token's on every replica."""
+    with pair.store.engine.begin() as conn:
+        conn.execute(
+            sdk_instances.insert().values(
+                instance_id="legacy-1",
+                environment=ENV,
+                host="old",
+                pid=1,
+                applied_version=1,
+                report_interval=10.0,
+                closed=False,
+                last_seen_at=datetime.now(UTC),
+                token_id=None,
+            )
+        )
+    first_id, first = pair.token("upgraded-app")
+    _other, other = pair.token("other-app")
+    assert pair.two.instance(first, "legacy-1").status_code == 202
+    assert pair.one.instance(other, "legacy-1").status_code == 403
+    assert pair.two.instance(other, "legacy-1").status_code == 403
+    owners = TelemetryStore(pair.store.engine).instance_tokens(["legacy-1"])
+    assert owners["legacy-1"]["token_id"] == first_id
