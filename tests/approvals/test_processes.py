@@ -1,0 +1,262 @@
+"""Approvals across real processes: one ``flagrail serve`` for the module, people acting
+through HTTP and through the ``flagrail`` CLI against it (``--url``/``--token``).
+
+Production is gated with one approval (set with ``flagrail env policy``): an editor's
+rollout raise waits as a change request, the editor cannot approve it, a second person
+does and it applies, with a history row naming the requester, the approver and the
+request; a request whose flag moved since is stale; a kill applies at once; break-glass
+applies, recorded, and stays listed until someone else acknowledges it; a person's
+second token does not count as a second approval.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flags.model import StateChange
+from flags.store.sql import SqlFlagStore
+from flags.store.users import UserStore
+from flags.testing import wait_for
+from flags.testing.redis_server import free_port
+
+pytestmark = pytest.mark.slow
+
+FLAGRAIL = Path(sys.executable).with_name("flagrail")
+ENV = "production"
+
+
+class Server:
+    """``flagrail serve`` on ``database_url`` in a subprocess (scheduler off)."""
+
+    def __init__(self, database_url: str, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                str(FLAGRAIL),
+                "serve",
+                *("--database-url", database_url, "--port", self.url.rsplit(":", 1)[1]),
+                *("--log-level", "warning"),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "FLAGRAIL_REDIS_URL": "",
+                "FLAGRAIL_SCHEDULER": "false",
+                "FLAGRAIL_BOOTSTRAP_TOKEN_FILE": str(log.with_suffix(".token")),
+            },
+        )
+
+    def healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"flagrail serve exited with {self.proc.returncode}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+class People:
+    """The server, its database, and a token per person (name -> token value)."""
+
+    def __init__(self, server: Server, store: SqlFlagStore) -> None:
+        self.server = server
+        self.store = store
+        self.tokens: dict[str, str] = {}
+        self.ids: dict[str, str] = {}
+
+    def add(self, name: str, role: str, user: str | None = None) -> None:
+        info, secret = self.store.create_token(name, role, None, actor="test", user=user)
+        self.tokens[name], self.ids[name] = secret, info.id
+
+    def http(self, who: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"}
+        return httpx.request(method, self.server.url + path, headers=headers, timeout=10, **kwargs)
+
+    def cli(self, who: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """``flagrail <args>`` against the server as ``who``."""
+        return subprocess.run(
+            [str(FLAGRAIL), *args, "--url", self.server.url, "--token", self.tokens[who]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def rollout(self, flag: str) -> int:
+        return self.store.get_state(flag, ENV).rollout
+
+
+@pytest.fixture(scope="module")
+def people(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[People]:
+    """One server for the module on a migrated SQLite file; production gated by one
+    approval through ``flagrail env policy``; staging by two."""
+    folder = tmp_path_factory.mktemp("approvals-processes")
+    shutil.copyfile(sqlite_template, folder / "flagrail.db")
+    url = f"sqlite:///{folder / 'flagrail.db'}"
+    store = SqlFlagStore(url)
+    server = Server(url, folder / "server.log")
+    try:
+        wait_for(server.healthy, timeout=90, what="flagrail serve healthy", interval=0.1)
+        crew = People(server, store)
+        crew.add("root", "admin")
+        crew.add("alice", "editor")
+        crew.add("bob", "editor")
+        crew.add("olga", "operator")
+        users = UserStore(store.engine)
+        for name in ("carol", "dave"):
+            users.create_user(name, "a long enough password", "editor", actor="test")
+        crew.add("carol-laptop", "editor", user="carol")
+        crew.add("carol-ci", "editor", user="carol")
+        crew.add("dave-laptop", "editor", user="dave")
+        done = crew.cli("root", "env", "policy", ENV, "--approvals", "1")
+        assert done.returncode == 0 and "production: 1 approval;" in done.stdout, done.stderr
+        put = crew.http(
+            "root", "PUT", "/admin/environments/staging/policy", json={"required_approvals": 2}
+        )
+        assert put.status_code == 200, put.text
+        yield crew
+    finally:
+        server.stop()
+        store.close()
+
+
+def new_flag(people: People, key: str, rollout: int) -> None:
+    people.store.create_flag(key, actor="seed")
+    for env in (ENV, "staging"):
+        people.store.update_state(
+            key, env, StateChange(enabled=True, rollout=rollout), actor="seed"
+        )
+
+
+def request_id(output: str) -> int:
+    """The number in the CLI's ``pending approval: change request N``."""
+    line = output.strip().splitlines()[-1]
+    assert line.startswith("pending approval: change request "), output
+    return int(line.rsplit(" ", 1)[1])
+
+
+def test_gated_rollout__second_person_applies__history_names_both(people: People) -> None:
+    """Pending -> self-approval refused -> approved by another person -> applied; the
+    history row names the requester, the approver and the request."""
+    new_flag(people, "checkout", 10)
+    # When alice raises the rollout through the CLI
+    done = people.cli("alice", "set", "checkout", "--env", ENV, "--rollout", "50")
+    assert done.returncode == 0, done.stderr
+    number = request_id(done.stdout)
+    # Then nothing applied, and she cannot approve it herself
+    assert people.rollout("checkout") == 10
+    own = people.http("alice", "POST", f"/admin/change-requests/{number}/approve")
+    assert own.status_code == 403 and own.json()["error"]["code"] == "self_approval"
+    # When bob approves it over HTTP
+    approved = people.http("bob", "POST", f"/admin/change-requests/{number}/approve")
+    # Then it is applied, and the history row says who asked, who approved, and which request
+    assert approved.status_code == 200 and approved.json()["status"] == "applied"
+    assert people.rollout("checkout") == 50
+    history = people.http("root", "GET", "/admin/history", params={"flag": "checkout"})
+    row = history.json()["items"][0]
+    assert row["action"] == "state.update" and row["actor"] == "alice"
+    assert f"change request {number}, approved by token:{people.ids['bob']}" in row["reason"]
+
+
+def test_stale_request__flag_moved__refused(people: People) -> None:
+    """A request whose flag changed since it was made cannot apply."""
+    new_flag(people, "search", 30)
+    number = pending_id(people.http("alice", "PATCH", f"/admin/flags/search/environments/{ENV}",
+                                    json={"rollout": 60}))  # fmt: skip
+    # A lowering change (by an editor) applies at once and moves the flag
+    lowered = people.http(
+        "bob", "PATCH", f"/admin/flags/search/environments/{ENV}", json={"rollout": 20}
+    )
+    assert lowered.status_code == 200 and people.rollout("search") == 20, lowered.text
+    refused = people.http("bob", "POST", f"/admin/change-requests/{number}/approve")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "change_request_stale"
+    shown = people.http("bob", "GET", f"/admin/change-requests/{number}").json()
+    assert shown["status"] == "stale" and people.rollout("search") == 20
+
+
+def pending_id(response: httpx.Response) -> int:
+    assert response.status_code == 202, response.text
+    return int(response.json()["id"])
+
+
+def test_kill__operator__instant_without_request(people: People) -> None:
+    """A kill by an operator applies at once in the gated environment."""
+    new_flag(people, "payments", 100)
+    body = {"reason": "incident", "environments": [ENV]}
+    done = people.http("olga", "POST", "/admin/flags/payments/kill", json=body)
+    assert done.status_code == 200, done.text
+    assert people.store.get_state("payments", ENV).killed
+    requests = people.http("root", "GET", "/admin/change-requests", params={"flag": "payments"})
+    assert requests.json()["items"] == []
+    body = {"reason": "fixed", "environments": [ENV]}
+    unkill = people.http("olga", "POST", "/admin/flags/payments/unkill", json=body)
+    assert unkill.status_code == 202, unkill.text
+    [request] = unkill.json()["change_requests"]
+    assert request["kind"] == "unkill" and people.store.get_state("payments", ENV).killed
+
+
+def test_break_glass__recorded_and_listed_until_acknowledged(people: People) -> None:
+    """An admin breaks glass from the CLI: applied, recorded, a review item that only
+    someone else closes. An editor may not break glass."""
+    new_flag(people, "banner", 0)
+    path = f"/admin/flags/banner/environments/{ENV}"
+    refused = people.http(
+        "alice", "PATCH", path, params={"break_glass": "true"},
+        json={"rollout": 90, "reason": "outage"},
+    )  # fmt: skip
+    assert refused.status_code == 403 and "break glass" in refused.json()["error"]["message"]
+    done = people.cli("root", "set", "banner", "--env", ENV, "--rollout", "90",
+                      "--break-glass", "--reason", "outage")  # fmt: skip
+    assert done.returncode == 0 and people.rollout("banner") == 90, done.stderr
+    history = people.http("root", "GET", "/admin/history", params={"flag": "banner"})
+    assert history.json()["items"][0]["reason"] == "break-glass: outage"
+
+    def open_items() -> list[dict[str, Any]]:
+        items = people.http("bob", "GET", "/admin/reviews").json()["items"]
+        return [i for i in items if i["flag"] == "banner"]
+
+    [item] = open_items()
+    own = people.http("root", "POST", f"/admin/reviews/{item['id']}/acknowledge")
+    assert own.status_code == 403 and open_items() == [item]
+    acked = people.http("bob", "POST", f"/admin/reviews/{item['id']}/acknowledge")
+    assert acked.status_code == 200 and acked.json()["open"] is False
+    assert open_items() == []
+
+
+def test_same_person_second_token__not_a_second_approval(people: People) -> None:
+    """Staging needs two people: carol's second token is still carol."""
+    new_flag(people, "profile", 10)
+    path = "/admin/flags/profile/environments/staging"
+    number = pending_id(people.http("alice", "PATCH", path, json={"rollout": 70}))
+    first = people.http("carol-laptop", "POST", f"/admin/change-requests/{number}/approve")
+    assert first.status_code == 200 and first.json()["status"] == "pending"
+    again = people.http("carol-ci", "POST", f"/admin/change-requests/{number}/approve")
+    assert again.status_code == 409 and "already approved" in again.json()["error"]["message"]
+    assert people.store.get_state("profile", "staging").rollout == 10
+    done = people.http("dave-laptop", "POST", f"/admin/change-requests/{number}/approve")
+    assert done.status_code == 200 and done.json()["status"] == "applied"
+    persons = [a["person"] for a in done.json()["approvals"]]
+    assert persons == ["user:carol", "user:dave"]
