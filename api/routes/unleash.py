@@ -1,7 +1,9 @@
 """The Unleash client API, so every Unleash SDK evaluates flagrail flags.
 
 * ``GET /api/client/features``: the environment's flags as Unleash client API v2
-  features (``flags.unleash.mapping``), gzipped when accepted, with a strong
+  features (``flags.unleash.mapping``; a string, number or json flag as strategy
+  variants with ``stickiness: tenantId`` and typed payloads, so ``get_variant`` in
+  every Unleash SDK serves flagrail's variant), gzipped when accepted, with a strong
   ``ETag`` per representation; ``If-None-Match`` with a current tag answers 304
   without a body.
 * ``POST /api/client/register`` and ``POST /api/client/metrics``: 202. Reported
