@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from api import console, errors
+from api.console import change_requests as console_requests  # #16 approvals
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.routes import change_requests as approval_routes  # #16 approvals
 from api.routes import environments, flags, health, history, plans, sdk, tokens, unleash
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
     for router in ROUTERS:
         app.include_router(router)
     console.install(app)  # the web console at /console (its users store starts first)
+    app.include_router(console_requests.router)  # #16: /console/change-requests
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app
