@@ -107,6 +107,12 @@ class People:
     def rollout(self, flag: str) -> int:
         return self.store.get_state(flag, ENV).rollout
 
+    def served_rollout(self, flag: str) -> int:
+        """The rollout SDKs are served (the server's snapshot of production)."""
+        answer = self.http("sdk", "GET", "/sdk/v1/snapshot", params={"environment": ENV})
+        assert answer.status_code == 200, answer.text
+        return int(answer.json()["flags"][flag]["rollout"])
+
 
 @pytest.fixture(scope="module")
 def people(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[People]:
@@ -124,6 +130,7 @@ def people(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         crew.add("alice", "editor")
         crew.add("bob", "editor")
         crew.add("olga", "operator")
+        crew.add("sdk", "client")
         users = UserStore(store.engine)
         for name in ("carol", "dave"):
             users.create_user(name, "a long enough password", "editor", actor="test")
@@ -165,15 +172,15 @@ def test_gated_rollout__second_person_applies__history_names_both(people: People
     done = people.cli("alice", "set", "checkout", "--env", ENV, "--rollout", "50")
     assert done.returncode == 0, done.stderr
     number = request_id(done.stdout)
-    # Then nothing applied, and she cannot approve it herself
-    assert people.rollout("checkout") == 10
+    # Then nothing applied (SDKs are still served 10%), and she cannot approve it herself
+    assert people.rollout("checkout") == 10 and people.served_rollout("checkout") == 10
     own = people.http("alice", "POST", f"/admin/change-requests/{number}/approve")
     assert own.status_code == 403 and own.json()["error"]["code"] == "self_approval"
     # When bob approves it over HTTP
     approved = people.http("bob", "POST", f"/admin/change-requests/{number}/approve")
     # Then it is applied, and the history row says who asked, who approved, and which request
     assert approved.status_code == 200 and approved.json()["status"] == "applied"
-    assert people.rollout("checkout") == 50
+    assert people.rollout("checkout") == 50 and people.served_rollout("checkout") == 50
     history = people.http("root", "GET", "/admin/history", params={"flag": "checkout"})
     row = history.json()["items"][0]
     assert row["action"] == "state.update" and row["actor"] == "alice"
