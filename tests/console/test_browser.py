@@ -272,6 +272,35 @@ def test_form_without_csrf__refused(page_as: Callable[..., Any], served: Served)
     assert not served.store.get_state("checkout", "staging").killed
 
 
+def test_admin__token_for_a_user__stops_while_the_user_is_disabled(
+    page_as: Callable[..., Any], served: Served
+) -> None:
+    """The Admin page issues a token to olga; disabling her there makes it answer 401,
+    enabling her brings it back."""
+    page = page_as("alice")
+    page.goto(f"{served.url}/console/admin")
+    tokens = page.locator("#tokens")
+    tokens.locator("input[name=name]").fill("olga-bot")
+    tokens.locator("select[name=role]").select_option("reader")
+    tokens.locator("select[name=user]").select_option("olga")
+    tokens.locator("button[type=submit]", has_text="Create token").click()
+    value = page.locator("[data-testid=new-token]").inner_text()
+    assert page.locator("#tokens tr", has_text="olga-bot").locator("td", has_text="olga").count()
+
+    def answer() -> int:
+        headers = {"Authorization": f"Bearer {value}"}
+        return httpx.get(f"{served.url}/admin/flags", headers=headers, timeout=10).status_code
+
+    assert answer() == 200
+    page.goto(f"{served.url}/console/admin")
+    page.locator("#users tr", has_text="olga").locator("button", has_text="Disable").click()
+    page.wait_for_url("**/console/admin*")
+    assert answer() == 401
+    page.locator("#users tr", has_text="olga").locator("button", has_text="Enable").click()
+    page.wait_for_url("**/console/admin*")
+    assert answer() == 200
+
+
 def test_logout_and_expiry(page_as: Callable[..., Any], served: Served) -> None:
     page = page_as("alice")
     page.click("text=Log out")
@@ -290,7 +319,7 @@ PAGES = {
     "flag": "/console/flags/checkout",
     "history": "/console/history",
     "health": "/console/health",
-    "plans": "/console/plans?flag=checkout",
+    "plans": "/console/plans",
     "admin": "/console/admin",
 }
 
