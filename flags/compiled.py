@@ -17,12 +17,14 @@ a reader sees a whole snapshot or the previous one, never a mix.
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from flags.bucketing import bucket_of, hash_prefix, split_bucket_of
+import mmh3
+
+from flags.bucketing import SPLIT_BUCKETS, VARIANT_SEED, bucket_of, hash_prefix, split_bucket_of
 from flags.model import (
     MAX_TENANT_LENGTH,
     Evaluation,
@@ -66,9 +68,17 @@ _BOOL_RESULTS: dict[tuple[bool, Reason], VariantResult] = {}
 _NO_PINS: Mapping[str, Evaluation] = {}  # shared, never mutated
 
 
+_hash = mmh3.hash
+
+
 class Refinement:
     """What turns an on answer of a typed flag into a tenant's variant: its pins, then
-    its split (cumulative weights and the Evaluation of each split variant)."""
+    its split (cumulative weights and the Evaluation of each split variant).
+
+    The split variant of a tenant is ``evs[bisect_right(cum, h % 1000)]`` with ``h`` the
+    unsigned murmur3 of ``prefix + tenant`` under ``VARIANT_SEED``: the same index as
+    ``bisect_left(cum, split_bucket_of(prefix + tenant))`` (bucket = ``h % 1000 + 1``),
+    one call fewer on the hot path of ``value()``."""
 
     __slots__ = ("cum", "evs", "pins", "prefix")
 
@@ -128,6 +138,7 @@ class CompiledFlag:
     """
 
     __slots__ = (
+        "accepts",
         "counts",
         "ev_fixed",
         "ev_no_tenant",
@@ -148,7 +159,6 @@ class CompiledFlag:
         "tenants_off",
         "tenants_on",
         "variant_counts",
-        "version",
     )
 
     def __init__(
@@ -160,7 +170,9 @@ class CompiledFlag:
     ) -> None:
         self.key = key
         self.state = state
-        self.version = v = state.version
+        v = state.version
+        # The classes of a default value() answers this flag for (by its type).
+        self.accepts: frozenset[type] = _ACCEPTS.get(state.type, _BOOL_ACCEPTS)
         # counts[False] / counts[True]: evaluations that came out off / on.
         self.counts = counts
         if state.killed:
@@ -234,11 +246,6 @@ class CompiledFlag:
                 self.refine = Refinement(self.prefix, pins, tuple(cum), evs)
                 self.plain = False
         # variant(): the results of the Evaluations above, built on first use.
-
-    @property
-    def accepts(self) -> frozenset[type]:
-        """The classes of a default ``value()`` answers this flag for (by its type)."""
-        return _ACCEPTS.get(self.state.type, _BOOL_ACCEPTS)
 
     def variant_result(self, ev: Evaluation) -> VariantResult:
         """``ev`` as ``variant()`` answers it (a boolean flag: ``on``/``off``)."""
@@ -348,7 +355,7 @@ class CompiledChecks:
                     if tenant.__class__ is not str or tenant:
                         self._errors += 1
                         return Evaluation(
-                            default is True, Reason.ERROR, c.version, "invalid tenant"
+                            default is True, Reason.ERROR, c.state.version, "invalid tenant"
                         )
                     ev = c.ev_no_tenant  # "" is no tenant
                 elif c.plain:
@@ -397,7 +404,7 @@ class CompiledChecks:
             if c is None:
                 self._unknown(key, tenant, False)
                 return default
-            if default.__class__ not in _ACCEPTS.get(c.state.type, _BOOL_ACCEPTS):
+            if default.__class__ not in c.accepts:
                 return default
             ev = c.ev_fixed
             if ev is None:
@@ -428,7 +435,14 @@ class CompiledChecks:
                         ev = r.pins.get(tenant)  # type: ignore[assignment]
                         if ev is None:
                             ev = (
-                                r.evs[bisect_left(r.cum, split_bucket_of(r.prefix + tenant))]
+                                # See Refinement: the hot path of a split, one call.
+                                r.evs[
+                                    bisect_right(
+                                        r.cum,
+                                        _hash(r.prefix + tenant, VARIANT_SEED, False)
+                                        % SPLIT_BUCKETS,
+                                    )
+                                ]
                                 if r.cum
                                 else c.ev_no_tenant
                             )
