@@ -99,7 +99,7 @@ class Server:
             env={**os.environ, **env},
             stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
@@ -107,6 +107,7 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
+        self.stop()  # not left running when the caller never gets this object
         raise RuntimeError("server did not start")
 
     def stop(self) -> None:
