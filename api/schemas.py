@@ -148,6 +148,9 @@ class FlagUpdate(Body):
     owner: str | None = Field(default=None, max_length=200)
     tags: list[str] | None = Field(default=None, max_length=100)
     kind: Kind | None = None
+    # A typed flag's initial off/on variants (#19): what a new environment starts with.
+    off_variant: str | None = Field(default=None, min_length=1, max_length=64)
+    on_variant: str | None = Field(default=None, min_length=1, max_length=64)
 
     def to_command(self, key: str) -> UpdateFlag:
         """Only the fields the body set (``owner: null`` clears the owner)."""

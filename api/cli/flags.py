@@ -296,8 +296,17 @@ def _variant_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]
     re-valued, off/on variant, split and pinned tenants."""
     parts = []
     if "variants" in after and before.get("variants") != after.get("variants"):
-        old = {v["name"]: v["value"] for v in before.get("variants") or ()}
-        new = {v["name"]: v["value"] for v in after.get("variants") or ()}
+        old_list, new_list = before.get("variants") or [], after.get("variants") or []
+        renames = {}
+        if len(old_list) == len(new_list):  # a rename keeps the variant's place and value
+            renames = {
+                o["name"]: n["name"]
+                for o, n in zip(old_list, new_list, strict=True)
+                if o["name"] != n["name"] and o["value"] == n["value"]
+            }
+        parts += [f"variant {o}->{n} (renamed)" for o, n in renames.items()]
+        old = {v["name"]: v["value"] for v in old_list if v["name"] not in renames}
+        new = {v["name"]: v["value"] for v in new_list if v["name"] not in renames.values()}
         parts += [f"+variant {n}" for n in new if n not in old]
         parts += [f"-variant {n}" for n in old if n not in new]
         parts += [
@@ -321,8 +330,13 @@ def _variant_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]
             t for t in set(old_pins) | set(new_pins) if old_pins.get(t) != new_pins.get(t)
         )
         for tenant in changed[:TENANTS_SHOWN]:
-            old_pin, new_pin = _short(old_pins.get(tenant)), _short(new_pins.get(tenant))
-            parts.append(f"pin {tenant} {old_pin}->{new_pin}")
+            old_pin, new_pin = old_pins.get(tenant), new_pins.get(tenant)
+            if old_pin is None:
+                parts.append(f"+pin {tenant}={new_pin}")
+            elif new_pin is None:
+                parts.append(f"-pin {tenant}")
+            else:
+                parts.append(f"pin {tenant} {old_pin}->{new_pin}")
         if len(changed) > TENANTS_SHOWN:
             parts.append(f"(+{len(changed) - TENANTS_SHOWN} more pin changes)")
     return parts
@@ -456,19 +470,33 @@ def update_flag(
     ),
     owner: str | None = typer.Option(None, "--owner", help="The owner ('' clears it)."),
     tag: list[str] | None = typer.Option(None, "--tag", help="Replace the tags (repeat)."),
+    off_variant: str | None = typer.Option(
+        None, "--off-variant", help="Typed flag: the off variant new environments start with."
+    ),
+    on_variant: str | None = typer.Option(
+        None, "--on-variant", help="Typed flag: the on variant new environments start with."
+    ),
     as_json: bool = AsJson,
     url: str | None = ServerUrl,
     token: str | None = Token,
     database_url: str | None = DirectDatabase,
 ) -> None:
     """Change a flag's description, kind, owner or tags (shared by every environment)."""
-    changes: dict[str, Any] = {"description": description, "kind": kind, "tags": tag}
+    changes: dict[str, Any] = {
+        "description": description,
+        "kind": kind,
+        "tags": tag,
+        "off_variant": off_variant,
+        "on_variant": on_variant,
+    }
     changes = {name: value for name, value in changes.items() if value is not None}
     if owner is not None:
         changes["owner"] = owner or None
     if not changes:
         raise CliError(
-            "nothing to change: give --description, --kind, --owner or --tag", exit_code=2
+            "nothing to change: give --description, --kind, --owner, --tag, --off-variant or "
+            "--on-variant",
+            exit_code=2,
         )
     run(
         lambda admin: admin.update_flag(key, **changes),

@@ -761,8 +761,10 @@ class SqlFlagStore:
         actor: str | Actor,
         request_id: str | None = None,
     ) -> FlagRecord:
-        """Change description, owner, tags or kind. Raises ``FlagNotFoundError``."""
-        allowed = {"description", "owner", "tags", "kind"}
+        """Change description, owner, tags or kind, or a typed flag's ``off_variant`` /
+        ``on_variant`` (those a new environment starts with; a declared variant each).
+        Raises ``FlagNotFoundError``, ``ValidationError`` naming the field."""
+        allowed = {"description", "owner", "tags", "kind", "off_variant", "on_variant"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValidationError(f"unknown field {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
@@ -776,11 +778,25 @@ class SqlFlagStore:
             values["tags"] = list(values["tags"])
         with self.transaction() as conn:
             record = self._get_flag(conn, key)
-            before = flag_to_dict(record.flag)
+            initial = select(t.flags.c.off_variant, t.flags.c.on_variant).where(
+                t.flags.c.key == key
+            )
+            row = conn.execute(initial).one()
+            before = _flag_history(record.flag, row.off_variant, row.on_variant)
+            for name in ("off_variant", "on_variant"):
+                if name not in values:
+                    continue
+                if record.flag.type is FlagType.BOOLEAN:
+                    raise ValidationError(f"a boolean flag has no {name}", field=name)
+                if not any(v.name == values[name] for v in record.flag.variants):
+                    raise ValidationError(
+                        f"{name} {values[name]!r:.60} is not a declared variant", field=name
+                    )
             if values:
                 conn.execute(update(t.flags).where(t.flags.c.key == key).values(**values))
             after_record = self._get_flag(conn, key)
-            after = flag_to_dict(after_record.flag)
+            row = conn.execute(initial).one()
+            after = _flag_history(after_record.flag, row.off_variant, row.on_variant)
             if after != before:
                 history_log.record_change(
                     conn,
@@ -883,7 +899,11 @@ class SqlFlagStore:
             _declared(flag, name, "name")
             uses = _variant_uses(name, states, initial)
             if uses:
-                raise ConflictError(f"variant {name!r} is in use: {', '.join(uses)}", field="name")
+                raise ConflictError(
+                    f"variant {name!r} is in use: {', '.join(uses)} (serve another variant "
+                    "there first; a flag's initial variants change with a flag update)",
+                    field="name",
+                )
             return tuple(v for v in flag.variants if v.name != name), {}
 
         return self._edit_variants(key, edit, actor=actor, request_id=request_id)

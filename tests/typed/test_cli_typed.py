@@ -78,11 +78,11 @@ def test_cli__typed_flag_lifecycle__same_on_both_paths(flagrail: Cli) -> None:
     history = flagrail("history", KEY, "--limit", "20")
     assert history.code == 0, history
     assert "-variant platinum" in history.out
-    assert "+variant gilded" in history.out and "-variant gold" in history.out
+    assert "variant gold->gilded (renamed)" in history.out
     assert 'variant platinum "p"->"pt"' in history.out
     assert "on_variant bronze->gold" in history.out
     assert "split none->gold=200,silver=800" in history.out
-    assert "pin acme silver->-" in history.out
+    assert "+pin acme=silver" in history.out and "-pin acme" in history.out
 
 
 def test_cli__typed_flag_bad_input__one_line_errors(flagrail: Cli) -> None:

@@ -5,6 +5,7 @@ environment (new snapshot version) with one history row; boolean rows read as be
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import insert, update
@@ -16,6 +17,22 @@ from flags.store import tables as t
 from flags.store.sql import SqlFlagStore
 
 TIERS = [{"name": "bronze", "value": "b"}, {"name": "silver", "value": "s"}]
+
+
+BAD_DEFINITIONS: list[tuple[dict[str, Any], str]] = [
+    ({"type": "colour"}, "type"),
+    (
+        {"type": "number", "variants": [{"name": "a", "value": float("nan")}]},
+        "variants.0.value",
+    ),
+    (
+        {"type": "string", "variants": [{"name": "a", "value": "x" * 9000}]},
+        "variants.0.value",
+    ),
+    ({"type": "json", "variants": [], "off_variant": "a"}, "variants"),
+    ({"type": "string", "variants": TIERS, "off_variant": "nope"}, "off_variant"),
+    ({"type": "boolean", "off_variant": "bronze"}, "off_variant"),
+]
 
 
 @pytest.fixture
@@ -62,30 +79,12 @@ class TestCreate:
             )
         assert err.value.field == "off_variant"
 
-    @pytest.mark.parametrize(
-        ("kwargs", "field"),
-        [
-            ({"type": "colour"}, "type"),
-            (
-                {"type": "number", "variants": [{"name": "a", "value": float("nan")}]},
-                "variants.0.value",
-            ),
-            (
-                {"type": "string", "variants": [{"name": "a", "value": "x" * 9000}]},
-                "variants.0.value",
-            ),
-            ({"type": "json", "variants": [], "off_variant": "a"}, "variants"),
-            ({"type": "string", "variants": TIERS, "off_variant": "nope"}, "off_variant"),
-            ({"type": "boolean", "off_variant": "bronze"}, "off_variant"),
-        ],
-    )
-    def test_create__bad_definition__names_the_field(
-        self, store: SqlFlagStore, kwargs: dict, field: str
-    ) -> None:
+    def test_create__bad_definition__names_the_field(self, store: SqlFlagStore) -> None:
         """Each bad definition is refused, naming its field, and nothing is written."""
-        with pytest.raises(ValidationError) as err:
-            store.create_flag("bad.flag", actor="a", **{"off_variant": "a", **kwargs})
-        assert err.value.field == field
+        for kwargs, field in BAD_DEFINITIONS:
+            with pytest.raises(ValidationError) as err:
+                store.create_flag("bad.flag", actor="a", **{"off_variant": "a", **kwargs})
+            assert err.value.field == field, kwargs
         assert [r.flag.key for r in store.list_flags()] == []
 
     def test_create_environment__typed_flag__starts_with_its_initial_variants(
@@ -234,6 +233,23 @@ class TestVariants:
             with pytest.raises(error) as err:
                 call()
             assert err.value.field == field
+
+    def test_update_flag__initial_variants__new_environments_start_with_them(
+        self, store: SqlFlagStore
+    ) -> None:
+        """A flag update changes what a new environment starts with, in the history."""
+        make_tier(store)
+        store.update_flag("prices.tier", {"off_variant": "silver"}, actor="a")
+        store.create_environment("eu", actor="a")
+        state = store.get_state("prices.tier", "eu")
+        assert (state.off_variant, state.on_variant) == ("silver", "bronze")
+        row = store.list_history(HistoryQuery(flag="prices.tier", action="flag.update")).items[0]
+        assert (row.before["off_variant"], row.after["off_variant"]) == ("bronze", "silver")
+        store.create_flag("bool.flag", actor="a")
+        for key, name in (("prices.tier", "nope"), ("bool.flag", "on")):
+            with pytest.raises(ValidationError) as err:
+                store.update_flag(key, {"off_variant": name}, actor="a")
+            assert err.value.field == "off_variant"
 
     def test_set_variant_value__changes_the_served_value(self, store: SqlFlagStore) -> None:
         """A variant's value can change in place (e.g. a new safe value)."""
