@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
 
 from flags.model import StateChange
 from flags.store.sql import SqlFlagStore
@@ -131,7 +132,8 @@ def people(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         crew.add("bob", "editor")
         crew.add("olga", "operator")
         crew.add("sdk", "client")
-        users = UserStore(store.engine)
+        # Cheap argon2id parameters: the users only own tokens here, nobody logs in.
+        users = UserStore(store.engine, hasher=PasswordHasher(time_cost=1, memory_cost=1024))
         for name in ("carol", "dave"):
             users.create_user(name, "a long enough password", "editor", actor="test")
         crew.add("carol-laptop", "editor", user="carol")
@@ -164,7 +166,7 @@ def request_id(output: str) -> int:
     return int(line.rsplit(" ", 1)[1])
 
 
-def test_gated_rollout__second_person_applies__history_names_both(people: People) -> None:
+def check_gated_rollout__second_person_applies__history_names_both(people: People) -> None:
     """Pending -> self-approval refused -> approved by another person -> applied; the
     history row names the requester, the approver and the request."""
     new_flag(people, "checkout", 10)
@@ -187,7 +189,7 @@ def test_gated_rollout__second_person_applies__history_names_both(people: People
     assert f"change request {number}, approved by token:{people.ids['bob']}" in row["reason"]
 
 
-def test_stale_request__flag_moved__refused(people: People) -> None:
+def check_stale_request__flag_moved__refused(people: People) -> None:
     """A request whose flag changed since it was made cannot apply."""
     new_flag(people, "search", 30)
     number = pending_id(people.http("alice", "PATCH", f"/admin/flags/search/environments/{ENV}",
@@ -209,7 +211,7 @@ def pending_id(response: httpx.Response) -> int:
     return int(response.json()["id"])
 
 
-def test_kill__operator__instant_without_request(people: People) -> None:
+def check_kill__operator__instant_without_request(people: People) -> None:
     """A kill by an operator applies at once in the gated environment."""
     new_flag(people, "payments", 100)
     body = {"reason": "incident", "environments": [ENV]}
@@ -225,7 +227,7 @@ def test_kill__operator__instant_without_request(people: People) -> None:
     assert request["kind"] == "unkill" and people.store.get_state("payments", ENV).killed
 
 
-def test_break_glass__recorded_and_listed_until_acknowledged(people: People) -> None:
+def check_break_glass__recorded_and_listed_until_acknowledged(people: People) -> None:
     """An admin breaks glass from the CLI: applied, recorded, a review item that only
     someone else closes. An editor may not break glass."""
     new_flag(people, "banner", 0)
@@ -253,7 +255,7 @@ def test_break_glass__recorded_and_listed_until_acknowledged(people: People) -> 
     assert open_items() == []
 
 
-def test_same_person_second_token__not_a_second_approval(people: People) -> None:
+def check_same_person_second_token__not_a_second_approval(people: People) -> None:
     """Staging needs two people: carol's second token is still carol."""
     new_flag(people, "profile", 10)
     path = "/admin/flags/profile/environments/staging"
@@ -267,3 +269,13 @@ def test_same_person_second_token__not_a_second_approval(people: People) -> None
     assert done.status_code == 200 and done.json()["status"] == "applied"
     persons = [a["person"] for a in done.json()["approvals"]]
     assert persons == ["user:carol", "user:dave"]
+
+
+def test_approvals__across_processes(people: People) -> None:
+    """Each scenario on its own flag, on the one server (a single test, so that pytest
+    -n never splits the module over two servers)."""
+    check_gated_rollout__second_person_applies__history_names_both(people)
+    check_stale_request__flag_moved__refused(people)
+    check_kill__operator__instant_without_request(people)
+    check_break_glass__recorded_and_listed_until_acknowledged(people)
+    check_same_person_second_token__not_a_second_approval(people)
