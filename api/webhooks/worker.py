@@ -20,6 +20,7 @@ row, up to ``ERROR_PAUSE_CAP`` seconds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -152,6 +153,9 @@ class DeliveryWorker:
         """Fan out the outbox, then claim and send due deliveries. Returns whether it
         found any work (the loop then goes again at once)."""
         fanned = self.store.fan_out(now=now)
+        # The lease runs from the claim; a run stops sending while it can still finish
+        # an attempt inside it, so no other worker ever takes over a live send.
+        deadline = time.monotonic() + self.settings.lease.total_seconds() - self.settings.timeout
         claims = self.store.claim(
             self.owner,
             lease=self.settings.lease,
@@ -164,9 +168,10 @@ class DeliveryWorker:
             for claim in claims:
                 runs.setdefault(claim.subscription_id, []).append(claim)
             if len(runs) == 1:
-                self.deliver_run(claims)
+                self.deliver_run(claims, deadline=deadline)
             else:
-                list(self._executor().map(self.deliver_run, runs.values()))
+                send = functools.partial(self.deliver_run, deadline=deadline)
+                list(self._executor().map(send, runs.values()))
         self._sample_depth()
         return bool(fanned or claims)
 
@@ -192,12 +197,15 @@ class DeliveryWorker:
             self._depth_at = time.monotonic()
             metrics.OUTBOX_DEPTH.set(self.store.depth())
 
-    def deliver_run(self, run: list[Claim]) -> int:
+    def deliver_run(self, run: list[Claim], *, deadline: float | None = None) -> int:
         """Send one subscription's claimed deliveries in order, stopping at the first
-        that fails (the rest are given back unattempted), and record the outcomes in
-        one transaction. Returns how many were delivered."""
+        that fails or once ``time.monotonic()`` passes ``deadline`` (the lease's end
+        less one timeout: the rest are given back unattempted), and record the
+        outcomes in one transaction. Returns how many were delivered."""
         outcomes: list[Outcome] = []
         for claim in run:
+            if deadline is not None and time.monotonic() > deadline:
+                break
             outcome = self.attempt(claim)
             outcomes.append(outcome)
             if outcome.status != Status.DELIVERED:

@@ -73,6 +73,9 @@ class Receiver:
             disable_nagle_algorithm = True
 
             def do_POST(self) -> None:
+                if receiver._server is None:  # down: a kept-alive connection is cut too
+                    self.close_connection = True
+                    return
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 receiver._record(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
@@ -95,7 +98,8 @@ class Receiver:
         self._thread.start()
 
     def down(self) -> None:
-        """Stop listening: new connections are refused until ``up()``."""
+        """Stop listening: new connections are refused until ``up()``, and a request
+        on a connection kept alive from before is cut off unanswered."""
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
