@@ -200,7 +200,11 @@ def validate_value(flag_type: FlagType, value: object, field_name: str = "value"
             )
         return value
     if flag_type is FlagType.NUMBER:
-        if type(value) not in (int, float) or not math.isfinite(value):  # type: ignore[arg-type]
+        try:
+            finite = type(value) in (int, float) and math.isfinite(value)  # type: ignore[arg-type]
+        except OverflowError:  # an int beyond every float: not a number an SDK can serve
+            finite = False
+        if not finite:
             raise ValidationError(
                 f"{field_name} must be a finite number, got {value!r:.60}", field=field_name
             )

@@ -159,6 +159,10 @@ def test_bad_input__422_naming_the_field(api: Api) -> None:
         response = api.request(method, path, json=body)
         assert response.status_code == 422, (path, body, response.text)
         assert api.error(response)["field"] == field, (path, body)
+    number = {"type": "number", "variants": [{"name": "n", "value": 1}], "off_variant": "n"}
+    api.create_flag("n.ttl", **number)
+    response = api.post("/admin/flags/n.ttl/variants", json={"name": "huge", "value": 10**400})
+    assert response.status_code == 422 and api.error(response)["field"] == "value"
 
 
 def test_boolean_flag__variant_fields_refused(api: Api) -> None:
