@@ -294,3 +294,53 @@ def test_insert_without_typed_columns__defaults_to_boolean(store: SqlFlagStore) 
             )
         )
     assert store.get_flag("legacy.flag").flag.type is FlagType.BOOLEAN
+
+
+def test_migration_0009__rows_written_before__read_as_boolean_flags(tmp_path: Any) -> None:
+    """A database holding a flag at 0008, upgraded to the head, reads it as the boolean
+    flag it was, and takes typed flags beside it."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from flags.store.schema import alembic_config, upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            config = alembic_config(url)
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0008_telemetry_tokens")
+            now = "2026-12-01 00:00:00"
+            conn.execute(
+                text(
+                    "INSERT INTO flags (key, description, kind, owner, tags, created_at, archived)"
+                    f" VALUES ('old.flag', '', 'release', NULL, '[]', '{now}', 0)"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO flag_states (flag_key, environment, enabled, rollout, tenants_on,"
+                    " tenants_off, killed, version, updated_at) VALUES ('old.flag', 'production',"
+                    f" 1, 40, '[\"acme\"]', '[]', 0, 2, '{now}')"
+                )
+            )
+    finally:
+        engine.dispose()
+    upgrade(url)
+    store = SqlFlagStore(url)
+    try:
+        record = store.get_flag("old.flag")
+        assert record.flag.type is FlagType.BOOLEAN
+        state = record.states["production"]
+        assert (state.enabled, state.rollout, state.tenants_on, state.version) == (
+            True,
+            40,
+            frozenset({"acme"}),
+            2,
+        )
+        assert state.to_dict().keys() == FlagState().to_dict().keys()
+        make_tier(store)
+        assert store.snapshot("production").flags["prices.tier"].type is FlagType.STRING
+    finally:
+        store.close()
