@@ -120,8 +120,12 @@ class AdminApi(Protocol):
     ) -> dict[str, Any]: ...
     def list_tokens(self) -> dict[str, Any]: ...
     def revoke_token(self, token_id: str) -> dict[str, Any]: ...
-    def create_plan(self, flag: str, plan: Mapping[str, Any]) -> dict[str, Any]: ...
-    def create_schedule(self, flag: str, schedule: Mapping[str, Any]) -> dict[str, Any]: ...
+    def create_plan(
+        self, flag: str, plan: Mapping[str, Any], *, break_glass: str | None = None
+    ) -> dict[str, Any]: ...
+    def create_schedule(
+        self, flag: str, schedule: Mapping[str, Any], *, break_glass: str | None = None
+    ) -> dict[str, Any]: ...
     def list_plans(self, flag: str) -> dict[str, Any]: ...
     def get_plan(self, plan_id: int) -> dict[str, Any]: ...
     def pause_plan(self, plan_id: int, *, reason: str | None = None) -> dict[str, Any]: ...
@@ -247,6 +251,11 @@ def token_body(
     if user is not None:
         body["user"] = user
     return body
+
+
+def _glass(reason: str | None) -> dict[str, Any] | None:
+    """The query of a break-glass plan or schedule (#16), None without one."""
+    return None if reason is None else {"break_glass": "true", "reason": reason}
 
 
 def _flag_path(key: str, *rest: str) -> str:
@@ -486,11 +495,19 @@ class AdminClient:
         return self.request("DELETE", f"/admin/tokens/{quote(token_id, safe='')}")
 
     # ------------------------------------------------------------ plans
-    def create_plan(self, flag: str, plan: Mapping[str, Any]) -> dict[str, Any]:
-        return self.request("POST", _flag_path(flag, "plans"), json=plan)
+    def create_plan(
+        self, flag: str, plan: Mapping[str, Any], *, break_glass: str | None = None
+    ) -> dict[str, Any]:
+        """``break_glass`` (the reason): an admin creates it at once in a gated
+        environment (#16)."""
+        params = _glass(break_glass)
+        return self.request("POST", _flag_path(flag, "plans"), json=plan, params=params)
 
-    def create_schedule(self, flag: str, schedule: Mapping[str, Any]) -> dict[str, Any]:
-        return self.request("POST", _flag_path(flag, "schedules"), json=schedule)
+    def create_schedule(
+        self, flag: str, schedule: Mapping[str, Any], *, break_glass: str | None = None
+    ) -> dict[str, Any]:
+        params = _glass(break_glass)
+        return self.request("POST", _flag_path(flag, "schedules"), json=schedule, params=params)
 
     def list_plans(self, flag: str) -> dict[str, Any]:
         return self.request("GET", _flag_path(flag, "plans"))

@@ -237,11 +237,18 @@ class DatabaseAdmin:
         return self._ready().revoke_token(self.principal, token_id).to_dict()
 
     # ------------------------------------------------------------ plans
-    def create_plan(self, flag: str, plan: Mapping[str, Any]) -> dict[str, Any]:
-        return self._ready().create_plan(self.principal, flag, plan).to_dict()
+    def create_plan(
+        self, flag: str, plan: Mapping[str, Any], *, break_glass: str | None = None
+    ) -> dict[str, Any]:
+        service = self._ready()
+        return service.create_plan(self.principal, flag, plan, break_glass=break_glass).to_dict()
 
-    def create_schedule(self, flag: str, schedule: Mapping[str, Any]) -> dict[str, Any]:
-        return self._ready().create_schedule(self.principal, flag, schedule).to_dict()
+    def create_schedule(
+        self, flag: str, schedule: Mapping[str, Any], *, break_glass: str | None = None
+    ) -> dict[str, Any]:
+        service = self._ready()
+        made = service.create_schedule(self.principal, flag, schedule, break_glass=break_glass)
+        return made.to_dict()
 
     def list_plans(self, flag: str) -> dict[str, Any]:
         return plans_json(self._ready().list_plans(self.principal, flag))

@@ -93,6 +93,25 @@ def print_plan(plan: dict[str, Any]) -> None:
         typer.echo(f"guard: {guard['metric']} <= {guard['max']:g}{window}")
 
 
+# #16: create at once although the environment requires approvals (an admin).
+BreakGlass = typer.Option(
+    False, "--break-glass", help="Admins: create now in a gated environment (needs --reason)."
+)
+GlassReason = typer.Option(None, "--reason", help="Why you break glass (recorded).")
+
+
+def _glass(break_glass: bool, reason: str | None) -> str | None:
+    """The break-glass reason to send, or None. Raises ``CliError`` (exit 2) for
+    ``--break-glass`` without ``--reason``, or ``--reason`` alone."""
+    if not break_glass:
+        if reason is not None:
+            raise CliError("--reason goes with --break-glass", exit_code=2)
+        return None
+    if not reason or not reason.strip():
+        raise CliError("--break-glass needs --reason", exit_code=2)
+    return reason
+
+
 def _out(data: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(data)
@@ -104,14 +123,18 @@ def _out(data: dict[str, Any], as_json: bool) -> None:
 def create(
     key: str,
     file: Path = typer.Option(..., "--file", "-f", help="The plan, as YAML or JSON."),
+    break_glass: bool = BreakGlass,
+    reason: str | None = GlassReason,
     url: str | None = ServerUrl,
     token: str | None = Token,
     as_json: bool = AsJson,
 ) -> None:
-    """Create a plan for flag KEY; its first stage is applied at once (or at start_at)."""
+    """Create a plan for flag KEY; its first stage is applied at once (or at start_at).
+    In an environment that requires approvals it waits as a change request."""
     body = load_plan_file(file)
+    glass = _glass(break_glass, reason)
     with connect(url, token) as client:
-        _out(client.create_plan(key, body), as_json)
+        _out(client.create_plan(key, body, break_glass=glass), as_json)
 
 
 @app.command("schedule")
@@ -121,15 +144,19 @@ def schedule(
     at: str = typer.Option(..., "--at", help="When, ISO-8601 (e.g. 2026-12-01T02:00:00Z)."),
     enabled: bool | None = typer.Option(None, "--on/--off", help="Turn the flag on or off."),
     rollout: int | None = typer.Option(None, "--rollout", help="Percent of tenants, 0-100."),
+    break_glass: bool = BreakGlass,
+    reason: str | None = GlassReason,
     url: str | None = ServerUrl,
     token: str | None = Token,
     as_json: bool = AsJson,
 ) -> None:
-    """Schedule one state change of KEY at a given time (a maintenance window)."""
+    """Schedule one state change of KEY at a given time (a maintenance window); gated
+    as a plan."""
     change = {k: v for k, v in {"enabled": enabled, "rollout": rollout}.items() if v is not None}
     body = {"environment": env, "at": at, "change": change}
+    glass = _glass(break_glass, reason)
     with connect(url, token) as client:
-        _out(client.create_schedule(key, body), as_json)
+        _out(client.create_schedule(key, body, break_glass=glass), as_json)
 
 
 @app.command("list")

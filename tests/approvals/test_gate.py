@@ -189,6 +189,16 @@ class TestPlans:
         [row] = api.store.list_history(HistoryQuery(flag=FLAG, action="plan.create")).items
         assert f"change request {body['id']}" in (row.reason or "")
 
+    def test_plan__break_glass__created_with_review(self, api: Api) -> None:
+        """An admin creates a plan at once with ``?break_glass=true&reason=...``."""
+        path = f"/admin/flags/{FLAG}/plans"
+        missing = api.post(path + "?break_glass=true", json=self.PLAN)
+        assert missing.status_code == 422 and api.error(missing)["field"] == "reason"
+        made = api.post(path + "?break_glass=true&reason=launch", json=self.PLAN)
+        assert made.status_code == 201 and made.json()["status"] == "running", made.text
+        [item] = api.get("/admin/reviews").json()["items"]
+        assert item["reason"] == "launch"
+
     def test_schedule__gated__held(self, api: Api) -> None:
         schedule = {"environment": ENV, "at": "2099-01-01T00:00:00Z", "change": {"rollout": 60}}
         body = pending(

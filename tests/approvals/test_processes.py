@@ -242,17 +242,23 @@ def check_break_glass__recorded_and_listed_until_acknowledged(people: People) ->
     assert done.returncode == 0 and people.rollout("banner") == 90, done.stderr
     history = people.http("root", "GET", "/admin/history", params={"flag": "banner"})
     assert history.json()["items"][0]["reason"] == "break-glass: outage"
+    # A schedule breaks glass the same way (flagrail plan schedule --break-glass)
+    made = people.cli(
+        "root", "plan", "schedule", "banner", "--env", ENV, "--rollout", "95",
+        "--at", "2099-01-01T00:00:00Z", "--break-glass", "--reason", "window",
+    )  # fmt: skip
+    assert made.returncode == 0 and made.stdout.startswith("schedule "), made.stderr
 
     def open_items() -> list[dict[str, Any]]:
         items = people.http("bob", "GET", "/admin/reviews").json()["items"]
         return [i for i in items if i["flag"] == "banner"]
 
-    [item] = open_items()
+    [item] = [i for i in open_items() if i["reason"] == "outage"]
     own = people.http("root", "POST", f"/admin/reviews/{item['id']}/acknowledge")
-    assert own.status_code == 403 and open_items() == [item]
+    assert own.status_code == 403 and item in open_items()
     acked = people.http("bob", "POST", f"/admin/reviews/{item['id']}/acknowledge")
     assert acked.status_code == 200 and acked.json()["open"] is False
-    assert open_items() == []
+    assert [i["reason"] for i in open_items()] == ["window"]
 
 
 def check_same_person_second_token__not_a_second_approval(people: People) -> None:
