@@ -1109,6 +1109,9 @@ class SqlFlagStore:
             if flag.archived:
                 raise ConflictError(f"flag {key!r} is archived", field="key")
             candidate = change.apply(before)
+            if candidate.type is FlagType.BOOLEAN:
+                # A boolean flag's variants are always on/off: naming them changes nothing.
+                candidate = replace(candidate, off_variant=None, on_variant=None)
             if candidate == before:
                 return before
             # The change never touches the kill fields, the type or the variants.

@@ -142,6 +142,14 @@ class TestState:
             )
         assert err.value.field == "split.0.variant"
 
+    def test_update_state__boolean_flag_naming_on_off__no_change(self, store: SqlFlagStore) -> None:
+        """A boolean flag's on/off variants are implied: naming them writes nothing."""
+        store.create_flag("bool.flag", actor="a")
+        after = store.update_state(
+            "bool.flag", "beta", StateChange(on_variant="on", off_variant="off"), actor="a"
+        )
+        assert after == FlagState() and after.version == 0
+
     def test_boolean_rows__written_before_typed_flags__read_as_boolean(
         self, store: SqlFlagStore
     ) -> None:
