@@ -14,13 +14,13 @@ def test_create_token__valid__201_value_once_and_it_authenticates(api: Any) -> N
     )
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"id", "name", "role", "environments", "flags", "token"}
+    assert set(body) == {"id", "name", "role", "environments", "flags", "user", "token"}
     assert (body["name"], body["role"], body["environments"]) == ("ci", "reader", ["beta"])
     assert len(body["token"]) >= 43
     assert api.get("/admin/flags", token=body["token"]).status_code == 200
     listed = api.get("/admin/tokens").json()["items"]
     assert body["token"] not in str(listed)
-    assert {"id", "name", "role", "environments", "flags", "created_at", "revoked"} == set(
+    assert {"id", "name", "role", "environments", "flags", "user", "created_at", "revoked"} == set(
         listed[-1]
     )
     rows = api.store.list_history(HistoryQuery(action="token.create")).items
