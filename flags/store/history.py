@@ -17,25 +17,24 @@ committed or rolled back for good. SQLite has one writer: ids commit in order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Insert,
+    TextClause,
     and_,
-    cast,
-    column,
+    bindparam,
     false,
-    func,
     insert,
     not_,
     or_,
     select,
-    true,
-    values,
+    text,
 )
+from sqlalchemy.dialects import postgresql
 
 from flags.errors import ValidationError
 from flags.history import (
@@ -104,31 +103,44 @@ def record_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         return
     full = [{**row, **actor_columns(row["actor"])} for row in rows]
     if conn.dialect.name == "postgresql":
-        conn.execute(_outboxed_insert(full))
+        names = tuple(name for name in _COLUMNS if name in full[0])
+        params = {f"{name}_{i}": row[name] for i, row in enumerate(full) for name in names}
+        conn.execute(_outboxed_insert(names, len(full)), params)
     else:  # SQLite: one writer at a time, so ids commit in order without a lock
         ids = conn.execute(insert(history).returning(history.c.id), full).scalars().all()
         conn.execute(insert(webhook_outbox), [{"history_id": i} for i in ids])
 
 
-def _outboxed_insert(rows: Sequence[Mapping[str, Any]]) -> Insert:
+@functools.lru_cache(maxsize=64)
+def _outboxed_insert(names: tuple[str, ...], count: int) -> TextClause:
     """``WITH lock AS (SELECT pg_advisory_xact_lock_shared(..)), h AS (INSERT INTO
     history SELECT .. FROM (VALUES ..) CROSS JOIN lock RETURNING id) INSERT INTO
-    webhook_outbox (history_id) SELECT id FROM h``: one round trip. The history
-    insert reads its rows through the lock, so the lock is held before any id is
-    drawn."""
-    lock = select(func.pg_advisory_xact_lock_shared(HISTORY_WRITE_LOCK).label("held")).cte(
-        "history_write_lock"
+    webhook_outbox (history_id) SELECT id FROM h``, for ``count`` rows of ``names``
+    bound as ``<name>_<i>``: one round trip. The history insert reads its rows
+    through the lock, so the lock is held before any id is drawn. Written as text
+    once per shape (SQLAlchemy would compile a ``values()`` construct on every call,
+    which cost more than the statement); the typed binds still encode JSON."""
+    dialect = postgresql.dialect()
+    sql_types = {name: history.c[name].type.compile(dialect=dialect) for name in names}
+    rows = ", ".join(
+        "(" + ", ".join(f"CAST(:{name}_{i} AS {sql_types[name]})" for name in names) + ")"
+        for i in range(count)
     )
-    names = [name for name in _COLUMNS if name in rows[0]]
-    data = values(*(column(name, history.c[name].type) for name in names), name="v").data(
-        [tuple(row[name] for name in names) for row in rows]
+    columns = ", ".join(names)
+    statement = text(
+        "WITH history_write_lock AS "
+        f"(SELECT pg_advisory_xact_lock_shared({HISTORY_WRITE_LOCK}) AS held), "
+        f"h AS (INSERT INTO history ({columns}) SELECT v.* FROM (VALUES {rows}) "
+        f"AS v ({columns}) CROSS JOIN history_write_lock RETURNING id) "
+        "INSERT INTO webhook_outbox (history_id) SELECT id FROM h"
     )
-    # The casts type the VALUES columns (an all-NULL column would otherwise be text).
-    source = select(*(cast(data.c[name], history.c[name].type) for name in names)).join_from(
-        data, lock, true()
+    return statement.bindparams(
+        *(
+            bindparam(f"{name}_{i}", type_=history.c[name].type)
+            for i in range(count)
+            for name in names
+        )
     )
-    written = insert(history).from_select(names, source).returning(history.c.id).cte("h")
-    return insert(webhook_outbox).from_select(["history_id"], select(written.c.id))
 
 
 def list_changes(conn: Connection, query: HistoryQuery) -> HistoryPage:
