@@ -461,7 +461,8 @@ def run(replicas: int, streams: int, args: argparse.Namespace, tmp: Path) -> dic
     from flags.testing.redis_server import RedisServer, free_port
 
     database = Database(args.database, tmp)
-    redis = RedisServer().start() if replicas > 1 else None
+    # Redis carries changes between replicas, and between the workers of one.
+    redis = RedisServer().start() if replicas > 1 or args.workers > 1 else None
     servers: list[Server] = []
     clients: Clients | None = None
     http: httpx.Client | None = None

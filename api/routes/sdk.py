@@ -240,7 +240,14 @@ def install(
     services (started by the lifespan) and the store listeners. No I/O here."""
     sdk_settings = sdk_settings or SdkServerSettings()
     telemetry = TelemetryStore(store.engine)
-    broadcaster = Broadcaster(store, db_poll_interval=sdk_settings.version_poll_interval)
+    broadcaster = Broadcaster(
+        store,
+        db_poll_interval=sdk_settings.version_poll_interval,
+        # Without Redis no message will announce another replica's (or worker's) change:
+        # a version the database shows ahead is sent after 0.1 s (time for this replica's
+        # own commit to reach its listener), not held for a message that will not come.
+        behind_hold=None if settings.redis_url else 0.1,
+    )
     registry = InstanceRegistry(telemetry, max_per_token=sdk_settings.max_instances_per_token)
     retention = TelemetryRetention(
         telemetry,

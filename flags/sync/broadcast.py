@@ -190,10 +190,17 @@ class Broadcaster:
         ring_size: int = 1024,
         hold: float = 0.25,
         db_poll_interval: float = 0.5,
+        behind_hold: float | None = None,
     ) -> None:
+        """``hold``: seconds a gap in the versions may wait for the missing change.
+        ``behind_hold`` (default ``hold``): seconds a version seen in the database may
+        wait for its change message before the streams get a snapshot instead; short
+        when nothing else carries changes to this replica (no Redis: other replicas' and
+        workers' changes reach it through the database only)."""
         self.store = store
         self.ring_size = ring_size
         self.hold = hold
+        self.behind_hold = hold if behind_hold is None else behind_hold
         self.db_poll_interval = db_poll_interval
         self.resyncs = 0
         self.hints = 0
@@ -429,7 +436,10 @@ class Broadcaster:
         with self._lock:
             for name, feed in self._feeds.items():
                 gap = feed.pending_since is not None and now - feed.pending_since >= self.hold
-                behind = feed.db_ahead_since is not None and now - feed.db_ahead_since >= self.hold
+                behind = (
+                    feed.db_ahead_since is not None
+                    and now - feed.db_ahead_since >= self.behind_hold
+                )
                 if not (gap or behind or feed.resync_requested):
                     continue
                 feed.resync_requested = False
