@@ -137,3 +137,19 @@ def test_deliveries_and_redeliver__log_then_again(api: Api, engine: Engine) -> N
     assert bad.status_code == 422 and api.error(bad)["field"] == "status"
     missing = api.post(f"/admin/webhooks/{sub['id']}/deliveries/999999/redeliver")
     assert missing.status_code == 404
+
+
+def test_create_app__worker_on__started_and_stopped_with_the_app(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default the app runs the delivery worker while it is up, and stops it."""
+    from api.app import create_app
+
+    monkeypatch.delenv("FLAGRAIL_WEBHOOK_WORKER", raising=False)
+    app = create_app(Settings(database_url=sqlite_url, scheduler=False))
+    worker = app.state.webhook_worker
+    assert worker in app.state.services
+    with TestClient(app):
+        assert worker._thread is not None and worker._thread.is_alive()
+        thread = worker._thread
+    assert worker._thread is None and not thread.is_alive()
