@@ -69,7 +69,9 @@ class TestUserStore:
         assert users.session(session_id) is None
 
     def test_disable__ends_live_sessions(self, users: UserStore) -> None:
-        session_id, _ = users.open_session(users.create_user("alice", PASSWORD, "admin", actor="test"))
+        session_id, _ = users.open_session(
+            users.create_user("alice", PASSWORD, "admin", actor="test")
+        )
         users.set_disabled("alice", actor="test")
         assert users.session(session_id) is None
 
