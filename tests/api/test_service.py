@@ -44,6 +44,12 @@ CALLS: dict[str, tuple[Operation, Call]] = {
         lambda s, p: s.create_environment(p, "qa"),
     ),
     "list_flags": (Operation.READ, lambda s, p: s.list_flags(p, FlagFilter())),
+    "flags_page": (Operation.READ, lambda s, p: s.flags_page(p, FlagFilter())),
+    "recent_plans": (Operation.READ, lambda s, p: s.recent_plans(p)),
+    "counter_totals": (
+        Operation.READ,
+        lambda s, p: s.counter_totals(p, FLAG, "beta", s.store.list_flags()[0].flag.created_at),
+    ),
     "get_flag": (Operation.READ, lambda s, p: s.get_flag(p, FLAG)),
     "create_flag": (Operation.EDIT_FLAG, lambda s, p: s.create_flag(p, CreateFlag("c.d"))),
     "update_flag": (
