@@ -50,6 +50,14 @@ def _flag(api: Any, n: int) -> str:
     return key
 
 
+def _typed_flag(api: Any, n: int) -> str:
+    """A string flag with variants a (its off and on variant) and b (unused)."""
+    key = f"m.typed{n}"
+    variants = [{"name": "a", "value": "x"}, {"name": "b", "value": "y"}]
+    api.store.create_flag(key, type="string", variants=variants, off_variant="a", actor="setup")
+    return key
+
+
 def _token_in_target(api: Any, _n: int) -> str:
     info, _secret = api.store.create_token("target", "reader", [TARGET], actor="setup")
     return str(info.id)
@@ -101,6 +109,31 @@ ROUTES = [
         UNSCOPED,
         200,
         lambda a, n: (f"/admin/flags/{_flag(a, n)}", None),
+    ),
+    # A typed flag's variants (#19): shared by every environment.
+    Route(
+        "POST",
+        "/admin/flags/{key}/variants",
+        "editor",
+        UNSCOPED,
+        201,
+        lambda a, n: (f"/admin/flags/{_typed_flag(a, n)}/variants", {"name": "c", "value": "z"}),
+    ),
+    Route(
+        "PATCH",
+        "/admin/flags/{key}/variants/{name}",
+        "editor",
+        UNSCOPED,
+        200,
+        lambda a, n: (f"/admin/flags/{_typed_flag(a, n)}/variants/b", {"value": "w"}),
+    ),
+    Route(
+        "DELETE",
+        "/admin/flags/{key}/variants/{name}",
+        "editor",
+        UNSCOPED,
+        200,
+        lambda a, n: (f"/admin/flags/{_typed_flag(a, n)}/variants/b", None),
     ),
     Route(
         "PATCH",
