@@ -239,10 +239,16 @@ def test_client__eight_threads_during_updates__only_whole_snapshots() -> None:
     failures: list[str] = []
 
     def reader() -> None:
+        try:
+            read_until_stopped()
+        except Exception as exc:  # a crashed reader is a failure, not a quiet thread
+            failures.append(f"reader raised {exc!r}")
+
+    def read_until_stopped() -> None:
         last = -1
         while not stop.is_set():
             table = c._table  # one read: what a check sees
-            versions = {cf.version for cf in table.values()}
+            versions = {cf.state.version for cf in table.values()}
             answers = {cf.fixed for cf in table.values()}
             if len(versions) != 1 or len(answers) != 1:
                 failures.append(f"mixed snapshot {versions} {answers}")
