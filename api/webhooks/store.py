@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -49,6 +50,10 @@ FANOUT_LOCK = 0x666C6167_77680001 & 0x7FFFFFFFFFFFFFFF
 # The first this many bytes of a response body are kept in the delivery log.
 BODY_KEEP = 1024
 MAX_LOG_PAGE = 500
+# While history writes hold their lock, a fan-out tries this many times, this many
+# seconds apart, before leaving it to the next pass (which comes an idle pause later).
+HORIZON_TRIES = 5
+HORIZON_PAUSE = 0.002
 
 
 class Status:
@@ -303,6 +308,11 @@ class WebhookStore:
                 ).scalar():
                     return 0
                 horizon = self._settled_horizon()
+                for _ in range(HORIZON_TRIES - 1):
+                    if horizon is not None:
+                        break
+                    time.sleep(HORIZON_PAUSE)  # a history write is in flight: ~1 ms
+                    horizon = self._settled_horizon()
                 if horizon is None:
                     return 0
                 query = query.where(t.webhook_outbox.c.history_id <= horizon)
