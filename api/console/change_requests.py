@@ -31,13 +31,27 @@ def _approvals(request: Request) -> ApprovalService:
     return request.app.state.approvals  # type: ignore[no-any-return]
 
 
+def _pending(value: str | None) -> list[int]:
+    """The request numbers of ``?pending=`` (a console change just held for approval);
+    anything but comma-separated numbers is ignored (it is only a notice)."""
+    parts = (value or "").split(",")
+    return [int(p) for p in parts if p.isdigit() and len(p) <= 18][:20]
+
+
 @router.get("/change-requests")
-def change_requests_page(request: Request) -> Response:
+def change_requests_page(request: Request, pending: str | None = None) -> Response:
     def build(session: Session, principal: Principal) -> Response:
         service = _approvals(request)
         requests = service.list_requests(principal, status=list(OPEN))
         reviews = service.reviews(principal)
-        return _render(request, "change_requests.html", session, requests=requests, reviews=reviews)
+        return _render(
+            request,
+            "change_requests.html",
+            session,
+            requests=requests,
+            reviews=reviews,
+            pending=_pending(pending),
+        )
 
     return _page(request, build)
 

@@ -39,7 +39,13 @@ from api.service.commands import (
     SetState,
     history_filter,
 )
-from flags.errors import FlagrailError, ForbiddenError, UnauthenticatedError, ValidationError
+from flags.errors import (
+    ApprovalRequiredError,
+    FlagrailError,
+    ForbiddenError,
+    UnauthenticatedError,
+    ValidationError,
+)
 from flags.model import Action, FlagKind, Role
 from flags.store.users import Session, UserStore
 
@@ -137,6 +143,13 @@ async def _post(
 
 def _see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
+
+
+def _held(exc: ApprovalRequiredError) -> RedirectResponse:
+    """A change held for approval (#16) is no error: to the change requests page, which
+    says "pending approval: change request N" (``pending`` in the query)."""
+    pending = ",".join(str(i) for i in exc.request_ids)
+    return _see_other(f"/console/change-requests?{urlencode({'pending': pending})}")
 
 
 def _text(form: dict[str, Any], name: str, limit: int = 500) -> str:
@@ -392,7 +405,10 @@ async def apply_state(request: Request, key: str, env: str) -> Response:
             reason=_text(form, "reason") or None,
             expected_version=_int(str(form.get("version", "")), "version", 0),
         )
-        _service(request).set_state(principal, command, request_id=request.state.request_id)
+        try:
+            _service(request).set_state(principal, command, request_id=request.state.request_id)
+        except ApprovalRequiredError as exc:
+            return _held(exc)
         return _see_other(f"/console/flags/{quote(key, safe='')}#env-{quote(env, safe='')}")
 
     return await _post(request, act)
@@ -424,9 +440,12 @@ async def unkill(request: Request, key: str, env: str) -> Response:
         reason = _text(form, "reason")
         if not reason:
             raise ValidationError("lifting a kill needs a reason", field="reason")
-        _service(request).unkill(
-            principal, Kill(key, reason, (env,)), request_id=request.state.request_id
-        )
+        try:
+            _service(request).unkill(
+                principal, Kill(key, reason, (env,)), request_id=request.state.request_id
+            )
+        except ApprovalRequiredError as exc:
+            return _held(exc)
         return _see_other(f"/console/flags/{quote(key, safe='')}#env-{quote(env, safe='')}")
 
     return await _post(request, act)
