@@ -15,8 +15,9 @@ def format_confirmation(result: Mapping[str, Any]) -> str:
 
     ``confirmed 4/4 SDK instances in 23 ms`` when every live instance applied it;
     ``NOT confirmed: 3/4 SDK instances after 2000 ms; lagging: web-1:4242 (checkout)
-    at version 41`` otherwise; a note when no instance is live. A result without
-    these fields (an older server) gives a line saying so.
+    at version 41 (token ci-deploy)`` otherwise (the token's name when the server
+    names the instance's token, #14); a note when no instance is live. A result
+    without these fields (an older server) gives a line saying so.
     """
     if "confirmed" not in result or "live" not in result:
         return "kill sent; this server does not report SDK confirmation"
@@ -30,9 +31,10 @@ def format_confirmation(result: Mapping[str, Any]) -> str:
     shown = []
     for item in lagging[:LAGGING_SHOWN]:
         app = f" ({item['app']})" if item.get("app") else ""
+        token = f" (token {item['token_name']})" if item.get("token_name") else ""
         shown.append(
             f"{item.get('host', '?')}:{item.get('pid', '?')}{app} "
-            f"at version {item.get('applied_version', '?')}"
+            f"at version {item.get('applied_version', '?')}{token}"
         )
     more = f" and {len(lagging) - LAGGING_SHOWN} more" if len(lagging) > LAGGING_SHOWN else ""
     return (

@@ -8,6 +8,7 @@ Every POST checks the session's CSRF token before anything else.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +50,7 @@ from flags.errors import (
 from flags.model import Action, FlagKind, Role
 from flags.store.users import Session, UserStore
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 templates.env.globals["state_word"] = state_word
@@ -288,8 +290,12 @@ def flags_page(
 
 
 def _applied(service: AdminService, principal: Principal, env: str, version: int) -> dict[str, Any]:
+    """The kill landing: how many live processes of ``env`` applied ``version``; each
+    lagging one named, with the token it reports under (``token_id``/``token_name``,
+    as ``kill?wait=`` gives them; null when unknown or the principal cannot kill)."""
     live = service.clients(principal, env)
     lagging = [i for i in live if i["applied_version"] < version]
+    owners = _owners(service, principal, [i["instance_id"] for i in lagging])
     return {
         "environment": env,
         "version": version,
@@ -300,10 +306,28 @@ def _applied(service: AdminService, principal: Principal, env: str, version: int
                 "instance_id": i["instance_id"],
                 "name": f"{i['app'] or 'sdk'}@{i['host']}:{i['pid']}",
                 "applied_version": i["applied_version"],
+                "token_id": owners.get(i["instance_id"], {}).get("token_id"),
+                "token_name": owners.get(i["instance_id"], {}).get("token_name"),
             }
             for i in lagging
         ],
     }
+
+
+def _owners(
+    service: AdminService, principal: Principal, instance_ids: list[str]
+) -> dict[str, dict[str, str | None]]:
+    """``TelemetryStore.instance_tokens`` of the lagging instances, for a principal who
+    may kill (the people ``kill?wait=`` tells); empty when telemetry is out of reach:
+    naming the owners is a courtesy, the landing line still shows."""
+    telemetry = service.telemetry
+    if not instance_ids or telemetry is None or not principal.may(Operation.KILL):
+        return {}
+    try:
+        return telemetry.instance_tokens(instance_ids)
+    except FlagrailError as exc:
+        log.warning("cannot read the owners of lagging instances: %s", exc)
+        return {}
 
 
 @router.get("/flags/{key}")

@@ -28,7 +28,7 @@ function watchApplied(line) {
         const body = await response.json();
         text.textContent = `applied in ${body.applied} of ${body.live} processes`;
         lagging.textContent = body.lagging.length
-          ? "; lagging: " + body.lagging.map((i) => `${i.name} (v${i.applied_version})`).join(", ")
+          ? "; lagging: " + body.lagging.map((i) => `${i.name} (v${i.applied_version}${i.token_name ? ", token " + i.token_name : ""})`).join(", ")
           : "";
         line.classList.toggle("done", body.live > 0 && body.applied === body.live);
       } else if (response.status === 401 || response.status === 403) {
