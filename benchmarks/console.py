@@ -6,9 +6,9 @@ driven through Starlette's in-process transport, so a figure is the server's tim
 authenticate the session, call ``AdminService``, and render the page (no network).
 Each page is requested ``--repeats`` times after a warm-up; p50 and p95 are printed.
 
-Pages measured: ``/console/flags`` (first page; a search; a state filter, which
-reads every flag), ``/console/history`` (newest page; filtered by flag; by
-environment + action).
+Pages measured: ``/console/flags`` (first page; a search; a rare state word, a
+common one, and a search with a state: a state filter reads every flag's states),
+``/console/history`` (newest page; filtered by flag; by environment + action).
 
 Target: 10,000 flags render in <= 150 ms p95. The grid's page is filtered, sorted
 and cut in SQL (``SqlFlagStore.list_flags_page``): a page reads its own flags and
@@ -143,6 +143,8 @@ def main() -> None:
                 "flags: first page": "/console/flags",
                 "flags: search 'flag.99'": "/console/flags?q=flag.99",
                 "flags: state=killed (all flags)": "/console/flags?state=killed",
+                "flags: state=partial (most flags)": "/console/flags?state=partial",
+                "flags: search + state=off": "/console/flags?q=flag.1&state=off",
                 "history: newest page": "/console/history",
                 "history: by flag": "/console/history?flag=flag.42",
                 "history: env + action": "/console/history?environment=production&action=kill",
