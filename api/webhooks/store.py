@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -170,6 +171,22 @@ class WebhookStore:
         self.base_url = base_url
         self.postgres = engine.dialect.name == "postgresql"
 
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite it takes the write lock at ``BEGIN``
+        (``BEGIN IMMEDIATE`` through the store's engine), so a transaction that reads
+        before it writes never fails with "database is locked" upgrading its lock when
+        another writer committed in between; busy waits apply instead."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(flagrail_write=True)
+            with conn.begin():
+                yield conn
+
+    def _any(self, query: Any) -> bool:
+        """Whether ``query`` finds a row, read without a write lock."""
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     # ------------------------------------------------------------ subscriptions
     def create(
         self,
@@ -187,7 +204,7 @@ class WebhookStore:
         now = now or datetime.now(UTC)
         secret = generate_secret()
         sub_id = "wh_" + secrets.token_hex(8)
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 insert(t.webhook_subscriptions).values(
                     id=sub_id,
@@ -260,7 +277,7 @@ class WebhookStore:
     ) -> None:
         """Delete the subscription and its deliveries, with its history row. Raises
         ``NotFoundError``."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             before = self._get(conn, sub_id)
             conn.execute(
                 delete(t.webhook_deliveries).where(t.webhook_deliveries.c.subscription_id == sub_id)
@@ -278,7 +295,7 @@ class WebhookStore:
         actor: str | Actor,
         request_id: str | None,
     ) -> Subscription:
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             before = self._get(conn, sub_id)
             conn.execute(
                 update(t.webhook_subscriptions)
@@ -296,7 +313,9 @@ class WebhookStore:
         Returns how many outbox rows it consumed (0 when another fan-out holds the
         lock). Rows whose history row is gone are dropped."""
         now = now or datetime.now(UTC)
-        with self.engine.begin() as conn:
+        if not self.postgres and not self._any(select(t.webhook_outbox.c.id).limit(1)):
+            return 0  # SQLite: an idle pass takes no write lock
+        with self._writing() as conn:
             query = (
                 select(t.webhook_outbox.c.id, t.webhook_outbox.c.history_id)
                 .order_by(t.webhook_outbox.c.history_id)
@@ -451,7 +470,11 @@ class WebhookStore:
             d.c.event_at,
             d.c.created_at,
         ]
-        with self.engine.begin() as conn:
+        if not self.postgres and not self._any(
+            select(d.c.id).where(d.c.status == Status.PENDING, d.c.next_attempt_at <= now).limit(1)
+        ):
+            return claims  # SQLite: an idle pass takes no write lock
+        with self._writing() as conn:
             for row in conn.execute(stmt).all():
                 # The head's lease guards its whole run: while it is live no other
                 # worker sees any of this subscription's deliveries as a head.
@@ -535,7 +558,7 @@ class WebhookStore:
         now = now or datetime.now(UTC)
         d = t.webhook_deliveries
         recorded = 0
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             for o in outcomes:
                 values: dict[str, Any] = {
                     "status": o.status,
@@ -629,7 +652,7 @@ class WebhookStore:
         pending deliveries. Raises ``NotFoundError``."""
         now = now or datetime.now(UTC)
         d = t.webhook_deliveries
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             done = conn.execute(
                 update(d)
                 .where(d.c.id == delivery_id, d.c.subscription_id == sub_id)

@@ -5,11 +5,13 @@ change that fails or rolls back leaves neither."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
 from flags.errors import EnvironmentNotFoundError
+from flags.model import StateChange
 from flags.store.history import record_change
 from flags.store.sql import SqlFlagStore
 from flags.store.tables import history, webhook_outbox
@@ -77,3 +79,51 @@ def test_kill__unknown_environment__no_history_and_no_outbox_row(
     with pytest.raises(EnvironmentNotFoundError):
         flag_store.kill(FLAG, ["production", "no-such-env"], reason="incident", actor="alice")
     assert _outbox_ids(flag_store) == outbox
+
+
+def test_fan_out__writers_commit_between_its_read_and_write__never_database_locked(
+    sqlite_url: str,
+) -> None:
+    """SQLite: a fan-out reads the outbox, then deletes from it. Writers committing in
+    between must not make it fail with "database is locked" (a deferred transaction
+    cannot upgrade its read lock after another commit); it takes the write lock first."""
+    import threading
+
+    from api.webhooks.store import WebhookStore
+
+    s = SqlFlagStore(sqlite_url)
+    try:
+        s.create_flag(FLAG, actor="test")
+        hooks = WebhookStore(s.engine)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def write(n: int) -> None:
+            try:
+                for i in range(40):
+                    s.update_state(
+                        FLAG, "production", StateChange(rollout=(n * 40 + i) % 101), actor="w"
+                    )
+            except BaseException as exc:
+                errors.append(exc)
+
+        queued, written = len(_outbox_ids(s)), len(_history_ids(s))
+        writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+        for w in writers:
+            w.start()
+        fanned = 0
+        while any(w.is_alive() for w in writers) or _outbox_ids(s):
+            try:
+                fanned += hooks.fan_out()
+                hooks.claim("worker-1", lease=timedelta(seconds=30))
+            except BaseException as exc:
+                errors.append(exc)
+                break
+        stop.set()
+        for w in writers:
+            w.join(timeout=60)
+        assert errors == []
+        assert fanned == queued + len(_history_ids(s)) - written > 100
+        assert _outbox_ids(s) == []
+    finally:
+        s.close()
