@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +37,7 @@ from flags.errors import NotFoundError, ValidationError
 from flags.history import Actor, utc
 from flags.store.history import HISTORY_WRITE_LOCK, record_change
 from flags.store.tables import history, plans, tokens
+from flags.store.writes import write_transaction
 
 __all__ = [
     "Claim",
@@ -171,16 +172,10 @@ class WebhookStore:
         self.base_url = base_url
         self.postgres = engine.dialect.name == "postgresql"
 
-    @contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """A write transaction. On SQLite it takes the write lock at ``BEGIN``
-        (``BEGIN IMMEDIATE`` through the store's engine), so a transaction that reads
-        before it writes never fails with "database is locked" upgrading its lock when
-        another writer committed in between; busy waits apply instead."""
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(flagrail_write=True)
-            with conn.begin():
-                yield conn
+    def _writing(self) -> AbstractContextManager[Connection]:
+        """A write transaction (SQLite: the write lock taken at ``BEGIN``; see
+        ``flags.store.sql.write_transaction``)."""
+        return write_transaction(self.engine)
 
     def _any(self, query: Any) -> bool:
         """Whether ``query`` finds a row, read without a write lock."""

@@ -50,6 +50,7 @@ from flags.store import history as history_log
 from flags.store.tables import console_environment_protection as protection
 from flags.store.tables import console_sessions as sessions
 from flags.store.tables import console_users as users
+from flags.store.writes import write_transaction
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -255,7 +256,7 @@ class UserStore:
         user = User(name, role, None if envs is None else tuple(envs), now)
         password_hash = self.hasher.hash(password)
         try:
-            with self.engine.begin() as conn:
+            with write_transaction(self.engine) as conn:
                 conn.execute(
                     insert(users).values(
                         name=name,
@@ -305,7 +306,7 @@ class UserStore:
         history row by ``actor`` in the same transaction. Disabling ends every session
         and stops the user's tokens. A user already so is left as it is, with no row.
         Raises ``UserNotFoundError``."""
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             row = conn.execute(select(users).where(users.c.name == name).with_for_update()).first()
             if row is None:
                 raise UserNotFoundError(f"user {name!r} does not exist", field="name")
@@ -354,7 +355,7 @@ class UserStore:
         session_id = secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(32)
         now = self.clock()
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 insert(sessions).values(
                     id_hash=_hash_id(session_id),
@@ -376,7 +377,7 @@ class UserStore:
             return None
         now = self.clock()
         key = _hash_id(session_id)
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:  # a read; a write below only when due
             row = conn.execute(
                 select(
                     users,
@@ -391,10 +392,12 @@ class UserStore:
             if row is None or row.revoked or row.disabled:
                 return None
             last = _utc(row.last_seen_at)
-            if now - last > self.idle_timeout:
+        if now - last > self.idle_timeout:
+            with write_transaction(self.engine) as conn:
                 conn.execute(update(sessions).where(sessions.c.id_hash == key).values(revoked=True))
-                return None
-            if now - last > timedelta(seconds=30):  # fewer writes: a 30 s resolution is plenty
+            return None
+        if now - last > timedelta(seconds=30):  # fewer writes: a 30 s resolution is plenty
+            with write_transaction(self.engine) as conn:
                 conn.execute(
                     update(sessions).where(sessions.c.id_hash == key).values(last_seen_at=now)
                 )
@@ -403,7 +406,7 @@ class UserStore:
 
     def revoke_session(self, session_id: str) -> None:
         """End a session (logout). Unknown ids are ignored."""
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 update(sessions)
                 .where(sessions.c.id_hash == _hash_id(session_id))
@@ -423,6 +426,6 @@ class UserStore:
 
     def set_protected(self, environment: str, protected: bool) -> None:
         validate_environment_name(environment)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(delete(protection).where(protection.c.environment == environment))
             conn.execute(insert(protection).values(environment=environment, protected=protected))

@@ -27,6 +27,7 @@ NOT_SDK = {
     "flags.store.tables": "server",
     "flags.store.telemetry": "server",
     "flags.store.users": "server",
+    "flags.store.writes": "server",
     "flags.sync.broadcast": "server",
     "flags.unleash.client": "unleash",
     "flags.unleash.source": "unleash",
