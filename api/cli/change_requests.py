@@ -191,7 +191,25 @@ def _one(
 
 
 def _command(verb: str, doc: str, takes_reason: bool) -> None:
+    """Register ``flagrail cr <verb>``; only a verb that records a reason has ``--reason``
+    (an option that is accepted and then dropped would mislead)."""
+
+    def show(data: dict[str, Any], as_json: bool) -> None:
+        if as_json:
+            print_json(data)
+        else:
+            _render(data)
+
     def command(
+        number: int = Number,
+        as_json: bool = AsJson,
+        url: str | None = ServerUrl,
+        token: str | None = Token,
+        database_url: str | None = DirectDatabase,
+    ) -> None:
+        show(_one(verb, number, None, url, token, database_url), as_json)
+
+    def command_with_reason(
         number: int = Number,
         reason: str | None = Reason,
         as_json: bool = AsJson,
@@ -199,14 +217,11 @@ def _command(verb: str, doc: str, takes_reason: bool) -> None:
         token: str | None = Token,
         database_url: str | None = DirectDatabase,
     ) -> None:
-        data = _one(verb, number, reason if takes_reason else None, url, token, database_url)
-        if as_json:
-            print_json(data)
-        else:
-            _render(data)
+        show(_one(verb, number, reason, url, token, database_url), as_json)
 
-    command.__doc__ = doc
-    app.command(verb or "show")(command)
+    chosen = command_with_reason if takes_reason else command
+    chosen.__doc__ = doc
+    app.command(verb or "show")(chosen)
 
 
 _command("", "Show a change request with its diff and approvals.", False)

@@ -70,3 +70,13 @@ def test_cr__reviews_and_ack(gated: ApprovalService, admin: Principal, database_
     assert "acknowledged by" in cr(database_url, "ack", str(item["id"]))
     assert json.loads(cr(database_url, "reviews", "--json"))["items"] == []
     assert len(json.loads(cr(database_url, "reviews", "--all", "--json"))["items"]) == 1
+
+
+def test_cr__reason__only_where_it_is_recorded(database_url: str) -> None:
+    """``--reason`` exists on reject and cancel, which record it; approve, apply and show
+    refuse it rather than accept and drop it."""
+    for verb in ("approve", "apply", "show"):
+        result = runner.invoke(app, [verb, "1", "--reason", "x", "--database-url", database_url])
+        assert result.exit_code == 2 and "--reason" in result.output, (verb, result.output)
+    for verb in ("reject", "cancel"):
+        assert "--reason" in runner.invoke(app, [verb, "--help"]).output
