@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from argon2 import PasswordHasher
+from sdk.harness import Worker
 
 from flags.model import StateChange
 from flags.store.sql import SqlFlagStore
@@ -166,10 +167,28 @@ def request_id(output: str) -> int:
     return int(line.rsplit(" ", 1)[1])
 
 
+def sdk_process(people: People, flag: str) -> Worker:
+    """A real SDK process (``tests/sdk/worker.py``) on production, reporting ``flag``."""
+    return Worker(
+        ["--url", people.server.url, "--token", people.tokens["sdk"], "--flag", flag,
+         "--poll", "0.5"]
+    )  # fmt: skip
+
+
 def check_gated_rollout__second_person_applies__history_names_both(people: People) -> None:
-    """Pending -> self-approval refused -> approved by another person -> applied; the
-    history row names the requester, the approver and the request."""
+    """Pending -> self-approval refused -> approved by another person -> applied (and
+    seen by a real SDK process); the history row names the requester, the approver and
+    the request."""
     new_flag(people, "checkout", 10)
+    sdk = sdk_process(people, "checkout")
+    try:
+        sdk.wait_for(lambda seen: seen.get("rollout") == 10, timeout=30)
+        gated_rollout(people, sdk)
+    finally:
+        sdk.stop()
+
+
+def gated_rollout(people: People, sdk: Worker) -> None:
     # When alice raises the rollout through the CLI
     done = people.cli("alice", "set", "checkout", "--env", ENV, "--rollout", "50")
     assert done.returncode == 0, done.stderr
@@ -178,11 +197,13 @@ def check_gated_rollout__second_person_applies__history_names_both(people: Peopl
     assert people.rollout("checkout") == 10 and people.served_rollout("checkout") == 10
     own = people.http("alice", "POST", f"/admin/change-requests/{number}/approve")
     assert own.status_code == 403 and own.json()["error"]["code"] == "self_approval"
+    assert all(seen.get("rollout") != 50 for seen in sdk.drain())
     # When bob approves it over HTTP
     approved = people.http("bob", "POST", f"/admin/change-requests/{number}/approve")
     # Then it is applied, and the history row says who asked, who approved, and which request
     assert approved.status_code == 200 and approved.json()["status"] == "applied"
     assert people.rollout("checkout") == 50 and people.served_rollout("checkout") == 50
+    sdk.wait_for(lambda seen: seen.get("rollout") == 50, timeout=30)  # the SDK process too
     history = people.http("root", "GET", "/admin/history", params={"flag": "checkout"})
     row = history.json()["items"][0]
     assert row["action"] == "state.update" and row["actor"] == "alice"
@@ -214,10 +235,16 @@ def pending_id(response: httpx.Response) -> int:
 def check_kill__operator__instant_without_request(people: People) -> None:
     """A kill by an operator applies at once in the gated environment."""
     new_flag(people, "payments", 100)
-    body = {"reason": "incident", "environments": [ENV]}
-    done = people.http("olga", "POST", "/admin/flags/payments/kill", json=body)
-    assert done.status_code == 200, done.text
-    assert people.store.get_state("payments", ENV).killed
+    sdk = sdk_process(people, "payments")
+    try:
+        sdk.wait_for(lambda seen: seen.get("enabled") is True, timeout=30)
+        body = {"reason": "incident", "environments": [ENV]}
+        done = people.http("olga", "POST", "/admin/flags/payments/kill", json=body)
+        assert done.status_code == 200, done.text
+        assert people.store.get_state("payments", ENV).killed
+        sdk.wait_for(lambda seen: seen.get("killed") is True, timeout=30)  # no request
+    finally:
+        sdk.stop()
     requests = people.http("root", "GET", "/admin/change-requests", params={"flag": "payments"})
     assert requests.json()["items"] == []
     body = {"reason": "fixed", "environments": [ENV]}

@@ -60,6 +60,7 @@ def main() -> None:
             event="change",
             version=snapshot.version,
             killed=bool(state and state.killed),
+            rollout=state.rollout if state else None,
             enabled=c.is_enabled(args.flag),
             source=c.stats()["source"],
             t=t,
