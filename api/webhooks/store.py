@@ -21,7 +21,6 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -172,11 +171,6 @@ class WebhookStore:
         self.base_url = base_url
         self.postgres = engine.dialect.name == "postgresql"
 
-    def _writing(self) -> AbstractContextManager[Connection]:
-        """A write transaction (SQLite: the write lock taken at ``BEGIN``; see
-        ``flags.store.sql.write_transaction``)."""
-        return write_transaction(self.engine)
-
     def _any(self, query: Any) -> bool:
         """Whether ``query`` finds a row, read without a write lock."""
         with self.engine.connect() as conn:
@@ -199,7 +193,7 @@ class WebhookStore:
         now = now or datetime.now(UTC)
         secret = generate_secret()
         sub_id = "wh_" + secrets.token_hex(8)
-        with self._writing() as conn:
+        with write_transaction(self.engine) as conn:
             conn.execute(
                 insert(t.webhook_subscriptions).values(
                     id=sub_id,
@@ -272,7 +266,7 @@ class WebhookStore:
     ) -> None:
         """Delete the subscription and its deliveries, with its history row. Raises
         ``NotFoundError``."""
-        with self._writing() as conn:
+        with write_transaction(self.engine) as conn:
             before = self._get(conn, sub_id)
             conn.execute(
                 delete(t.webhook_deliveries).where(t.webhook_deliveries.c.subscription_id == sub_id)
@@ -290,7 +284,7 @@ class WebhookStore:
         actor: str | Actor,
         request_id: str | None,
     ) -> Subscription:
-        with self._writing() as conn:
+        with write_transaction(self.engine) as conn:
             before = self._get(conn, sub_id)
             conn.execute(
                 update(t.webhook_subscriptions)
@@ -310,7 +304,7 @@ class WebhookStore:
         now = now or datetime.now(UTC)
         if not self.postgres and not self._any(select(t.webhook_outbox.c.id).limit(1)):
             return 0  # SQLite: an idle pass takes no write lock
-        with self._writing() as conn:
+        with write_transaction(self.engine) as conn:
             query = (
                 select(t.webhook_outbox.c.id, t.webhook_outbox.c.history_id)
                 .order_by(t.webhook_outbox.c.history_id)
@@ -469,7 +463,7 @@ class WebhookStore:
             select(d.c.id).where(d.c.status == Status.PENDING, d.c.next_attempt_at <= now).limit(1)
         ):
             return claims  # SQLite: an idle pass takes no write lock
-        with self._writing() as conn:
+        with write_transaction(self.engine) as conn:
             for row in conn.execute(stmt).all():
                 # The head's lease guards its whole run: while it is live no other
                 # worker sees any of this subscription's deliveries as a head.
@@ -553,7 +547,7 @@ class WebhookStore:
         now = now or datetime.now(UTC)
         d = t.webhook_deliveries
         recorded = 0
-        with self._writing() as conn:
+        with write_transaction(self.engine) as conn:
             for o in outcomes:
                 values: dict[str, Any] = {
                     "status": o.status,
@@ -647,7 +641,7 @@ class WebhookStore:
         pending deliveries. Raises ``NotFoundError``."""
         now = now or datetime.now(UTC)
         d = t.webhook_deliveries
-        with self._writing() as conn:
+        with write_transaction(self.engine) as conn:
             done = conn.execute(
                 update(d)
                 .where(d.c.id == delivery_id, d.c.subscription_id == sub_id)

@@ -80,6 +80,7 @@ from flags.store import FlagPage, KillResult
 from flags.store import history as history_log
 from flags.store import tables as t
 from flags.store.users import UserNotFoundError
+from flags.store.writes import write_transaction
 
 __all__ = ["KillResult", "SqlFlagStore", "cli_actor", "hash_token", "make_engine"]
 
@@ -430,10 +431,8 @@ class SqlFlagStore:
         """One transaction; driver errors become ``StoreUnavailableError``. An
         ``IntegrityError`` passes through, for the caller to name the conflict."""
         passing = (FlagrailError, IntegrityError)
-        with _translated_errors(passing=passing), self.engine.connect() as conn:
-            conn = conn.execution_options(flagrail_write=True)
-            with conn.begin():
-                yield conn
+        with _translated_errors(passing=passing), write_transaction(self.engine) as conn:
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -66,6 +66,7 @@ from flags.errors import (
 from flags.model import InstanceReport
 from flags.store import tables as core
 from flags.store.tables import sdk_counters, sdk_flag_evaluations, sdk_instances
+from flags.store.writes import write_transaction
 
 __all__ = [
     "EVALUATIONS_OFF",
@@ -166,10 +167,8 @@ class TelemetryStore:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(flagrail_write=True)
-                with conn.begin():
-                    yield conn
+            with write_transaction(self.engine) as conn:
+                yield conn
         except FlagrailError:
             raise
         except (DBAPIError, SQLAlchemyError) as exc:
