@@ -204,9 +204,10 @@ def flagrail_command() -> list[str]:
 
 
 @contextmanager
-def running_server(url: str) -> Iterator[str]:
+def running_server(url: str, server_env: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGRAIL_")}
+    env.update(server_env or {})
     proc = subprocess.Popen(
         [*flagrail_command(), "serve", "--database-url", url, "--port", str(port), *QUIET],
         stdout=subprocess.DEVNULL,
@@ -287,14 +288,14 @@ def measure_history(client: httpx.Client, sizes: Sizes, out: Measured) -> None:
                 out.add(f"history: {label}", ms)
 
 
-def run_backend(name: str, sizes: Sizes) -> Measured:
+def run_backend(name: str, sizes: Sizes, server_env: dict[str, str] | None = None) -> Measured:
     opener = sqlite_database if name == "sqlite" else postgres_database
     out = Measured()
     with opener() as url:
         token, load_seconds = prepare(url, sizes.rows)
         out.notes["bulk load"] = f"{sizes.rows:,} rows in {load_seconds:.1f} s"
         with (
-            running_server(url) as base,
+            running_server(url, server_env) as base,
             httpx.Client(
                 base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
             ) as client,
@@ -378,7 +379,20 @@ def main() -> None:
     parser.add_argument(
         "--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres"
     )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the measured server (e.g. FLAGRAIL_WEBHOOK_WORKER=false); repeatable",
+    )
     args = parser.parse_args()
+    server_env = {}
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("FLAGRAIL_"):
+            parser.error(f"--server-env: expected FLAGRAIL_NAME=VALUE, got {item!r}")
+        server_env[name] = value
     sizes = QUICK if args.quick else FULL
     results: dict[str, Measured] = {}
     load_before = os.getloadavg()[0]
@@ -387,7 +401,7 @@ def main() -> None:
             print("postgres: no server on 127.0.0.1:5432; skipped", file=sys.stderr)
             continue
         print(f"{name}: preparing and measuring ...", file=sys.stderr, flush=True)
-        results[name] = run_backend(name, sizes)
+        results[name] = run_backend(name, sizes, server_env)
     if not results:
         raise SystemExit("no backend measured")
     report(results, sizes, (load_before, os.getloadavg()[0]))

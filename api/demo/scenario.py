@@ -117,6 +117,7 @@ class ScenarioConfig:
     guard_max_mismatch_rate: float = _SERVICE_DEFAULTS["guard_max_mismatch_rate"]
     guard_max_corrupt_rate: float = _SERVICE_DEFAULTS["guard_max_corrupt_rate"]
     guard_max_error_rate: float = _SERVICE_DEFAULTS["guard_max_error_rate"]
+    redis_timeout: float = _SERVICE_DEFAULTS["redis_timeout"]
 
     def stage_times(self) -> dict[str, float]:
         """Seconds after the start of the load at which each step runs. The fault comes
@@ -479,6 +480,7 @@ def _run(
             guard_max_mismatch_rate=config.guard_max_mismatch_rate,
             guard_max_corrupt_rate=config.guard_max_corrupt_rate,
             guard_max_error_rate=config.guard_max_error_rate,
+            redis_timeout=config.redis_timeout,
         )
         proc = _Proc(
             service.name,

@@ -45,8 +45,9 @@ def install(app: FastAPI, store: SqlFlagStore, settings: WebhookSettings | None 
         worker = DeliveryWorker(webhooks, settings.worker_settings())
         app.state.webhook_worker = worker
         app.state.services.append(worker)
-        # A committed flag change wakes the worker at once (others wait for its poll).
-        store.listeners.append(lambda _events: worker.wake())
+        # A committed flag change wakes the worker at once while any subscription
+        # exists (changes from other replicas wait for its poll).
+        store.listeners.append(lambda _events: worker.wake_for_change())
     app.include_router(router)
 
 

@@ -177,6 +177,10 @@ class WebhookStore:
             return conn.execute(query).first() is not None
 
     # ------------------------------------------------------------ subscriptions
+    def any_subscription(self) -> bool:
+        """Whether at least one subscription exists (paused ones count)."""
+        return self._any(select(t.webhook_subscriptions.c.id).limit(1))
+
     def create(
         self,
         spec: SubscriptionSpec,
@@ -302,8 +306,8 @@ class WebhookStore:
         Returns how many outbox rows it consumed (0 when another fan-out holds the
         lock). Rows whose history row is gone are dropped."""
         now = now or datetime.now(UTC)
-        if not self.postgres and not self._any(select(t.webhook_outbox.c.id).limit(1)):
-            return 0  # SQLite: an idle pass takes no write lock
+        if not self._any(select(t.webhook_outbox.c.id).limit(1)):
+            return 0  # an idle pass takes no lock (on PostgreSQL neither the advisory ones)
         with write_transaction(self.engine) as conn:
             query = (
                 select(t.webhook_outbox.c.id, t.webhook_outbox.c.history_id)
@@ -459,10 +463,10 @@ class WebhookStore:
             d.c.event_at,
             d.c.created_at,
         ]
-        if not self.postgres and not self._any(
+        if not self._any(
             select(d.c.id).where(d.c.status == Status.PENDING, d.c.next_attempt_at <= now).limit(1)
         ):
-            return claims  # SQLite: an idle pass takes no write lock
+            return claims  # an idle pass takes no write lock and no row lock
         with write_transaction(self.engine) as conn:
             for row in conn.execute(stmt).all():
                 # The head's lease guards its whole run: while it is live no other

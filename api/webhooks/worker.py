@@ -102,6 +102,11 @@ class DeliveryWorker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._depth_at = 0.0
+        # Whether any subscription existed when last looked (at most once a second, in
+        # idle passes): while none does, a committed change does not wake the worker,
+        # so a deployment without webhooks adds no work beside its kill path.
+        self._subscribed = True
+        self._subscribed_at = 0.0
 
     # ------------------------------------------------------------ service
     def start(self) -> None:
@@ -127,8 +132,15 @@ class DeliveryWorker:
             self._client = None
 
     def wake(self) -> None:
-        """Run the next pass now (a change was just committed)."""
+        """Run the next pass now."""
         self._wake.set()
+
+    def wake_for_change(self) -> None:
+        """A flag change was just committed: run the next pass now if a subscription
+        may receive it (else the idle poll finds any outbox row within
+        ``idle_interval``, as it does for changes committed by other replicas)."""
+        if self._subscribed:
+            self._wake.set()
 
     def _run(self) -> None:
         failures = 0
@@ -173,6 +185,11 @@ class DeliveryWorker:
                 send = functools.partial(self.deliver_run, deadline=deadline)
                 list(self._executor().map(send, runs.values()))
         self._sample_depth()
+        if fanned:
+            self._subscribed = True
+        elif not claims and time.monotonic() - self._subscribed_at >= 1.0:
+            self._subscribed_at = time.monotonic()
+            self._subscribed = self.store.any_subscription()
         return bool(fanned or claims)
 
     def _executor(self) -> ThreadPoolExecutor:

@@ -4,8 +4,12 @@ updates or deletes (and the database refuses it: see ``migrations/``).
 ``record_change`` (one row) and ``record_changes`` (several, one statement) must be
 called inside the transaction of the change they record, so the change and its rows
 commit or roll back together. Each history row also gets its ``webhook_outbox`` row
-in that same statement (the transactional outbox of #17): a change that commits is
-delivered to webhook subscribers, one that rolls back never is. The pure types
+in that same statement (the transactional outbox of #17) while any webhook
+subscription exists: a change that commits is delivered to webhook subscribers, one
+that rolls back never is. With no subscription no outbox row is written (a
+deployment without webhooks pays nothing for them); a subscription receives the
+changes whose transaction saw it, so one committed in the same instant as its
+creation may or may not reach it. The pure types
 (``Actor``, ``HistoryQuery``, ``HistoryPage``) live in ``flags.history``.
 
 Ordering (what the webhook fan-out relies on): on PostgreSQL every history write
@@ -49,7 +53,7 @@ from flags.history import (
     utc,
 )
 from flags.model import HistoryEntry
-from flags.store.tables import history, webhook_outbox
+from flags.store.tables import history, webhook_outbox, webhook_subscriptions
 
 __all__ = ["HISTORY_WRITE_LOCK", "list_changes", "record_change", "record_changes"]
 
@@ -108,14 +112,19 @@ def record_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         conn.execute(_outboxed_insert(names, len(full)), params)
     else:  # SQLite: one writer at a time, so ids commit in order without a lock
         ids = conn.execute(insert(history).returning(history.c.id), full).scalars().all()
-        conn.execute(insert(webhook_outbox), [{"history_id": i} for i in ids])
+        if conn.execute(_ANY_SUBSCRIPTION).first() is not None:
+            conn.execute(insert(webhook_outbox), [{"history_id": i} for i in ids])
+
+
+_ANY_SUBSCRIPTION = select(webhook_subscriptions.c.id).limit(1)
 
 
 @functools.lru_cache(maxsize=64)
 def _outboxed_insert(names: tuple[str, ...], count: int) -> TextClause:
     """``WITH lock AS (SELECT pg_advisory_xact_lock_shared(..)), h AS (INSERT INTO
     history SELECT .. FROM (VALUES ..) CROSS JOIN lock RETURNING id) INSERT INTO
-    webhook_outbox (history_id) SELECT id FROM h``, for ``count`` rows of ``names``
+    webhook_outbox (history_id) SELECT id FROM h WHERE EXISTS (a subscription)``,
+    for ``count`` rows of ``names``
     bound as ``<name>_<i>``: one round trip. The history insert reads its rows
     through the lock, so the lock is held before any id is drawn. Written as text
     once per shape (SQLAlchemy would compile a ``values()`` construct on every call,
@@ -132,7 +141,8 @@ def _outboxed_insert(names: tuple[str, ...], count: int) -> TextClause:
         f"(SELECT pg_advisory_xact_lock_shared({HISTORY_WRITE_LOCK}) AS held), "
         f"h AS (INSERT INTO history ({columns}) SELECT v.* FROM (VALUES {rows}) "
         f"AS v ({columns}) CROSS JOIN history_write_lock RETURNING id) "
-        "INSERT INTO webhook_outbox (history_id) SELECT id FROM h"
+        "INSERT INTO webhook_outbox (history_id) SELECT id FROM h "
+        "WHERE EXISTS (SELECT 1 FROM webhook_subscriptions)"
     )
     return statement.bindparams(
         *(

@@ -281,3 +281,24 @@ def test_worker__metrics__results_lag_and_depth_counted(
         sample("flagrail_webhook_delivery_lag_seconds_count"),
     )
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1]
+
+
+def test_worker__no_subscription__a_change_does_not_wake_it_until_one_exists(
+    store: WebhookStore, engine: Engine, receiver: Receiver
+) -> None:
+    """Without subscriptions a committed change costs the worker nothing: its pass
+    finds none and later changes do not wake it; once one exists, its changes arrive
+    (through the poll, then through wakes again)."""
+    worker = DeliveryWorker(store, FAST)
+    try:
+        assert worker.run_once() is False  # idle: looks for subscriptions, finds none
+        worker.wake_for_change()
+        assert not worker._wake.is_set()
+        _subscribe(store, receiver)
+        first = commit_change(engine, 1)
+        assert worker.run_once() is True  # the poll fans the change out and sends it
+        worker.wake_for_change()
+        assert worker._wake.is_set()
+        assert _sequences(receiver)[-1] == first
+    finally:
+        worker.close()

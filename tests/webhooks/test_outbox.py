@@ -1,6 +1,7 @@
-"""The transactional outbox: every history row gets its outbox row in the same
-transaction (``flags.store.history.record_changes``), on SQLite and PostgreSQL; a
-change that fails or rolls back leaves neither."""
+"""The transactional outbox: while a subscription exists every history row gets its
+outbox row in the same transaction (``flags.store.history.record_changes``), on
+SQLite and PostgreSQL; a change that fails or rolls back leaves neither; with no
+subscription no outbox row is written at all."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ from flags.errors import EnvironmentNotFoundError
 from flags.model import StateChange
 from flags.store.history import record_change
 from flags.store.sql import SqlFlagStore
+from api.webhooks.model import SubscriptionSpec
+from api.webhooks.store import WebhookStore
 from flags.store.tables import history, webhook_outbox
 
 FLAG = "checkout.v2"
+
+
+def _subscribe(s: SqlFlagStore) -> None:
+    spec = SubscriptionSpec(url="https://hooks.example.com/x", events=("flag.*",))
+    WebhookStore(s.engine).create(spec, created_by="test", scope=None, admin=True)
 
 
 @pytest.fixture
@@ -24,7 +32,26 @@ def flag_store(database_url: str) -> Iterator[SqlFlagStore]:
     s = SqlFlagStore(database_url)
     try:
         s.create_flag(FLAG, actor="test")
+        _subscribe(s)
         yield s
+    finally:
+        s.close()
+
+
+def test_no_subscription__changes_write_history_and_no_outbox_row(database_url: str) -> None:
+    """A deployment without webhooks pays nothing for them: no outbox rows queue up;
+    the first subscription turns the outbox on for the changes after it."""
+    s = SqlFlagStore(database_url)
+    try:
+        s.create_flag(FLAG, actor="test")
+        s.kill(FLAG, None, reason="incident", actor="alice")
+        assert len(_history_ids(s)) > 1
+        assert _outbox_ids(s) == []
+        unsubscribed = set(_history_ids(s))
+        _subscribe(s)  # its own history row (webhook.create) is the first one queued
+        s.unkill(FLAG, None, reason="fixed", actor="alice")
+        new = set(_history_ids(s)) - unsubscribed
+        assert new and set(_outbox_ids(s)) == new
     finally:
         s.close()
 
@@ -54,7 +81,8 @@ def test_record_changes__kill_in_every_environment__one_outbox_row_per_history_r
     new = sorted(set(_history_ids(flag_store)) - before)
     assert len(new) == len(result.changed) > 1
     assert set(new) <= set(_outbox_ids(flag_store))
-    assert _outbox_ids(flag_store) == _history_ids(flag_store)
+    # and no outbox row without its history row
+    assert set(_outbox_ids(flag_store)) <= set(_history_ids(flag_store))
 
 
 def test_record_change__transaction_fails_after_the_row__no_outbox_row(
@@ -89,11 +117,10 @@ def test_fan_out__writers_commit_between_its_read_and_write__never_database_lock
     cannot upgrade its read lock after another commit); it takes the write lock first."""
     import threading
 
-    from api.webhooks.store import WebhookStore
-
     s = SqlFlagStore(sqlite_url)
     try:
         s.create_flag(FLAG, actor="test")
+        _subscribe(s)
         hooks = WebhookStore(s.engine)
         stop = threading.Event()
         errors: list[BaseException] = []
