@@ -11,12 +11,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from api.webhooks.model import SubscriptionSpec
+from api.webhooks.store import WebhookStore
 from flags.errors import EnvironmentNotFoundError
 from flags.model import StateChange
 from flags.store.history import record_change
 from flags.store.sql import SqlFlagStore
-from api.webhooks.model import SubscriptionSpec
-from api.webhooks.store import WebhookStore
 from flags.store.tables import history, webhook_outbox
 
 FLAG = "checkout.v2"
