@@ -53,10 +53,17 @@ def install(app: FastAPI, store: SqlFlagStore, settings: WebhookSettings | None 
 
 @router.post("", status_code=201)
 def create_webhook(
-    body: JsonBody, service: Service, rid: RequestId, principal: Principal = Manage
+    request: Request,
+    body: JsonBody,
+    service: Service,
+    rid: RequestId,
+    principal: Principal = Manage,
 ) -> dict[str, Any]:
     """The answer holds ``secret`` (``whsec_...``): the only time it is shown."""
     sub, secret = service.create(principal, body, request_id=rid)
+    worker = getattr(request.app.state, "webhook_worker", None)
+    if worker is not None:
+        worker.subscription_added()
     return {**sub.to_dict(), "secret": secret}
 
 

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Seconds, at most, between passes after passes that raised (the database is down).
 ERROR_PAUSE_CAP = 5.0
+# Seconds between idle passes while no subscription exists.
+UNSUBSCRIBED_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,12 @@ class DeliveryWorker:
         """Run the next pass now."""
         self._wake.set()
 
+    def subscription_added(self) -> None:
+        """A subscription was just created through this process: changes wake the
+        worker again from now on (other replicas learn it within a second)."""
+        self._subscribed = True
+        self._wake.set()
+
     def wake_for_change(self) -> None:
         """A flag change was just committed: run the next pass now if a subscription
         may receive it (else the idle poll finds any outbox row within
@@ -157,6 +165,11 @@ class DeliveryWorker:
                 # A database that is down is not hammered: back off to ERROR_PAUSE_CAP.
                 pause = min(ERROR_PAUSE_CAP, self.settings.idle_interval * 2**failures)
             if not busy:
+                if not self._subscribed:
+                    # Nothing can be queued while no subscription exists: look once a
+                    # second (a new one is found within that; its first change waits
+                    # at most as long).
+                    pause = max(pause, UNSUBSCRIBED_INTERVAL)
                 self._wake.wait(pause)
                 self._wake.clear()
 
@@ -187,7 +200,7 @@ class DeliveryWorker:
         self._sample_depth()
         if fanned:
             self._subscribed = True
-        elif not claims and time.monotonic() - self._subscribed_at >= 1.0:
+        elif not claims and time.monotonic() - self._subscribed_at >= UNSUBSCRIBED_INTERVAL:
             self._subscribed_at = time.monotonic()
             self._subscribed = self.store.any_subscription()
         return bool(fanned or claims)

@@ -302,3 +302,20 @@ def test_worker__no_subscription__a_change_does_not_wake_it_until_one_exists(
         assert _sequences(receiver)[-1] == first
     finally:
         worker.close()
+
+
+def test_worker__subscription_created_through_this_process__changes_wake_it_at_once(
+    store: WebhookStore,
+) -> None:
+    """The create route tells the worker, which then needs no poll to learn it."""
+    worker = DeliveryWorker(store, FAST)
+    try:
+        worker.run_once()
+        worker.wake_for_change()
+        assert not worker._wake.is_set()
+        worker.subscription_added()
+        worker._wake.clear()
+        worker.wake_for_change()
+        assert worker._wake.is_set()
+    finally:
+        worker.close()
