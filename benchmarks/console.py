@@ -1,13 +1,16 @@
 """Console render time, server-side: the flags page over 10,000 flags and the history
 page over 1,000,000 history rows.
 
-The app (``create_app``) runs in this process on a SQLite file of its own and is
-driven through Starlette's in-process transport, so a figure is the server's time to
+The app (``create_app``) runs in this process on a database of its own (a SQLite
+file, or with ``--database postgres`` a database created on 127.0.0.1:5432 and
+dropped afterwards; the load ends with ANALYZE) and is driven through Starlette's
+in-process transport, so a figure is the server's time to
 authenticate the session, call ``AdminService``, and render the page (no network).
 Each page is requested ``--repeats`` times after a warm-up; p50 and p95 are printed.
 
-Pages measured: ``/console/flags`` (first page; a search; a rare state word, a
-common one, and a search with a state: a state filter reads every flag's states),
+Pages measured: ``/console/flags`` (first page; a search; by kind, owner and tag; a
+rare state word, a common one, and a search with a state: a state filter reads every
+flag's states; every filter at once),
 ``/console/history`` (newest page; filtered by flag; by environment + action).
 
 Target: 10,000 flags render in <= 150 ms p95. The grid's page is filtered, sorted
@@ -19,17 +22,21 @@ Usage::
 
     .venv/bin/python benchmarks/console.py            # 10,000 flags, 1,000,000 rows
     .venv/bin/python benchmarks/console.py --quick    # 2,000 flags, 100,000 rows
+    .venv/bin/python benchmarks/console.py --database postgres --flags 10000 \
+        --rows 100000 --pages flags                   # the flags page only, PostgreSQL
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +45,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).parent))
-from admin_api import ENVS, bulk_history
+from admin_api import ENVS, bulk_history, postgres_database
 
 from api.app import create_app
 from flags.settings import Settings
@@ -67,7 +74,7 @@ def seed(url: str, n_flags: int, rows: int) -> None:
                     {
                         "key": f"flag.{i}",
                         "description": f"benchmark flag {i}",
-                        "kind": "release",
+                        "kind": "operational" if i % 5 == 0 else "release",
                         "owner": f"team-{i % 20}",
                         "tags": [f"t{i % 7}"],
                         "created_at": now,
@@ -99,6 +106,18 @@ def seed(url: str, n_flags: int, rows: int) -> None:
     bulk_history(url, rows)
 
 
+@contextmanager
+def database(name: str) -> Iterator[str]:
+    """A fresh, empty database's URL: a SQLite file, or a PostgreSQL database dropped
+    afterwards."""
+    if name == "postgres":
+        with postgres_database() as url:
+            yield url
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield f"sqlite:///{Path(tmp) / 'console.db'}"
+
+
 def measure(
     client: TestClient, path: str, repeats: int, before: Callable[[], None] | None = None
 ) -> list[float]:
@@ -120,10 +139,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--flags", type=int, default=None, help="flags to load")
+    parser.add_argument("--rows", type=int, default=None, help="history rows to load")
+    parser.add_argument("--pages", choices=["all", "flags", "history"], default="all")
     args = parser.parse_args()
     n_flags, rows = (2_000, 100_000) if args.quick else (10_000, 1_000_000)
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'console.db'}"
+    n_flags = args.flags if args.flags is not None else n_flags
+    rows = args.rows if args.rows is not None else rows
+    print(f"{args.database}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with database(args.database) as url:
         started = time.perf_counter()
         seed(url, n_flags, rows)
         print(
@@ -142,9 +167,16 @@ def main() -> None:
             pages = {
                 "flags: first page": "/console/flags",
                 "flags: search 'flag.99'": "/console/flags?q=flag.99",
+                "flags: kind=operational": "/console/flags?kind=operational",
+                "flags: owner=team-3": "/console/flags?owner=team-3",
+                "flags: tag=t3": "/console/flags?tag=t3",
                 "flags: state=killed (all flags)": "/console/flags?state=killed",
                 "flags: state=partial (most flags)": "/console/flags?state=partial",
                 "flags: search + state=off": "/console/flags?q=flag.1&state=off",
+                "flags: state=on": "/console/flags?state=on",
+                "flags: every filter": (
+                    "/console/flags?q=flag.1&kind=release&owner=team-1&tag=t1&state=partial"
+                ),
                 "history: newest page": "/console/history",
                 "history: by flag": "/console/history?flag=flag.42",
                 "history: env + action": "/console/history?environment=production&action=kill",
@@ -165,6 +197,8 @@ def main() -> None:
             print(f"{'page':40} {'p50 ms':>8} {'p95 ms':>8}")
             worst_flags = 0.0
             pages["flags: first page, after a change"] = "/console/flags"
+            if args.pages != "all":
+                pages = {k: v for k, v in pages.items() if k.startswith(args.pages)}
             for label, path in pages.items():
                 before = change if label.endswith("after a change") else None
                 samples = measure(client, path, args.repeats, before)
@@ -173,8 +207,10 @@ def main() -> None:
                 if label.startswith("flags"):
                     worst_flags = max(worst_flags, p95)
                 print(f"{label:40} {p50:8.1f} {p95:8.1f}")
-        verdict = "meets" if worst_flags <= TARGET_MS else "MISSES"
-        print(f"flags page p95 {worst_flags:.1f} ms: {verdict} the {TARGET_MS:.0f} ms target")
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        if args.pages != "history":
+            verdict = "meets" if worst_flags <= TARGET_MS else "MISSES"
+            print(f"flags page p95 {worst_flags:.1f} ms: {verdict} the {TARGET_MS:.0f} ms target")
 
 
 if __name__ == "__main__":

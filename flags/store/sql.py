@@ -582,12 +582,16 @@ class SqlFlagStore:
             in_state = select(s.flag_key).where(_state_word(state))
             if scope is not None:
                 in_state = in_state.where(s.environment.in_(list(scope)))
+            # Both forms read ix_flag_states_killed_key (0013), not the rows.
             if state == "killed":
-                # Kills are rare: one pass collecting the killed keys beats probing
-                # every flag's states (SQLite: 10,000 flags, ~40 ms against ~150 ms).
+                # Kills are rare: a semi-join over the short killed = true range of
+                # the index (SQLite, 10,000 flags: ~0.1 ms against ~8 ms to probe).
                 where.append(t.flags.c.key.in_(in_state))
             else:
-                # Common words: a probe per flag that stops at its first match.
+                # Common words: a probe per flag, a seek on (false, key), that stops at
+                # its first match, so a page stops at its last flag. A semi-join here
+                # would first collect every matching state row (SQLite, "partial":
+                # ~20 ms a page against ~0.1 ms). PostgreSQL plans both alike.
                 where.append(in_state.where(s.flag_key == t.flags.c.key).exists())
         with self.read() as conn:
             count = select(func.count()).select_from(t.flags).where(*where)
@@ -609,8 +613,15 @@ class SqlFlagStore:
         if archived is not None:
             where.append(t.flags.c.archived == archived)
         if q:
-            like = f"%{q.lower()}%"
-            where.append(t.flags.c.key.ilike(like) | t.flags.c.description.ilike(like))
+            # A case-insensitive substring: % and _ in q match themselves. Keys are
+            # lowercase ASCII (FLAG_KEY), so the key needs no case folding per row
+            # (PostgreSQL, 10,000 flags: ~6 ms a scan against ~12 ms with ILIKE).
+            needle = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            like = f"%{needle}%"
+            where.append(
+                t.flags.c.key.like(like, escape="\\")
+                | func.lower(t.flags.c.description).like(like, escape="\\")
+            )
         if tag is not None:
             if self.is_postgres:
                 where.append(cast(t.flags.c.tags, JSONB).contains([tag]))
@@ -636,7 +647,11 @@ class SqlFlagStore:
             stmt = stmt.offset(offset).limit(limit)
         flag_rows = conn.execute(stmt).all()
         if limit is not None:
-            state_stmt = state_stmt.where(t.flag_states.c.flag_key.in_([r.key for r in flag_rows]))
+            # Both sides by key: PostgreSQL otherwise hashes every flag for the join.
+            keys = [r.key for r in flag_rows]
+            state_stmt = state_stmt.where(
+                t.flag_states.c.flag_key.in_(keys), t.flags.c.key.in_(keys)
+            )
         elif where:
             matching = select(t.flags.c.key).where(*where)
             state_stmt = state_stmt.where(t.flag_states.c.flag_key.in_(matching))

@@ -92,6 +92,18 @@ flag_states = Table(
     Column("split", JSON, nullable=True),
     Column("tenant_variants", JSON, nullable=True),
 )
+# The console's flags grid (#15, 0013): live flags counted and walked in key order
+# from an index; the state filter's semi-join (killed) and per-flag probe (other
+# words, all killed = false) read this index, not the rows.
+Index("ix_flags_archived_key", flags.c.archived, flags.c.key)
+Index(
+    "ix_flag_states_killed_key",
+    flag_states.c.killed,
+    flag_states.c.flag_key,
+    flag_states.c.enabled,
+    flag_states.c.rollout,
+    flag_states.c.environment,
+)
 
 history = Table(
     "history",

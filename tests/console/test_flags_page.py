@@ -1,5 +1,6 @@
 """``SqlFlagStore.list_flags_page``: the flags grid's filters, sort and paging in SQL
-agree with filtering every flag in Python (``state_word``), on SQLite and PostgreSQL."""
+agree with filtering every flag in Python (``state_word``), on SQLite and PostgreSQL; the
+search is a literal substring; on SQLite the state filter reads the 0013 index."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from api.console.views import STATE_WORDS, state_word
 from flags.errors import ValidationError
@@ -114,3 +116,50 @@ def test_list_flags_page__pages_cut_in_order_and_clamped__bad_input_names_the_fi
     # list_flags reads the states of the flags it returns only: the same states.
     [record] = store.list_flags(q="f.03", scope=("staging",))
     assert record == store.get_flag("f.03", scope=("staging",))
+
+
+def test_list_flags_page__search__literal_case_insensitive_substring(
+    store: SqlFlagStore,
+) -> None:
+    """``%`` and ``_`` in the search match themselves (as wildcards, ``f_0`` would match
+    ``f.00``..``f.09`` and ``f%1`` every key with a 1); the description is searched
+    without regard to case, the key in its lowercase form."""
+    for q, expected in (
+        ("f_0", []),
+        ("f%1", []),
+        ("F.1", ["f.10"]),  # f.11 is archived
+        ("box", ["f.07"]),
+        ("SEARCH B", ["f.07"]),
+    ):
+        page = store.list_flags_page(archived=False, q=q)
+        assert [r.flag.key for r in page.items] == expected, q
+    store.create_flag("under_score", actor="test", description="100% on")
+    assert [r.flag.key for r in store.list_flags_page(q="r_s").items] == ["under_score"]
+    assert [r.flag.key for r in store.list_flags_page(q="0% O").items] == ["under_score"]
+
+
+def test_list_flags_page__state_filter_on_sqlite__reads_the_grid_index(
+    sqlite_url: str,
+) -> None:
+    """Every state word's queries (the count and the page) search
+    ``ix_flag_states_killed_key`` (0013) and never scan ``flag_states``: the grid
+    stays a seek per flag (or one short range for ``killed``) at any flag count."""
+    s = SqlFlagStore(sqlite_url)
+    plans: list[str] = []
+
+    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT COUNT"):
+            rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            plans.append(" | ".join(str(r[-1]) for r in rows.fetchall()))
+
+    try:
+        s.create_flag("f.01", actor="test")
+        event.listen(s.engine, "before_cursor_execute", explain)
+        for word in STATE_WORDS:
+            plans.clear()
+            s.list_flags_page(archived=False, state=word)
+            [plan] = plans
+            assert "ix_flag_states_killed_key" in plan, (word, plan)
+            assert "SCAN flag_states" not in plan, (word, plan)
+    finally:
+        s.close()
