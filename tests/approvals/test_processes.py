@@ -11,11 +11,8 @@ second token does not count as a second approval.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,61 +25,17 @@ from sdk.harness import Worker
 from flags.model import StateChange
 from flags.store.sql import SqlFlagStore
 from flags.store.users import UserStore
-from flags.testing import wait_for
-from flags.testing.redis_server import free_port
+from tests.serve import FLAGRAIL, ServeProcess
 
 pytestmark = pytest.mark.slow
 
-FLAGRAIL = Path(sys.executable).with_name("flagrail")
 ENV = "production"
-
-
-class Server:
-    """``flagrail serve`` on ``database_url`` in a subprocess (scheduler off)."""
-
-    def __init__(self, database_url: str, log: Path) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                str(FLAGRAIL),
-                "serve",
-                *("--database-url", database_url, "--port", self.url.rsplit(":", 1)[1]),
-                *("--log-level", "warning"),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "FLAGRAIL_REDIS_URL": "",
-                "FLAGRAIL_SCHEDULER": "false",
-                "FLAGRAIL_BOOTSTRAP_TOKEN_FILE": str(log.with_suffix(".token")),
-            },
-        )
-
-    def healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"flagrail serve exited with {self.proc.returncode}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 class People:
     """The server, its database, and a token per person (name -> token value)."""
 
-    def __init__(self, server: Server, store: SqlFlagStore) -> None:
+    def __init__(self, server: ServeProcess, store: SqlFlagStore) -> None:
         self.server = server
         self.store = store
         self.tokens: dict[str, str] = {}
@@ -94,12 +47,14 @@ class People:
 
     def http(self, who: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.tokens[who]}"}
-        return httpx.request(method, self.server.url + path, headers=headers, timeout=10, **kwargs)
+        return httpx.request(
+            method, self.server.base_url + path, headers=headers, timeout=10, **kwargs
+        )
 
     def cli(self, who: str, *args: str) -> subprocess.CompletedProcess[str]:
         """``flagrail <args>`` against the server as ``who``."""
         return subprocess.run(
-            [str(FLAGRAIL), *args, "--url", self.server.url, "--token", self.tokens[who]],
+            [str(FLAGRAIL), *args, "--url", self.server.base_url, "--token", self.tokens[who]],
             capture_output=True,
             text=True,
             timeout=60,
@@ -124,9 +79,9 @@ def people(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     shutil.copyfile(sqlite_template, folder / "flagrail.db")
     url = f"sqlite:///{folder / 'flagrail.db'}"
     store = SqlFlagStore(url)
-    server = Server(url, folder / "server.log")
+    server = ServeProcess(url, folder / "server.log")  # scheduler off, no Redis
     try:
-        wait_for(server.healthy, timeout=90, what="flagrail serve healthy", interval=0.1)
+        server.wait_healthy(timeout=90)
         crew = People(server, store)
         crew.add("root", "admin")
         crew.add("alice", "editor")
@@ -170,7 +125,7 @@ def request_id(output: str) -> int:
 def sdk_process(people: People, flag: str) -> Worker:
     """A real SDK process (``tests/sdk/worker.py``) on production, reporting ``flag``."""
     return Worker(
-        ["--url", people.server.url, "--token", people.tokens["sdk"], "--flag", flag,
+        ["--url", people.server.base_url, "--token", people.tokens["sdk"], "--flag", flag,
          "--poll", "0.5"]
     )  # fmt: skip
 

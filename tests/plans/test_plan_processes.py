@@ -6,8 +6,6 @@ Each stage must be applied exactly once: one ``state.update`` history row by
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,12 +21,11 @@ from flags.plans.model import PlanStatus, parse_plan
 from flags.plans.store import PlanStore
 from flags.store.sql import SqlFlagStore
 from flags.testing import wait_for
-from flags.testing.redis_server import free_port
+from tests.serve import ServeProcess, wait_all_healthy
 
 pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("plan_worker.py")
-FLAGRAIL = Path(sys.executable).with_name("flagrail")
 ROLLOUTS = [0, 5, 25, 50, 100]
 
 
@@ -120,54 +117,15 @@ def test_two_schedulers_with_slow_steps__on_postgres__apply_each_stage_exactly_o
         store.close()
 
 
-class Server:
-    """``flagrail serve`` in a subprocess."""
-
-    def __init__(self, database_url: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                str(FLAGRAIL),
-                "serve",
-                *("--database-url", database_url, "--port", str(self.port)),
-                *("--log-level", "warning"),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "FLAGRAIL_REDIS_URL": "",
-                "FLAGRAIL_BOOTSTRAP_TOKEN_FILE": str(log.with_suffix(".token")),
-            },
-        )
-
-    def healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"server on port {self.port} exited with {self.proc.returncode}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
-
-
 @pytest.fixture
-def two_servers(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
-    servers = (Server(postgres_url, tmp_path / "a.log"), Server(postgres_url, tmp_path / "b.log"))
+def two_servers(postgres_url: str, tmp_path: Path) -> Iterator[tuple[ServeProcess, ServeProcess]]:
+    """Two ``flagrail serve`` replicas on one database, each running the scheduler."""
+    servers = (
+        ServeProcess(postgres_url, tmp_path / "a.log", scheduler=True),
+        ServeProcess(postgres_url, tmp_path / "b.log", scheduler=True),
+    )
     try:
-        for server in servers:
-            wait_for(server.healthy, timeout=30, interval=0.1)
+        wait_all_healthy(servers, timeout=30)
         yield servers
     finally:
         for server in servers:
@@ -176,7 +134,7 @@ def two_servers(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Server, Ser
 
 @pytest.mark.postgres
 def test_two_servers_on_postgres__never_apply_a_stage_twice_and_survive_one_dying(
-    postgres_url: str, two_servers: tuple[Server, Server]
+    postgres_url: str, two_servers: tuple[ServeProcess, ServeProcess]
 ) -> None:
     """Both replicas run the scheduler on one database: every plan's stages are applied
     exactly once; after one replica is SIGKILLed the other finishes new plans alone."""
@@ -189,9 +147,9 @@ def test_two_servers_on_postgres__never_apply_a_stage_twice_and_survive_one_dyin
         headers = {"Authorization": f"Bearer {token}"}
         a, b = two_servers
 
-        def create(server: Server, key: str) -> int:
+        def create(server: ServeProcess, key: str) -> int:
             response = httpx.post(
-                f"{server.url}/admin/flags/{key}/plans",
+                f"{server.base_url}/admin/flags/{key}/plans",
                 json=five_stages("200ms"),
                 headers=headers,
                 timeout=10,
@@ -199,9 +157,9 @@ def test_two_servers_on_postgres__never_apply_a_stage_twice_and_survive_one_dyin
             assert response.status_code == 201, response.text
             return int(response.json()["id"])
 
-        def done(server: Server, plan_ids: list[int]) -> bool:
+        def done(server: ServeProcess, plan_ids: list[int]) -> bool:
             statuses = [
-                httpx.get(f"{server.url}/admin/plans/{i}", headers=headers, timeout=5).json()[
+                httpx.get(f"{server.base_url}/admin/plans/{i}", headers=headers, timeout=5).json()[
                     "status"
                 ]
                 for i in plan_ids
@@ -212,8 +170,7 @@ def test_two_servers_on_postgres__never_apply_a_stage_twice_and_survive_one_dyin
         first = [create(a, keys[0]), create(b, keys[1]), create(a, keys[2])]
         wait_for(lambda: done(b, first), timeout=60, interval=0.2)
         # When one replica dies without a chance to clean up
-        a.proc.kill()
-        a.proc.wait(timeout=10)
+        a.kill()
         late = [create(b, keys[3])]
         wait_for(lambda: done(b, late), timeout=60, interval=0.2)
         # Then every stage of every plan was applied exactly once

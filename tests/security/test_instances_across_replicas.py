@@ -10,11 +10,7 @@ database; and ``kill?wait=`` names the token of each lagging instance.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,46 +27,31 @@ from flags.plans.scheduler import PlanScheduler
 from flags.plans.store import PlanStore
 from flags.store.sql import SqlFlagStore
 from flags.store.telemetry import TelemetryStore, sdk_instances
-from flags.testing import wait_for
-from flags.testing.redis_server import free_port
+from tests.serve import ServeProcess, wait_all_healthy
 
-FLAGRAIL = Path(sys.executable).with_name("flagrail")
 ENV = "production"
 STAGING = "staging"
 CAP = 3
 
 
-class Replica:
-    """``flagrail serve`` in a subprocess (its own memory, the shared database)."""
+class Replica(ServeProcess):
+    """``flagrail serve`` in a subprocess (its own memory, the shared database), scheduler
+    off, at most ``CAP`` live instances per token, logging at the server's default level."""
 
     def __init__(self, database_url: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [str(FLAGRAIL), "serve", "--database-url", database_url, "--port", str(self.port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={
-                **os.environ,
-                "FLAGRAIL_REDIS_URL": "",
-                "FLAGRAIL_SCHEDULER": "false",
-                "FLAGRAIL_MAX_INSTANCES_PER_TOKEN": str(CAP),
-                "FLAGRAIL_BOOTSTRAP_TOKEN_FILE": str(log.with_suffix(".token")),
-            },
+        super().__init__(
+            database_url,
+            log,
+            env={"FLAGRAIL_MAX_INSTANCES_PER_TOKEN": str(CAP)},
+            log_level="info",
         )
-
-    def healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"replica on {self.port} exited with {self.proc.returncode}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def post(self, path: str, token: str, body: dict[str, Any]) -> httpx.Response:
         return httpx.post(
-            self.url + path, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
+            self.base_url + path,
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
         )
 
     def instance(self, token: str, instance_id: str, **fields: Any) -> httpx.Response:
@@ -85,16 +66,6 @@ class Replica:
             **fields,
         }
         return self.post("/sdk/v1/instances", token, body)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 @dataclass
@@ -138,8 +109,7 @@ def pair(
             store.create_environment(env, actor="test")
     replicas = (Replica(url, tmp / "one.log"), Replica(url, tmp / "two.log"))
     try:
-        for replica in replicas:
-            wait_for(replica.healthy, timeout=90, interval=0.1)
+        wait_all_healthy(replicas, timeout=90)
         yield Pair(url, store, *replicas)
     finally:
         for replica in replicas:
@@ -246,7 +216,7 @@ def test_kill_wait__lagging_instance__names_its_token(pair: Pair) -> None:
     _admin, admin = pair.token("ops", "admin")
     assert pair.one.instance(owner, "k-1", applied_version=0).status_code == 202
     r = httpx.post(
-        f"{pair.two.url}/admin/flags/{flag}/kill",
+        f"{pair.two.base_url}/admin/flags/{flag}/kill",
         params={"wait": "500ms"},
         json={"reason": "drill", "environments": [ENV]},
         headers={"Authorization": f"Bearer {admin}"},

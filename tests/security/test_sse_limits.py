@@ -9,10 +9,7 @@ with a stream that never reads takes 10,000 changes and grows by under 20 MB of 
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,9 +19,8 @@ from sdk.harness import ENV, Deployment, StreamReader
 
 from api.routes.sdk import SdkServerSettings
 from flags.testing import wait_for
-from flags.testing.redis_server import free_port
+from tests.serve import ServeProcess
 
-FLAGRAIL = str(Path(sys.executable).with_name("flagrail"))
 CHANGES = 10_000
 RSS_BUDGET = 20 * 1024 * 1024
 
@@ -96,28 +92,19 @@ def test_stream_never_read__10000_changes__rss_grows_under_20mb(
     sent a snapshot, not the 10,000 changes it missed. Each change carries 200 tenants
     (about 3 KB a frame), so the changes outgrow every kernel socket buffer."""
     deployment.create_flag("checkout", tenants_on=[f"tenant-{i:04d}" for i in range(200)])
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLAGRAIL_")}
-    env.update(FLAGRAIL_SCHEDULER="false", FLAGRAIL_HEARTBEAT_INTERVAL="3600")
-    proc = subprocess.Popen(
-        [FLAGRAIL, "serve", "--database-url", deployment.database_url, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
+    # Info-level logging (the server's default) and no heartbeat on the stalled stream
+    server = ServeProcess(
+        deployment.database_url,
+        tmp_path / "server.log",
+        env={"FLAGRAIL_HEARTBEAT_INTERVAL": "3600"},
+        log_level="info",
     )
-    base = f"http://127.0.0.1:{port}"
+    port = server.port
     sock = None
     try:
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, 60, "flagrail serve")
+        server.wait_healthy(60)
         headers = {"Authorization": f"Bearer {deployment.admin}"}
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+        with httpx.Client(base_url=server.base_url, headers=headers, timeout=30) as http:
             path = f"/admin/flags/checkout/environments/{ENV}"
             # Warm up every code path, and fill the replay ring (1,024 changes, a fixed
             # cost of the server whatever its streams), before the baseline.
@@ -125,14 +112,14 @@ def test_stream_never_read__10000_changes__rss_grows_under_20mb(
                 assert http.patch(path, json={"rollout": i % 100 + 1}).status_code == 200
             sock = _stalled_stream(port, deployment.client_token)
             wait_for(
-                lambda: http.get("/metrics").status_code == 200 and _rss(proc.pid) > 0,
+                lambda: http.get("/metrics").status_code == 200 and _rss(server.pid) > 0,
                 what="the server",
             )
-            before = _rss(proc.pid)
+            before = _rss(server.pid)
             for i in range(CHANGES):
                 r = http.patch(path, json={"rollout": i % 100 + 1})
                 assert r.status_code == 200, r.text
-            grown = _rss(proc.pid) - before
+            grown = _rss(server.pid) - before
         assert grown < RSS_BUDGET, f"RSS grew by {grown / 1e6:.1f} MB"
         # Reading now: the stream resynced with a snapshot instead of queueing every change.
         sock.settimeout(10)
@@ -145,9 +132,4 @@ def test_stream_never_read__10000_changes__rss_grows_under_20mb(
     finally:
         if sock is not None:
             sock.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        server.stop()
