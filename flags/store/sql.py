@@ -301,13 +301,22 @@ def _flag_from_row(row: Any) -> Flag:
         created_at=_utc(row.created_at),
         archived=bool(row.archived),
         type=flag_type,
-        **({"variants": _variants_from_json(row.variants)} if typed else {}),
+        **(
+            {
+                "variants": _variants_from_json(row.variants),
+                "off_variant": row.off_variant,
+                "on_variant": row.on_variant,
+            }
+            if typed
+            else {}
+        ),
     )
 
 
 def flag_to_dict(flag: Flag) -> dict[str, Any]:
-    """The JSON form of a flag. ``type`` and ``variants`` appear for a typed flag only,
-    so a boolean flag's form (and its history rows) is the one of earlier releases."""
+    """The JSON form of a flag. ``type``, ``variants`` and the ``off_variant`` /
+    ``on_variant`` a new environment starts with appear for a typed flag only, so a
+    boolean flag's form (and its history rows) is the one of earlier releases."""
     data: dict[str, Any] = {
         "key": flag.key,
         "description": flag.description,
@@ -320,6 +329,8 @@ def flag_to_dict(flag: Flag) -> dict[str, Any]:
     if flag.type is not FlagType.BOOLEAN:
         data["type"] = flag.type.value
         data["variants"] = _variants_json(flag.variants)
+        data["off_variant"] = flag.off_variant
+        data["on_variant"] = flag.on_variant
     return data
 
 
@@ -594,14 +605,23 @@ class SqlFlagStore:
                 # ~20 ms a page against ~0.1 ms). PostgreSQL plans both alike.
                 where.append(in_state.where(s.flag_key == t.flags.c.key).exists())
         with self.read() as conn:
-            count = select(func.count()).select_from(t.flags).where(*where)
-            total = int(conn.execute(count).scalar_one())
-            pages = max(1, -(-total // page_size))
-            page = min(page, pages)
             records = self._records(
                 conn, where, scope, offset=(page - 1) * page_size, limit=page_size
             )
-        return FlagPage(records, total, page, pages)
+            if 0 < len(records) < page_size or (page == 1 and not records):
+                # The last page: it tells the total, and the count's scan of every
+                # matching flag (a search, a state) is saved.
+                total = (page - 1) * page_size + len(records)
+            else:
+                count = select(func.count()).select_from(t.flags).where(*where)
+                total = int(conn.execute(count).scalar_one())
+                last = max(1, -(-total // page_size))
+                if page > last:  # past the end: the last page instead
+                    page = last
+                    records = self._records(
+                        conn, where, scope, offset=(page - 1) * page_size, limit=page_size
+                    )
+        return FlagPage(records, total, page, max(1, -(-total // page_size)))
 
     def _flag_filters(
         self, *, kind: str | None, tag: str | None, archived: bool | None, q: str | None
@@ -646,6 +666,8 @@ class SqlFlagStore:
         if limit is not None:
             stmt = stmt.offset(offset).limit(limit)
         flag_rows = conn.execute(stmt).all()
+        if limit is not None and not flag_rows:
+            return []
         if limit is not None:
             # Both sides by key: PostgreSQL otherwise hashes every flag for the join.
             keys = [r.key for r in flag_rows]
@@ -717,7 +739,19 @@ class SqlFlagStore:
             type, variants, off_variant, on_variant
         )
         now = _now()
-        flag = Flag(key, description, kind, owner, tuple(tags), now, False, flag_type, declared)
+        flag = Flag(
+            key,
+            description,
+            kind,
+            owner,
+            tuple(tags),
+            now,
+            False,
+            flag_type,
+            declared,
+            off_variant,
+            on_variant,
+        )
         typed = flag_type is not FlagType.BOOLEAN
         state = (
             FlagState(

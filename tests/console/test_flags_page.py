@@ -141,25 +141,30 @@ def test_list_flags_page__search__literal_case_insensitive_substring(
 def test_list_flags_page__state_filter_on_sqlite__reads_the_grid_index(
     sqlite_url: str,
 ) -> None:
-    """Every state word's queries (the count and the page) search
-    ``ix_flag_states_killed_key`` (0013) and never scan ``flag_states``: the grid
-    stays a seek per flag (or one short range for ``killed``) at any flag count."""
+    """Every state word's queries (the page, and the count when the page is full)
+    search ``ix_flag_states_killed_key`` (0013) and never scan ``flag_states``: the
+    grid stays a seek per flag (or one short range for ``killed``) at any flag count."""
     s = SqlFlagStore(sqlite_url)
-    plans: list[str] = []
+    plans: list[tuple[bool, str]] = []
 
     def explain(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT COUNT"):
+        if statement.lstrip().upper().startswith("SELECT"):
             rows = cursor.connection.execute("EXPLAIN QUERY PLAN " + statement, parameters)
-            plans.append(" | ".join(str(r[-1]) for r in rows.fetchall()))
+            plan = " | ".join(str(r[-1]) for r in rows.fetchall())
+            plans.append(("flag_states.killed = " in statement, plan))
 
     try:
-        s.create_flag("f.01", actor="test")
+        for key in ("f.01", "f.02"):  # both off: a full page of one, so a count too
+            s.create_flag(key, actor="test")
         event.listen(s.engine, "before_cursor_execute", explain)
         for word in STATE_WORDS:
             plans.clear()
-            s.list_flags_page(archived=False, state=word)
-            [plan] = plans
-            assert "ix_flag_states_killed_key" in plan, (word, plan)
-            assert "SCAN flag_states" not in plan, (word, plan)
+            page = s.list_flags_page(archived=False, state=word, page_size=1)
+            assert page.total == (2 if word == "off" else 0), word
+            filtered = [plan for by_state, plan in plans if by_state]
+            assert len(filtered) == (2 if word == "off" else 1), (word, plans)
+            for plan in filtered:
+                assert "ix_flag_states_killed_key" in plan, (word, plan)
+            assert not [p for _, p in plans if "SCAN flag_states" in p], (word, plans)
     finally:
         s.close()
