@@ -22,7 +22,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from pydantic import Field
 
-from api.deps import Principal, Reader, request_id
+from api.deps import Principal, Reader, request_id_dependency
 from api.schemas import Body as BodyModel
 from api.schemas import StateUpdate
 from api.service.approvals import ApprovalService
@@ -32,7 +32,7 @@ from flags.store.change_requests import RequestStatus
 __all__ = ["router"]
 
 router = APIRouter(tags=["approvals"])
-RequestId = Annotated[str, Depends(request_id)]
+RequestId = Annotated[str, Depends(request_id_dependency)]
 RequestNumber = Annotated[int, Path(ge=1, le=2**62)]
 Environment = Annotated[str, Path(max_length=40)]
 

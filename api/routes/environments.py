@@ -6,12 +6,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from api.deps import Principal, Reader, allowed, get_service, request_id
+from api.deps import (
+    Principal,
+    Reader,
+    allowed,
+    request_id_dependency,
+    service_dependency,
+)
 from api.schemas import EnvironmentCreate, environment_json, environments_json
 from api.service import AdminService, Operation
 
 router = APIRouter(prefix="/admin/environments", tags=["environments"])
-Service = Annotated[AdminService, Depends(get_service)]
+Service = Annotated[AdminService, Depends(service_dependency)]
 
 
 @router.get("")
@@ -23,7 +29,7 @@ def list_environments(service: Service, principal: Principal = Reader) -> dict[s
 def create_environment(
     body: EnvironmentCreate,
     service: Service,
-    rid: Annotated[str, Depends(request_id)],
+    rid: Annotated[str, Depends(request_id_dependency)],
     principal: Principal = Depends(allowed(Operation.CREATE_ENVIRONMENT)),
 ) -> dict[str, Any]:
     return environment_json(service.create_environment(principal, body.name, request_id=rid))

@@ -9,7 +9,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
-from api.deps import Principal, Reader, allowed, get_service, request_id
+from api.deps import (
+    Principal,
+    Reader,
+    allowed,
+    request_id_dependency,
+    service_dependency,
+)
 from api.schemas import (
     NO_NUL,
     FlagCreate,
@@ -30,8 +36,8 @@ from flags.errors import ValidationError
 
 router = APIRouter(prefix="/admin/flags", tags=["flags"])
 
-Service = Annotated[AdminService, Depends(get_service)]
-RequestId = Annotated[str, Depends(request_id)]
+Service = Annotated[AdminService, Depends(service_dependency)]
+RequestId = Annotated[str, Depends(request_id_dependency)]
 EditFlag = Depends(allowed(Operation.EDIT_FLAG))
 
 

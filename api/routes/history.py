@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from api.deps import Principal, Reader, get_service
+from api.deps import Principal, Reader, service_dependency
 from api.schemas import NO_NUL, history_json
 from api.service import AdminService
 from api.service.commands import history_filter
@@ -41,7 +41,7 @@ def history_filters(
 
 
 Filters = Annotated[HistoryQuery, Depends(history_filters)]
-Service = Annotated[AdminService, Depends(get_service)]
+Service = Annotated[AdminService, Depends(service_dependency)]
 
 
 @router.get("/admin/history")

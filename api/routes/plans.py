@@ -16,7 +16,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 
-from api.deps import Principal, Reader, allowed, get_service, request_id
+from api.deps import (
+    Principal,
+    Reader,
+    allowed,
+    request_id_dependency,
+    service_dependency,
+)
 from api.schemas import PlanActionBody, plans_json
 from api.service import AdminService, Operation
 from api.service.admin import MOVE_OPERATIONS
@@ -24,8 +30,8 @@ from api.service.commands import MovePlan, PlanMove
 
 router = APIRouter(tags=["plans"])
 
-Service = Annotated[AdminService, Depends(get_service)]
-RequestId = Annotated[str, Depends(request_id)]
+Service = Annotated[AdminService, Depends(service_dependency)]
+RequestId = Annotated[str, Depends(request_id_dependency)]
 JsonObject = Annotated[dict[str, Any], Body()]
 PlanId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The plan's id.")]
 ActionBody = Annotated[PlanActionBody | None, Body()]

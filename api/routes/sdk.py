@@ -47,7 +47,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Principal, Reader, SdkClient, get_service, get_store
+from api.deps import (
+    Principal,
+    Reader,
+    SdkClient,
+    service_dependency,
+    store_dependency,
+)
 from api.errors import error_response
 from api.schemas import unused_json
 from api.service import AdminService
@@ -75,7 +81,7 @@ log = logging.getLogger("flagrail.api.sdk")
 
 router = APIRouter(tags=["sdk"])
 
-Store = Annotated[FlagStore, Depends(get_store)]
+Store = Annotated[FlagStore, Depends(store_dependency)]
 MAX_REPORTED_FLAGS = 10_000
 MAX_COUNTERS_PER_FLAG = 50
 # One count in one report (evaluations on/off, an app counter): a billion per
@@ -686,7 +692,7 @@ def post_instance(
 @router.get("/admin/environments/{env}/clients")
 def list_clients(
     env: str,
-    service: Annotated[AdminService, Depends(get_service)],
+    service: Annotated[AdminService, Depends(service_dependency)],
     principal: Principal = Reader,
 ) -> dict[str, Any]:
     """Live SDK instances of ``env``: heard from within three report intervals."""
@@ -695,7 +701,7 @@ def list_clients(
 
 @router.get("/admin/reports/unused")
 def unused_report(
-    service: Annotated[AdminService, Depends(get_service)],
+    service: Annotated[AdminService, Depends(service_dependency)],
     principal: Principal = Reader,
     since: str = Query(default="30d", max_length=64),
 ) -> dict[str, Any]:

@@ -6,13 +6,18 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 
-from api.deps import Principal, allowed, get_service, request_id
+from api.deps import (
+    Principal,
+    allowed,
+    request_id_dependency,
+    service_dependency,
+)
 from api.schemas import NO_NUL, TokenCreate, new_token_json, tokens_json
 from api.service import AdminService, Operation
 
 router = APIRouter(prefix="/admin/tokens", tags=["tokens"])
-Service = Annotated[AdminService, Depends(get_service)]
-RequestId = Annotated[str, Depends(request_id)]
+Service = Annotated[AdminService, Depends(service_dependency)]
+RequestId = Annotated[str, Depends(request_id_dependency)]
 ManageTokens = Depends(allowed(Operation.MANAGE_TOKENS))
 
 

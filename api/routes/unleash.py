@@ -35,7 +35,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Principal, authenticate, get_store
+from api.deps import Principal, authenticate, store_dependency
 from api.routes.sdk import MAX_COUNT, MAX_REPORT_TOTAL, MAX_REPORTED_FLAGS
 from flags.errors import ValidationError
 from flags.model import TokenInfo, validate_environment_name
@@ -44,7 +44,7 @@ from flags.unleash.mapping import features_payload
 
 router = APIRouter(prefix="/api/client", tags=["unleash"])
 
-Store = Annotated[FlagStore, Depends(get_store)]
+Store = Annotated[FlagStore, Depends(store_dependency)]
 
 
 def unleash_token(request: Request) -> TokenInfo:

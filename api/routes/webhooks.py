@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 
-from api.deps import Principal, allowed, request_id
+from api.deps import Principal, allowed, request_id_dependency
 from api.schemas import NO_NUL
 from api.service import Operation
 from api.webhooks.service import WebhookService
@@ -22,7 +22,7 @@ from api.webhooks.worker import DeliveryWorker
 from flags.store.sql import SqlFlagStore
 
 router = APIRouter(prefix="/admin/webhooks", tags=["webhooks"])
-RequestId = Annotated[str, Depends(request_id)]
+RequestId = Annotated[str, Depends(request_id_dependency)]
 Manage = Depends(allowed(Operation.MANAGE_WEBHOOKS))
 SubId = Annotated[str, Path(max_length=32, pattern=NO_NUL)]
 JsonBody = Annotated[dict[str, Any], Body()]

@@ -32,7 +32,8 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc (Linux)"),
 ]
 
-MAX_STREAMS = 24
+MAX_STREAMS = 96
+BURST = 8
 
 
 class RawStream:
@@ -155,13 +156,16 @@ def test_serve_workers__kill_through_one_worker__reaches_streams_on_both(
     try:
         while len(owners) < 2:
             assert len(streams) < MAX_STREAMS, f"all {len(streams)} streams on one worker"
-            stream = RawStream(port, d.client_token)
-            streams.append(stream)
-            wait_for(lambda s=stream: s.ids, 15, "the stream's first snapshot")
-            inode = _server_socket_inode(port, stream.local_port)
-            assert inode is not None
-            pid = wait_for(lambda i=inode: _owner(root, i), 10, "the stream's worker")
-            owners.setdefault(pid, []).append(stream)
+            # Connections in bursts, as from a fleet: one at a time, a worker that is idle
+            # in accept() can win every race on a busy machine.
+            batch = [RawStream(port, d.client_token) for _ in range(BURST)]
+            streams.extend(batch)
+            for stream in batch:
+                wait_for(lambda s=stream: s.ids, 15, "the stream's first snapshot")
+                inode = _server_socket_inode(port, stream.local_port)
+                assert inode is not None
+                pid = wait_for(lambda i=inode: _owner(root, i), 10, "the stream's worker")
+                owners.setdefault(pid, []).append(stream)
         before = d.store.get_environment(ENV).version
         r = httpx.post(
             f"http://127.0.0.1:{port}/admin/flags/checkout/kill",
