@@ -9,6 +9,9 @@ its response read, so the figures include the network stack and the client):
 * kill latency: ``POST /admin/flags/{key}/kill`` with no environments (the
   emergency path: all four environments, one transaction, four history rows),
   1,000 times, alternating with as many ``/unkill`` (measured apart);
+* with ``--webhook``: the kills and unkills again once a webhook subscription
+  exists (all state events, to a receiver in this process that answers 204), so
+  the kill path's cost includes the delivery worker that every commit wakes;
 * history page: one page of 100 rows when the history holds 1,000,000 rows
   (bulk-inserted server-side before the server starts): the newest page, pages
   filtered by flag, by environment + action and by time, the per-flag route,
@@ -22,6 +25,7 @@ Usage::
     .venv/bin/python benchmarks/admin_api.py            # 1,000 kills, 1,000,000 rows
     .venv/bin/python benchmarks/admin_api.py --quick    # 200 kills, 100,000 rows
     .venv/bin/python benchmarks/admin_api.py --backends sqlite
+    .venv/bin/python benchmarks/admin_api.py --quick --webhook   # + kills with a subscription
 
 The machine's ``test`` database is only connected to, to create and drop the
 benchmark's own database.
@@ -30,6 +34,7 @@ benchmark's own database.
 from __future__ import annotations
 
 import argparse
+import http.server
 import os
 import platform
 import shutil
@@ -39,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -264,6 +270,55 @@ def measure_kills(client: httpx.Client, sizes: Sizes, out: Measured) -> None:
     assert all(not state["killed"] for state in checked.values())
 
 
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver that reads the body and answers 204."""
+
+    received = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        type(self).received += 1
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def measure_kills_with_webhook(client: httpx.Client, sizes: Sizes, out: Measured) -> None:
+    """The kills again with one subscription receiving every state event."""
+    with webhook_receiver() as url:
+        created = client.post("/admin/webhooks", json={"url": url, "events": ["state.*"]})
+        if created.status_code != 201:
+            raise RuntimeError(f"webhook subscription: {created.status_code} {created.text}")
+        before = _Receiver.received
+        path = f"/admin/flags/{KILL_FLAG}"
+        body = {"reason": "benchmark"}
+        for i in range(sizes.warmup + sizes.kills):
+            kill_ms = timed(client, lambda: client.post(f"{path}/kill", json=body))
+            unkill_ms = timed(client, lambda: client.post(f"{path}/unkill", json=body))
+            if i >= sizes.warmup:
+                out.add("kill, 1 webhook subscription", kill_ms)
+                out.add("unkill, 1 webhook subscription", unkill_ms)
+        expected = 8 * (sizes.warmup + sizes.kills)  # 4 environments, kill and unkill
+        deadline = time.monotonic() + 60
+        while _Receiver.received - before < expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        out.notes["webhook deliveries"] = f"{_Receiver.received - before:,} of {expected:,}"
+
+
 def history_pages(rows: int) -> dict[str, str]:
     deep = encode_cursor(rows // 2)
     return {
@@ -288,7 +343,13 @@ def measure_history(client: httpx.Client, sizes: Sizes, out: Measured) -> None:
                 out.add(f"history: {label}", ms)
 
 
-def run_backend(name: str, sizes: Sizes, server_env: dict[str, str] | None = None) -> Measured:
+def run_backend(
+    name: str,
+    sizes: Sizes,
+    server_env: dict[str, str] | None = None,
+    *,
+    webhook: bool = False,
+) -> Measured:
     opener = sqlite_database if name == "sqlite" else postgres_database
     out = Measured()
     with opener() as url:
@@ -301,6 +362,8 @@ def run_backend(name: str, sizes: Sizes, server_env: dict[str, str] | None = Non
             ) as client,
         ):
             measure_kills(client, sizes, out)
+            if webhook:
+                measure_kills_with_webhook(client, sizes, out)
             measure_history(client, sizes, out)
     return out
 
@@ -386,6 +449,11 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="a setting for the measured server (e.g. FLAGRAIL_WEBHOOK_WORKER=false); repeatable",
     )
+    parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="also measure the kills with one webhook subscription (a local receiver)",
+    )
     args = parser.parse_args()
     server_env = {}
     for item in args.server_env:
@@ -401,7 +469,7 @@ def main() -> None:
             print("postgres: no server on 127.0.0.1:5432; skipped", file=sys.stderr)
             continue
         print(f"{name}: preparing and measuring ...", file=sys.stderr, flush=True)
-        results[name] = run_backend(name, sizes, server_env)
+        results[name] = run_backend(name, sizes, server_env, webhook=args.webhook)
     if not results:
         raise SystemExit("no backend measured")
     report(results, sizes, (load_before, os.getloadavg()[0]))
