@@ -8,8 +8,12 @@
 * The wheel holds only ``flags`` and ``api``: no top-level ``migrations`` or ``examples``.
 
 The wheel is built once per test session (shared by xdist workers, under a file lock)
-from a copy of the working tree; pip's wheel cache makes the installs fast after the
-first run.
+from a copy of the working tree. Each test's virtualenv is made without pip (ensurepip
+took ~10 s of each test) and the test runner's own pip installs into it with ``--python``.
+Dependencies install from a wheelhouse, ``.cache/wheelhouse`` (git-ignored), that
+``pip download`` fills from the configured indexes whenever it lacks one: the first run
+downloads as before, later runs install offline. Delete it to test against newer
+releases of the dependencies.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from flags.testing.redis_server import free_port
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+WHEELHOUSE = REPO_ROOT / ".cache" / "wheelhouse"
 SOURCES = ("pyproject.toml", "README.md", "flags", "api", "migrations")
 # Distributions of the server extra: none may be in an SDK-only install.
 SERVER_DISTRIBUTIONS = {
@@ -134,9 +139,28 @@ def wheel(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
 
 @pytest.fixture
 def venv(tmp_path: Path) -> Iterator[Path]:
-    """A fresh virtualenv (with pip) of this test's own; its bin directory."""
-    _ok(_run([sys.executable, "-m", "venv", tmp_path / "venv"], cwd=tmp_path))
+    """A fresh virtualenv of this test's own (no pip in it: see ``_pip_install``); its bin
+    directory."""
+    _ok(_run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "venv"], cwd=tmp_path))
     yield tmp_path / "venv" / "bin"
+
+
+def _pip_install(venv: Path, *requirements: str | Path, cwd: Path) -> None:
+    """``pip install`` of ``requirements`` into ``venv`` (and only there), by this
+    interpreter's pip targeting the virtualenv's python, from WHEELHOUSE; when that lacks
+    a distribution, ``pip download`` adds what is missing (under a lock) and it retries."""
+    pip = [sys.executable, "-m", "pip"]
+    install = [*pip, "--python", venv / "python", "install", "-q", "--no-compile"]
+    offline = [*install, "--no-index", "--find-links", WHEELHOUSE, *requirements]
+    if _run(offline, cwd=cwd).returncode == 0:
+        return
+    WHEELHOUSE.mkdir(parents=True, exist_ok=True)
+    with (WHEELHOUSE.parent / ".wheelhouse.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _ok(_run([*pip, "download", "-q", "-d", WHEELHOUSE, *requirements], cwd=cwd))
+        for built in WHEELHOUSE.glob("flagrail-*.whl"):
+            built.unlink()  # the wheel under test comes from the session's build only
+    _ok(_run(offline, cwd=cwd))
 
 
 def test_wheel__contents__only_flags_and_api_with_the_migrations_inside(wheel: Path) -> None:
@@ -167,12 +191,7 @@ def test_sdk_install__no_server_dependencies__sdk_cache_and_plugin_work(
     wheel: Path, venv: Path, tmp_path: Path
 ) -> None:
     """``pip install flagrail`` (+ pytest): imports, the plugin's fixtures, a clear CLI line."""
-    _ok(
-        _run(
-            [venv / "python", "-m", "pip", "install", "-q", "--no-compile", wheel, "pytest"],
-            cwd=tmp_path,
-        )
-    )
+    _pip_install(venv, wheel, "pytest", cwd=tmp_path)
 
     out = _ok(
         _run([venv / "python", "-c", SDK_PROBE, ",".join(SERVER_DISTRIBUTIONS)], cwd=tmp_path)
@@ -201,12 +220,7 @@ def test_server_install__cli__migrates_checks_and_serves_a_sqlite_file(
 ) -> None:
     """``pip install "flagrail[server]"``: the CLI runs; db upgrade then db check are clean;
     ``flagrail serve`` (the README's first command) answers with its first admin token."""
-    _ok(
-        _run(
-            [venv / "python", "-m", "pip", "install", "-q", "--no-compile", f"{wheel}[server]"],
-            cwd=tmp_path,
-        )
-    )
+    _pip_install(venv, f"{wheel}[server]", cwd=tmp_path)
 
     assert "serve" in _ok(_run([venv / "flagrail", "--help"], cwd=tmp_path))
     url = f"sqlite:///{tmp_path / 'flagrail.db'}"
