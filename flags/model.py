@@ -410,6 +410,9 @@ class Flag:
     archived: bool = False
     type: FlagType = FlagType.BOOLEAN
     variants: tuple[Variant, ...] = BOOLEAN_VARIANTS
+    # A typed flag's off/on variants a new environment starts with (None: boolean).
+    off_variant: str | None = None
+    on_variant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,6 +199,11 @@ def _print_flag(flag: dict[str, Any]) -> None:
             for v in flag["variants"]
         )
         sys.stdout.write(f"variants: {shown}\n")
+    if flag.get("off_variant") is not None:
+        # A typed flag: what an environment created later starts with.
+        sys.stdout.write(
+            f"new environments: serve {flag['on_variant']}; off {flag['off_variant']}\n"
+        )
     sys.stdout.write("\n")
     states = flag["environments"]
     rows = []
@@ -225,6 +230,11 @@ def _print_flag(flag: dict[str, Any]) -> None:
         + (["variants"] if flag.get("type") else []),
         rows,
     )
+    for env in ordered_environments(states):
+        pins = states[env].get("tenant_variants")
+        if pins:
+            shown = [f"{tenant}={name}" for tenant, name in sorted(pins.items())]
+            sys.stdout.write(f"pinned in {env}: {_tenants(shown)}\n")
 
 
 def _print_state(state: dict[str, Any]) -> None:
