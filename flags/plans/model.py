@@ -478,14 +478,74 @@ def _check_upward(stages: Sequence[Stage]) -> None:
             enabled = change.enabled
 
 
+def _check_split_one_way(stages: Sequence[Stage]) -> None:
+    """A plan stepping a split moves it one way, e.g. 0 -> 100 -> 500 -> 1000 of the new
+    variant. From one split stage to the next (a variant a split leaves out weighs 0):
+    a variant whose weight went up at an earlier step never goes down, one whose weight
+    went down never goes up; the variants weighing something at both steps keep their
+    order (a reorder re-deals tenants between them with no weight changed); and no
+    stage drops the split (``split: []``, everyone back to ``on_variant``). Raises
+    ``InvalidRuleError`` naming the stage's ``split``."""
+    split_stages = [
+        (i, stage.change.split) for i, stage in enumerate(stages) if stage.change.split is not None
+    ]
+    if len(split_stages) < 2:
+        return
+    moved: dict[str, tuple[int, int]] = {}  # variant -> (+1 up / -1 down, stage index)
+    previous: tuple[int, tuple[tuple[str, int], ...]] | None = None
+    for i, split in split_stages:
+        field = f"stages.{i}.split"
+        if not split:
+            raise InvalidRuleError(
+                f"{field} drops the split the plan steps; a plan moves a split one way "
+                "(end it with the new variant at 1000)",
+                field=field,
+            )
+        if previous is not None:
+            j, before = previous
+            was, now = dict(before), dict(split)
+            kept_before = [n for n, w in before if w and now.get(n)]
+            kept_after = [n for n, w in split if w and was.get(n)]
+            if kept_before != kept_after:
+                raise InvalidRuleError(
+                    f"{field} orders {', '.join(kept_after)} unlike stages.{j}.split "
+                    f"({', '.join(kept_before)}); reordering a split re-deals tenants "
+                    "between its variants",
+                    field=field,
+                )
+            names = [*was, *(n for n in now if n not in was)]
+            steps = {n: (was.get(n, 0), now.get(n, 0)) for n in names}
+            turned = [
+                (name, old, new)
+                for name, (old, new) in steps.items()
+                if old != new and moved.get(name, (0,))[0] == (-1 if new > old else 1)
+            ]
+            if turned:
+                # Name a variant taken back down first: the raised "new" variant of a
+                # two-variant split, as a person reads the plan.
+                name, old, new = min(turned, key=lambda t: t[2] > t[1])
+                way = "down" if new < old else "up"
+                raise InvalidRuleError(
+                    f"{field} takes {name} {way} from {old} to {new} after "
+                    f"stages.{moved[name][1]}.split took it {'up' if new < old else 'down'}; "
+                    "a plan moves a split one way (kill the flag or abort the plan to go back)",
+                    field=field,
+                )
+            for name, (old, new) in steps.items():
+                if old != new:
+                    moved[name] = (1 if new > old else -1, i)
+        previous = (i, split)
+
+
 def parse_plan(data: object) -> PlanSpec:
     """Validate a plan body (JSON or YAML-loaded).
 
     ``{"environment", "stages": [{"rollout", "tenants_on", "enabled", "hold"}, ...],
     "guards": [{"metric", "max", "window"?, "per"?}], "start_at"?}``.
     ``start_at`` is an absolute ISO-8601 time (UTC when it names no zone).
-    Raises ``ValidationError`` (``InvalidRuleError`` for a plan that moves down) whose
-    ``field`` names the offending part, e.g. ``stages.2.rollout``.
+    Raises ``ValidationError`` (``InvalidRuleError`` for a plan that moves down, or
+    steps a split both ways: ``_check_split_one_way``) whose ``field`` names the
+    offending part, e.g. ``stages.2.rollout``.
     """
     data = _mapping(data, "body")
     _no_unknown(data, _PLAN_FIELDS, "")
@@ -498,6 +558,7 @@ def parse_plan(data: object) -> PlanSpec:
         for i, s in enumerate(raw_stages)
     )
     _check_upward(stages)
+    _check_split_one_way(stages)
     raw_guards = _list(data, "guards", required=False, most=MAX_GUARDS)
     guards = tuple(parse_guard(g, f"guards.{i}") for i, g in enumerate(raw_guards))
     start_at = data.get("start_at")

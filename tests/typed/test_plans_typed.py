@@ -4,13 +4,17 @@ plan to that stage; a breach at the first split stage kills (the safe variant)."
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
-from flags.errors import ValidationError
+from api.app import create_app
+from flags.errors import InvalidRuleError, ValidationError
 from flags.history import HistoryQuery
 from flags.model import StateChange
 from flags.plans.model import (
@@ -26,7 +30,9 @@ from flags.plans.model import (
 )
 from flags.plans.scheduler import InMemoryMetrics, PlanScheduler
 from flags.plans.store import PlanStore
+from flags.settings import Settings
 from flags.store.sql import SqlFlagStore
+from tests.cli.test_cli import Cli, Server, assert_one_line_error, server  # noqa: F401
 
 KEY = "checkout.engine"
 ENV = "production"
@@ -180,7 +186,125 @@ def test_create__split_over_an_undeclared_variant__refused_at_once(
     """A plan whose split names a variant the flag lacks is refused when created."""
     _store, plans, _clock = stores
     body = split_plan()
+    body["stages"] = body["stages"][:2]  # later stages would take "newer" back down
     body["stages"][1]["split"] = {"old": 900, "newer": 100}
     with pytest.raises(ValidationError) as err:
         plans.create(KEY, parse_plan(body), actor="alice")
     assert err.value.field == "stages.1.split.1.variant"
+
+
+def _stages(*splits: dict[str, int]) -> dict[str, Any]:
+    """A plan body stepping ``splits`` in order, ten minutes apart."""
+    return {
+        "environment": ENV,
+        "stages": [{"split": split, "hold": "10m"} for split in splits],
+    }
+
+
+@pytest.mark.parametrize(
+    "splits",
+    [
+        ({"old": 1000, "new": 0}, {"old": 900, "new": 100}, {"old": 0, "new": 1000}),
+        # A variant left out weighs 0; a stage may hold a split where it is.
+        ({"old": 1000}, {"old": 900, "new": 100}, {"old": 900, "new": 100}, {"new": 1000}),
+        # A variant at 0 has no tenants: where it sits does not matter.
+        ({"old": 1000, "new": 0}, {"new": 100, "old": 900}),
+        # Three variants, each moving one way: a and b give to c.
+        ({"a": 400, "b": 200, "c": 400}, {"a": 200, "b": 200, "c": 600}, {"c": 1000}),
+    ],
+)
+def test_parse_plan__split_moving_one_way__accepted(splits: tuple[dict[str, int], ...]) -> None:
+    spec = parse_plan(_stages(*splits))
+    assert [dict(s.change.split or ()) for s in spec.stages] == [
+        {n: w for n, w in split.items()} for split in splits
+    ]
+
+
+@pytest.mark.parametrize(
+    ("splits", "field", "message"),
+    [
+        (
+            ({"old": 900, "new": 100}, {"old": 500, "new": 500}, {"old": 900, "new": 100}),
+            "stages.2.split",
+            "stages.2.split takes new down from 500 to 100 after stages.1.split took it up",
+        ),
+        (
+            (
+                {"old": 1000, "new": 0},
+                {"old": 500, "new": 500},
+                {"old": 500, "new": 500},
+                {"old": 1000},
+            ),
+            "stages.3.split",
+            "takes new down from 500 to 0 after stages.1.split took it up",
+        ),
+        (
+            ({"a": 400, "b": 200, "c": 400}, {"a": 200, "b": 400, "c": 400}, {"c": 1000}),
+            "stages.2.split",
+            "takes b down from 400 to 0 after stages.1.split took it up",
+        ),
+        (
+            ({"old": 500, "new": 500}, {"new": 500, "old": 500}),
+            "stages.1.split",
+            "orders new, old unlike stages.0.split (old, new)",
+        ),
+    ],
+)
+def test_parse_plan__split_going_both_ways__invalid_rule_naming_the_stage(
+    splits: tuple[dict[str, int], ...], field: str, message: str
+) -> None:
+    """A plan moves a split one way: a variant raised is never lowered later (nor the
+    reverse), and a reorder (which re-deals tenants) is refused."""
+    with pytest.raises(InvalidRuleError) as err:
+        parse_plan(_stages(*splits))
+    assert err.value.field == field
+    assert message in str(err.value)
+
+
+def test_parse_plan__split_dropped_midway__invalid_rule() -> None:
+    body = _stages({"old": 900, "new": 100})
+    body["stages"].append({"split": [], "rollout": 100})
+    with pytest.raises(InvalidRuleError) as err:
+        parse_plan(body)
+    assert err.value.field == "stages.1.split"
+    assert "drops the split the plan steps" in str(err.value)
+
+
+def test_api__split_plan_going_back__422_naming_the_field_and_nothing_created(
+    stores: tuple[SqlFlagStore, PlanStore, Clock], database_url: str
+) -> None:
+    store, _plans, _clock = stores
+    _info, token = store.create_token("release-manager", "editor", None, actor="test")
+    auth = {"Authorization": f"Bearer {token}"}
+    body = split_plan()
+    body["stages"][2]["split"] = {"old": 950, "new": 50}
+    app = create_app(Settings(database_url=database_url, scheduler=False), store=store)
+    with TestClient(app) as client:
+        response = client.post(f"/admin/flags/{KEY}/plans", json=body, headers=auth)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["field"]) == ("invalid_rule", "stages.2.split")
+        assert "takes new down from 100 to 50 after stages.1.split took it up" in error["message"]
+        assert client.get(f"/admin/flags/{KEY}/plans", headers=auth).json()["items"] == []
+        response = client.post(f"/admin/flags/{KEY}/plans", json=split_plan(), headers=auth)
+        assert response.status_code == 201, response.text
+
+
+def test_cli__split_plan_going_back__one_line_error_naming_the_field(
+    stores: tuple[SqlFlagStore, PlanStore, Clock],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``flagrail plan create -f`` prints the refusal in one line, exit 1."""
+    running: Server = request.getfixturevalue("server")
+    body = split_plan()
+    body["stages"][3]["split"] = {"old": 600, "new": 400}
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(body))
+    cli = Cli(capsys, ["--url", running.url, "--token", running.token])
+    assert_one_line_error(
+        cli("plan", "create", KEY, "-f", str(plan_file)),
+        "422 invalid_rule: stages.3.split takes new down from 500 to 400 after stages.2.split "
+        "took it up",
+    )
