@@ -61,6 +61,8 @@ class WorkerSettings:
     lease: timedelta = timedelta(seconds=30)
     # Seconds between passes when there was nothing to do.
     idle_interval: float = 0.05
+    # Seconds from a change's wake to the pass that sends it.
+    settle: float = 0.02
     # Subscriptions claimed per pass, and deliveries per subscription sent in one run.
     batch: int = 32
     run_length: int = 50
@@ -170,7 +172,11 @@ class DeliveryWorker:
                     # second (a new one is found within that; its first change waits
                     # at most as long).
                     pause = max(pause, UNSUBSCRIBED_INTERVAL)
-                self._wake.wait(pause)
+                if self._wake.wait(pause) and not self._stop.is_set():
+                    # Woken by a commit: let the request that made it answer first
+                    # (its caller is waiting; the receiver can wait ``settle``), and
+                    # take a burst of changes in one pass.
+                    self._stop.wait(self.settings.settle)
                 self._wake.clear()
 
     # ------------------------------------------------------------ one pass
