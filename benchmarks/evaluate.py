@@ -9,8 +9,11 @@ context dicts, LaunchDarkly ``Context``, one GrowthBook per tenant) are built
 before the clock starts. The first three shapes are boolean checks (flagrail
 ``is_enabled``); the split is each SDK's variant call: flagrail ``value()``,
 UnleashClient ``get_variant``, LaunchDarkly ``variation`` on a string flag,
-GrowthBook ``get_feature_value``. Then the RSS of one process holding 10,000 flags x 4
-environments in flagrail clients (one per environment, as a service would).
+GrowthBook ``get_feature_value``. flagrail's ``value()`` remembers, per flag state, the
+split entry of up to ``MEMO_PER_FLAG`` tenants (``flags.compiled.Refinement``), so the
+split is also timed over 200,000 distinct tenants, past that memo. Then the RSS of one
+process holding 10,000 flags x 4 environments in flagrail clients (one per
+environment, as a service would).
 
     .venv/bin/python benchmarks/evaluate.py [--calls 1000000] [--skip-peers]
 
@@ -39,6 +42,7 @@ SHAPES = ("plain on", "100-tenant list", "50% rollout", SPLIT)
 KEYS = {"plain on": "plain", "100-tenant list": "listed", "50% rollout": "rollout", SPLIT: "tier"}
 TARGETS = {"plain on": 0.5, "50% rollout": 1.0, SPLIT: 0.5}
 TIERS = (("gold", 200), ("silver", 300), ("bronze", 500))
+MANY_TENANTS = 200_000
 
 # flagrail's value(), kept by its setup to be timed also without the table's wrapper.
 DIRECT: dict[str, Callable[..., Any]] = {}
@@ -69,12 +73,13 @@ def timed(
     return best
 
 
-def timed_value_direct(calls: int, rounds: int) -> float:
+def timed_value_direct(calls: int, rounds: int, tenants: list[str] = TENANTS) -> float:
     """Microseconds per ``client.value("tier", "none", tenant)`` called directly in the
-    loop (the table's cell adds one Python wrapper call, as every peer's cell does)."""
+    loop (the table's cell adds one Python wrapper call, as every peer's cell does),
+    cycling through ``tenants``."""
     value = DIRECT["value"]
     per_round = max(1, calls // rounds)
-    seq = (TENANTS * (per_round // len(TENANTS) + 1))[:per_round]
+    seq = (tenants * (per_round // len(tenants) + 1))[:per_round]
     best = float("inf")
     for _ in range(rounds):
         gc.collect()
@@ -385,6 +390,16 @@ def main() -> None:
     if "value" in DIRECT:
         direct = timed_value_direct(args.calls, args.rounds)
         print(f"flagrail value() on the 3-way split, called directly: {direct:.3f} us")
+        from flags.compiled import MEMO_PER_FLAG
+
+        # Past the tenant memo's bound: each round calls every one of MANY_TENANTS once,
+        # so all but the few thousand memoized validate and hash their tenant.
+        many = [f"user-{i:07d}" for i in range(MANY_TENANTS)]
+        cold = timed_value_direct(MANY_TENANTS * args.rounds, args.rounds, many)
+        print(
+            f"  the same over {MANY_TENANTS:,} distinct tenants (past the memo's "
+            f"{MEMO_PER_FLAG:,} per flag, so hashed per call): {cold:.3f} us"
+        )
 
     memory = measure_memory()
     mb = memory["bytes"] / 1e6

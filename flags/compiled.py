@@ -9,9 +9,11 @@ there is one rule. The bucket formula comes from ``flags.bucketing``.
 A ``CompiledFlag`` precomputes everything a check needs (the fixed answer of a
 killed or disabled flag, the hash prefix, whether the answer depends on the
 bucket at all, the ``Evaluation`` objects it can return), so a check allocates
-nothing beyond the hash input of a rollout tenant. A ``CompiledSnapshot`` is
-immutable once built and swapped into a client by one attribute assignment, so
-a reader sees a whole snapshot or the previous one, never a mix.
+nothing beyond the hash input of a rollout tenant (and, in ``value()``, the bounded
+memo entry of a split tenant seen for the first time: ``Refinement``). A
+``CompiledSnapshot`` is immutable once built and swapped into a client by one
+attribute assignment, so a reader sees a whole snapshot or the previous one, never
+a mix.
 """
 
 from __future__ import annotations
@@ -71,6 +73,17 @@ _NO_PINS: Mapping[str, Evaluation] = {}  # shared, never mutated
 _hash = mmh3.hash
 
 
+# value()'s tenant memo (see Refinement): at most MEMO_PER_FLAG tenants per compiled
+# flag, at most MEMO_PER_PROCESS over every compiled flag alive in the process.
+MEMO_PER_FLAG = 8192
+MEMO_PER_PROCESS = 32768
+# [entries the process may still memoize]: taken by a memo's insert, given back when the
+# Refinement holding the memo is freed. Updated without a lock: under the GIL each
+# update is one read-modify-write of a list item, so the count can only drift by a
+# lost update between threads, never grow without bound.
+_MEMO_ROOM = [MEMO_PER_PROCESS]
+
+
 class Refinement:
     """What turns an on answer of a typed flag into a tenant's variant: its pins, then
     its split (cumulative weights and the Evaluation of each split variant).
@@ -78,9 +91,36 @@ class Refinement:
     The split variant of a tenant is ``evs[bisect_right(cum, h % 1000)]`` with ``h`` the
     unsigned murmur3 of ``prefix + tenant`` under ``VARIANT_SEED``: the same index as
     ``bisect_left(cum, split_bucket_of(prefix + tenant))`` (bucket = ``h % 1000 + 1``),
-    one call fewer on the hot path of ``value()``."""
+    one call fewer on the hot path of ``value()``.
 
-    __slots__ = ("cum", "evs", "pins", "prefix")
+    ``value()``'s table, precomputed once per state version when the flag is ``open``
+    (on for every valid tenant: not killed, enabled, rollout 100, nobody in
+    ``tenants_off``; and every variant below declared): entry ``i`` serves
+    ``values[i]`` and counts in ``slots[i]`` (the variant's served counter). Entries
+    ``0..len(cum) - 1`` are the split's variants in order; entry ``len(cum)`` is the
+    ``on_variant`` (where ``bisect_right`` lands past a split short of 1000, and for
+    every tenant when there is no split); then the pinned variants.
+
+    ``index`` maps a tenant to its entry: the pinned tenants, then a memo of the valid
+    tenants ``value()`` placed by their split bucket, so a tenant seen before costs
+    one dict lookup instead of its validation and its hash. The memo is bounded:
+    ``room`` more tenants for this flag (at most ``MEMO_PER_FLAG``) and, across the
+    process, ``MEMO_PER_PROCESS``; past either bound a tenant is placed by its hash
+    on every call, with the same answer. The memo dies with this state version (a
+    change compiles a new Refinement), so it never serves a previous split.
+    """
+
+    __slots__ = (
+        "cum",
+        "evs",
+        "index",
+        "open",
+        "pins",
+        "prefix",
+        "room",
+        "slots",
+        "values",
+    )
 
     def __init__(
         self,
@@ -93,6 +133,51 @@ class Refinement:
         self.pins = pins
         self.cum = cum
         self.evs = evs
+        self.open = False
+        self.room = 0
+        self.index: dict[str, int] = {}
+        self.values: tuple[Any, ...] = ()
+        self.slots: tuple[list[int], ...] = ()
+
+    def __del__(self, _room: list[int] = _MEMO_ROOM, _per_flag: int = MEMO_PER_FLAG) -> None:
+        """Give this memo's entries back to the process's room (the defaults are bound at
+        definition: at interpreter exit the module's globals may be gone)."""
+        if self.open:
+            _room[0] += _per_flag - self.room
+
+    def open_table(self, on: Evaluation, served: Mapping[str, list[int]]) -> None:
+        """Build ``value()``'s table (see the class) for a flag on for every valid tenant,
+        ``on`` being its answer without pin or split and ``served`` its variant
+        counters. Leaves ``open`` False when an entry's variant has no counter (is not
+        declared): ``value()`` then takes the general path, which answers the default.
+        A pin of an invalid tenant (possible only in a state built without
+        validation) is left to the general path too."""
+        entries = [*self.evs, on]
+        names = [ev.variant for ev in entries]
+        index: dict[str, int] = {}
+        for tenant, ev in self.pins.items():
+            if not is_valid_tenant(tenant):
+                return
+            if ev.variant not in names:
+                names.append(ev.variant)
+                entries.append(ev)
+            index[tenant] = names.index(ev.variant)
+        slots = [served.get(name) for name in names]  # type: ignore[arg-type]
+        if any(slot is None for slot in slots):
+            return
+        self.index = index
+        self.values = tuple(ev.value for ev in entries)
+        self.slots = tuple(slots)  # type: ignore[arg-type]
+        self.room = MEMO_PER_FLAG
+        self.open = True
+
+    def remember(self, tenant: str, i: int) -> None:
+        """Memoize the valid, unpinned ``tenant``'s entry ``i`` (placed by its split bucket
+        in ``value()``) in ``index`` if this flag (``room``) and the process have room."""
+        if self.room > 0 and _MEMO_ROOM[0] > 0:
+            self.room -= 1
+            _MEMO_ROOM[0] -= 1
+            self.index[tenant] = i
 
     def pick(self, tenant: str, ev: Evaluation) -> Evaluation:
         """The on answer ``ev`` for ``tenant``: its pinned variant, else its split
@@ -245,6 +330,8 @@ class CompiledFlag:
                 # An on answer for a tenant may become a pinned or split variant.
                 self.refine = Refinement(self.prefix, pins, tuple(cum), evs)
                 self.plain = False
+                if self.fixed is None and self.open_all:
+                    self.refine.open_table(self.ev_no_tenant, served)
         # variant(): the results of the Evaluations above, built on first use.
 
     def variant_result(self, ev: Evaluation) -> VariantResult:
@@ -406,6 +493,23 @@ class CompiledChecks:
                 return default
             if default.__class__ not in c.accepts:
                 return default
+            r = c.refine
+            if r is not None and r.open and tenant.__class__ is str:
+                # The hot path of a split flag on for every valid tenant (value() needs
+                # no reason): the tenant's pin or memoized entry, else its split bucket
+                # once validated (see Refinement).
+                i = r.index.get(tenant)
+                if i is None and 0 < len(tenant) <= MAX_TENANT_LENGTH and tenant.isprintable():
+                    # Placed by its split bucket; a tenant past the memo's bound pays no call.
+                    i = bisect_right(
+                        r.cum, _hash(r.prefix + tenant, VARIANT_SEED, False) % SPLIT_BUCKETS
+                    )
+                    if r.room > 0:
+                        r.remember(tenant, i)
+                if i is not None:
+                    c.counts[1] += 1
+                    r.slots[i][0] += 1
+                    return r.values[i]
             ev = c.ev_fixed
             if ev is None:
                 if tenant is None:
@@ -425,27 +529,6 @@ class CompiledChecks:
                         if bucket_of(c.prefix + tenant) <= c.rollout
                         else c.ev_rollout_off
                     )
-                elif c.open_all:
-                    # On for every valid tenant (value() needs no reason): straight
-                    # to the pin or the split, the hot path of a split flag.
-                    r = c.refine
-                    if r is None:
-                        ev = c.ev_no_tenant
-                    else:
-                        ev = r.pins.get(tenant)  # type: ignore[assignment]
-                        if ev is None:
-                            ev = (
-                                # See Refinement: the hot path of a split, one call.
-                                r.evs[
-                                    bisect_right(
-                                        r.cum,
-                                        _hash(r.prefix + tenant, VARIANT_SEED, False)
-                                        % SPLIT_BUCKETS,
-                                    )
-                                ]
-                                if r.cum
-                                else c.ev_no_tenant
-                            )
                 elif tenant in c.tenants_off:
                     ev = c.ev_tenant_off
                 else:
