@@ -188,9 +188,19 @@ class ApprovalService:
         policy = validate_policy(environment, required_approvals, allow_self_approval)
         return self.requests.set_policy(policy, actor=principal.actor, request_id=request_id)
 
+    def any_gated(self) -> bool:
+        """Whether any environment's policy requires approvals (one read)."""
+        return any(p.gated for p in self.requests.policies())
+
     def gated_environments(self, environments: Iterable[str]) -> list[str]:
-        """Those of ``environments`` whose policy requires approvals, in order."""
-        return [env for env in environments if self.requests.policy(env).gated]
+        """Those of ``environments`` whose policy requires approvals, in order (one
+        read of the policies, whatever the number of environments: an unkill in every
+        environment asks on its emergency path)."""
+        wanted = list(environments)
+        if not wanted:
+            return []
+        gated = {p.environment for p in self.requests.policies() if p.gated}
+        return [env for env in wanted if env in gated]
 
     # ------------------------------------------------------------ the gate
     def _check(self, principal: Principal, kind: ChangeKind, key: str, environment: str) -> None:

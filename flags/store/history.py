@@ -111,9 +111,11 @@ def record_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         params = {f"{name}_{i}": row[name] for i, row in enumerate(full) for name in names}
         conn.execute(_outboxed_insert(names, len(full)), params)
     else:  # SQLite: one writer at a time, so ids commit in order without a lock
+        if conn.execute(_ANY_SUBSCRIPTION).first() is None:
+            conn.execute(insert(history), full)  # no RETURNING: a plain executemany
+            return
         ids = conn.execute(insert(history).returning(history.c.id), full).scalars().all()
-        if conn.execute(_ANY_SUBSCRIPTION).first() is not None:
-            conn.execute(insert(webhook_outbox), [{"history_id": i} for i in ids])
+        conn.execute(insert(webhook_outbox), [{"history_id": i} for i in ids])
 
 
 _ANY_SUBSCRIPTION = select(webhook_subscriptions.c.id).limit(1)
