@@ -5,15 +5,22 @@ parameter and body field, every admin string holding a number, and every numeric
 of plan and schedule bodies; one character past every path parameter's maxLength.
 
 Bounded: a fixed number of examples per operation and mode, derandomized, so the run is
-deterministic and short; the cases are drawn once per process and sent to each database.
+deterministic and short; the cases are drawn once (kept in .cache/schemathesis, keyed by
+the schema, the libraries' versions and the drawing code) and sent to each database.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
+import fcntl
+import hashlib
+import importlib.metadata
+import inspect
 import json
 import math
+import os
+import pickle
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,33 +41,77 @@ STREAMING = {("GET", "/sdk/v1/stream")}
 NEGATABLE_AT_LEAST = 45
 # The admin token in generated cases; each test's own replaces it on the wire.
 TOKEN = "<admin token>"
+# Generated requests, kept across runs (git-ignored); see _generated.
+CACHE = Path(__file__).resolve().parents[2] / ".cache" / "schemathesis"
+CACHE_KEY_DISTRIBUTIONS = ("schemathesis", "hypothesis", "jsonschema_rs")
 
 
-def _send(api: Any, case: Any) -> Any:
-    """Send a generated case through the test's own client (requests-style kwargs -> httpx),
-    with the test's admin token where the case holds TOKEN."""
+def _request(case: Any) -> dict[str, Any]:
+    """A generated case as plain request data (requests-style kwargs, its curl command)."""
     kwargs = case.as_transport_kwargs(base_url="http://testserver")
     content = kwargs.get("data")
-    headers = {k: str(v) for k, v in (kwargs.get("headers") or {}).items()}
-    for name, value in headers.items():
-        headers[name] = value.replace(TOKEN, api.admin)
+    return {
+        "method": kwargs["method"],
+        "url": kwargs["url"],
+        "headers": {k: str(v) for k, v in (kwargs.get("headers") or {}).items()},
+        "params": kwargs.get("params"),
+        "json": kwargs.get("json"),
+        "content": content if isinstance(content, (bytes, str)) else None,
+        "data": content if isinstance(content, dict) else None,
+        "curl": case.as_curl_command(),
+    }
+
+
+def _send(api: Any, request: dict[str, Any]) -> Any:
+    """Send a generated request through the test's own client, with the test's admin
+    token where it holds TOKEN."""
+    headers = {k: v.replace(TOKEN, api.admin) for k, v in request["headers"].items()}
     return api.client.request(
-        kwargs["method"],
-        kwargs["url"],
+        request["method"],
+        request["url"],
         headers=headers,
-        params=kwargs.get("params"),
-        json=kwargs.get("json"),
-        content=content if isinstance(content, (bytes, str)) else None,
-        data=content if isinstance(content, dict) else None,
+        params=request["params"],
+        json=request["json"],
+        content=request["content"],
+        data=request["data"],
     )
 
 
-@functools.cache
-def _generated(openapi: str, mode: GenerationMode) -> tuple[tuple[str, tuple[Any, ...]], ...]:
-    """(operation, its cases) for every operation of ``openapi`` (JSON text) but STREAMING,
-    EXAMPLES[mode] cases each, derandomized: a pure function of the schema, so a process
-    draws them once and sends them to SQLite and to PostgreSQL. An operation with nothing
-    to vary (say, negative mode and no input that can be made invalid) has no cases."""
+Generated = list[tuple[str, list[dict[str, Any]]]]
+
+
+def _generated(openapi: dict[str, Any], mode: GenerationMode) -> Generated:
+    """(operation, its requests) for every operation of ``openapi`` but STREAMING,
+    EXAMPLES[mode] each, derandomized: a pure function of the schema, the libraries and
+    this module's drawing code. So it is drawn once and kept in CACHE under a key of all
+    of those: xdist workers (under a lock) and later runs send the same requests to SQLite
+    and to PostgreSQL without drawing again. An operation with nothing to vary (say,
+    negative mode and no input that can be made invalid) has none."""
+    text = json.dumps(openapi, sort_keys=True)
+    key = hashlib.sha256()
+    for part in (
+        text,
+        mode.value,
+        str(EXAMPLES[mode]),
+        *(f"{d}=={importlib.metadata.version(d)}" for d in CACHE_KEY_DISTRIBUTIONS),
+        *(inspect.getsource(f) for f in (_request, _draw, _draw_cases)),
+    ):
+        key.update(part.encode() + b"\0")
+    path = CACHE / f"{mode.value}-{key.hexdigest()[:24]}.pickle"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return pickle.loads(path.read_bytes())  # type: ignore[no-any-return]
+        generated = _draw(text, mode)
+        partial = path.with_suffix(f".tmp-{os.getpid()}")
+        partial.write_bytes(pickle.dumps(generated))
+        partial.rename(path)
+    return generated
+
+
+def _draw(openapi: str, mode: GenerationMode) -> Generated:
+    """What ``_generated`` keeps: the drawing itself (``openapi`` is JSON text)."""
     schema = schemathesis.openapi.from_dict(json.loads(openapi))
     # Only ``mode``: then a negative draw with nothing to negate ends the operation at once
     # (SkipTest) instead of being rejected ~460 times until Hypothesis gives up.
@@ -70,8 +121,8 @@ def _generated(openapi: str, mode: GenerationMode) -> tuple[tuple[str, tuple[Any
         operation = result.ok()
         if (operation.method.upper(), operation.path) not in STREAMING:
             label = f"{operation.method.upper()} {operation.path}"
-            generated.append((label, _draw_cases(operation, mode)))
-    return tuple(generated)
+            generated.append((label, [_request(c) for c in _draw_cases(operation, mode)]))
+    return generated
 
 
 def _draw_cases(operation: Any, mode: GenerationMode) -> tuple[Any, ...]:
@@ -106,11 +157,11 @@ def test_openapi__generated_requests__never_5xx(api: Any, mode: GenerationMode) 
     """Every operation of /openapi.json, fuzzed, answers below 500 in the error shape."""
     api.create_flag("a.b")
     openapi = api.get("/openapi.json").json()
-    generated = _generated(json.dumps(openapi, sort_keys=True), mode)
+    generated = _generated(openapi, mode)
     failures: list[str] = []
-    for label, cases in generated:
-        for case in cases:
-            response = _send(api, case)
+    for label, requests in generated:
+        for request in requests:
+            response = _send(api, request)
             problem = None
             if response.status_code >= 500:
                 problem = f"{response.status_code} {response.text[:300]}"
@@ -119,9 +170,9 @@ def test_openapi__generated_requests__never_5xx(api: Any, mode: GenerationMode) 
                 if not {"code", "message", "field"} <= set(error):
                     problem = f"no error shape: {response.text[:300]}"
             if problem:
-                failures.append(f"{label}: {case.as_curl_command()} -> {problem}")
+                failures.append(f"{label}: {request['curl']} -> {problem}")
                 break  # one per operation
-    exercised = sum(1 for _, cases in generated if cases)
+    exercised = sum(1 for _, requests in generated if requests)
     assert len(generated) >= 15
     assert failures == [], "\n".join(failures)
     assert exercised >= (len(generated) if mode.is_positive else NEGATABLE_AT_LEAST), exercised
