@@ -258,17 +258,28 @@ def timed(client: httpx.Client, send: Callable[[], httpx.Response]) -> float:
     return elapsed
 
 
-def measure_kills(client: httpx.Client, sizes: Sizes, out: Measured) -> None:
+def kill_rounds(
+    client: httpx.Client, sizes: Sizes, out: Measured, label: str, spacing: float = 0.0
+) -> None:
+    """Kill/unkill pairs through the API, measured apart as ``kill<label>`` and
+    ``unkill<label>``; with ``spacing``, each request that many seconds after the last
+    (changes as they come in an incident, one at a time; without, a flood)."""
     path = f"/admin/flags/{KILL_FLAG}"
     body = {"reason": "benchmark"}
     for i in range(sizes.warmup + sizes.kills):
+        time.sleep(spacing)
         kill_ms = timed(client, lambda: client.post(f"{path}/kill", json=body))
+        time.sleep(spacing)
         unkill_ms = timed(client, lambda: client.post(f"{path}/unkill", json=body))
         if i >= sizes.warmup:
-            out.add("kill (4 environments)", kill_ms)
-            out.add("unkill (4 environments)", unkill_ms)
+            out.add(f"kill{label}", kill_ms)
+            out.add(f"unkill{label}", unkill_ms)
     checked = client.get(path).json()["environments"]
     assert all(not state["killed"] for state in checked.values())
+
+
+def measure_kills(client: httpx.Client, sizes: Sizes, out: Measured) -> None:
+    kill_rounds(client, sizes, out, " (4 environments)")
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -298,40 +309,17 @@ def webhook_receiver() -> Iterator[str]:
         server.server_close()
 
 
-def _kill_rounds(client: httpx.Client, sizes: Sizes, out: Measured, label: str) -> None:
-    """Kill/unkill pairs, each pair ``SPACING`` s after the last: changes as they come
-    in an incident, one at a time, so the delivery worker's pass for one change is
-    over before the next (the back-to-back rows above measure a flood)."""
-    path = f"/admin/flags/{KILL_FLAG}"
-    body = {"reason": "benchmark"}
-    for i in range(sizes.warmup + sizes.kills):
-        time.sleep(SPACING)
-        kill_ms = timed(client, lambda: client.post(f"{path}/kill", json=body))
-        time.sleep(SPACING)
-        unkill_ms = timed(client, lambda: client.post(f"{path}/unkill", json=body))
-        if i >= sizes.warmup:
-            out.add(f"kill, {label}", kill_ms)
-            out.add(f"unkill, {label}", unkill_ms)
-
-
 def measure_kills_with_webhook(client: httpx.Client, sizes: Sizes, out: Measured) -> None:
     """Spaced kills without a subscription, then with one receiving every state event
     (back to back too, for the flood): the difference is webhooks' cost on the path."""
-    _kill_rounds(client, sizes, out, "spaced, no webhook")
+    kill_rounds(client, sizes, out, ", spaced, no webhook", SPACING)
     with webhook_receiver() as url:
         created = client.post("/admin/webhooks", json={"url": url, "events": ["state.*"]})
         if created.status_code != 201:
             raise RuntimeError(f"webhook subscription: {created.status_code} {created.text}")
         before = _Receiver.received
-        _kill_rounds(client, sizes, out, "spaced, 1 webhook subscription")
-        path = f"/admin/flags/{KILL_FLAG}"
-        body = {"reason": "benchmark"}
-        for i in range(sizes.warmup + sizes.kills):
-            kill_ms = timed(client, lambda: client.post(f"{path}/kill", json=body))
-            unkill_ms = timed(client, lambda: client.post(f"{path}/unkill", json=body))
-            if i >= sizes.warmup:
-                out.add("kill back to back, 1 webhook subscription", kill_ms)
-                out.add("unkill back to back, 1 webhook subscription", unkill_ms)
+        kill_rounds(client, sizes, out, ", spaced, 1 webhook subscription", SPACING)
+        kill_rounds(client, sizes, out, " back to back, 1 webhook subscription")
         expected = 16 * (sizes.warmup + sizes.kills)  # 4 environments x 2 x 2 rounds
         deadline = time.monotonic() + 60
         while _Receiver.received - before < expected and time.monotonic() < deadline:

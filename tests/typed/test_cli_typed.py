@@ -5,29 +5,9 @@ changes readable in ``flagrail history``."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.cli.test_cli import Cli, Server, assert_one_line_error, server  # noqa: F401
 
 KEY = "prices.tier"
-
-
-@pytest.fixture(params=["remote", "direct"])
-def flagrail(
-    request: pytest.FixtureRequest,
-    database_url: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Cli:
-    """The CLI on a server (FLAGRAIL_URL/TOKEN) or on the database (--database-url)."""
-    if request.param == "remote":
-        running: Server = request.getfixturevalue("server")
-        monkeypatch.setenv("FLAGRAIL_URL", running.url)
-        monkeypatch.setenv("FLAGRAIL_TOKEN", running.token)
-        return Cli(capsys, [])
-    monkeypatch.delenv("FLAGRAIL_URL", raising=False)
-    monkeypatch.delenv("FLAGRAIL_TOKEN", raising=False)
-    return Cli(capsys, ["--database-url", database_url])
 
 
 def test_cli__typed_flag_lifecycle__same_on_both_paths(flagrail: Cli) -> None:

@@ -88,24 +88,6 @@ def test_get_flag__boolean__form_of_earlier_releases(api: Api) -> None:
     )
 
 
-@pytest.fixture(params=["remote", "direct"])
-def flagrail(
-    request: pytest.FixtureRequest,
-    database_url: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Cli:
-    """The CLI on a server or directly on the database."""
-    if request.param == "remote":
-        running: Server = request.getfixturevalue("server")
-        monkeypatch.setenv("FLAGRAIL_URL", running.url)
-        monkeypatch.setenv("FLAGRAIL_TOKEN", running.token)
-        return Cli(capsys, [])
-    monkeypatch.delenv("FLAGRAIL_URL", raising=False)
-    monkeypatch.delenv("FLAGRAIL_TOKEN", raising=False)
-    return Cli(capsys, ["--database-url", database_url])
-
-
 def test_cli_flags_show__typed__variants_initial_states_and_pins(
     flagrail: Cli, database_url: str
 ) -> None:
