@@ -236,6 +236,11 @@ class LayeredCache(BlockingDriver, AsyncioDriver):
             self._blocking_loader = loader  # type: ignore[method-assign,assignment]
         self._aflights = AsyncFlights(landed)
         self._verify_acc = 0.0
+        # Verifications queued or running, by (layer, key, written_at): a hot key's hits
+        # of one entry share one loader re-read while it is pending, so a burst of reads
+        # never buries the verifier under copies of the same question (and a wrong entry
+        # among them waits behind fewer).
+        self._verifying: set[tuple[int, str, float]] = set()
         self._reported: list[dict[str, int]] = [{} for _ in layers]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -371,6 +376,10 @@ class LayeredCache(BlockingDriver, AsyncioDriver):
     def _schedule_verify(self, i: int, key: str, entry: Entry) -> None:
         """Verify off the request path: on the event loop for an async loader called
         from ``aget``, else on the background worker."""
+        ident = (i, key, entry.written_at)
+        if ident in self._verifying:
+            return  # the same entry is being re-read already
+        self._verifying.add(ident)
         gen = self._gens.gen
         if self._async_loader:
             try:
@@ -381,8 +390,16 @@ class LayeredCache(BlockingDriver, AsyncioDriver):
                 task = loop.create_task(self._averify(i, key, entry, gen))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(lambda _t: self._verifying.discard(ident))
                 return
-        self._worker.submit(self._verify, i, key, entry, gen)
+        if not self._worker.submit(self._verify_once, ident, entry, gen):
+            self._verifying.discard(ident)  # dropped (stopped, or its queue full)
+
+    def _verify_once(self, ident: tuple[int, str, float], entry: Entry, gen: int) -> None:
+        try:
+            self._verify(ident[0], ident[1], entry, gen)
+        finally:
+            self._verifying.discard(ident)
 
     # ----------------------------------------------------------------- counters
     def _report_counters(self) -> None:

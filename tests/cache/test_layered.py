@@ -315,6 +315,26 @@ class TestShadowAndVerification:
             assert cache.layers[0].get("key-a") is None
         assert read(cache, "key-a") == KEY_A
 
+    def test_verify__hot_key_burst__one_reread_per_entry_while_pending(
+        self, read: Reader, make_cache: CacheFactory, layer_flags: TestFlagClient
+    ) -> None:
+        """Hits of one entry share the loader re-read already queued for it: a burst of
+        reads of a hot key does not queue a verification per hit (with no layer on,
+        every read is a load and nothing is verified)."""
+        source = Source(default_data(), delay=0.2)
+        cache = make_cache(loader=source, verify_share=1.0)
+        assert read(cache, "key-a") == KEY_A  # a miss: loaded and written
+        assert cache.wait_idle()
+        before = source.count("key-a")
+        for _ in range(20):
+            assert read(cache, "key-a") == KEY_A
+        assert cache.wait_idle()
+        calls = source.count("key-a") - before
+        if not (on(layer_flags, L1) or on(layer_flags, L2)):
+            assert calls == 20
+        else:
+            assert 1 <= calls <= 5, calls  # one per 0.2 s re-read, not one per hit
+
 
 class TestSingleFlight:
     def test_get__cold_key_under_load__loader_called_once(
