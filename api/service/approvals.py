@@ -188,19 +188,16 @@ class ApprovalService:
         policy = validate_policy(environment, required_approvals, allow_self_approval)
         return self.requests.set_policy(policy, actor=principal.actor, request_id=request_id)
 
-    def any_gated(self) -> bool:
-        """Whether any environment's policy requires approvals (one read)."""
-        return any(p.gated for p in self.requests.policies())
+    def gated(self) -> frozenset[str]:
+        """The environments whose policy requires approvals (one read of the policies,
+        whatever the number of environments: an unkill in every environment asks on
+        its emergency path)."""
+        return frozenset(p.environment for p in self.requests.policies() if p.gated)
 
     def gated_environments(self, environments: Iterable[str]) -> list[str]:
-        """Those of ``environments`` whose policy requires approvals, in order (one
-        read of the policies, whatever the number of environments: an unkill in every
-        environment asks on its emergency path)."""
-        wanted = list(environments)
-        if not wanted:
-            return []
-        gated = {p.environment for p in self.requests.policies() if p.gated}
-        return [env for env in wanted if env in gated]
+        """Those of ``environments`` whose policy requires approvals, in order."""
+        gated = self.gated()
+        return [env for env in environments if env in gated]
 
     # ------------------------------------------------------------ the gate
     def _check(self, principal: Principal, kind: ChangeKind, key: str, environment: str) -> None:

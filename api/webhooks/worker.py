@@ -147,8 +147,9 @@ class DeliveryWorker:
 
     def wake_for_change(self) -> None:
         """A flag change was just committed: run the next pass now if a subscription
-        may receive it (else the idle poll finds any outbox row within
-        ``idle_interval``, as it does for changes committed by other replicas)."""
+        may receive it (else the idle poll finds any outbox row: within
+        ``idle_interval``, or ``UNSUBSCRIBED_INTERVAL`` while no subscription was seen,
+        as it does for changes committed by other replicas)."""
         if self._subscribed:
             self._wake.set()
 

@@ -61,6 +61,8 @@ __all__ = ["HISTORY_WRITE_LOCK", "list_changes", "record_change", "record_change
 # (see the module docstring); the webhook fan-out takes it exclusively for a moment.
 HISTORY_WRITE_LOCK = 0x666C6167_68697374 & 0x7FFFFFFFFFFFFFFF
 _COLUMNS = [c.name for c in history.columns if c.name != "id"]
+# Whether any webhook subscription exists (SQLite writes outbox rows only then).
+_ANY_SUBSCRIPTION = select(webhook_subscriptions.c.id).limit(1)
 
 
 def record_change(
@@ -116,9 +118,6 @@ def record_changes(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
             return
         ids = conn.execute(insert(history).returning(history.c.id), full).scalars().all()
         conn.execute(insert(webhook_outbox), [{"history_id": i} for i in ids])
-
-
-_ANY_SUBSCRIPTION = select(webhook_subscriptions.c.id).limit(1)
 
 
 @functools.lru_cache(maxsize=64)
