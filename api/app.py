@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import console, errors
 from api.console import change_requests as console_requests  # #16 approvals
+from api.fastpath import FastPathStats, SnapshotFastPath
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.routes import change_requests as approval_routes  # #16 approvals
 from api.routes import environments, flags, health, history, plans, sdk, tokens, unleash
@@ -29,6 +30,7 @@ from flags.plans.scheduler import PlanScheduler
 from flags.plans.store import PlanStore
 from flags.settings import Settings
 from flags.store.sql import SqlFlagStore
+from flags.store.token_cache import TokenMarkWatch
 
 log = logging.getLogger("flagrail.api")
 
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
     """Build the app. ``store`` overrides the one made from ``settings.database_url``."""
     settings = settings or Settings()
     store = store or SqlFlagStore(settings.database_url)
+    store.tokens.ttl = settings.token_cache_ttl
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,6 +82,8 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
     app.state.settings = settings
     app.state.store = store
     app.state.services = []
+    if settings.token_cache_ttl > 0:  # revocations made by other processes reach the cache
+        app.state.services.append(TokenMarkWatch(store.tokens, store.revocation_mark))
     services = sdk.install(app, settings, store)
     app.state.plans = PlanStore(store)
     # #16: the approval gate every admin change path goes through.
@@ -100,6 +105,10 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
         app.include_router(router)
     console.install(app)  # the web console at /console (its users store starts first)
     app.include_router(console_requests.router)  # #16: /console/change-requests
+    # Innermost of ours: SDK snapshot polls answered from memory (request ids and the
+    # body limit still apply to them).
+    app.state.fastpath = FastPathStats()
+    app.add_middleware(SnapshotFastPath, state=app.state)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

@@ -41,13 +41,18 @@ class Settings(BaseSettings):
     # (mode 0600; the path is printed, the token never). Default: beside a SQLite database
     # file (`flagrail.db.admin-token`), else `./flagrail-admin-token`.
     bootstrap_token_file: Path | None = None
-    # How long SDK counters are kept (`90d`, `12h`; at least 1h). The server prunes older
-    # ones every `telemetry_prune_interval` seconds; counters older than
-    # `telemetry_rollup_after` are kept per hour instead of per second.
     # Secret (at least 16 characters) for signing Redis change messages. Replicas verify
     # with keys derived from it; SDKs get their environment's key (never this secret) in
     # the authenticated snapshot response. Unset: Redis messages are hints only.
     signing_key: str | None = Field(default=None, min_length=16, repr=False)
+    # Seconds a token the server has authenticated is trusted without reading it again
+    # (0: read it on every request). A revocation through this server applies at once;
+    # one made through another replica or the CLI's --database-url within about 0.5 s
+    # (the server watches the history for revocations).
+    token_cache_ttl: float = Field(default=30.0, ge=0, le=3600)
+    # How long SDK counters are kept (`90d`, `12h`; at least 1h). The server prunes older
+    # ones every `telemetry_prune_interval` seconds; counters older than
+    # `telemetry_rollup_after` are kept per hour instead of per second.
     telemetry_retention: timedelta = timedelta(days=90)
     telemetry_rollup_after: timedelta = timedelta(days=1)
     telemetry_prune_interval: float = Field(default=3600.0, gt=0)

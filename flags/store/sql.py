@@ -79,6 +79,7 @@ from flags.model import (
 from flags.store import FlagPage, KillResult
 from flags.store import history as history_log
 from flags.store import tables as t
+from flags.store.token_cache import DEFAULT_TOKEN_TTL, token_cache_for
 from flags.store.users import UserNotFoundError
 from flags.store.writes import write_transaction
 
@@ -427,11 +428,17 @@ class SqlFlagStore:
     Constructing it does no I/O; the first call connects.
     """
 
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self, url: str, *, engine: Engine | None = None, token_ttl: float = DEFAULT_TOKEN_TTL
+    ) -> None:
+        """``token_ttl``: seconds ``authenticate`` may trust a token it read (0: read
+        every time); see ``flags.store.token_cache``."""
         self.url = url
         self.engine = engine or make_engine(url)
         self.listeners: list[Listener] = []
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        self.tokens = token_cache_for(self.engine)
+        self.tokens.ttl = token_ttl
 
     def close(self) -> None:
         self.engine.dispose()
@@ -1476,13 +1483,41 @@ class SqlFlagStore:
                 after=after.to_dict(),
                 request_id=request_id,
             )
+        self.tokens.clear()
         return after
 
     def authenticate(self, secret: str) -> TokenInfo | None:
         """The live token whose value is ``secret``, else None. The stored hash is
         compared in constant time. A token issued to a console user is live only while
-        that user exists and is enabled."""
+        that user exists and is enabled. Served from ``self.tokens`` when held there
+        (no I/O); a revocation through this store takes effect at once, one made
+        elsewhere once the server's mark watch sees it (``revocation_mark``)."""
         digest = hash_token(secret)
+        held = self.tokens.get(digest)
+        if held is not None:
+            return held
+        generation = self.tokens.generation()
+        token = self._authenticate(digest)
+        if token is not None:
+            self.tokens.put(digest, token, generation)
+        return token
+
+    def cached_token(self, secret: str) -> TokenInfo | None:
+        """The live token of ``secret`` if the token cache holds it, else None (not
+        known to be live: ask ``authenticate``). No I/O."""
+        return self.tokens.get(hash_token(secret))
+
+    def revocation_mark(self) -> int:
+        """What moves whenever a token is revoked or a console user disabled, by any
+        process: the newest such history row's id (0: none yet). One indexed read."""
+        actions = (Action.TOKEN_REVOKE.value, Action.USER_DISABLE.value)
+        with self.read() as conn:
+            mark = conn.execute(
+                select(func.max(t.history.c.id)).where(t.history.c.action.in_(actions))
+            ).scalar()
+        return int(mark or 0)
+
+    def _authenticate(self, digest: str) -> TokenInfo | None:
         users = t.console_users
         with self.read() as conn:
             row = conn.execute(

@@ -50,6 +50,7 @@ from flags.store import history as history_log
 from flags.store.tables import console_environment_protection as protection
 from flags.store.tables import console_sessions as sessions
 from flags.store.tables import console_users as users
+from flags.store.token_cache import token_cache_for
 from flags.store.writes import write_transaction
 
 __all__ = [
@@ -327,6 +328,8 @@ class UserStore:
                 after=after.to_dict(),
                 request_id=request_id,
             )
+        if disabled:  # the user's tokens stop at once in this process too
+            token_cache_for(self.engine).clear()
         return after
 
     def verify(self, name: str, password: str) -> User:
