@@ -29,6 +29,7 @@ __all__ = [
     "bearer_secret",
     "get_service",
     "get_store",
+    "parse_bearer",
     "request_id",
     "request_id_dependency",
     "service_dependency",
@@ -69,7 +70,11 @@ async def request_id_dependency(request: Request) -> str:
 def bearer_secret(request: Request, *, allow_raw: bool = False) -> str:
     """The token in ``Authorization``; ``allow_raw`` also takes it without ``Bearer``
     (as Unleash SDKs send it). Raises ``UnauthenticatedError``."""
-    header = request.headers.get("authorization")
+    return parse_bearer(request.headers.get("authorization"), allow_raw=allow_raw)
+
+
+def parse_bearer(header: str | None, *, allow_raw: bool = False) -> str:
+    """The token in an ``Authorization`` header's value (see ``bearer_secret``)."""
     if not header:
         raise UnauthenticatedError("missing Authorization header", field="Authorization")
     scheme, _, value = header.partition(" ")

@@ -72,9 +72,11 @@ from flags.sync.sse import format_event
 __all__ = [
     "SdkServerSettings",
     "SdkServices",
+    "etag_matches",
     "install",
     "kill_wait",
     "router",
+    "snapshot_headers",
 ]
 
 log = logging.getLogger("flagrail.api.sdk")
@@ -156,6 +158,10 @@ class SnapshotCache:
         if cached is not None and cached.version == version:
             return cached
         return self.render(store.snapshot(env))
+
+    def newest(self, env: str) -> RenderedSnapshot | None:
+        """The newest render held for ``env``, if any; no I/O."""
+        return self._by_env.get(env)
 
     def cached(self, env: str, version: int) -> RenderedSnapshot | None:
         """The render of ``env`` at exactly ``version``, if held; no I/O."""
@@ -338,7 +344,8 @@ def _sdk_environment(principal: Principal, environment: str) -> str:
     return environment
 
 
-def _etag_matches(header: str | None, version: int) -> bool:
+def etag_matches(header: str | None, version: int) -> bool:
+    """``If-None-Match`` (``header``) names ``version`` (or is ``*``)."""
     if not header:
         return False
     for part in header.split(","):
@@ -349,16 +356,8 @@ def _etag_matches(header: str | None, version: int) -> bool:
 
 
 # ---------------------------------------------------------------------- snapshot
-@router.get("/sdk/v1/snapshot")
-async def get_snapshot(
-    request: Request,
-    services: Services,
-    principal: Principal = SdkClient,
-    environment: str = Query(..., max_length=40),
-    if_none_match: str | None = Header(default=None, max_length=200),
-) -> Response:
-    """The environment's flags at one version; 304 when ``If-None-Match`` names it."""
-    env = _sdk_environment(principal, environment)
+def snapshot_headers(services: SdkServices, env: str) -> dict[str, str]:
+    """The headers of every snapshot answer (200 and 304), but its ETag."""
     headers = {"Cache-Control": "no-cache"}
     if services.publisher is not None:
         # SDKs with Redis trust the channel only when the server publishes on it.
@@ -366,6 +365,31 @@ async def get_snapshot(
         if services.signing_secret is not None:
             # This environment's verify key (not the secret), to this token only.
             headers["X-Flagrail-Verify-Key"] = environment_key(services.signing_secret, env).hex()
+    return headers
+
+
+@router.get("/sdk/v1/snapshot")
+async def get_snapshot(
+    request: Request,
+    services: Services,
+    principal: Principal = SdkClient,
+    environment: str = Query(..., max_length=40),
+    if_none_match: str | None = Header(default=None, max_length=200),
+    min_version: int | None = Query(
+        default=None,
+        ge=0,
+        le=MAX_VERSION,
+        description="The version a Redis hint announced: the answer is read from the "
+        "database unless this replica knows a version at least this new.",
+    ),
+) -> Response:
+    """The environment's flags at one version; 304 when ``If-None-Match`` names it.
+
+    Most polls are answered by ``api.fastpath`` before they reach this route (from
+    memory: the token cache, the broadcaster's known version, the rendered snapshot);
+    this route is the same answer read from the database."""
+    env = _sdk_environment(principal, environment)
+    headers = snapshot_headers(services, env)
     store: FlagStore = request.app.state.store
     # One thread-pool hop for the database (the version read; the render on a miss).
     rendered = await run_in_threadpool(_current_snapshot, services, store, env, if_none_match)
@@ -384,7 +408,7 @@ def _current_snapshot(
     """The environment's version when ``If-None-Match`` names it (a 304), else its
     rendered snapshot. Blocking (database): run in the thread pool."""
     current = store.get_environment(env).version
-    if if_none_match and _etag_matches(if_none_match, current):
+    if if_none_match and etag_matches(if_none_match, current):
         return current
     return services.snapshots.get(store, env, current)
 

@@ -211,6 +211,7 @@ class Broadcaster:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._hint_quiet_until = 0.0
+        self._polled_at: float | None = None
         self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -351,6 +352,23 @@ class Broadcaster:
             feed = self._feeds.get(environment)
             return feed.latest if feed is not None else None
 
+    def known_version(self, environment: str) -> int | None:
+        """The newest version of ``environment`` this replica knows to be committed:
+        what it delivered or what its last database poll read, whichever is newer; no
+        I/O. A change committed through this replica is known before its request is
+        answered; one committed elsewhere once Redis or the next poll (every
+        ``db_poll_interval`` seconds) brings it. None when this replica cannot vouch
+        for a version: the environment unseen, or no successful poll for
+        ``4 * db_poll_interval`` (at least 2) seconds (the database is away, or the
+        backstop is not running)."""
+        polled = self._polled_at
+        if polled is None or time.monotonic() - polled > max(2.0, 4 * self.db_poll_interval):
+            return None
+        feed = self._feeds.get(environment)
+        if feed is None or feed.latest is None:
+            return None
+        return max(feed.latest, feed.db_version or 0)
+
     def replay(self, environment: str, after: int) -> list[FlagChanged] | None:
         """The changes after version ``after`` up to the latest, or None when the ring
         no longer holds all of them (the stream must then start with a snapshot)."""
@@ -418,6 +436,7 @@ class Broadcaster:
     def _poll_database(self) -> None:
         envs = self.store.list_environments()
         now = time.monotonic()
+        self._polled_at = now
         with self._lock:
             for env in envs:
                 feed = self._feeds.setdefault(env.name, _Feed())

@@ -42,8 +42,12 @@ class SnapshotFetcher:
         # when the server signs its Redis messages (None: hint-only).
         self.verify_key: bytes | None = None
 
-    def fetch(self, known_version: int | None = None) -> Snapshot | None:
+    def fetch(
+        self, known_version: int | None = None, *, min_version: int | None = None
+    ) -> Snapshot | None:
         """The snapshot, or None when it is still at ``known_version`` (304).
+        ``min_version``: a version a hint announced; a server replica that does not
+        know it yet answers from its database rather than from memory.
 
         Raises ``StoreUnavailableError`` (server unreachable, timed out or 5xx),
         ``UnauthenticatedError`` / ``ForbiddenError`` (401/403),
@@ -54,9 +58,10 @@ class SnapshotFetcher:
         if known_version is not None:
             headers["If-None-Match"] = f'"{known_version}"'
         try:
-            response = self.http.get(
-                self.url, params={"environment": self.environment}, headers=headers
-            )
+            params: dict[str, str | int] = {"environment": self.environment}
+            if min_version is not None:
+                params["min_version"] = min_version
+            response = self.http.get(self.url, params=params, headers=headers)
         except httpx.HTTPError as exc:
             raise StoreUnavailableError(
                 f"flagrail server unreachable: {type(exc).__name__}: {exc}"

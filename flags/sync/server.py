@@ -112,6 +112,8 @@ class ServerSource:
         # Redis messages dropped for a missing or wrong signature (signed mode).
         self.rejected = 0
         self._hint_pending = False
+        # The newest version a hint announced (sent as min_version with the fetch).
+        self._hint_version = 0
         self._hint_deferred = False
         self._hint_quiet_until = 0.0
         # Snapshot fetches a Redis hint caused.
@@ -289,6 +291,7 @@ class ServerSource:
         if served is not None and version <= served:
             return
         self.hints += 1
+        self._hint_version = max(self._hint_version, version)
         if time.monotonic() < self._hint_quiet_until:
             # The last hint was false (a 304): fetch once the quiet period ends, so a
             # flood of forged hints costs at most one fetch per HINT_QUIET seconds.
@@ -356,7 +359,11 @@ class ServerSource:
         source = "redis" if hinted else "poll"
         if hinted:
             self.hint_fetches += 1
-        snapshot = self._fetcher.fetch(self._served_version())
+        # A hinted fetch names the hinted version, so a replica that has not heard of
+        # it yet reads its database instead of answering 304 from memory.
+        served = self._served_version()
+        wanted = self._hint_version if hinted and self._hint_version > (served or 0) else None
+        snapshot = self._fetcher.fetch(served, min_version=wanted)
         if snapshot is None:
             if hinted:  # a false hint: hold the next ones back a while
                 self._hint_quiet_until = time.monotonic() + HINT_QUIET
