@@ -10,9 +10,10 @@ endpoints of its environments (``SdkClient``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from api.service import AdminService, Operation, Principal
 from flags.errors import UnauthenticatedError, ValidationError
@@ -26,10 +27,12 @@ __all__ = [
     "SdkClient",
     "allowed",
     "authenticate",
+    "authenticate_async",
     "bearer_secret",
     "get_service",
     "get_store",
     "parse_bearer",
+    "permitted",
     "request_id",
     "request_id_dependency",
     "service_dependency",
@@ -95,35 +98,58 @@ def _check_claimed_actor(claimed: str) -> None:
 
 
 def authenticate(request: Request, *, allow_raw: bool = False) -> TokenInfo:
+    """The request's live token (blocking: may read the database). Raises
+    ``UnauthenticatedError``."""
     secret = bearer_secret(request, allow_raw=allow_raw)
-    token = get_store(request).authenticate(secret)
+    return _live(get_store(request).authenticate(secret))
+
+
+async def authenticate_async(request: Request, *, allow_raw: bool = False) -> TokenInfo:
+    """``authenticate`` for the event loop: a token in the store's token cache costs no
+    I/O and no thread-pool hop; any other is read in the thread pool."""
+    secret = bearer_secret(request, allow_raw=allow_raw)
+    store = get_store(request)
+    cached = getattr(store, "cached_token", None)
+    token = cached(secret) if cached is not None else None
+    if token is None:
+        token = await run_in_threadpool(store.authenticate, secret)
+    return _live(token)
+
+
+def _live(token: TokenInfo | None) -> TokenInfo:
     if token is None:
         raise UnauthenticatedError("unknown or revoked token", field="Authorization")
     return token
 
 
-def allowed(operation: Operation) -> Callable[[Request], Principal]:
+def permitted(request: Request, token: TokenInfo, operation: Operation) -> Principal:
+    """The principal of ``token`` if its role may perform ``operation`` (else 403),
+    with the claimed actor checked (see ``allowed``); kept in ``request.state``."""
+    Principal.from_token(token).allow(operation)  # the role first, then the header
+    claimed = request.headers.get(ACTOR_HEADER)
+    principal = Principal.from_token(token, claimed_actor=claimed)
+    if claimed is not None:
+        _check_claimed_actor(claimed)
+    request.state.principal = principal
+    return principal
+
+
+def allowed(operation: Operation) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: authenticate, and refuse (403) a principal whose role may not
     perform ``operation``. ``X-Flagrail-Actor`` is refused (403 naming the header)
     from any token but a ``guard``'s, and from a guard unless it is
-    ``guard:<host>:<pid>`` (422)."""
+    ``guard:<host>:<pid>`` (422). Async: FastAPI runs a plain ``def`` dependency in
+    the thread pool, a hop per request even when the token is cached."""
 
-    def dependency(request: Request) -> Principal:
-        token = authenticate(request)
-        Principal.from_token(token).allow(operation)  # the role first, then the header
-        claimed = request.headers.get(ACTOR_HEADER)
-        principal = Principal.from_token(token, claimed_actor=claimed)
-        if claimed is not None:
-            _check_claimed_actor(claimed)
-        request.state.principal = principal
-        return principal
+    async def dependency(request: Request) -> Principal:
+        return permitted(request, await authenticate_async(request), operation)
 
     return dependency
 
 
-def require_client(request: Request) -> Principal:
+async def require_client(request: Request) -> Principal:
     """SDK endpoints: any token (``client`` included); scope is checked by the route."""
-    return Principal.from_token(authenticate(request))
+    return Principal.from_token(await authenticate_async(request))
 
 
 Reader = Depends(allowed(Operation.READ))

@@ -237,6 +237,8 @@ def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 from_200.append((e["t"] - ok_at) * 1000)
                 sources.add(e["src"])
             every.append((max(e["t"] for e in seen.values()) - sent) * 1000)
+            if args.gap > 0:  # let the fleet's reports and backups after it settle
+                time.sleep(args.gap / 1000)
     finally:
         http.close()
         workers.stop()
@@ -337,6 +339,14 @@ def main() -> None:
     parser.add_argument("--poll-changes", type=int, default=20, help="kills+unkills (polling)")
     parser.add_argument("--poll-interval", type=float, default=1.0)
     parser.add_argument("--paths", default="redis,redis-signed,sse,poll")
+    parser.add_argument(
+        "--gap",
+        type=float,
+        default=0.0,
+        help="ms to wait after a change reached every process before sending the next "
+        "(default 0: back to back, so each change meets the previous one's instance "
+        "reports and backup writes, sent 20-80 ms after it; 200: isolated kills)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="flagrail-prop-"))

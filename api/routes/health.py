@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import allowed
+from api.deps import authenticate, permitted
 from api.service import Operation
 from flags.errors import StoreUnavailableError
 
@@ -31,14 +31,11 @@ def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-_reader = allowed(Operation.READ)
-
-
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
     """Prometheus metrics of this process (cache layers included). Raises
     ``UnauthenticatedError`` (401) / ``ForbiddenError`` (403) without a reader token,
     unless the settings make it public."""
     if not request.app.state.settings.metrics_public:
-        _reader(request)
+        permitted(request, authenticate(request), Operation.READ)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -702,12 +702,19 @@ def post_metrics(
 
 
 @router.post("/sdk/v1/instances", status_code=202, response_model=None)
-def post_instance(
+async def post_instance(
     body: InstanceBody, services: Services, principal: Principal = SdkClient
 ) -> dict[str, Any] | Response:
-    """Record which version an instance applied (kill confirmation)."""
+    """Record which version an instance applied (kill confirmation). Every SDK process
+    sends one after each change it applies: on the event loop when the instance's
+    owner is cached (no I/O), else in the thread pool (one database read)."""
     _sdk_environment(principal, body.environment)
-    if not services.announce(body.to_report(), _owner(principal)):
+    report, owner = body.to_report(), _owner(principal)
+    if services.telemetry.owner_known(report.instance_id):
+        accepted = services.announce(report, owner)
+    else:
+        accepted = await run_in_threadpool(services.announce, report, owner)
+    if not accepted:
         return _too_many_instances(services)
     return {"accepted": True}
 

@@ -430,6 +430,11 @@ class TelemetryStore:
             )
         return True
 
+    def owner_known(self, instance_id: str) -> bool:
+        """True when ``claim_instance`` for this instance needs no database read now
+        (its owner is cached); no I/O."""
+        return self._cached_owner(instance_id) is not None
+
     def _cached_owner(self, instance_id: str) -> tuple[str, str] | None:
         with self._owners_lock:
             held = self._owners.get(instance_id)
