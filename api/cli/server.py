@@ -214,6 +214,14 @@ def register(app: typer.Typer) -> None:
             help="Server processes sharing the port; changes reach every worker's "
             "streams through the database (and Redis when configured).",
         ),
+        access_log: bool = typer.Option(
+            True,
+            "--access-log/--no-access-log",
+            envvar="FLAGRAIL_ACCESS_LOG",
+            help="One log line per request at --log-level info (about 0.1 ms of server "
+            "CPU each, a third of an SDK poll's cost); the history audits every change "
+            "either way.",
+        ),
     ) -> None:
         """Run the admin API (SQLite schema is created or upgraded on start).
 
@@ -269,11 +277,18 @@ def register(app: typer.Typer) -> None:
                     host=settings.host,
                     port=settings.port,
                     log_level=log_level,
+                    access_log=access_log,
                 )
                 return
             asgi_app = create_app(settings)
             _freeze_heap()
-            uvicorn.run(asgi_app, host=settings.host, port=settings.port, log_level=log_level)
+            uvicorn.run(
+                asgi_app,
+                host=settings.host,
+                port=settings.port,
+                log_level=log_level,
+                access_log=access_log,
+            )
         except SystemExit as exc:
             raise CliError(f"server exited ({exc.code})") from exc
 

@@ -443,3 +443,24 @@ def test_serve__fresh_sqlite__creates_schema_and_prints_first_admin_token(tmp_pa
             proc.stdout.close()
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_serve__access_log_option__request_lines_only_when_on(
+    tmp_path: Path, access_log: bool
+) -> None:
+    """At --log-level info, one line per request unless --no-access-log; either way the
+    server answers."""
+    from tests.serve import ServeProcess
+
+    url = f"sqlite:///{tmp_path / 'flags.db'}"
+    args = [] if access_log else ["--no-access-log"]
+    log = tmp_path / "serve.log"
+    with ServeProcess(url, log, log_level="info", args=args) as server:
+        for _ in range(3):
+            assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+    lines = [line for line in log.read_text().splitlines() if '"GET /healthz HTTP/1.1" 200' in line]
+    if access_log:
+        assert len(lines) >= 3, log.read_text()[-2000:]
+    else:
+        assert lines == [], lines
