@@ -40,11 +40,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.deps import parse_bearer
 from api.routes.sdk import (
     MAX_VERSION,
+    InstanceBody,
     RenderedSnapshot,
     SdkServices,
     etag_matches,
+    instance_owner,
     snapshot_headers,
 )
+from api.service import Principal
 from flags.errors import FlagrailError
 from flags.model import validate_environment_name
 from flags.store.sql import SqlFlagStore
@@ -52,6 +55,10 @@ from flags.store.sql import SqlFlagStore
 __all__ = ["FastPathStats", "SnapshotFastPath"]
 
 PATH = "/sdk/v1/snapshot"
+INSTANCES = "/sdk/v1/instances"
+# A larger instance report goes to the route (the model bounds it well below this).
+MAX_INSTANCE_BODY = 4096
+ACCEPTED = b'{"accepted":true}'
 # The route's own bounds: beyond them the route answers (a 422 naming the field).
 MAX_ENVIRONMENT = 40
 MAX_IF_NONE_MATCH = 200
@@ -78,6 +85,9 @@ class SnapshotFastPath:
         self._reads: dict[str, asyncio.Lock] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == INSTANCES and scope["method"] == "POST":
+            await self._instance_report(scope, receive, send)
+            return
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
@@ -143,6 +153,74 @@ class SnapshotFastPath:
         headers.append((b"content-type", b"application/json"))
         headers.append((b"content-length", b"%d" % len(rendered.body)))
         return 200, headers, rendered.body
+
+    async def _instance_report(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /sdk/v1/instances``: every SDK process sends one after each change it
+        applies, so a fleet's reports follow every kill. Recorded here when that needs
+        no I/O (the token cached, the instance's owner cached); anything else, the body
+        included, goes to the route as it came."""
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_INSTANCE_BODY:
+                break
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": more}
+            return await receive()
+
+        accepted = False
+        if self.stats.enabled and not more:
+            try:
+                accepted = self._record(scope, body)
+            except (FlagrailError, ValueError):  # the route answers it its own way
+                accepted = False
+        if not accepted:
+            self.stats.passed += 1
+            await self.app(scope, replay, send)
+            return
+        self.stats.answered += 1
+        headers = [
+            (b"content-length", b"%d" % len(ACCEPTED)),
+            (b"content-type", b"application/json"),
+        ]
+        await send({"type": "http.response.start", "status": 202, "headers": headers})
+        await send({"type": "http.response.body", "body": ACCEPTED})
+
+    def _record(self, scope: Scope, body: bytes) -> bool:
+        """Record the report if it is valid and needs no I/O; False to pass it on."""
+        services: SdkServices | None = getattr(self.state, "sdk", None)
+        store: SqlFlagStore | None = getattr(self.state, "store", None)
+        if services is None or store is None:
+            return False
+        authorization = content_type = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                if authorization is not None:
+                    return False
+                authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return False
+        token = store.cached_token(parse_bearer(authorization))
+        if token is None:
+            return False
+        report = InstanceBody.model_validate_json(body).to_report()
+        validate_environment_name(report.environment)
+        if not token.covers(report.environment):
+            return False
+        if not services.telemetry.owner_known(report.instance_id):
+            return False
+        return services.announce(report, instance_owner(Principal.from_token(token)))
 
     async def _read(
         self, services: SdkServices, store: SqlFlagStore, env: str, at_least: int

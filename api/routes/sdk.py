@@ -74,6 +74,7 @@ __all__ = [
     "SdkServices",
     "etag_matches",
     "install",
+    "instance_owner",
     "kill_wait",
     "router",
     "snapshot_headers",
@@ -646,7 +647,7 @@ def _check_counters(counters: dict[str, dict[str, int]]) -> None:
                 )
 
 
-def _owner(principal: Any) -> str:
+def instance_owner(principal: Any) -> str:
     """The identity an instance belongs to: the token's id (its name for the CLI)."""
     return str(principal.token_id or principal.name)
 
@@ -680,7 +681,7 @@ def post_metrics(
     _check_counters(body.counters)
     _check_total(body)
     if body.instance is not None and not services.announce(
-        body.instance.to_report(), _owner(principal)
+        body.instance.to_report(), instance_owner(principal)
     ):
         return _too_many_instances(services)
     known = services.snapshots.get(store, env).keys if body.flags or body.counters else frozenset()
@@ -691,7 +692,7 @@ def post_metrics(
     reporter = Reporter(
         f"{principal.name} ({principal.token_id})",
         body.instance.instance_id if body.instance is not None else None,
-        _owner(principal),
+        instance_owner(principal),
     )
     services.telemetry.record_metrics(env, evaluations, counters, reporter=reporter)
     return {
@@ -709,7 +710,7 @@ async def post_instance(
     sends one after each change it applies: on the event loop when the instance's
     owner is cached (no I/O), else in the thread pool (one database read)."""
     _sdk_environment(principal, body.environment)
-    report, owner = body.to_report(), _owner(principal)
+    report, owner = body.to_report(), instance_owner(principal)
     if services.telemetry.owner_known(report.instance_id):
         accepted = services.announce(report, owner)
     else:

@@ -8,6 +8,7 @@ answered the cases it exists for rather than passed them on.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -156,3 +157,81 @@ def test_fastpath__token_revoked__next_poll_refused(api: Api, sdk: dict[str, Any
     assert api.delete(f"/admin/tokens/{token_id}").status_code in (200, 204)
     refused, answered = _answer(api, fast=True, token=sdk["client"], params={"environment": ENV})
     assert refused.status_code == 401 and not answered
+
+
+# ------------------------------------------------------------- instance reports
+def _report(**fields: Any) -> dict[str, Any]:
+    body = {"instance_id": "i-1", "environment": ENV, "host": "h", "pid": 1,
+            "applied_version": 3, "interval": 10}  # fmt: skip
+    body.update(fields)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+INSTANCE_CASES: dict[str, tuple[dict[str, Any], bool]] = {
+    # name: (request, recorded from memory)
+    "a known instance reports again: 202": ({}, True),
+    "float interval: 202": ({"json": _report(interval=2.5)}, True),
+    "closed: 202": ({"json": _report(closed=True, applied_version=4)}, True),
+    "content type with charset: 202": (
+        {"content": json.dumps(_report()), "type": "application/json; charset=utf-8"},
+        True,
+    ),
+    "unknown field: 422": ({"json": _report(extra=1)}, False),
+    "negative pid: 422": ({"json": _report(pid=-1)}, False),
+    "version too big: 422": ({"json": _report(applied_version=2**63)}, False),
+    "version a string: 422": ({"json": _report(applied_version="3")}, False),
+    "not JSON: 422": ({"content": "{nope", "type": "application/json"}, False),
+    "text body": ({"content": json.dumps(_report()), "type": "text/plain"}, False),
+    "another env's token: 403": ({"token": "staging"}, False),
+    "another environment, another token: 403": (
+        {"json": _report(environment="staging"), "token": "admin"},
+        False,
+    ),
+    "another token's instance: 403": ({"token": "other"}, False),
+    "no token: 401": ({"token": ""}, False),
+}
+
+
+@pytest.mark.parametrize("case", list(INSTANCE_CASES))
+def test_fastpath__instance_report__same_answer_as_the_route(
+    api: Api, sdk: dict[str, Any], case: str
+) -> None:
+    spec, fast = INSTANCE_CASES[case]
+    other = api.token("client", [ENV])
+    tokens = {"client": sdk["client"], "staging": sdk["staging"], "admin": api.admin,
+              "other": other, "": ""}  # fmt: skip
+    token = tokens[spec.get("token", "client")]
+    first = api.post("/sdk/v1/instances", token=sdk["client"], json=_report())
+    assert first.status_code == 202, first.text  # the instance is now owned and cached
+    kwargs: dict[str, Any] = {"token": token}
+    if "content" in spec:
+        kwargs["content"] = spec["content"]
+        kwargs["headers"] = {"Content-Type": spec["type"]}
+    else:
+        kwargs["json"] = spec.get("json", _report())
+    answers = []
+    for enabled in (False, True):
+        stats = api.client.app.state.fastpath
+        stats.enabled = enabled
+        before = stats.answered
+        try:
+            answers.append((api.post("/sdk/v1/instances", **kwargs), stats.answered > before))
+        finally:
+            stats.enabled = True
+    (route, _), (mem, answered) = answers
+    _same(mem, route)
+    assert answered is fast
+    assert mem.status_code < 500
+
+
+def test_fastpath__instance_report__recorded_for_kill_confirmation(
+    api: Api, sdk: dict[str, Any]
+) -> None:
+    """A report answered from memory is what ``kill?wait=`` and the clients list see."""
+    assert api.post("/sdk/v1/instances", token=sdk["client"], json=_report()).status_code == 202
+    stats = api.client.app.state.fastpath
+    before = stats.answered
+    r = api.post("/sdk/v1/instances", token=sdk["client"], json=_report(applied_version=42))
+    assert r.status_code == 202 and stats.answered == before + 1
+    clients = api.get(f"/admin/environments/{ENV}/clients").json()["items"]
+    assert [c["applied_version"] for c in clients if c["instance_id"] == "i-1"] == [42]

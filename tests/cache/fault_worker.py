@@ -566,11 +566,17 @@ class ForeignWorker:
     def run(self, go: dict[str, Any]) -> dict[str, Any]:
         change_at = go.get("change_at")
         if change_at is not None:  # save what is stored before the change
-            _sleep_until(change_at - 0.1)
-            for key in hot_keys():
-                data = self.raw.get(self.layer.storage_key(key))
-                if data is not None:
-                    self.saved[self.layer.storage_key(key)] = data
+            # Every 50 ms until 0.1 s before it, keeping the newest entry seen per key: on
+            # a loaded machine the cache may write a hot key early and let it expire, or
+            # write it late; one look at the last moment found nothing to replay.
+            while True:
+                for key in hot_keys():
+                    data = self.raw.get(self.layer.storage_key(key))
+                    if data is not None:
+                        self.saved[self.layer.storage_key(key)] = data
+                if time.time() >= change_at - 0.15:
+                    break
+                _sleep_until(min(time.time() + 0.05, change_at - 0.1))
         _sleep_until(go["fault_at"])
         while time.time() < go["end_at"]:
             self._round()
