@@ -49,7 +49,7 @@ from api.routes.sdk import (
 )
 from api.service import Principal
 from flags.errors import FlagrailError
-from flags.model import validate_environment_name
+from flags.model import TokenInfo, validate_environment_name
 from flags.store.sql import SqlFlagStore
 
 __all__ = ["FastPathStats", "SnapshotFastPath"]
@@ -106,30 +106,26 @@ class SnapshotFastPath:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    def _wired(self) -> tuple[SdkServices, SqlFlagStore] | None:
+        """The app's SDK services and store, once the app is built."""
         services: SdkServices | None = getattr(self.state, "sdk", None)
         store: SqlFlagStore | None = getattr(self.state, "store", None)
         if services is None or store is None:
             return None
+        return services, store
+
+    async def _answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        wired = self._wired()
         query = _query(scope["query_string"])
-        if query is None:
+        headers = _single_headers(scope, (b"authorization", b"if-none-match"))
+        if wired is None or query is None or headers is None:
             return None
+        services, store = wired
         env, min_version = query
-        authorization = if_none_match = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                if authorization is not None:
-                    return None
-                authorization = value.decode("latin-1")
-            elif name == b"if-none-match":
-                if if_none_match is not None or len(value) > MAX_IF_NONE_MATCH:
-                    return None
-                if_none_match = value.decode("latin-1")
-        try:
-            secret = parse_bearer(authorization)
-        except FlagrailError:
+        if_none_match = headers.get(b"if-none-match")
+        if if_none_match is not None and len(if_none_match) > MAX_IF_NONE_MATCH:
             return None
-        token = store.cached_token(secret)
+        token = _cached_token(store, headers.get(b"authorization"))
         if token is None or not token.covers(env):
             return None
         known = services.broadcaster.known_version(env)
@@ -197,21 +193,15 @@ class SnapshotFastPath:
 
     def _record(self, scope: Scope, body: bytes) -> bool:
         """Record the report if it is valid and needs no I/O; False to pass it on."""
-        services: SdkServices | None = getattr(self.state, "sdk", None)
-        store: SqlFlagStore | None = getattr(self.state, "store", None)
-        if services is None or store is None:
+        wired = self._wired()
+        headers = _single_headers(scope, (b"authorization", b"content-type"))
+        if wired is None or headers is None:
             return False
-        authorization = content_type = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                if authorization is not None:
-                    return False
-                authorization = value.decode("latin-1")
-            elif name == b"content-type":
-                content_type = value.decode("latin-1").split(";")[0].strip().lower()
+        services, store = wired
+        content_type = headers.get(b"content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             return False
-        token = store.cached_token(parse_bearer(authorization))
+        token = _cached_token(store, headers.get(b"authorization"))
         if token is None:
             return False
         report = InstanceBody.model_validate_json(body).to_report()
@@ -238,6 +228,27 @@ class SnapshotFastPath:
                 return held
             snapshot = await run_in_threadpool(store.snapshot, env)
             return services.snapshots.render(snapshot)
+
+
+def _single_headers(scope: Scope, names: tuple[bytes, ...]) -> dict[bytes, str] | None:
+    """The request's ``names`` headers (latin-1 text); None when one of them repeats
+    (the route decides what a repeated header means)."""
+    found: dict[bytes, str] = {}
+    for name, value in scope["headers"]:
+        if name in names:
+            if name in found:
+                return None
+            found[name] = value.decode("latin-1")
+    return found
+
+
+def _cached_token(store: SqlFlagStore, authorization: str | None) -> TokenInfo | None:
+    """The live token of a well-formed ``Authorization`` value if the token cache holds
+    it; None otherwise (the route authenticates it)."""
+    try:
+        return store.cached_token(parse_bearer(authorization))
+    except FlagrailError:
+        return None
 
 
 def _query(raw: bytes) -> tuple[str, int | None] | None:
