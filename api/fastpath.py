@@ -43,11 +43,15 @@ from api.routes.sdk import (
     InstanceBody,
     RenderedSnapshot,
     SdkServices,
+    end_streams_on_signal,
     etag_matches,
     instance_owner,
+    parse_last_event_id,
     snapshot_headers,
+    stream_snapshot,
 )
 from api.service import Principal
+from api.streams import DirectStream, serve_direct
 from flags.errors import FlagrailError
 from flags.model import TokenInfo, validate_environment_name
 from flags.store.sql import SqlFlagStore
@@ -56,6 +60,8 @@ __all__ = ["FastPathStats", "SnapshotFastPath"]
 
 PATH = "/sdk/v1/snapshot"
 INSTANCES = "/sdk/v1/instances"
+STREAM = "/sdk/v1/stream"
+MAX_LAST_EVENT_ID = 40
 # A larger instance report goes to the route (the model bounds it well below this).
 MAX_INSTANCE_BODY = 4096
 ACCEPTED = b'{"accepted":true}'
@@ -83,10 +89,15 @@ class SnapshotFastPath:
         self.state = state
         self.stats: FastPathStats = state.fastpath
         self._reads: dict[str, asyncio.Lock] = {}
+        # Token reads in progress, by secret: a reconnect storm reads each token once.
+        self._auths: dict[str, asyncio.Future[TokenInfo | None]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == INSTANCES and scope["method"] == "POST":
             await self._instance_report(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope["path"] == STREAM and scope["method"] == "GET":
+            await self._stream(scope, receive, send)
             return
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
             await self.app(scope, receive, send)
@@ -116,7 +127,7 @@ class SnapshotFastPath:
 
     async def _answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         wired = self._wired()
-        query = _query(scope["query_string"])
+        query = _query(scope["query_string"], ("environment", "min_version"))
         headers = _single_headers(scope, (b"authorization", b"if-none-match"))
         if wired is None or query is None or headers is None:
             return None
@@ -191,6 +202,94 @@ class SnapshotFastPath:
         await send({"type": "http.response.start", "status": 202, "headers": headers})
         await send({"type": "http.response.body", "body": ACCEPTED})
 
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /sdk/v1/stream``: answered with a ``DirectStream`` when the route would
+        answer 200 and that needs at most one token read and one snapshot read (both
+        shared by concurrent streams); anything else goes to the route as it came."""
+        opened = None
+        if self.stats.enabled:
+            try:
+                opened = await self._open_stream(scope, send)
+            except FlagrailError:  # the database is away: the route says so its own way
+                opened = None
+        if opened is None:
+            self.stats.passed += 1
+            await self.app(scope, receive, send)
+            return
+        self.stats.answered += 1
+        stream, services, store, resume = opened
+        broadcaster = services.broadcaster
+        env = stream.environment
+
+        async def first() -> tuple[list[bytes], int]:
+            replay = broadcaster.replay(env, resume) if resume is not None else None
+            if replay is not None:
+                assert resume is not None
+                frames = [services.frames.frame(event) for event in replay]
+                return frames, replay[-1].version if replay else resume
+            rendered = await stream_snapshot(services, store, env)
+            return [rendered.frame], rendered.version
+
+        await serve_direct(stream, receive, send, first, broadcaster.unsubscribe)
+
+    async def _open_stream(
+        self, scope: Scope, send: Send
+    ) -> tuple[DirectStream, SdkServices, SqlFlagStore, int | None] | None:
+        """A stream attached to the broadcaster, or None for the route to answer."""
+        wired = self._wired()
+        query = _query(scope["query_string"], ("environment",))
+        headers = _single_headers(scope, (b"authorization", b"last-event-id"))
+        if wired is None or query is None or headers is None:
+            return None
+        services, store = wired
+        env = query[0]
+        last_event_id = headers.get(b"last-event-id")
+        if last_event_id is not None and len(last_event_id) > MAX_LAST_EVENT_ID:
+            return None
+        token = await self._token(store, headers.get(b"authorization"))
+        if token is None or not token.covers(env):
+            return None
+        broadcaster = services.broadcaster
+        settings = services.settings
+        if broadcaster.latest(env) is None:  # unseen: the route reads it (or says 404)
+            return None
+        if broadcaster.closing or broadcaster.stream_count() >= settings.max_streams:
+            return None  # the route's 503
+        end_streams_on_signal(broadcaster)
+        principal = Principal.from_token(token)
+        stream = DirectStream(
+            env,
+            asyncio.get_running_loop(),
+            send,
+            owner=principal.token_id or principal.name,
+            services=services,
+            store=store,
+            max_items=settings.stream_queue,
+            heartbeat=float(self.state.settings.heartbeat_interval),
+        )
+        if not broadcaster.attach(stream, max_per_owner=settings.max_streams_per_token):
+            return None  # the route's 429
+        return stream, services, store, parse_last_event_id(last_event_id)
+
+    async def _token(self, store: SqlFlagStore, authorization: str | None) -> TokenInfo | None:
+        """The live token of a well-formed ``Authorization`` value: from the token
+        cache, else one read in the thread pool shared by every request with the same
+        token meanwhile. None for anything the route must answer (unknown token,
+        malformed header). Raises ``FlagrailError`` when the database is away."""
+        try:
+            secret = parse_bearer(authorization)
+        except FlagrailError:
+            return None
+        token = store.cached_token(secret)
+        if token is not None:
+            return token
+        pending = self._auths.get(secret)
+        if pending is None:
+            pending = asyncio.ensure_future(run_in_threadpool(store.authenticate, secret))
+            self._auths[secret] = pending
+            pending.add_done_callback(lambda _: self._auths.pop(secret, None))
+        return await asyncio.shield(pending)
+
     def _record(self, scope: Scope, body: bytes) -> bool:
         """Record the report if it is valid and needs no I/O; False to pass it on."""
         wired = self._wired()
@@ -251,16 +350,16 @@ def _cached_token(store: SqlFlagStore, authorization: str | None) -> TokenInfo |
         return None
 
 
-def _query(raw: bytes) -> tuple[str, int | None] | None:
-    """(environment, min_version) of a query the route would accept as it is; None
-    for anything else (the route answers it)."""
+def _query(raw: bytes, names: tuple[str, ...]) -> tuple[str, int | None] | None:
+    """(environment, min_version) of a query the route would accept as it is, with
+    parameters among ``names`` only; None for anything else (the route answers it)."""
     try:
         pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True, strict_parsing=True)
     except ValueError:
         return None
     values: dict[str, str] = {}
     for name, value in pairs:
-        if name in values or name not in ("environment", "min_version"):
+        if name in values or name not in names:
             return None
         values[name] = value
     env = values.get("environment")

@@ -418,7 +418,7 @@ def _current_snapshot(
 _hooked_signals: set[int] = set()
 
 
-def _end_streams_on_signal(broadcaster: Broadcaster) -> None:
+def end_streams_on_signal(broadcaster: Broadcaster) -> None:
     """Chain SIGINT/SIGTERM so open streams end at once and a graceful shutdown is not
     held up by them (uvicorn waits for open responses). Main thread only."""
     if threading.current_thread() is not threading.main_thread():
@@ -437,7 +437,7 @@ def _end_streams_on_signal(broadcaster: Broadcaster) -> None:
         _hooked_signals.add(sig)
 
 
-def _parse_last_event_id(value: str | None) -> int | None:
+def parse_last_event_id(value: str | None) -> int | None:
     if value is None or not value.strip().isdigit() or len(value.strip()) > 18:
         return None
     return int(value.strip())
@@ -450,7 +450,7 @@ def _change_frame(event: FlagChanged) -> bytes:
     )
 
 
-async def _stream_snapshot(services: SdkServices, store: FlagStore, env: str) -> RenderedSnapshot:
+async def stream_snapshot(services: SdkServices, store: FlagStore, env: str) -> RenderedSnapshot:
     """The snapshot a stream starts (or resyncs) with, at least at the version this
     replica has delivered (the stream is subscribed already, so later changes reach
     it). Served from the snapshot cache without I/O when it holds that version;
@@ -494,7 +494,7 @@ async def stream(
         )
         response.headers["Retry-After"] = "5"
         return response
-    _end_streams_on_signal(broadcaster)
+    end_streams_on_signal(broadcaster)
     heartbeat = float(request.app.state.settings.heartbeat_interval)
     sub = broadcaster.subscribe(
         env,
@@ -514,7 +514,7 @@ async def stream(
         )
         response.headers["Retry-After"] = "5"
         return response
-    resume = _parse_last_event_id(last_event_id)
+    resume = parse_last_event_id(last_event_id)
 
     frames = services.frames
 
@@ -528,7 +528,7 @@ async def stream(
                     yield frames.frame(event)
                     sent = event.version
             else:
-                rendered = await _stream_snapshot(services, store, env)
+                rendered = await stream_snapshot(services, store, env)
                 yield rendered.frame
                 sent = rendered.version
             assert sent is not None
@@ -539,7 +539,7 @@ async def stream(
                 elif item is None:
                     return
                 elif item is RESYNC:  # fell behind: one snapshot instead of the backlog
-                    rendered = await _stream_snapshot(services, store, env)
+                    rendered = await stream_snapshot(services, store, env)
                     if rendered.version >= sent:
                         yield rendered.frame
                         sent = rendered.version
@@ -554,7 +554,7 @@ async def stream(
                         yield frames.frame(item)
                         sent = item.version
                     else:  # cannot happen with an ordered broadcaster; heal anyway
-                        rendered = await _stream_snapshot(services, store, env)
+                        rendered = await stream_snapshot(services, store, env)
                         yield rendered.frame
                         sent = rendered.version
         except FlagrailError as exc:

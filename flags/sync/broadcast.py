@@ -32,7 +32,15 @@ from flags.model import Environment, FlagChanged, Snapshot
 from flags.store.telemetry import TelemetryStore, live_window
 from flags.sync import InstanceReport
 
-__all__ = ["Broadcaster", "Confirmation", "InstanceRegistry", "Subscription"]
+__all__ = [
+    "RESYNC",
+    "Broadcaster",
+    "Confirmation",
+    "InstanceRegistry",
+    "Item",
+    "Subscriber",
+    "Subscription",
+]
 
 log = logging.getLogger("flagrail.sync.broadcast")
 
@@ -42,6 +50,19 @@ class SnapshotSource(Protocol):
 
     def snapshot(self, env: str) -> Snapshot: ...
     def list_environments(self) -> list[Environment]: ...
+
+
+class Subscriber(Protocol):
+    """What the broadcaster hands items to: ``Subscription``, or a stream that writes
+    them itself (``api.streams.DirectStream``). ``put`` runs on ``loop`` and must not
+    raise; ``push`` is ``put`` from any thread."""
+
+    environment: str
+    loop: asyncio.AbstractEventLoop
+    owner: str | None
+
+    def put(self, item: Item) -> None: ...
+    def push(self, item: Item) -> None: ...
 
 
 class Resync:
@@ -145,16 +166,20 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _deliver(subs: Sequence[Subscription], items: Sequence[Item]) -> None:
-    """On one loop: hand ``items`` to each of ``subs`` (a callback must not raise)."""
+def _deliver(subs: Sequence[Subscriber], items: Sequence[Item]) -> None:
+    """On one loop: hand ``items`` to each of ``subs``; one that raises is logged and
+    the others still get them (a loop callback must not raise)."""
     for sub in subs:
         for item in items:
-            sub.put(item)
+            try:
+                sub.put(item)
+            except Exception:
+                log.exception("a stream of %s failed to take a change", sub.environment)
 
 
-def _push_all(subs: Sequence[Subscription], items: Sequence[Item]) -> None:
+def _push_all(subs: Sequence[Subscriber], items: Sequence[Item]) -> None:
     """Thread-safe: one loop wake-up per event loop, not one per stream."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[Subscription]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[Subscriber]] = {}
     for sub in subs:
         by_loop.setdefault(sub.loop, []).append(sub)
     for loop, group in by_loop.items():
@@ -172,7 +197,7 @@ class _Feed:
     db_version: int | None = None
     resync_requested: bool = False
     hinted: bool = False
-    subscribers: set[Subscription] = field(default_factory=set)
+    subscribers: set[Subscriber] = field(default_factory=set)
 
 
 class Broadcaster:
@@ -207,6 +232,8 @@ class Broadcaster:
         self.hints_ignored = 0
         self.closing = False
         self._feeds: dict[str, _Feed] = {}
+        # Open streams per owner (token id), kept with ``attach``/``unsubscribe``.
+        self._owners: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -322,30 +349,44 @@ class Broadcaster:
         and registered under one lock, so concurrent requests cannot overshoot).
         """
         sub = Subscription(environment, loop, owner=owner, max_items=max_items)
+        return sub if self.attach(sub, max_per_owner=max_per_owner) else None
+
+    def attach(self, sub: Subscriber, *, max_per_owner: int | None = None) -> bool:
+        """Register ``sub`` (a ``Subscription`` or another ``Subscriber``) as
+        ``subscribe`` does; False (nothing registered) when its owner holds
+        ``max_per_owner`` streams already. O(1): owners' counts are kept."""
+        owner = sub.owner
         with self._lock:
-            if owner is not None and max_per_owner is not None:
-                held = sum(
-                    1 for f in self._feeds.values() for s in f.subscribers if s.owner == owner
-                )
-                if held >= max_per_owner:
-                    return None
-            self._feeds.setdefault(environment, _Feed()).subscribers.add(sub)
+            if owner is not None:
+                held = self._owners.get(owner, 0)
+                if max_per_owner is not None and held >= max_per_owner:
+                    return False
+                self._owners[owner] = held + 1
+            self._feeds.setdefault(sub.environment, _Feed()).subscribers.add(sub)
         if self.closing:
             sub.push(None)
-        return sub
+        return True
 
-    def unsubscribe(self, sub: Subscription) -> None:
+    def unsubscribe(self, sub: Subscriber) -> None:
         with self._lock:
             feed = self._feeds.get(sub.environment)
-            if feed is not None:
-                feed.subscribers.discard(sub)
+            if feed is None or sub not in feed.subscribers:
+                return
+            feed.subscribers.discard(sub)
+            owner = sub.owner
+            if owner is not None:
+                held = self._owners.get(owner, 0) - 1
+                if held > 0:
+                    self._owners[owner] = held
+                else:
+                    self._owners.pop(owner, None)
 
     def stream_count(self, owner: str | None = None) -> int:
         """Open streams on this replica (of ``owner`` only, when given)."""
         with self._lock:
             if owner is None:
                 return sum(len(f.subscribers) for f in self._feeds.values())
-            return sum(1 for f in self._feeds.values() for s in f.subscribers if s.owner == owner)
+            return self._owners.get(owner, 0)
 
     def latest(self, environment: str) -> int | None:
         with self._lock:
