@@ -1,4 +1,9 @@
-"""``SnapshotFastPath``: ``GET /sdk/v1/snapshot`` answered from memory.
+"""``SnapshotFastPath``: the SDK's hot requests answered without the FastAPI stack.
+
+``GET /sdk/v1/snapshot`` from memory (below); ``POST /sdk/v1/instances`` when the
+report needs no I/O; ``GET /sdk/v1/stream`` opened as an ``api.streams.DirectStream``
+(the token cached, or read once for every concurrent open with it: a replica's
+restart brings its streams back in one token read, not one per stream).
 
 Every SDK process polls its snapshot every few seconds, and with Redis as a hint
 every process fetches it on every change: the server's commonest request. Through
@@ -29,8 +34,9 @@ older snapshot.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
@@ -57,6 +63,8 @@ from flags.model import TokenInfo, validate_environment_name
 from flags.store.sql import SqlFlagStore
 
 __all__ = ["FastPathStats", "SnapshotFastPath"]
+
+_T = TypeVar("_T")
 
 PATH = "/sdk/v1/snapshot"
 INSTANCES = "/sdk/v1/instances"
@@ -102,20 +110,29 @@ class SnapshotFastPath:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET":
             await self.app(scope, receive, send)
             return
-        answer = None
-        if self.stats.enabled:
-            try:
-                answer = await self._answer(scope)
-            except FlagrailError:  # the database is away: the route says so its own way
-                answer = None
+        answer = await self._attempt(lambda: self._answer(scope))
         if answer is None:
-            self.stats.passed += 1
             await self.app(scope, receive, send)
             return
-        self.stats.answered += 1
         status, headers, body = answer
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _attempt(self, answer: Callable[[], Awaitable[_T | None]]) -> _T | None:
+        """``answer()`` when the fast path is on; None when it is off, when ``answer``
+        declines (None), or when the database is away (the route then answers, and
+        says so its own way). Counted in ``stats``."""
+        result = None
+        if self.stats.enabled:
+            try:
+                result = await answer()
+            except FlagrailError:
+                result = None
+        if result is None:
+            self.stats.passed += 1
+        else:
+            self.stats.answered += 1
+        return result
 
     def _wired(self) -> tuple[SdkServices, SqlFlagStore] | None:
         """The app's SDK services and store, once the app is built."""
@@ -206,17 +223,10 @@ class SnapshotFastPath:
         """``GET /sdk/v1/stream``: answered with a ``DirectStream`` when the route would
         answer 200 and that needs at most one token read and one snapshot read (both
         shared by concurrent streams); anything else goes to the route as it came."""
-        opened = None
-        if self.stats.enabled:
-            try:
-                opened = await self._open_stream(scope, send)
-            except FlagrailError:  # the database is away: the route says so its own way
-                opened = None
+        opened = await self._attempt(lambda: self._open_stream(scope, send))
         if opened is None:
-            self.stats.passed += 1
             await self.app(scope, receive, send)
             return
-        self.stats.answered += 1
         stream, services, store, resume = opened
         broadcaster = services.broadcaster
         env = stream.environment

@@ -24,10 +24,11 @@ Targets (issue #20, one replica, 10,000 streams): kill p99 <= 250 ms to the last
 stream, RSS <= 1 GB, every stream back and resynced within 10 s.
 
     .venv/bin/python benchmarks/fanout.py [--streams 1000,5000,10000] [--replicas 1,2]
-        [--changes 20] [--clients 4] [--database postgres|sqlite] [--workers 1] [--json]
+        [--changes 20] [--clients 4] [--database postgres|sqlite] [--workers 1] [--signed] [--json]
 
 ``--workers N`` runs each replica as ``flagrail serve --workers N`` (RSS and CPU sum
-every worker).
+every worker). ``--signed`` sets ``FLAGRAIL_SIGNING_KEY``: replicas and workers then apply
+each other's changes from Redis as they are, instead of reading a snapshot per change.
 
 File descriptors: every stream is a socket in the server and one in a client. The
 harness raises its soft ``RLIMIT_NOFILE`` to the hard limit (children inherit it)
@@ -475,6 +476,10 @@ def run(replicas: int, streams: int, args: argparse.Namespace, tmp: Path) -> dic
         }
         if redis is not None:
             env["FLAGRAIL_REDIS_URL"] = redis.url
+        if args.signed:
+            # Replicas and workers apply each other's verified changes from Redis (no
+            # snapshot read per change on the ones that did not take the kill).
+            env["FLAGRAIL_SIGNING_KEY"] = uuid.uuid4().hex
         servers = [Server(database.url, free_port(), env, args.workers) for _ in range(replicas)]
         for server in servers:
             server.start()
@@ -553,6 +558,7 @@ def run(replicas: int, streams: int, args: argparse.Namespace, tmp: Path) -> dic
         return {
             "replicas": replicas,
             "workers": args.workers,
+            "signed": args.signed,
             "streams": streams,
             "database": args.database,
             "changes": args.changes,
@@ -676,6 +682,11 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
         "--workers", type=int, default=1, help="flagrail serve --workers per replica"
+    )
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="set FLAGRAIL_SIGNING_KEY: changes cross Redis signed, not as hints",
     )
     args = parser.parse_args()
     if args.database is None:
