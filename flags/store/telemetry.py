@@ -57,6 +57,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from flags.background import Background
 from flags.errors import (
     FlagrailError,
     ForbiddenError,
@@ -794,22 +795,13 @@ class TelemetryRetention:
         self.runs = 0
         self.failures = 0
         self._rolled_until: datetime | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = Background("flagrail-telemetry-retention", self._run)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="flagrail-telemetry-retention", daemon=True
-            )
-            self._thread.start()
+        self._thread.start()
 
     def close(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5)
+        self._thread.close()
 
     def run_once(self) -> RetentionResult:
         """Apply retention as of ``clock()`` now. Raises ``StoreUnavailableError``."""
@@ -821,12 +813,12 @@ class TelemetryRetention:
         self.runs += 1
         return result
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 result = self.run_once()
                 log.debug("telemetry retention: %s", result)
             except Exception:  # the schedule must outlive any one failed run: logged
                 self.failures += 1
                 log.exception("telemetry retention run failed; retrying next interval")
-            self._stop.wait(self.interval)
+            stop.wait(self.interval)

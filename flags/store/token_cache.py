@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from flags.background import Background
 from flags.model import TokenInfo
 
 __all__ = [
@@ -152,23 +153,14 @@ class TokenMarkWatch:
         self.read_mark = read_mark
         self.interval = interval
         self.failures = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = Background("flagrail-token-mark", self._run)
 
     def start(self) -> None:
         self.check()
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="flagrail-token-mark", daemon=True
-            )
-            self._thread.start()
+        self._thread.start()
 
     def close(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5)
+        self._thread.close()
 
     def check(self) -> None:
         """One read of the mark; never raises."""
@@ -179,6 +171,6 @@ class TokenMarkWatch:
             self.cache.clear()
             log.debug("token revocation mark unreadable: %s", exc)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
             self.check()

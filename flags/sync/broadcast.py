@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from flags.background import Background
 from flags.errors import FlagrailError, ForbiddenError, ValidationError
 from flags.model import Environment, FlagChanged, Snapshot
 from flags.store.telemetry import TelemetryStore, live_window
@@ -235,11 +236,11 @@ class Broadcaster:
         # Open streams per owner (token id), kept with ``attach``/``unsubscribe``.
         self._owners: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._wake = threading.Event()
         self._hint_quiet_until = 0.0
         self._polled_at: float | None = None
-        self._thread: threading.Thread | None = None
+        self._thread = Background("flagrail-broadcast", self._run)
+        self._thread.wakes(self._wake)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -248,12 +249,7 @@ class Broadcaster:
             self._poll_database()
         except FlagrailError as exc:
             log.warning("cannot read environment versions yet: %s", exc)
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="flagrail-broadcast", daemon=True
-            )
-            self._thread.start()
+        self._thread.start()
 
     def shutdown_streams(self) -> None:
         """End every open stream now and refuse new ones (server shutting down)."""
@@ -264,11 +260,7 @@ class Broadcaster:
 
     def close(self) -> None:
         self.shutdown_streams()
-        self._stop.set()
-        self._wake.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5)
+        self._thread.close()
 
     # ---------------------------------------------------------------- input
     def publish(self, events: Sequence[FlagChanged]) -> None:
@@ -424,12 +416,12 @@ class Broadcaster:
             return [e for e in feed.ring if e.version > after]
 
     # ---------------------------------------------------------------- backstop
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         next_poll = time.monotonic()
-        while not self._stop.is_set():
+        while not stop.is_set():
             self._wake.wait(0.05)
             self._wake.clear()
-            if self._stop.is_set():
+            if stop.is_set():
                 return
             try:
                 hinted = self._hinted()
@@ -598,22 +590,14 @@ class InstanceRegistry:
         self._seen: dict[str, _Seen] = {}
         self._dirty: list[tuple[InstanceReport, datetime]] = []
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = Background("flagrail-instances", self._run)
 
     def start(self) -> None:
-        if self.telemetry is not None and self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="flagrail-instances", daemon=True
-            )
+        if self.telemetry is not None:
             self._thread.start()
 
     def close(self) -> None:
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5)
+        self._thread.close()
         self.flush()
 
     def report(self, report: InstanceReport, *, at: datetime | None = None) -> None:
@@ -701,8 +685,8 @@ class InstanceRegistry:
             with self._cond:
                 self._dirty = (batch + self._dirty)[-self.max_dirty :]
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval):
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.flush_interval):
             try:
                 self.flush()
                 self.prune()
