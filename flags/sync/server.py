@@ -37,11 +37,11 @@ from typing import Any
 
 import httpx
 
-from flags.errors import FlagrailError
+from flags.errors import FlagrailError, StoreUnavailableError
 from flags.model import InstanceReport
 from flags.sync import DEFAULT_PREFIX, Backoff, SnapshotSink, channel_name
 from flags.sync.backup import read_backup, write_backup
-from flags.sync.poll import SnapshotFetcher, auth_headers
+from flags.sync.poll import SdkHttp, SnapshotFetcher, auth_headers, sdk_http
 from flags.sync.sse import SseConsumer
 
 __all__ = ["SAFETY_POLL", "ServerOptions", "ServerSource"]
@@ -93,6 +93,10 @@ class ServerSource:
         self.host = socket.gethostname()
         self._sink: SnapshotSink | None = None
         self._http: httpx.Client | None = None
+        # Fetches and reports each on a connection of their own: a report in flight
+        # never holds up a hinted fetch.
+        self._fetch_http: SdkHttp | None = None
+        self._report_http: SdkHttp | None = None
         self._fetcher: SnapshotFetcher | None = None
         self._redis_sub: Any = None
         self._sse: SseConsumer | None = None
@@ -134,7 +138,9 @@ class ServerSource:
             timeout=httpx.Timeout(5.0, connect=2.0),
             headers={"User-Agent": "flagrail-python-sdk"},
         )
-        self._fetcher = SnapshotFetcher(self._http, opts.url, opts.token, opts.environment)
+        self._fetch_http = sdk_http(opts.url, self._http)
+        self._report_http = sdk_http(opts.url, self._http)
+        self._fetcher = SnapshotFetcher(self._fetch_http, opts.token, opts.environment)
         if opts.redis_url:
             from flags.sync.redis_pubsub import RedisSubscriber
 
@@ -189,6 +195,9 @@ class ServerSource:
             self._write_backup()
             self._send_metrics(closed=True)
         finally:
+            for http in (self._fetch_http, self._report_http):
+                if http is not None:
+                    http.close()
             if self._http is not None:
                 self._http.close()
 
@@ -459,15 +468,12 @@ class ServerSource:
 
     def _post(self, path: str, body: dict[str, Any], timeout: float = 5.0) -> bool:
         opts = self.options
-        assert self._http is not None
+        assert self._report_http is not None
         try:
-            response = self._http.post(
-                f"{opts.url}{path}",
-                json=body,
-                headers=auth_headers(opts.token),
-                timeout=timeout,
+            response = self._report_http.request(
+                "POST", path, headers=auth_headers(opts.token), body=body, timeout=timeout
             )
-        except httpx.HTTPError as exc:
+        except StoreUnavailableError as exc:
             self._log_once(path, "flagrail %s: POST %s failed: %s", opts.environment, path, exc)
             return False
         if response.status_code >= 300:
