@@ -26,8 +26,9 @@ Instance reports travel over HTTP only (each is tied to the token that sent it).
 Pub/sub is fire-and-forget: a message published while a subscriber is away is
 lost to it; receivers resync after every (re)subscribe and poll as a backstop.
 
-``RedisPublisher`` publishes from a background thread, so a dead or hung Redis
-never delays, let alone fails, the request that committed a change.
+``RedisPublisher`` writes each PUBLISH from the committing thread with one
+non-blocking send when it can, else from a background thread, so a dead or hung
+Redis never delays, let alone fails, the request that committed a change.
 ``RedisSubscriber`` is a reconnecting subscriber with a PING health check, so a
 hung (paused) Redis is noticed within a few seconds.
 
@@ -46,6 +47,7 @@ import hmac
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -166,12 +168,25 @@ def connect(url: str) -> Any:
 
 
 class RedisPublisher:
-    """Publish change events and instance reports from one background thread.
+    """Publish change events from the committing thread when that cannot block, else
+    from one background thread.
 
-    ``publish_changes`` has the signature of a ``SqlFlagStore`` listener. It only
-    enqueues, never blocks and never raises. A failed publish is logged (once per
-    outage) and counted in ``failures``; the change is committed regardless and
-    receivers catch up by version.
+    ``publish_changes`` has the signature of a ``SqlFlagStore`` listener (it runs after
+    the commit). It never blocks and never raises. Once the thread has published one
+    message, it opens a second connection to Redis (the *inline link*; one Redis server
+    without TLS only, not Sentinel or Cluster) over which ``publish_changes`` writes the
+    PUBLISH itself with one non-blocking ``send``: no thread hand-off, which under the
+    GIL can cost the change a few milliseconds. The thread reads the replies. A message
+    goes to the thread's queue instead, in order, whenever the link is not open, the
+    thread still has queued messages, ``MAX_UNANSWERED`` sends await their reply, or the
+    socket would not take the whole command (then the link is shut and the message
+    published by the thread: a dead or hung Redis never holds up the committing thread).
+    A link whose reply does not come within ``SOCKET_TIMEOUT`` is closed; messages sent
+    on it without a reply count as failures (Redis may or may not have published them).
+
+    A failed publish is logged (once per outage) and counted in ``failures``; the change
+    is committed regardless and receivers catch up by version. ``published`` counts the
+    messages Redis acknowledged, ``inline`` those written by the committing thread.
     """
 
     def __init__(
@@ -181,17 +196,27 @@ class RedisPublisher:
         max_queue: int = 10_000,
         *,
         signing_secret: bytes | None = None,
+        inline: bool = True,
     ) -> None:
         parse_redis_url(url)  # a malformed URL fails here, not on the thread
         self.url = url
         self.prefix = prefix
         self.signing_secret = signing_secret
+        self.use_inline = inline
         self.published = 0
+        self.inline = 0
         self.failures = 0
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(max_queue)
+        # Items: (channel, data) to publish, _Reply for a send on the link, None to stop.
+        self._queue: queue.Queue[tuple[str, bytes] | _Reply | None] = queue.Queue(max_queue)
         self._thread: threading.Thread | None = None
         self._client: redis.Redis | None = None
         self._broken = False
+        # Guards the links, their counts and _backlog, and orders sends; never held
+        # across blocking I/O.
+        self._order = threading.Lock()
+        self._link: _InlineLink | None = None
+        self._retired: list[_InlineLink] = []  # shut links the thread has yet to close
+        self._backlog = 0  # (channel, data) items queued and not yet published
 
     def start(self) -> None:
         if self._thread is None:
@@ -206,6 +231,11 @@ class RedisPublisher:
             with contextlib.suppress(queue.Full):
                 self._queue.put_nowait(None)
             thread.join(timeout=SOCKET_TIMEOUT + 1)
+        with self._order:
+            links = [*self._retired, *([self._link] if self._link is not None else [])]
+            self._link, self._retired = None, []
+        for link in links:
+            link.close()
         if self._client is not None:
             self._client.close()
 
@@ -214,21 +244,35 @@ class RedisPublisher:
             self._enqueue(channel_name(self.prefix, "changes", event.environment), event)
 
     def _enqueue(self, channel: str, item: FlagChanged) -> None:
-        try:
-            if self.signing_secret is not None:
-                data = sign_change(item, environment_key(self.signing_secret, item.environment))
-            else:
-                data = json.dumps(item.to_dict(), separators=(",", ":")).encode("utf-8")
+        if self.signing_secret is not None:
+            data = sign_change(item, environment_key(self.signing_secret, item.environment))
+        else:
+            data = json.dumps(item.to_dict(), separators=(",", ":")).encode("utf-8")
+        with self._order:
+            if self._queue.full():  # the thread is far behind (Redis away): drop
+                self.failures += 1
+                log.warning("redis publish queue is full; dropping a message on %s", channel)
+                return
+            link = self._link
+            if link is not None and self._backlog == 0 and link.unanswered < MAX_UNANSWERED:
+                if link.send(channel, data):
+                    link.unanswered += 1
+                    self.inline += 1
+                    self._queue.put_nowait(_Reply(link))
+                    return
+                self._link = None  # shut by send: the thread closes it
+                self._retired.append(link)
+            self._backlog += 1
             self._queue.put_nowait((channel, data))
-        except queue.Full:
-            self.failures += 1
-            log.warning("redis publish queue is full; dropping a message on %s", channel)
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
+            if isinstance(item, _Reply):
+                self._read_reply(item.link)
+                continue
             channel, data = item
             try:
                 if self._client is None:
@@ -239,20 +283,152 @@ class RedisPublisher:
                     log.warning("redis publish works again on %s", redact_redis_url(self.url))
                     self._broken = False
             except Exception as exc:  # the publisher must outlive any error: counted, logged
-                self.failures += 1
-                if not isinstance(exc, (redis.RedisError, OSError)):
-                    log.exception("redis publish on %s failed unexpectedly", channel)
-                if not self._broken:
-                    log.warning(
-                        "redis publish on %s failed (%s); changes stay committed and "
-                        "receivers catch up by version",
-                        channel,
-                        exc,
-                    )
-                    self._broken = True
+                self._failed(channel, exc)
                 if self._client is not None:
                     self._client.close()
                     self._client = None
+            finally:
+                with self._order:
+                    self._backlog -= 1
+            if self._client is not None:
+                self._open_link()
+
+    def _failed(self, channel: str, exc: Exception) -> None:
+        self.failures += 1
+        if not isinstance(exc, (redis.RedisError, OSError)):
+            log.exception("redis publish on %s failed unexpectedly", channel)
+        if not self._broken:
+            log.warning(
+                "redis publish on %s failed (%s); changes stay committed and "
+                "receivers catch up by version",
+                channel,
+                exc,
+            )
+            self._broken = True
+
+    def _read_reply(self, link: _InlineLink) -> None:
+        """On the thread: the reply to one send on ``link``. A link that fails is shut;
+        every send on it left without a reply counts as a failure."""
+        try:
+            if link.shut:
+                raise ConnectionError("inline link shut")
+            link.read_reply()
+        except Exception as exc:  # any error ends the link: counted, logged
+            with self._order:
+                link.unanswered -= 1
+                if self._link is link:
+                    self._link = None
+                    self._retired.append(link)
+                link.shut = True
+            self._failed(link.last_channel, exc)
+        else:
+            self.published += 1
+            with self._order:
+                link.unanswered -= 1
+        self._close_retired()
+
+    def _close_retired(self) -> None:
+        """On the thread: close the shut links no reply is awaited on any more."""
+        with self._order:
+            done = [link for link in self._retired if link.unanswered == 0]
+            self._retired = [link for link in self._retired if link.unanswered > 0]
+        for link in done:
+            link.close()
+
+    def _open_link(self) -> None:
+        """On the thread, after a publish went through: open the inline link if there
+        is none (and the URL allows one). A failure leaves the thread's path alone."""
+        self._close_retired()
+        if not self.use_inline or self._link is not None or self._client is None:
+            return
+        try:
+            link = _InlineLink.open(self._client)
+        except Exception as exc:  # no inline link this time; the thread publishes
+            log.debug("no inline redis publish link: %s", exc)
+            return
+        if link is None:
+            self.use_inline = False  # not a plain single-server connection: never
+            return
+        with self._order:
+            self._link = link
+
+
+# Sends on the inline link that may await their reply before messages go to the thread.
+MAX_UNANSWERED = 64
+
+
+class _Reply:
+    """A queue item: read the reply to one send on ``link``."""
+
+    __slots__ = ("link",)
+
+    def __init__(self, link: _InlineLink) -> None:
+        self.link = link
+
+
+class _InlineLink:
+    """One connection to a single Redis server, written by ``send`` (non-blocking, from
+    any thread, under the publisher's order lock) and read by ``read_reply`` (the
+    publisher's thread, with the connection's socket timeout)."""
+
+    def __init__(self, conn: Any, tx: socket.socket) -> None:
+        self.conn = conn
+        self.tx = tx
+        # Under the publisher's order lock: sends awaiting their reply, and whether the
+        # link is shut (no more sends; replies still awaited count as failures).
+        self.unanswered = 0
+        self.shut = False
+        self.last_channel = ""
+
+    @classmethod
+    def open(cls, client: Any) -> _InlineLink | None:
+        """A connected link from ``client``'s pool settings; None when the connection
+        is not a plain TCP or Unix socket one (TLS, Sentinel, Cluster). Raises what the
+        connect raises."""
+        pool = getattr(client, "connection_pool", None)
+        if pool is None or pool.connection_class not in (
+            redis.Connection,
+            redis.UnixDomainSocketConnection,
+        ):
+            return None
+        conn = pool.make_connection()
+        conn.connect()
+        sock = getattr(conn, "_sock", None)  # redis-py has no public accessor
+        if type(sock) is not socket.socket:
+            conn.disconnect()
+            return None
+        tx = sock.dup()  # a descriptor of its own, with timeout 0: send never waits
+        tx.setblocking(False)
+        return cls(conn, tx)
+
+    def send(self, channel: str, data: bytes) -> bool:
+        """Write one PUBLISH without waiting. True if the socket took all of it; else
+        the link is shut (Redis drops a partial command) and False."""
+        packed = b"".join(self.conn.pack_command("PUBLISH", channel, data))
+        try:
+            sent = self.tx.send(packed)
+        except OSError:  # BlockingIOError included: nothing of it was sent
+            sent = -1
+        if sent == len(packed):
+            self.last_channel = channel
+            return True
+        self.shut = True
+        with contextlib.suppress(OSError):
+            self.tx.shutdown(socket.SHUT_RDWR)
+        return False
+
+    def read_reply(self) -> None:
+        """Read one reply. Raises a ``RedisError`` / ``OSError`` (timeout included)."""
+        reply = self.conn.read_response()
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+
+    def close(self) -> None:
+        self.shut = True
+        with contextlib.suppress(OSError):
+            self.tx.close()
+        with contextlib.suppress(Exception):  # closing a broken connection may fail too
+            self.conn.disconnect()
 
 
 MessageHandler = Callable[[str, bytes], None]
