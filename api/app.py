@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from api import console, errors
 from api.console import change_requests as console_requests  # #16 approvals
@@ -26,6 +27,7 @@ from api.routes import environments, flags, health, history, plans, sdk, tokens,
 from api.routes import webhooks as webhook_routes  # #17 webhooks
 from api.service import AdminService
 from api.service.approvals import ApprovalService
+from api.streams import SERVER_SEND
 from flags.plans.scheduler import PlanScheduler
 from flags.plans.store import PlanStore
 from flags.settings import Settings
@@ -45,6 +47,16 @@ ROUTERS = (
     sdk.router,
     approval_routes.router,  # #16: policies, change requests, break-glass reviews
 )
+
+
+class FlagrailApp(FastAPI):
+    """FastAPI that keeps the server's own ``send`` in ``scope[SERVER_SEND]`` before
+    its middleware wraps it: an open SSE stream writes its changes with it
+    (``api.streams``), past wrappers that only matter to a response's start."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None = None) -> FastAPI:
@@ -69,7 +81,7 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
                     log.exception("closing %r failed", service)
             store.close()
 
-    app = FastAPI(
+    app = FlagrailApp(
         title="flagrail",
         version="0.1.0",
         description="Feature flags with kill switches, staged rollouts and an audited history.",

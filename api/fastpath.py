@@ -57,7 +57,7 @@ from api.routes.sdk import (
     stream_snapshot,
 )
 from api.service import Principal
-from api.streams import DirectStream, serve_direct
+from api.streams import SERVER_SEND, DirectStream, serve_direct
 from flags.errors import FlagrailError
 from flags.model import TokenInfo, validate_environment_name
 from flags.store.sql import SqlFlagStore
@@ -276,6 +276,7 @@ class SnapshotFastPath:
             store=store,
             max_items=settings.stream_queue,
             heartbeat=float(self.state.settings.heartbeat_interval),
+            server_send=scope.get(SERVER_SEND),
         )
         if not broadcaster.attach(stream, max_per_owner=settings.max_streams_per_token):
             return None  # the route's 429

@@ -17,6 +17,12 @@ to a task of the stream's own, with the route's bound: past ``max_items`` queued
 items the stream is sent one snapshot instead of the backlog. A slow reader
 therefore never holds up the others, and its memory stays bounded.
 
+Under uvicorn's httptools protocol (what ``flagrail serve`` runs) a write that
+would not wait is the socket write itself: the frame, chunked once per change, goes
+to the connection's transport with the checks uvicorn's own ``send`` makes
+(``socket_writer``); under any other server, or when the connection applies
+back-pressure, the ASGI ``send`` does it.
+
 Heartbeats come from one timer per stream, which writes only after
 ``heartbeat`` seconds of silence. A disconnect is seen by one task per stream
 waiting on ``receive``.
@@ -39,7 +45,7 @@ from flags.model import FlagChanged, Snapshot
 from flags.store import FlagStore
 from flags.sync.broadcast import RESYNC, Item, Resync
 
-__all__ = ["STREAM_HEADERS", "DirectStream", "serve_direct"]
+__all__ = ["SERVER_SEND", "STREAM_HEADERS", "DirectStream", "serve_direct", "socket_writer"]
 
 log = logging.getLogger("flagrail.api.streams")
 
@@ -50,6 +56,8 @@ STREAM_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-accel-buffering", b"no"),
     (b"content-type", b"text/event-stream; charset=utf-8"),
 ]
+# The scope key under which ``api.app.FlagrailApp`` keeps the server's own ``send``.
+SERVER_SEND = "flagrail.server_send"
 CONNECTED = b": connected\n\n"
 HEARTBEAT = b": heartbeat\n\n"
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -76,13 +84,18 @@ class DirectStream:
         store: FlagStore,
         max_items: int,
         heartbeat: float,
+        server_send: Any = None,
     ) -> None:
+        """``server_send``: the server's own ``send`` (``scope[SERVER_SEND]``), for
+        ``socket_writer`` once the response has started."""
         self.environment = environment
         self.loop = loop
         self.owner = owner
         self.overflows = 0
         self.done: asyncio.Future[None] = loop.create_future()
         self._send = send
+        self._server_send = server_send
+        self._writer: Callable[[bytes], bool] | None = None
         self._services = services
         self._frames: ChangeFrames = services.frames
         self._snapshots: SnapshotCache = services.snapshots
@@ -162,6 +175,10 @@ class DirectStream:
     def _write_now(self, frame: bytes) -> None:
         """Start writing ``frame``; finished here unless the write suspends, then in
         the stream's task (items queue meanwhile)."""
+        writer = self._writer
+        if writer is not None and writer(frame):
+            self._last_write = self.loop.time()
+            return
         coro = self._send({"type": "http.response.body", "body": frame, "more_body": True})
         try:
             pending = coro.send(None)  # type: ignore[attr-defined]
@@ -216,6 +233,8 @@ class DirectStream:
         """The stream has been sent everything up to version ``sent``: deliver what
         queued meanwhile, then take items as they come, with heartbeats."""
         self._sent = sent
+        if self._server_send is not None:
+            self._writer = socket_writer(self._server_send)
         await self._drain()
         self._timer = self.loop.call_later(self._heartbeat, self._beat)
 
@@ -243,6 +262,52 @@ class DirectStream:
         task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
+
+
+def socket_writer(server_send: Any) -> Callable[[bytes], bool] | None:
+    """A function writing one frame, as a chunk of the response's body, straight to
+    the connection, for a response whose start uvicorn's httptools protocol has sent
+    with chunked coding; None for any other server or response.
+
+    It returns False (nothing written) when the write is the ASGI ``send``'s to make:
+    the connection applies back-pressure (``send`` waits for it to drain), or the
+    response is complete. It writes nothing to a connection the client has left
+    (``send`` drops those writes too), and says True. The chunk of a frame is encoded
+    once for every stream that writes the same frame.
+    """
+    cycle = getattr(server_send, "__self__", None)
+    if type(cycle).__module__ != "uvicorn.protocols.http.httptools_impl":
+        return None
+    needed = ("transport", "flow", "disconnected", "response_complete", "chunked_encoding")
+    if not all(hasattr(cycle, name) for name in needed) or cycle.chunked_encoding is not True:
+        return None
+    transport, flow = cycle.transport, cycle.flow
+
+    def write(frame: bytes) -> bool:
+        if cycle.disconnected:
+            return True
+        if flow.write_paused or cycle.response_complete:
+            return False
+        transport.write(_chunk(frame))
+        return True
+
+    return write
+
+
+# (frame, its chunk): one tuple, replaced whole, so loops in several threads (one
+# per server in tests) never pair a frame with another frame's chunk.
+_memo: tuple[bytes, bytes] = (b"", b"0\r\n\r\n")
+
+
+def _chunk(frame: bytes) -> bytes:
+    """``frame`` in HTTP/1.1 chunked coding; the last one is kept, so a change's frame
+    is encoded once for all the streams that write it in a row."""
+    global _memo
+    memo = _memo
+    if memo[0] is not frame:
+        memo = (frame, b"%x\r\n%s\r\n" % (len(frame), frame))
+        _memo = memo
+    return memo[1]
 
 
 async def _resume(coro: Coroutine[Any, Any, Any], pending: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from api.routes.sdk import SdkServerSettings
-from api.streams import _resume
+from api.streams import DirectStream, _chunk, _resume, socket_writer
 from flags.testing import wait_for
 
 from .harness import ENV, Deployment, LiveServer
@@ -172,6 +172,11 @@ def test_stream_fastpath__changes__every_stream_gets_each_in_order(
     try:
         assert all(answered for _, answered in streams)
         first = [s.events(2)[1] for s, _ in streams]
+        # Under uvicorn's httptools protocol the streams write changes to the socket
+        # themselves (checked here so that path cannot go unused unnoticed).
+        held = [sub for feed in server.sdk.broadcaster._feeds.values() for sub in feed.subscribers]
+        assert len(held) == 3
+        assert all(isinstance(sub, DirectStream) and sub._writer is not None for sub in held)
         start = int(first[0].split("\n")[0].removeprefix("id: "))
         for n in range(10):
             _kill(deployment, server, "kill" if n % 2 == 0 else "unkill")
@@ -277,3 +282,20 @@ def test_resume__a_suspended_coroutine__runs_to_its_end_with_its_result_and_erro
         return seen
 
     assert asyncio.run(scenario()) == ["first", "second"]
+
+
+def test_socket_writer__another_server_or_response__none() -> None:
+    """Only a chunked response of uvicorn's httptools protocol is written directly."""
+
+    async def plain_send(message: Any) -> None:
+        return None
+
+    assert socket_writer(plain_send) is None
+    assert socket_writer(None) is None
+
+
+def test_chunk__frames_in_turn__each_its_own_chunk() -> None:
+    a, b = b"id: 1\nevent: change\ndata: {}\n\n", b"x" * 300
+    assert _chunk(a) == b"%x\r\n" % len(a) + a + b"\r\n"
+    assert _chunk(b) == b"12c\r\n" + b + b"\r\n"
+    assert _chunk(a) == b"%x\r\n" % len(a) + a + b"\r\n"
