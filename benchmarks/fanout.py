@@ -87,6 +87,94 @@ class Expectation:
     seen: int = 0
 
 
+class StreamProtocol(asyncio.Protocol):
+    """One stream's connection: sends the request, checks the status, decodes the
+    chunked body and reports each event's id. A callback per read and no coroutine
+    per line keeps the client's CPU per event small next to the server's (with
+    asyncio streams the 10,000-stream clients spent more CPU per change than the
+    server they measured)."""
+
+    def __init__(
+        self,
+        client: ClientProcess,
+        stream: Stream,
+        request: bytes,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.request = request
+        # Each resolves to None, or to the error that ended the stream (no future is
+        # left holding an exception nobody retrieves).
+        self.headers: asyncio.Future[BaseException | None] = loop.create_future()
+        self.ended: asyncio.Future[BaseException | None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.body = b""
+        self.need = -1  # bytes of the current chunk (with its CRLF) still to come; -1: head
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            self._parse()
+        except ValueError as exc:
+            self._fail(exc)
+
+    def _parse(self) -> None:
+        if self.need == -1:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = self.buffer[: self.buffer.find(b"\r\n")]
+            self.buffer = self.buffer[end + 4 :]
+            if b" 200 " not in status:
+                raise ValueError(f"stream refused: {status!r}")
+            self.need = 0
+            self.stream.live = True
+            if not self.headers.done():
+                self.headers.set_result(None)
+        while True:
+            if self.need == 0:
+                line = self.buffer.find(b"\r\n")
+                if line < 0:
+                    return
+                size = int(self.buffer[:line], 16)
+                if size == 0:
+                    self._fail(EOFError("stream ended"))
+                    return
+                self.buffer = self.buffer[line + 2 :]
+                self.need = size + 2
+            if len(self.buffer) < self.need:
+                return
+            self.body += self.buffer[: self.need - 2]
+            self.buffer = self.buffer[self.need :]
+            self.need = 0
+            while True:
+                end = self.body.find(b"\n\n")
+                if end < 0:
+                    break
+                frame, self.body = self.body[:end], self.body[end + 2 :]
+                if frame.startswith(b"id: "):
+                    self.client.saw(self.stream, int(frame[4 : frame.index(b"\n")]))
+
+    def _fail(self, exc: BaseException) -> None:
+        for future in (self.headers, self.ended):
+            if not future.done():
+                future.set_result(exc)
+        self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or EOFError("stream ended"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 class ClientProcess:
     """N/P streams in one asyncio loop; commands on stdin, reports on stdout (JSON lines).
 
@@ -159,45 +247,33 @@ class ClientProcess:
             await asyncio.sleep(random.uniform(0, min(2.0, 0.25 * 2 ** min(failures, 3))))
 
     async def connect_once(self, stream: Stream) -> None:
+        loop = asyncio.get_running_loop()
+        resume = f"Last-Event-ID: {stream.version}\r\n" if stream.version else ""
+        request = (
+            f"GET /sdk/v1/stream?environment={ENV} HTTP/1.1\r\n"
+            f"Host: {stream.host}:{stream.port}\r\n"
+            f"Authorization: Bearer {self.token}\r\n"
+            f"Accept: text/event-stream\r\n{resume}\r\n"
+        ).encode()
+        protocol = StreamProtocol(self, stream, request, loop)
         async with self.connect_gate:
             # Bounded: a SYN the kernel dropped (full backlog) is retried after 1 s, 3 s,
             # 7 s ... and must not hold the gate; headers come within the same bound.
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(stream.host, stream.port), CONNECT_TIMEOUT
-            )
-            resume = f"Last-Event-ID: {stream.version}\r\n" if stream.version else ""
-            writer.write(
-                (
-                    f"GET /sdk/v1/stream?environment={ENV} HTTP/1.1\r\n"
-                    f"Host: {stream.host}:{stream.port}\r\n"
-                    f"Authorization: Bearer {self.token}\r\n"
-                    f"Accept: text/event-stream\r\n{resume}\r\n"
-                ).encode()
-            )
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    status = await reader.readline()
-                    while (await reader.readline()) not in (b"\r\n", b""):
-                        pass
+                    await loop.create_connection(lambda: protocol, stream.host, stream.port)
+                    error = await asyncio.shield(protocol.headers)
             except BaseException:
-                writer.close()
+                protocol.close()
                 raise
+            if error is not None:
+                raise error
         try:
-            if b" 200 " not in status:
-                raise ValueError(f"stream refused: {status!r}")
-            stream.live = True
-            buffer = b""
-            while True:  # chunked transfer coding
-                size = int((await reader.readline()).strip() or b"0", 16)
-                if size == 0:
-                    raise EOFError("stream ended")
-                buffer += (await reader.readexactly(size + 2))[:-2]
-                while b"\n\n" in buffer:
-                    frame, buffer = buffer.split(b"\n\n", 1)
-                    if frame.startswith(b"id: "):
-                        self.saw(stream, int(frame[4 : frame.index(b"\n")]))
+            error = await protocol.ended
         finally:
-            writer.close()
+            protocol.close()
+        if error is not None:
+            raise error
 
     async def main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -228,7 +304,12 @@ class ClientProcess:
 def client_main(argv: list[str]) -> None:
     targets = [(h, int(p)) for h, p in (t.rsplit(":", 1) for t in argv[0].split(","))]
     token, count = argv[1], int(argv[2])
-    asyncio.run(ClientProcess(targets, token, count).main())
+    run: Any = asyncio.run
+    with contextlib.suppress(ImportError):  # the server's loop too (the `server` extra)
+        import uvloop
+
+        run = uvloop.run
+    run(ClientProcess(targets, token, count).main())
 
 
 # ================================================================== driver
