@@ -17,7 +17,7 @@ every applied snapshot is written there.
 Threads (all daemons, started by ``start``, none by the constructor):
 ``flagrail-poll`` (snapshot fetches: first load, resyncs, polling, the backup at
 start, a hint's fetch while another fetch runs), ``flagrail-report`` (backup
-writes, an instance report after each applied update, metrics every
+writes, an instance report after applied updates (one per ``ACK_GAP`` at most), metrics every
 ``metrics_interval``), the Redis subscriber (when ``redis_url``; it fetches the
 snapshot a hint asks for itself) and the SSE consumer (while Redis is not live). Connections are
 opened by those threads, never by ``start`` itself, so ``start`` never blocks.
