@@ -269,7 +269,14 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
-TARGETS = {"redis": 50.0, "redis-signed": 50.0, "sse": 100.0}
+# path: (the figure judged, its p99 bound in ms). Issue #20: a kill applied in every
+# process within 20 ms of its send, over signed Redis messages and over SSE. Issue #14:
+# Redis as a hint (the default without a signing key) within 50 ms of the API's 200.
+TARGETS = {
+    "redis": ("after_200_p99", 50.0),
+    "redis-signed": ("p99", 20.0),
+    "sse": ("p99", 20.0),
+}
 LABELS = {
     "redis": "Redis, hint-only (fetch on hint)",
     "redis-signed": "Redis, signed changes",
@@ -297,15 +304,18 @@ def report(results: list[dict[str, Any]], processes: int) -> None:
         "every process p99",
         "after the 200 p50 / p99",
         "applied before the 200",
-        "target (end-to-end p99)",
+        "target (p99)",
     ]
     rows = []
     for r in results:
         label = LABELS[r["path"]]
         if r["poll"] is not None:
             label += f" ({r['poll']:g} s)"
-        target = TARGETS.get(r["path"])
-        verdict = f"<= {target:g}: {'met' if r['p99'] <= target else 'MISSED'}" if target else "-"
+        verdict = "-"
+        if r["path"] in TARGETS:
+            figure, bound = TARGETS[r["path"]]
+            where = "end to end" if figure == "p99" else "after the 200"
+            verdict = f"{where} <= {bound:g}: {'met' if r[figure] <= bound else 'MISSED'}"
         rows.append(
             [
                 label,
