@@ -1,7 +1,8 @@
 """How fast a kill reaches every SDK process: over Redis, over SSE, and by polling.
 
 For each path: a real server (``flagrail serve`` in a subprocess, SQLite in a temp
-directory, a throwaway redis-server for the Redis path), 16 SDK processes (this
+directory or, with ``--database postgres``, a PostgreSQL database of the run's own; a
+throwaway redis-server for the Redis path), 16 SDK processes (this
 script in ``--worker`` mode), then kills and unkills one after the other through
 the admin API. Each change is awaited in all 16 processes before the next.
 
@@ -19,7 +20,7 @@ includes the server's commit. Beside it:
 
     .venv/bin/python benchmarks/propagation.py [--processes 16] [--changes 200]
         [--poll-changes 20] [--poll-interval 1.0] [--paths redis,redis-signed,sse,poll]
-        [--json]
+        [--gap MS] [--database sqlite|postgres] [--json]
 
 ``redis`` is the default Redis mode (no ``FLAGRAIL_SIGNING_KEY``): a message is a
 hint and each SDK fetches the snapshot (ETag'd) on it; ``redis-signed`` sets a
@@ -173,12 +174,15 @@ class Workers:
 
 
 def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from polling_load import Database  # benchmarks/: this script's own folder
+
     from flags.settings import Settings  # noqa: F401  (imports the package early)
     from flags.store.schema import upgrade
     from flags.store.sql import SqlFlagStore
     from flags.testing.redis_server import RedisServer, free_port
 
-    db = f"sqlite:///{tmp}/{path}.db"
+    database = Database(args.database, tmp)
+    db = database.url
     upgrade(db)
     store = SqlFlagStore(db)
     if ENV not in {e.name for e in store.list_environments()}:
@@ -245,6 +249,7 @@ def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         server.stop()
         if redis is not None:
             redis.close()
+        database.drop()
     return {
         "path": path,
         "changes": changes,
@@ -356,6 +361,13 @@ def main() -> None:
         help="ms to wait after a change reached every process before sending the next "
         "(default 0: back to back, so each change meets the previous one's instance "
         "reports and backup writes, sent 20-80 ms after it; 200: isolated kills)",
+    )
+    parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="the server's database (postgres: a database of the run's own on "
+        "127.0.0.1:5432, created and dropped)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
