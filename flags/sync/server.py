@@ -237,7 +237,8 @@ class ServerSource:
     def applied(self) -> None:
         """Called under the client's update lock after each install: cheap flags only."""
         self._ack_needed = True
-        self._backup_dirty = True
+        if self.options.backup_path is not None:
+            self._backup_dirty = True
         self._report_wake.set()
 
     def resync(self) -> None:
@@ -431,17 +432,17 @@ class ServerSource:
                 return
             try:
                 # Both follow an applied change: off its critical path (ACK_DELAY), and
-                # one write and one report for the changes applied meanwhile.
-                pending = self._ack_needed or self._backup_dirty
-                if pending:
-                    delay = random.uniform(*ACK_DELAY)
-                    if self._ack_needed:
-                        delay = max(delay, self._acked_at + ACK_GAP - time.monotonic())
-                    if self._stop.wait(delay):
+                # one write and one report for the changes applied meanwhile; reports
+                # at least ACK_GAP apart, whenever the change that asks for one came.
+                if self._ack_needed or self._backup_dirty:
+                    if self._stop.wait(random.uniform(*ACK_DELAY)):
                         return  # close() writes the backup and sends the last report
                 if self._backup_dirty:
                     self._write_backup()
                 if self._ack_needed:
+                    gap = self._acked_at + ACK_GAP - time.monotonic()
+                    if gap > 0 and self._stop.wait(gap):
+                        return
                     self._ack_needed = False
                     self._acked_at = time.monotonic()
                     self._send_instance_report()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ class StubState:
         self.snapshot = Snapshot(ENV, 1, {})
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.posted: list[tuple[str, bytes]] = []  # (path, body) of every POST
+        self.posted_at: list[float] = []  # time.monotonic() when each POST's head came
         self.connections = 0
         self.close_after_answer = False  # answer with "Connection: close"
         self.lock = threading.Lock()
@@ -73,11 +75,13 @@ def stub_server() -> Iterator[tuple[str, StubState, ThreadingHTTPServer]]:
             self._answer(200, body, {**headers, "Content-Type": "application/json"})
 
         def do_POST(self) -> None:
+            arrived = time.monotonic()
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             with state.lock:
                 state.requests.append(("POST", self.path, dict(self.headers)))
                 state.posted.append((self.path, body))
+                state.posted_at.append(arrived)
             self._answer(202, b'{"accepted":true}', {"Content-Type": "application/json"})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
