@@ -434,9 +434,9 @@ class ServerSource:
                 # Both follow an applied change: off its critical path (ACK_DELAY), and
                 # one write and one report for the changes applied meanwhile; reports
                 # at least ACK_GAP apart, whenever the change that asks for one came.
-                if self._ack_needed or self._backup_dirty:
-                    if self._stop.wait(random.uniform(*ACK_DELAY)):
-                        return  # close() writes the backup and sends the last report
+                pending = self._ack_needed or self._backup_dirty
+                if pending and self._stop.wait(random.uniform(*ACK_DELAY)):
+                    return  # close() writes the backup and sends the last report
                 if self._backup_dirty:
                     self._write_backup()
                 if self._ack_needed:

@@ -3,6 +3,7 @@ against a stub server: changes applied back to back are acknowledged together.""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -39,5 +40,5 @@ def test_acks__changes_back_to_back__one_report_per_ack_gap_naming_the_last() ->
         assert 1 <= len(reports) <= 2 + int(burst / ACK_GAP)
         assert reports[-1]["applied_version"] == 21
         # Spaced by the client (ACK_GAP from one send to the next); arrival jitter aside.
-        gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(sent_at)]
         assert all(g >= ACK_GAP * 0.75 for g in gaps), gaps
