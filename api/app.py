@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from api import console, errors
 from api.console import change_requests as console_requests  # #16 approvals
 from api.fastpath import FastPathStats, SnapshotFastPath
+from api.kill_fastpath import KillFastPath
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from api.routes import change_requests as approval_routes  # #16 approvals
 from api.routes import environments, flags, health, history, plans, sdk, tokens, unleash
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None =
     # Innermost of ours: SDK snapshot polls answered from memory (request ids and the
     # body limit still apply to them).
     app.state.fastpath = FastPathStats()
+    app.add_middleware(KillFastPath, state=app.state)  # the kill an operator waits on
     app.add_middleware(SnapshotFastPath, state=app.state)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

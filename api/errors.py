@@ -85,8 +85,8 @@ def field_from_loc(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts)
 
 
-async def _flagrail_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, e.FlagrailError)
+def flagrail_error_response(exc: e.FlagrailError) -> JSONResponse:
+    """The answer to ``exc``, whoever raised it (a route, or an ASGI fast path)."""
     if isinstance(exc, e.ApprovalRequiredError):
         return JSONResponse(exc.body, status_code=status_for(exc))
     extra: dict[str, Any] = {}
@@ -96,6 +96,17 @@ async def _flagrail_error(_request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.warning("answering %s: %s", status, exc)
     return error_response(status, exc.code, exc.message, exc.field, **extra)
+
+
+def unexpected_error_response(exc: BaseException) -> JSONResponse:
+    """The answer to a bug: logged with its traceback; the client gets the usual shape."""
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "internal error; see the server log")
+
+
+async def _flagrail_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, e.FlagrailError)
+    return flagrail_error_response(exc)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -123,9 +134,7 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-    # Last resort: a bug. Logged with traceback; the client gets the usual shape.
-    log.error("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "internal error; see the server log")
+    return unexpected_error_response(exc)
 
 
 def install(app: FastAPI) -> None:

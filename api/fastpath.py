@@ -62,7 +62,7 @@ from flags.errors import FlagrailError
 from flags.model import TokenInfo, validate_environment_name
 from flags.store.sql import SqlFlagStore
 
-__all__ = ["FastPathStats", "SnapshotFastPath"]
+__all__ = ["FastPathStats", "SnapshotFastPath", "cached_bearer", "single_headers"]
 
 _T = TypeVar("_T")
 
@@ -80,12 +80,15 @@ MAX_IF_NONE_MATCH = 200
 
 @dataclass
 class FastPathStats:
-    """At ``app.state.fastpath``: how many snapshot requests were answered from memory
-    and how many passed to the route. ``enabled`` False passes every one."""
+    """At ``app.state.fastpath``: how many requests the fast paths answered and how
+    many they passed to the route. ``enabled`` False passes every one."""
 
     enabled: bool = True
     answered: int = 0
     passed: int = 0
+    # ``api.kill_fastpath.KillFastPath``: kills and unkills it answered / passed on.
+    kills_answered: int = 0
+    kills_passed: int = 0
 
 
 class SnapshotFastPath:
@@ -145,7 +148,7 @@ class SnapshotFastPath:
     async def _answer(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         wired = self._wired()
         query = _query(scope["query_string"], ("environment", "min_version"))
-        headers = _single_headers(scope, (b"authorization", b"if-none-match"))
+        headers = single_headers(scope, (b"authorization", b"if-none-match"))
         if wired is None or query is None or headers is None:
             return None
         services, store = wired
@@ -153,7 +156,7 @@ class SnapshotFastPath:
         if_none_match = headers.get(b"if-none-match")
         if if_none_match is not None and len(if_none_match) > MAX_IF_NONE_MATCH:
             return None
-        token = _cached_token(store, headers.get(b"authorization"))
+        token = cached_bearer(store, headers.get(b"authorization"))
         if token is None or not token.covers(env):
             return None
         known = services.broadcaster.known_version(env)
@@ -248,7 +251,7 @@ class SnapshotFastPath:
         """A stream attached to the broadcaster, or None for the route to answer."""
         wired = self._wired()
         query = _query(scope["query_string"], ("environment",))
-        headers = _single_headers(scope, (b"authorization", b"last-event-id"))
+        headers = single_headers(scope, (b"authorization", b"last-event-id"))
         if wired is None or query is None or headers is None:
             return None
         services, store = wired
@@ -304,14 +307,14 @@ class SnapshotFastPath:
     def _record(self, scope: Scope, body: bytes) -> bool:
         """Record the report if it is valid and needs no I/O; False to pass it on."""
         wired = self._wired()
-        headers = _single_headers(scope, (b"authorization", b"content-type"))
+        headers = single_headers(scope, (b"authorization", b"content-type"))
         if wired is None or headers is None:
             return False
         services, store = wired
         content_type = headers.get(b"content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             return False
-        token = _cached_token(store, headers.get(b"authorization"))
+        token = cached_bearer(store, headers.get(b"authorization"))
         if token is None:
             return False
         report = InstanceBody.model_validate_json(body).to_report()
@@ -340,7 +343,7 @@ class SnapshotFastPath:
             return services.snapshots.render(snapshot)
 
 
-def _single_headers(scope: Scope, names: tuple[bytes, ...]) -> dict[bytes, str] | None:
+def single_headers(scope: Scope, names: tuple[bytes, ...]) -> dict[bytes, str] | None:
     """The request's ``names`` headers (latin-1 text); None when one of them repeats
     (the route decides what a repeated header means)."""
     found: dict[bytes, str] = {}
@@ -352,7 +355,7 @@ def _single_headers(scope: Scope, names: tuple[bytes, ...]) -> dict[bytes, str] 
     return found
 
 
-def _cached_token(store: SqlFlagStore, authorization: str | None) -> TokenInfo | None:
+def cached_bearer(store: SqlFlagStore, authorization: str | None) -> TokenInfo | None:
     """The live token of a well-formed ``Authorization`` value if the token cache holds
     it; None otherwise (the route authenticates it)."""
     try:
