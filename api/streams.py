@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -43,7 +42,7 @@ from api.routes.sdk import ChangeFrames, SdkServices, SnapshotCache, stream_snap
 from flags.errors import FlagrailError
 from flags.model import FlagChanged, Snapshot
 from flags.store import FlagStore
-from flags.sync.broadcast import RESYNC, Item, Resync
+from flags.sync.broadcast import RESYNC, Item, ItemQueue, Resync
 
 __all__ = ["SERVER_SEND", "STREAM_HEADERS", "DirectStream", "serve_direct", "socket_writer"]
 
@@ -91,7 +90,6 @@ class DirectStream:
         self.environment = environment
         self.loop = loop
         self.owner = owner
-        self.overflows = 0
         self.done: asyncio.Future[None] = loop.create_future()
         self._send = send
         self._server_send = server_send
@@ -100,16 +98,19 @@ class DirectStream:
         self._frames: ChangeFrames = services.frames
         self._snapshots: SnapshotCache = services.snapshots
         self._store = store
-        self._max_items = max(1, max_items)
         self._heartbeat = heartbeat
         self._sent = -1
         # While busy (starting, or a write or snapshot read in progress), items queue.
         self._busy = True
-        self._behind = False
-        self._queue: deque[Item] = deque()
+        self._queue = ItemQueue(max_items)
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_write = loop.time()
+
+    @property
+    def overflows(self) -> int:
+        """Times this stream fell behind and was sent one snapshot for its backlog."""
+        return self._queue.overflows
 
     # ------------------------------------------------------------------ input
     def push(self, item: Item) -> None:
@@ -123,7 +124,7 @@ class DirectStream:
         if self.done.done():
             return
         if self._busy:
-            self._enqueue(item)
+            self._queue.put(item)
             return
         try:
             if item is None:
@@ -132,27 +133,13 @@ class DirectStream:
             frame = self._frame(item)
             if frame is RESYNC:  # needs a snapshot, maybe from the database
                 self._busy = True
-                self._queue.append(RESYNC)
+                self._queue.put(RESYNC)  # not busy: the queue was empty
                 self._task = self.loop.create_task(self._drain())
             elif frame is not None:
                 self._write_now(frame)
         except Exception:
             log.exception("stream of %s failed", self.environment)
             self.end()
-
-    def _enqueue(self, item: Item) -> None:
-        if item is None:
-            self._queue.append(None)
-        elif self._behind:
-            return  # the pending RESYNC covers it
-        elif len(self._queue) >= self._max_items:
-            self._behind = True
-            self.overflows += 1
-            closed = None in self._queue
-            self._queue.clear()
-            self._queue.append(None if closed else RESYNC)
-        else:
-            self._queue.append(item)
 
     def _frame(self, item: FlagChanged | Snapshot | Resync) -> bytes | Resync | None:
         """The bytes that deliver ``item`` after what was sent (None: nothing to send;
@@ -204,12 +191,10 @@ class DirectStream:
                 await _resume(coro, pending)
                 self._last_write = self.loop.time()
             while self._queue:
-                item = self._queue.popleft()
+                item = self._queue.pop()
                 if item is None:
                     self.end()
                     return
-                if item is RESYNC:
-                    self._behind = False
                 frame = self._frame(item)
                 if frame is RESYNC:
                     rendered = await stream_snapshot(self._services, self._store, self.environment)

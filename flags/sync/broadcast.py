@@ -39,6 +39,7 @@ __all__ = [
     "Confirmation",
     "InstanceRegistry",
     "Item",
+    "ItemQueue",
     "Subscriber",
     "Subscription",
 ]
@@ -84,12 +85,63 @@ HINT_QUIET = 0.25
 DEFAULT_STREAM_QUEUE = 128
 
 
+class ItemQueue:
+    """A stream's bounded FIFO of items that gives up a backlog for one ``RESYNC``.
+
+    Items come out in the order they were put, and at most ``max_items`` (at least 1)
+    are held, not counting ``None`` (closed), which is always queued. An item put when
+    the queue is full empties it, leaves one ``RESYNC`` in place of the items dropped
+    and counts one in ``overflows``; every item but ``None`` put after that is dropped
+    until ``pop`` returns that ``RESYNC`` (the snapshot the consumer then sends covers
+    them). If a close was among the items dropped, ``None`` takes the place of the
+    ``RESYNC``, and from then on the queue takes nothing but ``None``.
+
+    Not thread-safe: put and pop from one thread (the stream's event loop).
+    """
+
+    __slots__ = ("_behind", "_items", "max_items", "overflows")
+
+    def __init__(self, max_items: int = DEFAULT_STREAM_QUEUE) -> None:
+        self.max_items = max(1, max_items)
+        self.overflows = 0
+        self._items: deque[Item] = deque()
+        self._behind = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Item) -> bool:
+        """Queue ``item``, or ``RESYNC`` in place of the queue when full. False when
+        ``item`` was dropped and nothing changed (a queued ``RESYNC`` covers it)."""
+        if item is None:
+            self._items.append(None)
+        elif self._behind:
+            return False
+        elif len(self._items) >= self.max_items:
+            self._behind = True
+            self.overflows += 1
+            closed = None in self._items
+            self._items.clear()
+            self._items.append(None if closed else RESYNC)  # keep a close that was queued
+        else:
+            self._items.append(item)
+        return True
+
+    def pop(self) -> Item:
+        """The oldest item; raises ``IndexError`` when empty. Once the ``RESYNC`` of an
+        overflow is popped, items are queued again."""
+        item = self._items.popleft()
+        if item is RESYNC:
+            self._behind = False
+        return item
+
+
 class Subscription:
     """One open stream's queue, fed from any thread, read on the stream's event loop.
 
-    The queue is bounded (``max_items``): a reader that falls behind (a client that
-    stops reading, so the stream's writes block) has its queue emptied and is given one
-    ``RESYNC`` marker instead, and every item pushed until it takes that marker is
+    The queue is an ``ItemQueue`` of ``max_items``: a reader that falls behind (a client
+    that stops reading, so the stream's writes block) has its queue emptied and is given
+    one ``RESYNC`` marker instead, and every item pushed until it takes that marker is
     dropped (the snapshot it is sent then covers them). Memory per stream stays bounded
     whatever the change rate. ``None`` (closed) always gets through.
 
@@ -109,11 +161,18 @@ class Subscription:
         self.environment = environment
         self.loop = loop
         self.owner = owner
-        self.max_items = max(1, max_items)
-        self.overflows = 0
-        self._items: deque[Item] = deque()
+        self._queue = ItemQueue(max_items)
         self._waiter: asyncio.Future[None] | None = None
-        self._behind = False
+
+    @property
+    def max_items(self) -> int:
+        """Items the queue holds before the stream counts as fallen behind (at least 1)."""
+        return self._queue.max_items
+
+    @property
+    def overflows(self) -> int:
+        """Times this stream fell behind and was given ``RESYNC`` for its backlog."""
+        return self._queue.overflows
 
     def push(self, item: Item) -> None:
         """Thread-safe; a loop already closed (server stopping) is ignored."""
@@ -122,30 +181,20 @@ class Subscription:
 
     def put(self, item: Item) -> None:
         """On the loop only: enqueue, or fall back to one RESYNC marker when full."""
-        if item is None:
-            self._items.append(None)
-        elif self._behind:
+        if not self._queue.put(item):
             return  # the pending RESYNC covers it
-        elif len(self._items) >= self.max_items:
-            self._behind = True
-            self.overflows += 1
-            closed = None in self._items
-            self._items.clear()
-            self._items.append(None if closed else RESYNC)  # keep a close that was queued
-        else:
-            self._items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def pending(self) -> int:
         """Items queued now (on the loop)."""
-        return len(self._items)
+        return len(self._queue)
 
     async def get(self, timeout: float) -> Item | bool:
         """The next item, or False after ``timeout`` seconds without one. After a
         ``RESYNC`` is returned, items are queued again. One reader at a time."""
-        if not self._items:
+        if not self._queue:
             waiter = self.loop.create_future()
             self._waiter = waiter
             timer = self.loop.call_later(timeout, _wake, waiter)
@@ -154,12 +203,9 @@ class Subscription:
             finally:
                 timer.cancel()
                 self._waiter = None
-            if not self._items:
+            if not self._queue:
                 return False
-        item = self._items.popleft()
-        if item is RESYNC:
-            self._behind = False
-        return item
+        return self._queue.pop()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
