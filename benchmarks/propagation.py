@@ -3,8 +3,13 @@
 For each path: a real server (``flagrail serve`` in a subprocess, SQLite in a temp
 directory or, with ``--database postgres``, a PostgreSQL database of the run's own; a
 throwaway redis-server for the Redis path), 16 SDK processes (this
-script in ``--worker`` mode), then kills and unkills one after the other through
-the admin API. Each change is awaited in all 16 processes before the next.
+script in ``--worker`` mode), then kills and unkills through the admin API on a
+fixed schedule (open loop, one every ``--interval`` ms, 50 by default; polling: at
+least 1.5 poll intervals apart), whatever the fleet is doing. Each process records
+the changes it applies in memory and hands the records over at the end: the harness
+writes nothing while a change spreads (an earlier version had every process report
+each change down a pipe to this driver, which woke 16 reader threads per change:
+about half of the CPU a change cost on a 2-core machine was the harness's own).
 
 The figure users feel, and the one the targets judge, is **end to end**: from the
 moment the kill request was sent to the moment a process applied the change (its
@@ -20,7 +25,7 @@ includes the server's commit. Beside it:
 
     .venv/bin/python benchmarks/propagation.py [--processes 16] [--changes 200]
         [--poll-changes 20] [--poll-interval 1.0] [--paths redis,redis-signed,sse,poll]
-        [--gap MS] [--database sqlite|postgres] [--json]
+        [--interval MS] [--database sqlite|postgres] [--json]
 
 ``redis`` is the default Redis mode (no ``FLAGRAIL_SIGNING_KEY``): a message is a
 hint and each SDK fetches the snapshot (ETag'd) on it; ``redis-signed`` sets a
@@ -34,9 +39,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import queue
+import socket
 import statistics
 import subprocess
 import sys
@@ -54,21 +61,23 @@ FLAG = "checkout"
 
 # ------------------------------------------------------------------ worker mode
 def worker(url: str, token: str, redis_url: str | None, poll: float) -> None:
+    """One SDK process. It records each change it applies in memory (version, killed,
+    ``time.monotonic()``, source): nothing is written per change, so the harness
+    adds no work to the fleet while a change spreads. Protocol on its pipes: one
+    ``{"ready": ...}`` line once on the expected source; then, for each line ``V``
+    read, the records so far once version ``V`` is applied (or after 30 s); EOF ends."""
     from flags import FlagClient
 
-    lock = threading.Lock()
-
-    def emit(**data: Any) -> None:
-        with lock:
-            sys.stdout.write(json.dumps(data) + "\n")
-            sys.stdout.flush()
-
     client = FlagClient(url, token, ENV, redis_url=redis_url, poll_interval=poll)
+    records: list[tuple[int, bool, float, str]] = []
+    caught_up = threading.Condition()
 
     def changed(c: FlagClient, snapshot: Any) -> None:
         t = time.monotonic()
         state = snapshot.flags.get(FLAG)
-        emit(v=snapshot.version, killed=bool(state and state.killed), t=t, src=c.stats()["source"])
+        records.append((snapshot.version, bool(state and state.killed), t, c.stats()["source"]))
+        with caught_up:
+            caught_up.notify_all()
 
     client.on_change(changed)
     client.wait_until_ready(30)
@@ -76,8 +85,15 @@ def worker(url: str, token: str, redis_url: str | None, poll: float) -> None:
     expect = os.environ.get("BENCH_EXPECT", "poll")
     while client.stats()["source"] != expect and time.monotonic() < deadline:
         time.sleep(0.01)
-    emit(ready=True, src=client.stats()["source"], v=client.version)
-    sys.stdin.read()
+    ready = {"ready": True, "src": client.stats()["source"], "v": client.version}
+    sys.stdout.write(json.dumps(ready) + "\n")
+    sys.stdout.flush()
+    for line in sys.stdin:
+        target = int(line)
+        with caught_up:
+            caught_up.wait_for(lambda t=target: client.version >= t, timeout=30)
+        sys.stdout.write(json.dumps({"records": records}) + "\n")
+        sys.stdout.flush()
     client.close()
 
 
@@ -162,6 +178,16 @@ class Workers:
                 got[i] = event
         return got
 
+    def records(self, version: int) -> list[list[list[Any]]]:
+        """Each worker's records ``[version, killed, t, source]``, once it applied
+        ``version`` (or gave up waiting for it)."""
+        for p in self.procs:
+            assert p.stdin is not None
+            p.stdin.write(f"{version}\n")
+            p.stdin.flush()
+        got = self.wait(lambda e: "records" in e, 60)
+        return [got[i]["records"] for i in range(len(self.procs))]
+
     def stop(self) -> None:
         for p in self.procs:
             if p.stdin:
@@ -171,6 +197,42 @@ class Workers:
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` so far (gone ones count 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave other guests instead of this machine, so far (the
+    ``steal`` column of /proc/stat; 0 where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def named_pids(name: str) -> list[int]:
+    """Processes whose command is ``name`` (PostgreSQL's backends, redis-server)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() == name:
+                    pids.append(int(entry))
+    return pids
 
 
 def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -216,40 +278,101 @@ def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     workers = Workers(
         args.processes, server.url, client_token, redis.url if redis else None, poll, worker_env
     )
-    http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin}"})
-    from_send: list[float] = []  # per process and change: send -> applied
-    every: list[float] = []  # per change: send -> applied in the last process
-    from_200: list[float] = []  # per process and change: the 200 -> applied, signed
-    sources: set[str] = set()
+    port = int(server.url.rsplit(":", 1)[1])
+    headers = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+    body = json.dumps({"reason": "bench", "environments": [ENV]})
+    # Open loop: change n is sent at start + n * interval, whatever the fleet is doing
+    # (a slow answer delays the next send, never skips it). Polling gets at least 1.5
+    # poll intervals per change, so each process can see each one.
+    interval = args.interval / 1000
+    if path == "poll":
+        interval = max(interval, 1.5 * poll)
+    sends: list[tuple[int, bool, float, float]] = []  # (version, killed, sent, answered)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         ready = workers.wait(lambda e: e.get("ready"), 60)
         ready_sources = {e["src"] for e in ready.values()}
         if len(ready_sources) != 1:
             print(f"warning: {path} workers started on {ready_sources}", file=sys.stderr)
+        start_versions = {e["v"] for e in ready.values()}
+        if len(start_versions) != 1:
+            raise RuntimeError(f"workers started at versions {start_versions}")
+        start = start_versions.pop()
+        conn.connect()
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # CPU per change by process group: where a change's cost goes on a shared box.
+        groups = {
+            "server": [server.proc.pid],
+            "sdk": [p.pid for p in workers.procs],
+            "driver": [os.getpid()],
+            "database": named_pids("postgres") if args.database == "postgres" else [],
+            "redis": named_pids("redis-server") if redis is not None else [],
+        }
+        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        steal_before, wall_before = steal_seconds(), time.monotonic()
+        next_at = time.monotonic()
         for n in range(changes):
+            pause = next_at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            next_at += interval
             killed = n % 2 == 0
             sent = time.monotonic()
-            r = http.post(
-                f"/admin/flags/{FLAG}/{'kill' if killed else 'unkill'}",
-                json={"reason": "bench", "environments": [ENV]},
+            conn.request(
+                "POST", f"/admin/flags/{FLAG}/{'kill' if killed else 'unkill'}", body, headers
             )
-            ok_at = time.monotonic()
-            r.raise_for_status()
-            seen = workers.wait(lambda e, k=killed: "t" in e and e["killed"] is k, 60)
-            for e in seen.values():
-                from_send.append((e["t"] - sent) * 1000)
-                from_200.append((e["t"] - ok_at) * 1000)
-                sources.add(e["src"])
-            every.append((max(e["t"] for e in seen.values()) - sent) * 1000)
-            if args.gap > 0:  # let the fleet's reports and backups after it settle
-                time.sleep(args.gap / 1000)
+            answer = conn.getresponse()
+            content = answer.read()
+            answered = time.monotonic()
+            if answer.status != 200:
+                raise RuntimeError(f"kill answered {answer.status}: {content[:200]!r}")
+            sends.append((start + n + 1, killed, sent, answered))
+        time.sleep(interval)  # the last change spreads inside the CPU window too
+        cpu_ms = {
+            name: (cpu_seconds(pids) - cpu_before[name]) * 1000 / changes
+            for name, pids in groups.items()
+            if pids
+        }
+        wall = time.monotonic() - wall_before
+        steal = (steal_seconds() - steal_before) / (wall * (os.cpu_count() or 1))
+        records = workers.records(sends[-1][0])
     finally:
-        http.close()
+        conn.close()
         workers.stop()
         server.stop()
         if redis is not None:
             redis.close()
         database.drop()
+    from_send: list[float] = []  # per process and change: send -> applied
+    every: list[float] = []  # per change: send -> applied in the last process
+    from_200: list[float] = []  # per process and change: the 200 -> applied, signed
+    sources: set[str] = set()
+    missing = wrong = 0
+    last_applied: list[list[float]] = [[] for _ in sends]
+    for applied in records:
+        # A change counts as applied in a process when it applies that version or a
+        # later one (polling, or a fetch on a hint, may skip over one).
+        i = 0
+        for version, killed, t, source in applied:
+            while i < len(sends) and sends[i][0] <= version:
+                if sends[i][0] == version and killed is not sends[i][1]:
+                    wrong += 1
+                _v, _k, sent, answered = sends[i]
+                from_send.append((t - sent) * 1000)
+                from_200.append((t - answered) * 1000)
+                last_applied[i].append(t)
+                sources.add(source)
+                i += 1
+        missing += len(sends) - i
+    for (_v, _k, sent, _a), times in zip(sends, last_applied, strict=True):
+        if times:
+            every.append((max(times) - sent) * 1000)
+    if missing or wrong:
+        print(
+            f"warning: {path}: {missing} change(s) never applied, {wrong} applied with the "
+            "wrong state",
+            file=sys.stderr,
+        )
     return {
         "path": path,
         "changes": changes,
@@ -264,6 +387,11 @@ def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "before_200_share": sum(1 for v in from_200 if v < 0) / len(from_200),
         "sources": sorted(sources),
         "poll": poll if path == "poll" else None,
+        "interval_ms": interval * 1000,
+        "missing": missing,
+        "wrong": wrong,
+        "cpu_ms_per_change": cpu_ms,
+        "steal_share": steal,
     }
 
 
@@ -341,6 +469,19 @@ def report(results: list[dict[str, Any]], processes: int) -> None:
     for cells in rows:
         print("| " + " | ".join(cells) + " |")
     print("(Unleash: its SDKs poll every 15 s by default, the documented refresh_interval.)")
+    print(
+        "\nCPU per change, ms (user + system, from the first change to the last; the SDK "
+        f"column is all {processes} processes together; database: every PostgreSQL process "
+        "on the machine; the driver sends the kills):"
+    )
+    names = ["server", "sdk", "driver", "database", "redis"]
+    print("| path | " + " | ".join(names) + " | stolen by the hypervisor |")
+    print("|---|" + "---:|" * (len(names) + 1))
+    for r in results:
+        cpu = r["cpu_ms_per_change"]
+        cells = [f"{cpu[n]:.2f}" if n in cpu else "-" for n in names]
+        cells.append(f"{r['steal_share']:.0%}")
+        print(f"| {LABELS[r['path']]} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -355,12 +496,12 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=1.0)
     parser.add_argument("--paths", default="redis,redis-signed,sse,poll")
     parser.add_argument(
-        "--gap",
+        "--interval",
         type=float,
-        default=0.0,
-        help="ms to wait after a change reached every process before sending the next "
-        "(default 0: back to back, so each change meets the previous one's instance "
-        "reports and backup writes, sent 20-80 ms after it; 200: isolated kills)",
+        default=50.0,
+        help="ms from one change's send to the next one's (open loop; default 50, so "
+        "each change meets the previous ones' instance reports, sent 20-80 ms after "
+        "them; polling: at least 1.5 poll intervals)",
     )
     parser.add_argument(
         "--database",
