@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    TextClause,
     and_,
     cast,
     create_engine,
@@ -261,6 +262,33 @@ def _state_select() -> Any:
     return select(t.flag_states, t.flags.c.type, t.flags.c.variants).join(
         t.flags, t.flags.c.key == t.flag_states.c.flag_key
     )
+
+
+def _kill_statement_pg(some: bool) -> TextClause:
+    """``SqlFlagStore._kill_states_pg``'s statement, for some environments
+    (``:envs``) or all: lock the flag's states, write the kill facts on those whose
+    ``killed`` differs, bump their environments, and return every locked state as it
+    was with its environment's new version (null where nothing changed)."""
+    columns = ", ".join(f"s.{column.name}" for column in t.flag_states.columns)
+    which = "s.flag_key = :key" + (" AND s.environment = ANY(:envs)" if some else "")
+    return text(
+        f"WITH locked AS (SELECT {columns}, f.type, f.variants "
+        "FROM flag_states AS s JOIN flags AS f ON f.key = s.flag_key "
+        f"WHERE {which} ORDER BY s.environment FOR UPDATE OF s), "
+        "changed AS (UPDATE flag_states AS s SET killed = :killed, "
+        "kill_reason = :kill_reason, killed_at = :killed_at, killed_by = :killed_by, "
+        "version = s.version + 1, updated_at = :now FROM locked "
+        "WHERE s.flag_key = locked.flag_key AND s.environment = locked.environment "
+        "AND locked.killed <> :killed RETURNING s.environment), "
+        "bumped AS (UPDATE environments AS e SET version = e.version + 1 FROM changed "
+        "WHERE e.name = changed.environment RETURNING e.name, e.version) "
+        "SELECT locked.*, bumped.version AS env_version FROM locked "
+        "LEFT JOIN bumped ON bumped.name = locked.environment ORDER BY locked.environment"
+    )
+
+
+# By whether the kill names its environments.
+_KILL_PG = {some: _kill_statement_pg(some) for some in (False, True)}
 
 
 def _state_from_row(row: Any) -> FlagState:
@@ -1277,37 +1305,24 @@ class SqlFlagStore:
         if not isinstance(reason, str) or not reason.strip():
             raise ValidationError("reason is required and must not be empty", field="reason")
         events: list[FlagChanged] = []
+        now = _now()
+        kill_facts = {
+            "killed": killed,
+            "kill_reason": reason if killed else None,
+            "killed_at": now if killed else None,
+            "killed_by": str(actor) if killed else None,
+        }
         with self.transaction() as conn:
             envs = None if environments is None else sorted(set(environments))
-            states = self._lock_states(conn, key, envs)
-            changing = [env for env, state in states.items() if state.killed != killed]
+            if self.is_postgres:
+                # The emergency path: lock, write and bump in one round trip.
+                states, env_versions = self._kill_states_pg(conn, key, envs, kill_facts, now)
+                changing = sorted(env_versions)
+            else:
+                states = self._lock_states(conn, key, envs)
+                changing = [env for env, state in states.items() if state.killed != killed]
+                env_versions = self._kill_states(conn, key, changing, kill_facts, now)
             if changing:
-                # One statement per table, whatever the number of environments: the kill
-                # is the emergency path and must stay fast.
-                now = _now()
-                kill_facts = {
-                    "killed": killed,
-                    "kill_reason": reason if killed else None,
-                    "killed_at": now if killed else None,
-                    "killed_by": str(actor) if killed else None,
-                }
-                conn.execute(
-                    update(t.flag_states)
-                    .where(
-                        t.flag_states.c.flag_key == key,
-                        t.flag_states.c.environment.in_(changing),
-                    )
-                    .values(**kill_facts, version=t.flag_states.c.version + 1, updated_at=now)
-                )
-                env_versions = {
-                    name: int(version)
-                    for name, version in conn.execute(
-                        update(t.environments)
-                        .where(t.environments.c.name.in_(changing))
-                        .values(version=t.environments.c.version + 1)
-                        .returning(t.environments.c.name, t.environments.c.version)
-                    ).all()
-                }
                 rows = []
                 for env in changing:
                     before = states[env]
@@ -1334,6 +1349,70 @@ class SqlFlagStore:
             key, states, [e.environment for e in events], {e.environment: e.version for e in events}
         )
 
+    def _kill_states(
+        self,
+        conn: Connection,
+        key: str,
+        changing: Sequence[str],
+        kill_facts: dict[str, Any],
+        now: datetime,
+    ) -> dict[str, int]:
+        """Write ``kill_facts`` on ``key``'s states in ``changing`` (locked by the
+        caller) and bump those environments; their new versions. One statement per
+        table, whatever the number of environments."""
+        if not changing:
+            return {}
+        conn.execute(
+            update(t.flag_states)
+            .where(
+                t.flag_states.c.flag_key == key,
+                t.flag_states.c.environment.in_(changing),
+            )
+            .values(**kill_facts, version=t.flag_states.c.version + 1, updated_at=now)
+        )
+        return {
+            name: int(version)
+            for name, version in conn.execute(
+                update(t.environments)
+                .where(t.environments.c.name.in_(changing))
+                .values(version=t.environments.c.version + 1)
+                .returning(t.environments.c.name, t.environments.c.version)
+            ).all()
+        }
+
+    def _kill_states_pg(
+        self,
+        conn: Connection,
+        key: str,
+        envs: Sequence[str] | None,
+        kill_facts: dict[str, Any],
+        now: datetime,
+    ) -> tuple[dict[str, FlagState], dict[str, int]]:
+        """``_lock_states`` and ``_kill_states`` in one PostgreSQL statement: the states
+        of ``key`` in ``envs`` (None: all) as they were, locked, and the new versions of
+        the environments whose state changed (a missing state is raised for after the
+        write, which the caller's transaction then rolls back)."""
+        params: dict[str, Any] = {"key": key, "now": now, **kill_facts}
+        if envs is not None:
+            params["envs"] = list(envs)
+        rows = conn.execute(_KILL_PG[envs is not None], params).all()
+        states = {row.environment: _state_from_row(row) for row in rows}
+        missing = [env for env in envs or () if env not in states]
+        if missing or not states:
+            self._raise_missing(conn, key, missing)
+        versions = {row.environment: int(row.env_version) for row in rows if row.env_version}
+        return states, versions
+
+    def _raise_missing(self, conn: Connection, key: str, missing: Sequence[str]) -> None:
+        """Raise for ``key``'s states that are not there: ``EnvironmentNotFoundError``
+        (field ``environments``) for an environment that does not exist, then
+        ``FlagNotFoundError``; nothing when the flag exists and nothing is missing."""
+        self._check_environments(conn, missing)
+        if conn.execute(select(t.flags.c.key).where(t.flags.c.key == key)).first() is None:
+            raise FlagNotFoundError(f"flag {key!r} does not exist", field="key")
+        if missing:
+            raise FlagNotFoundError(f"flag {key!r} has no state in {missing[0]!r}", field="key")
+
     def _lock_states(
         self, conn: Connection, key: str, envs: Sequence[str] | None
     ) -> dict[str, FlagState]:
@@ -1350,11 +1429,7 @@ class SqlFlagStore:
         states = {row.environment: _state_from_row(row) for row in conn.execute(stmt).all()}
         missing = [env for env in envs or () if env not in states]
         if missing or not states:
-            self._check_environments(conn, missing)
-            if conn.execute(select(t.flags.c.key).where(t.flags.c.key == key)).first() is None:
-                raise FlagNotFoundError(f"flag {key!r} does not exist", field="key")
-            if missing:
-                raise FlagNotFoundError(f"flag {key!r} has no state in {missing[0]!r}", field="key")
+            self._raise_missing(conn, key, missing)
         return states
 
     # ------------------------------------------------------------ snapshots

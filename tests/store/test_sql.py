@@ -3,6 +3,7 @@ history, optimistic concurrency, kills, tokens, and an unreachable database."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -334,6 +335,44 @@ def test_update_state__twenty_threads_at_once__no_update_lost(store: SqlFlagStor
     assert state.tenants_on == {f"t{i}" for i in range(THREADS)}
     assert state.version == THREADS
     assert len(history_rows(store, flag="a.b", action="state.update")) == THREADS
+
+
+def test_kill_unkill_and_updates__twenty_threads_at_once__one_history_chain(
+    store: SqlFlagStore,
+) -> None:
+    """Kills, unkills and state changes of one state at once (on PostgreSQL the kill
+    locks, writes and bumps in one statement): every change that happened is one
+    history row, the rows chain version to version, the environment's versions are
+    distinct, and the final state is the last row's."""
+    store.create_flag("a.b", actor="t")
+    env_before = store.get_environment("production").version
+
+    def change(i: int) -> None:
+        if i % 3 == 0:
+            store.kill("a.b", ["production"], reason=f"k{i}", actor=f"w{i}")
+        elif i % 3 == 1:
+            store.unkill("a.b", None, reason=f"u{i}", actor=f"w{i}")
+        else:
+            change = StateChange(tenants_on_add=frozenset({f"t{i}"}))
+            store.update_state("a.b", "production", change, actor=f"w{i}")
+
+    assert _run_threads(change) == []
+    rows = [
+        r
+        for r in history_rows(store, flag="a.b", environment="production")
+        if r.action in ("kill", "unkill", "state.update")
+    ]
+    rows.sort(key=lambda r: r.after["version"])
+    assert [r.before["version"] for r in rows] == list(range(len(rows)))
+    assert [r.after["version"] for r in rows] == list(range(1, len(rows) + 1))
+    for earlier, later in itertools.pairwise(rows):
+        assert later.before == earlier.after  # nothing happened in between unrecorded
+    assert [r.id for r in rows] == sorted(r.id for r in rows)  # committed in order
+    # Each change bumped the environment once: no version drawn twice, none lost.
+    assert store.get_environment("production").version == env_before + len(rows)
+    state = store.get_state("a.b", "production")
+    assert state.to_dict() == rows[-1].after
+    assert state.tenants_on == {f"t{i}" for i in range(THREADS) if i % 3 == 2}
 
 
 def test_update_state__twenty_threads_with_if_match_retries__no_update_lost(
