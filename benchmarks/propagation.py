@@ -273,6 +273,9 @@ def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         server_env["FLAGRAIL_MAX_STREAMS"] = "0"
         worker_env["BENCH_EXPECT"] = "poll"
     changes = args.poll_changes if path == "poll" else args.changes
+    # Not counted: a fresh server's first changes read the token from the database,
+    # prepare their statements (psycopg prepares after 5 runs) and fill caches.
+    warmup = min(args.warmup, 1) if path == "poll" else args.warmup
     poll = args.poll_interval if path == "poll" else 5.0
     server = Server(db, free_port(), server_env)
     workers = Workers(
@@ -308,10 +311,11 @@ def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "database": named_pids("postgres") if args.database == "postgres" else [],
             "redis": named_pids("redis-server") if redis is not None else [],
         }
-        cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-        steal_before, wall_before = steal_seconds(), time.monotonic()
         next_at = time.monotonic()
-        for n in range(changes):
+        for n in range(warmup + changes):
+            if n == warmup:
+                cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+                steal_before, wall_before = steal_seconds(), time.monotonic()
             pause = next_at - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
@@ -349,6 +353,7 @@ def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sources: set[str] = set()
     missing = wrong = 0
     last_applied: list[list[float]] = [[] for _ in sends]
+    counted = {i for i in range(len(sends)) if i >= warmup}
     for applied in records:
         # A change counts as applied in a process when it applies that version or a
         # later one (polling, or a fetch on a hint, may skip over one).
@@ -358,15 +363,22 @@ def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 if sends[i][0] == version and killed is not sends[i][1]:
                     wrong += 1
                 _v, _k, sent, answered = sends[i]
-                from_send.append((t - sent) * 1000)
-                from_200.append((t - answered) * 1000)
+                if i in counted:
+                    from_send.append((t - sent) * 1000)
+                    from_200.append((t - answered) * 1000)
                 last_applied[i].append(t)
                 sources.add(source)
                 i += 1
         missing += len(sends) - i
-    for (_v, _k, sent, _a), times in zip(sends, last_applied, strict=True):
+    per_change = []  # (answered, first applied, last applied), ms from the send
+    for i, ((_v, _k, sent, answered), times) in enumerate(zip(sends, last_applied, strict=True)):
         if times:
-            every.append((max(times) - sent) * 1000)
+            if i in counted:
+                every.append((max(times) - sent) * 1000)
+            per_change.append(
+                [round((x - sent) * 1000, 2) for x in (answered, min(times), max(times))]
+            )
+    answers = [(a - sent) * 1000 for i, (_v, _k, sent, a) in enumerate(sends) if i in counted]
     if missing or wrong:
         print(
             f"warning: {path}: {missing} change(s) never applied, {wrong} applied with the "
@@ -382,6 +394,11 @@ def run_path(path: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "max": max(from_send),
         "every_p50": statistics.median(every),
         "every_p99": p99(every),
+        "answer_p50": statistics.median(answers),
+        "answer_p99": p99(answers),
+        "per_change": per_change,
+        "warmup": warmup,
+        "first_change": per_change[0] if per_change else None,
         "after_200_p50": statistics.median(from_200),
         "after_200_p99": p99(from_200),
         "before_200_share": sum(1 for v in from_200 if v < 0) / len(from_200),
@@ -424,8 +441,9 @@ def report(results: list[dict[str, Any]], processes: int) -> None:
         f"\nKill/unkill propagation to {processes} SDK processes, ms. End to end: from the "
         "kill request's send to the change applied in a process (p50, p99, max over every "
         "process and change); every process: per change, to the change applied in the last "
-        "process (p99 over the changes). After the 200: from the API's answer to the change "
-        "applied, signed (negative: applied before the answer arrived)."
+        "process (p99 over the changes); the 200: from the send to the API's answer. After "
+        "the 200: from the API's answer to the change applied, signed (negative: applied "
+        "before the answer arrived)."
     )
     header = [
         "path",
@@ -435,6 +453,7 @@ def report(results: list[dict[str, Any]], processes: int) -> None:
         "p99",
         "max",
         "every process p99",
+        "the 200 p50 / p99",
         "after the 200 p50 / p99",
         "applied before the 200",
         "target (p99)",
@@ -458,17 +477,26 @@ def report(results: list[dict[str, Any]], processes: int) -> None:
                 f"{r['p99']:,.1f}",
                 f"{r['max']:,.1f}",
                 f"{r['every_p99']:,.1f}",
+                f"{r['answer_p50']:,.1f} / {r['answer_p99']:,.1f}",
                 f"{r['after_200_p50']:,.1f} / {r['after_200_p99']:,.1f}",
                 f"{r['before_200_share']:.0%}",
                 verdict,
             ]
         )
-    rows.append(["Unleash SDK (default)", "-", "-", "-", "up to 15,000", "-", "-", "-", "-", "-"])
+    rows.append(["Unleash SDK (default)", "-", "-", "-", "up to 15,000", *["-"] * 6])
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
     for cells in rows:
         print("| " + " | ".join(cells) + " |")
     print("(Unleash: its SDKs poll every 15 s by default, the documented refresh_interval.)")
+    for r in results:
+        if r["first_change"] is not None:
+            answered, _first, last = r["first_change"]
+            print(
+                f"{LABELS[r['path']]}: the first change on the fresh server (the first of "
+                f"{r['warmup']} warm-up change(s), not counted): the 200 in {answered:,.1f} "
+                f"ms, applied everywhere in {last:,.1f} ms."
+            )
     print(
         "\nCPU per change, ms (user + system, from the first change to the last; the SDK "
         f"column is all {processes} processes together; database: every PostgreSQL process "
@@ -502,6 +530,13 @@ def main() -> None:
         help="ms from one change's send to the next one's (open loop; default 50, so "
         "each change meets the previous ones' instance reports, sent 20-80 ms after "
         "them; polling: at least 1.5 poll intervals)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="changes sent first and not counted (polling: at most 1); the first one, "
+        "on a fresh server, is reported on its own",
     )
     parser.add_argument(
         "--database",
