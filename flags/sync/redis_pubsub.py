@@ -266,6 +266,7 @@ class RedisPublisher:
             self._queue.put_nowait((channel, data))
 
     def _run(self) -> None:
+        self._warm()
         while True:
             item = self._queue.get()
             if item is None:
@@ -292,6 +293,19 @@ class RedisPublisher:
                     self._backlog -= 1
             if self._client is not None:
                 self._open_link()
+
+    def _warm(self) -> None:
+        """On the thread, first: connect and open the inline link before a change needs
+        them (a replica's first kill then costs what any other does, not a connect). A
+        failure is only logged at debug level: the first publish meets it for real."""
+        try:
+            client = connect(self.url)
+            client.ping()
+        except Exception as exc:  # Redis away at start: publishing retries per message
+            log.debug("redis publisher could not connect at start: %s", exc)
+            return
+        self._client = client
+        self._open_link()
 
     def _failed(self, channel: str, exc: Exception) -> None:
         self.failures += 1

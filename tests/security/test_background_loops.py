@@ -154,37 +154,66 @@ def test_retention__run_raises__schedule_goes_on(
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("path", ["thread", "inline link"])
 def test_redis_publisher__unexpected_error__next_change_published(
-    deployment: Deployment, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+    deployment: Deployment,
+    redis_url: str,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
 ) -> None:
-    """The publisher thread outlives an unexpected error from the client."""
+    """The publisher thread outlives an unexpected error from the client, whether the
+    message went through the thread's client or was written on the inline link (whose
+    reply the thread reads)."""
     import redis
+
+    from flags.sync import redis_pubsub
 
     deployment.create_flag("checkout")
     server = deployment.server(
         redis_url=redis_url, sdk_settings=SdkServerSettings(redis_prefix=key_prefix)
     )
     publisher = server.sdk.publisher
+    # It connects at start, so the first change goes inline: wait for that, or (the
+    # thread's path) turn the link off first.
+    wait_for(lambda: publisher._link is not None, what="the inline link")
+    if path == "thread":
+        with publisher._order:
+            publisher.use_inline = False
+            link, publisher._link = publisher._link, None
+        assert link is not None
+        link.close()
     r = redis.Redis.from_url(redis_url)
     pubsub = r.pubsub()
     pubsub.subscribe(f"{key_prefix}changes:{ENV}")
     wait_for(lambda: pubsub.get_message(timeout=0.1) is not None, what="subscribed")
-    real = redis.Redis.publish
     calls = [0]
+    if path == "thread":
+        real = redis.Redis.publish
 
-    def flaky(self: Any, channel: Any, data: Any) -> Any:
-        calls[0] += 1
-        if calls[0] == 1:
-            raise UnicodeError("not a RedisError")
-        return real(self, channel, data)
+        def flaky(self: Any, channel: Any, data: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise UnicodeError("not a RedisError")
+            return real(self, channel, data)
 
-    monkeypatch.setattr(redis.Redis, "publish", flaky)
+        monkeypatch.setattr(redis.Redis, "publish", flaky)
+    else:
+        real_reply = redis_pubsub._InlineLink.read_reply
+
+        def flaky_reply(self: Any) -> None:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise UnicodeError("not a RedisError")
+            real_reply(self)
+
+        monkeypatch.setattr(redis_pubsub._InlineLink, "read_reply", flaky_reply)
     try:
-        for path in ("kill", "unkill"):
+        for action in ("kill", "unkill"):
             r2 = deployment.admin_request(
                 server,
                 "POST",
-                f"/admin/flags/checkout/{path}",
+                f"/admin/flags/checkout/{action}",
                 json={"reason": "t", "environments": [ENV]},
             )
             assert r2.status_code == 200, r2.text
