@@ -124,9 +124,12 @@ def cli_actor() -> str:
     return f"cli:{user}"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, ping_idle: float | None = None, **kwargs: Any) -> Engine:
     """An engine tuned for flagrail: SQLite in WAL mode with writers serialized by
-    ``BEGIN IMMEDIATE`` (no lock-upgrade deadlocks); PostgreSQL with a pre-pinged pool.
+    ``BEGIN IMMEDIATE`` (no lock-upgrade deadlocks); PostgreSQL with a pool that pings
+    a connection idle for ``ping_idle`` seconds (default ``PING_IDLE``) before use
+    (``pool_pre_ping=True`` in ``kwargs``: every checkout). ``kwargs`` go to
+    ``create_engine``.
 
     SQLite connections are pooled too: closing the last connection to a WAL database
     checkpoints it, which would add milliseconds to every request.
@@ -157,10 +160,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
-    ping_idle = kwargs.pop("ping_idle", PING_IDLE)
     engine = create_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
-        _ping_when_idle(engine, ping_idle)
+        _ping_when_idle(engine, PING_IDLE if ping_idle is None else ping_idle)
     return engine
 
 
