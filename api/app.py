@@ -63,7 +63,7 @@ class FlagrailApp(FastAPI):
 def create_app(settings: Settings | None = None, *, store: SqlFlagStore | None = None) -> FastAPI:
     """Build the app. ``store`` overrides the one made from ``settings.database_url``."""
     settings = settings or Settings()
-    store = store or SqlFlagStore(settings.database_url)
+    store = store or SqlFlagStore(settings.database_url, ping_idle=settings.db_ping_idle)
     store.tokens.ttl = settings.token_cache_ttl
 
     @asynccontextmanager

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     # one made through another replica or the CLI's --database-url within about 0.5 s
     # (the server watches the history for revocations).
     token_cache_ttl: float = Field(default=30.0, ge=0, le=3600)
+    # Seconds a pooled PostgreSQL connection may sit idle before it is pinged ahead of
+    # its next use (0: at every checkout). One used more recently is not pinged: if the
+    # database went away under it, that one request answers 503 and the pool replaces
+    # the rest.
+    db_ping_idle: float = Field(default=1.0, ge=0, le=3600)
     # How long SDK counters are kept (`90d`, `12h`; at least 1h). The server prunes older
     # ones every `telemetry_prune_interval` seconds; counters older than
     # `telemetry_rollup_after` are kept per hour instead of per second.

@@ -496,12 +496,18 @@ class SqlFlagStore:
     """
 
     def __init__(
-        self, url: str, *, engine: Engine | None = None, token_ttl: float = DEFAULT_TOKEN_TTL
+        self,
+        url: str,
+        *,
+        engine: Engine | None = None,
+        token_ttl: float = DEFAULT_TOKEN_TTL,
+        ping_idle: float | None = None,
     ) -> None:
         """``token_ttl``: seconds ``authenticate`` may trust a token it read (0: read
-        every time); see ``flags.store.token_cache``."""
+        every time); see ``flags.store.token_cache``. ``ping_idle``: see
+        ``make_engine`` (unused with ``engine``)."""
         self.url = url
-        self.engine = engine or make_engine(url)
+        self.engine = engine or make_engine(url, ping_idle=ping_idle)
         self.listeners: list[Listener] = []
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self.tokens = token_cache_for(self.engine)

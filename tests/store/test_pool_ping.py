@@ -93,3 +93,28 @@ def test_connection_killed_while_idle__the_ping_finds_it_and_nothing_fails(url: 
         assert store.get_state("checkout", "production").killed is False
     finally:
         store.close()
+
+
+def test_setting__ping_idle_zero__the_server_pings_at_every_checkout(url: str) -> None:
+    """``FLAGRAIL_DB_PING_IDLE=0`` (``Settings.db_ping_idle``) reaches the server's pool:
+    each transaction's checkout pings, as SQLAlchemy's pre-ping does."""
+    from api.app import create_app
+    from flags.settings import Settings
+
+    app = create_app(Settings(database_url=url, db_ping_idle=0, scheduler=False))
+    store = app.state.store
+    pings = [0]
+    ping = store.engine.dialect.do_ping
+
+    def counted(dbapi_conn: Any) -> bool:
+        pings[0] += 1
+        return ping(dbapi_conn)
+
+    store.engine.dialect.do_ping = counted  # type: ignore[method-assign]
+    try:
+        store.create_flag("checkout", actor="test")
+        for i in range(4):
+            _toggle(store, i)
+        assert pings[0] >= 5
+    finally:
+        store.close()
