@@ -6,7 +6,11 @@ touched. Both classes are context managers; ``close()`` kills what they started.
 
 * ``SentinelSet``: a master, a replica of it and three sentinels (the same
   ``redis-server`` binary with ``--sentinel``) monitoring it as ``mymaster``, with a
-  1 s down-after so a killed master is replaced within a few seconds.
+  1 s down-after so a killed master is replaced within a few seconds. A sentinel
+  whose timer is starved for 2 s (a busy test machine) enters TILT mode, by default
+  for 30 s; by then the replica's link has been down for longer than Sentinel lets a
+  replica be promoted (ten down-afters), so no failover would ever happen. The set
+  shortens TILT to 1 s (``SENTINEL DEBUG tilt-period``, Redis 7+).
 * ``ClusterSet``: three masters, each with a replica, joined by
   ``redis-cli --cluster create``, with a 1 s node timeout.
 """
@@ -24,6 +28,7 @@ from pathlib import Path
 from flags.testing.redis_server import find_redis_server, free_port
 
 SERVICE = "mymaster"
+TILT_PERIOD_MS = 1000
 
 
 class TopologyError(RuntimeError):
@@ -173,16 +178,35 @@ class SentinelSet:
                     f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
                     f"sentinel failover-timeout {SERVICE} {self.failover_timeout_ms}\n"
                     f"sentinel parallel-syncs {SERVICE} 1\n"
+                    "logfile sentinel.log\n"
                 )
                 sentinel.args = [str(conf), "--sentinel"]
                 sentinel.start()
             for sentinel in self.sentinels:
                 sentinel.wait_up()
+                self._shorten_tilt(sentinel.port)
             _wait(self._sentinels_agree, 15, "the sentinels to see the replica and each other")
         except BaseException:
             self.close()
             raise
         return self
+
+    @staticmethod
+    def _shorten_tilt(port: int) -> None:
+        import redis
+
+        client = redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+        with contextlib.closing(client), contextlib.suppress(redis.ResponseError):
+            client.execute_command("SENTINEL", "DEBUG", "tilt-period", TILT_PERIOD_MS)
+
+    def sentinel_logs(self, lines: int = 30) -> str:
+        """The last ``lines`` lines of each sentinel's log, for a failure message."""
+        parts = []
+        for sentinel in self.sentinels:
+            log = sentinel.directory / "sentinel.log"
+            tail = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else []
+            parts.append(f"--- sentinel {sentinel.port}\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def _replica_in_sync(self) -> bool:
         info = self.info(self.replica.port, "replication")
@@ -227,7 +251,10 @@ class SentinelSet:
             promoted[:] = [int(port)]
             return True
 
-        _wait(done, timeout, "a replica's promotion")
+        try:
+            _wait(done, timeout, "a replica's promotion")
+        except TopologyError as exc:
+            raise TopologyError(f"{exc}\n{self.sentinel_logs()}") from None
         return promoted[0]
 
     @staticmethod
