@@ -41,7 +41,7 @@ from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import parse_bearer
 from api.routes.sdk import (
@@ -186,33 +186,18 @@ class SnapshotFastPath:
         applies, so a fleet's reports follow every kill. Recorded here when that needs
         no I/O (the token cached, the instance's owner cached); anything else, the body
         included, goes to the route as it came."""
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > MAX_INSTANCE_BODY:
-                break
-        replayed = False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": more}
-            return await receive()
-
+        body, complete = await read_body(receive, MAX_INSTANCE_BODY)
+        if body is None:  # the client left
+            return
         accepted = False
-        if self.stats.enabled and not more:
+        if self.stats.enabled and complete:
             try:
                 accepted = self._record(scope, body)
             except (FlagrailError, ValueError):  # the route answers it its own way
                 accepted = False
         if not accepted:
             self.stats.passed += 1
-            await self.app(scope, replay, send)
+            await self.app(scope, replay(body, complete, receive), send)
             return
         self.stats.answered += 1
         headers = [
@@ -341,6 +326,36 @@ class SnapshotFastPath:
                 return held
             snapshot = await run_in_threadpool(store.snapshot, env)
             return services.snapshots.render(snapshot)
+
+
+async def read_body(receive: Receive, limit: int) -> tuple[bytes | None, bool]:
+    """(body, complete): the request body read until it ends or passes ``limit`` bytes,
+    and whether that was all of it; (None, False) when the client left first."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None, False
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if len(body) > limit:
+            break
+    return body, not more
+
+
+def replay(body: bytes, complete: bool, receive: Receive) -> Receive:
+    """``receive`` that first gives back ``body`` (already read by ``read_body``), then
+    whatever the client still sends: the app downstream reads the request as it came."""
+    replayed = False
+
+    async def replayed_receive() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": not complete}
+        return await receive()
+
+    return replayed_receive
 
 
 def single_headers(scope: Scope, names: tuple[bytes, ...]) -> dict[bytes, str] | None:

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import pydantic
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import State
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import flagrail_error_response, unexpected_error_response
-from api.fastpath import FastPathStats, cached_bearer, single_headers
+from api.fastpath import FastPathStats, cached_bearer, read_body, replay, single_headers
 from api.schemas import KillRequest, kill_json
 from api.service import AdminService, Operation, Principal
 from flags.errors import FlagrailError
@@ -67,13 +66,13 @@ class KillFastPath:
             self.stats.kills_passed += 1
             await self.app(scope, receive, send)
             return
-        body, complete = await _read_body(receive)
+        body, complete = await read_body(receive, MAX_BODY)
         if body is None:  # the client left
             return
         request = _kill_request(body) if complete else None
         if request is None:
             self.stats.kills_passed += 1
-            await self.app(scope, _replay(body, complete, receive), send)
+            await self.app(scope, replay(body, complete, receive), send)
             return
         self.stats.kills_answered += 1
         service: AdminService = self.state.service
@@ -115,40 +114,9 @@ class KillFastPath:
         return principal
 
 
-async def _read_body(receive: Receive) -> tuple[bytes | None, bool]:
-    """(body, complete): up to ``MAX_BODY`` bytes and whether that was all of it;
-    (None, False) when the client left."""
-    body, more = b"", True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None, False
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-        if len(body) > MAX_BODY:
-            break
-    return body, not more
-
-
 def _kill_request(body: bytes) -> KillRequest | None:
     """The body as the route's model reads it; None when the route would refuse it."""
     try:
         return KillRequest.model_validate(json.loads(body))
     except (ValueError, pydantic.ValidationError):
         return None
-
-
-def _replay(body: bytes, complete: bool, receive: Receive) -> Receive:
-    """``receive`` with what was already read given back first."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            message: dict[str, Any] = {"type": "http.request", "body": body}
-            message["more_body"] = not complete
-            return message
-        return await receive()
-
-    return replay
