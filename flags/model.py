@@ -826,6 +826,10 @@ class HistoryEntry:
     token_id: str | None = None
     token_name: str | None = None
     claimed_actor: str | None = None
+    # For a row about one environment's state (``state.update``, ``kill``, ``unkill``):
+    # that environment's version once the change committed, the version an SDK reports
+    # when it has applied it. None for rows that are not about one state.
+    env_version: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -842,6 +846,7 @@ class HistoryEntry:
             "token_id": self.token_id,
             "token_name": self.token_name,
             "claimed_actor": self.claimed_actor,
+            "env_version": self.env_version,
         }
 
 

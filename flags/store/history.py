@@ -213,6 +213,7 @@ def list_changes(conn: Connection, query: HistoryQuery) -> HistoryPage:
             token_id=row["token_id"],
             token_name=row["token_name"],
             claimed_actor=row["claimed_actor"],
+            env_version=row["env_version"],
         )
         for row in rows[: query.limit]
     ]

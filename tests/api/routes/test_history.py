@@ -45,7 +45,7 @@ def test_history__pages__newest_first_without_gaps_or_repeats(api: Any) -> None:
 
 def test_history__row__has_every_field(api: Any) -> None:
     """A row carries id, at (UTC), actor, action, flag, environment, before, after, reason,
-    request_id."""
+    request_id, the token and claimed actor, and the environment version."""
     api.create_flag("a.b")
     api.patch(
         "/admin/flags/a.b/environments/beta",
@@ -67,6 +67,7 @@ def test_history__row__has_every_field(api: Any) -> None:
         "token_id",
         "token_name",
         "claimed_actor",
+        "env_version",
     }
     assert (row["actor"], row["action"], row["flag"], row["environment"]) == (
         "admin",
@@ -77,6 +78,29 @@ def test_history__row__has_every_field(api: Any) -> None:
     assert (row["before"]["enabled"], row["after"]["enabled"]) == (False, True)
     assert (row["reason"], row["request_id"]) == ("try it", "req-42")
     assert datetime.fromisoformat(row["at"]).utcoffset() == timedelta(0)
+
+
+def test_history__state_rows__carry_the_environment_version_they_made(api: Any) -> None:
+    """A state update, a kill and an unkill each record, per environment, the version the
+    environments table holds right after it (the version an SDK reports once it has
+    applied the change); a flag-level row records none."""
+    api.create_flag("a.b")
+    envs = [e.name for e in api.store.list_environments()]
+    assert len(envs) > 1
+    response = api.patch("/admin/flags/a.b/environments/beta", json={"enabled": True})
+    assert response.status_code == 200, response.text
+    after_patch = api.store.environment_version("beta")
+    expected: dict[tuple[str, str | None], int | None] = {("state.update", "beta"): after_patch}
+    for action in ("kill", "unkill"):
+        response = api.post(f"/admin/flags/a.b/{action}", json={"reason": "drill"})
+        assert response.status_code == 200, response.text
+        for env in envs:
+            expected[(action, env)] = api.store.environment_version(env)
+    expected[("flag.create", None)] = None
+    rows = page(api, "/admin/history?flag=a.b&limit=500")["items"]
+    recorded = {(row["action"], row["environment"]): row["env_version"] for row in rows}
+    assert recorded == expected
+    assert expected[("kill", "beta")] == after_patch + 1
 
 
 def test_history__filters__flag_environment_actor_action(api: Any) -> None:
