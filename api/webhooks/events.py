@@ -89,6 +89,8 @@ class WebhookEvent:
     reason: str | None
     request_id: str | None
     via: Via
+    # The environment's version a state.update/kill/unkill made (None for other rows).
+    env_version: int | None = None
 
     @property
     def id(self) -> str:
@@ -146,6 +148,7 @@ def event_from_history(
         reason=row.get("reason"),
         request_id=row.get("request_id"),
         via=via,
+        env_version=row.get("env_version"),
     )
 
 
@@ -192,5 +195,6 @@ def standard_payload(event: WebhookEvent) -> dict[str, Any]:
             "reason": event.reason,
             "request_id": event.request_id,
             "via": event.via.value,
+            "env_version": event.env_version,
         },
     }

@@ -13,6 +13,7 @@ from api.webhooks.model import parse_subscription
 from api.webhooks.store import Status, WebhookStore
 from api.webhooks.worker import DeliveryWorker, WorkerSettings, retry_delay
 from flags.store.history import record_change
+from flags.store.sql import SqlFlagStore
 from flags.testing import wait_for
 from tests.webhooks.conftest import commit_change
 from tests.webhooks.receiver import Receiver
@@ -65,6 +66,30 @@ def test_worker__changes__delivered_in_order_and_verified(
     assert [r.payload["sequence"] for r in got] == ids
     assert all(r.verified for r in got)
     assert len({r.msg_id for r in got}) == 40
+
+
+def test_worker__store_kill__each_event_carries_the_version_it_made(
+    store: WebhookStore, receiver: Receiver, database_url: str
+) -> None:
+    """A kill through the flag store is one ``state.killed`` event per environment, each
+    with the version the environments table holds for it after the kill."""
+    _subscribe(store, receiver)
+    flags = SqlFlagStore(database_url)
+    worker = DeliveryWorker(store, FAST)
+    try:
+        envs = [e.name for e in flags.list_environments()]
+        assert len(envs) > 1
+        flags.create_flag("checkout.v2", actor="test")
+        flags.kill("checkout.v2", None, reason="drill", actor="test")
+        versions = {env: flags.environment_version(env) for env in envs}
+        worker.start()
+        wait_for(lambda: len(receiver.received()) >= len(envs), 20, "a delivery per environment")
+    finally:
+        worker.close()
+        flags.close()
+    got = {r.payload["data"]["environment"]: r.payload for r in receiver.received()}
+    assert {p["type"] for p in got.values()} == {"state.killed"}
+    assert {env: p["data"]["env_version"] for env, p in got.items()} == versions
 
 
 def test_worker__rolled_back_change__never_delivered(

@@ -133,3 +133,5 @@ def test_standard_payload__shape__type_timestamp_data() -> None:
     assert payload["timestamp"] == AT.isoformat()
     assert payload["data"]["via"] == "guard"
     assert payload["data"]["actor"]["claimed"] == "guard-bot"
+    assert payload["data"]["env_version"] is None
+    assert standard_payload(event_from_history(_row(env_version=17)))["data"]["env_version"] == 17
