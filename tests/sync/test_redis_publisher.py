@@ -86,6 +86,10 @@ def test_publish_changes__send_would_not_take_it__link_shut_and_thread_publishes
     publisher.publish_changes([change(1)])
     wait_for(lambda: publisher._link is not None)
     first = publisher._link
+    # The link may be open from the start (the thread warms it), so change 1 may have
+    # been sent on it: its reply is read before the refused send shuts the link, or it
+    # would count as a failure (Redis published it, but nothing read the reply).
+    wait_for(lambda: publisher.published == 1)
     real_send = _InlineLink.send
 
     def refuse(self: _InlineLink, channel: str, data: bytes) -> bool:
